@@ -1,0 +1,12 @@
+// Command handlers: one function per subcommand, dispatched from main() by name.
+#pragma once
+#include "common/options.h"
+
+namespace slm::cli {
+
+int cmd_data_build(const Args& a);
+int cmd_data_verify(const Args& a);
+int cmd_data_stats(const Args& a);
+int cmd_demo(const Args& a);
+
+}  // namespace slm::cli

@@ -1,0 +1,61 @@
+// slmlab: one binary, subcommands from the table in common/options.cpp.
+// Errors are caught here once, printed as one line, and turned into a non-zero exit.
+#include <csignal>
+#include <cstdio>
+#include <exception>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "common/options.h"
+
+namespace {
+
+using Handler = int (*)(const slm::cli::Args&);
+
+const std::map<std::string, Handler>& handlers() {
+  static const std::map<std::string, Handler> h = {
+      {"data build", slm::cli::cmd_data_build},
+      {"data verify", slm::cli::cmd_data_verify},
+      {"data stats", slm::cli::cmd_data_stats},
+      {"demo", slm::cli::cmd_demo},
+  };
+  return h;
+}
+
+int run(const std::vector<std::string>& argv) {
+  using namespace slm::cli;
+  Args a = parse(argv);
+  if (!a.command) {
+    std::fputs(help(nullptr).c_str(), stdout);
+    return argv.empty() ? 2 : 0;
+  }
+  if (a.has("help")) {
+    std::fputs(help(a.command).c_str(), stdout);
+    return 0;
+  }
+  auto it = handlers().find(a.command->name);
+  if (a.command->planned || it == handlers().end())
+    slm::fail("slmlab ", a.command->name, " is not built yet: ", a.command->planned ? a.command->planned : "no handler");
+  return it->second(a);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // A write past a file-size limit then fails with EFBIG and a clear error instead of killing us.
+  std::signal(SIGXFSZ, SIG_IGN);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    return run(args);
+  } catch (const slm::Error& e) {
+    std::fprintf(stderr, "slmlab: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    // Anything else is a bug or an environment failure; still one line, still non-zero.
+    std::fprintf(stderr, "slmlab: internal error: %s\n", e.what());
+    return 3;
+  }
+}

@@ -1,0 +1,62 @@
+// The command-line surface: one table of commands and one table of options.
+// Long kebab-case flags only ("--vocab 8192" or "--vocab=8192"); every command has --help
+// showing live defaults; an unknown flag is rejected with the nearest valid name.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace slm::cli {
+
+enum class OptType { Flag, Int, Float, String, List };
+
+struct OptionSpec {
+  const char* name;      // without the leading "--"
+  const char* commands;  // commands that take it, '|'-separated: "data build|data stats"
+  OptType type;
+  const char* def;       // default shown in --help and returned when absent ("" = none)
+  const char* metavar;   // "N", "DIR", ...
+  const char* help;
+};
+
+struct CommandSpec {
+  const char* name;        // "data build"
+  const char* positional;  // "DATA_DIR", "" for none; "[X]" when optional
+  const char* summary;
+  const char* planned;     // non-null while not built yet: the issue that delivers it
+};
+
+const std::vector<OptionSpec>& option_table();
+const std::vector<CommandSpec>& command_table();
+
+// Parsed arguments of one command. Accessors return the table default when absent.
+class Args {
+ public:
+  const CommandSpec* command = nullptr;
+  std::vector<std::string> positional;
+
+  bool has(const std::string& name) const;
+  bool flag(const std::string& name) const;
+  std::string str(const std::string& name) const;
+  int64_t i64(const std::string& name) const;
+  double f64(const std::string& name) const;
+  std::vector<std::string> list(const std::string& name) const;
+
+  std::map<std::string, std::vector<std::string>> values;  // as given on the command line
+};
+
+// Levenshtein distance; used for "did you mean".
+size_t edit_distance(const std::string& a, const std::string& b);
+// Nearest candidate within a sensible distance, or "" if none is close.
+std::string nearest(const std::string& word, const std::vector<std::string>& candidates);
+
+// Resolves the command from argv (longest matching name) and parses its flags.
+// Returns Args with command == nullptr when argv asks for top-level help.
+// Throws slm::Error for unknown commands/flags, missing values, bad numbers, wrong positionals.
+Args parse(const std::vector<std::string>& argv);
+
+// Help text for one command (usage, summary, options with defaults) or for the whole tool.
+std::string help(const CommandSpec* cmd);
+
+}  // namespace slm::cli

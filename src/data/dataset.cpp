@@ -1,0 +1,514 @@
+#include "data/dataset.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "common/error.h"
+#include "common/fs.h"
+#include "common/hash.h"
+#include "data/corpus.h"
+
+namespace slm::data {
+
+using json = nlohmann::ordered_json;
+
+namespace {
+
+constexpr uint64_t kShardTokens = 32ull << 20;  // tokens per shard; documents never straddle shards
+constexpr uint64_t kSplitSalt = 0x5eed5eed5eed5eedull;     // salt of the split score (part of the split rule)
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int resolve_threads(int t) {
+  if (t > 0) return t;
+  unsigned hc = std::thread::hardware_concurrency();
+  return hc ? static_cast<int>(hc) : 1;
+}
+
+// Position of a document in [0,1): a pure function of its content hash, so a file's split never
+// depends on which other files are in the corpus.
+double split_score(const std::string& content_hash) {
+  return static_cast<double>(hash64(content_hash, kSplitSalt) >> 11) * 0x1.0p-53;
+}
+
+std::string split_rule(double frac, uint64_t min_bytes) {
+  std::ostringstream os;
+  os << "val iff xxh3_64(content_hash, salt=" << kSplitSalt << ") / 2^64 < " << std::setprecision(17) << frac
+     << "; if val bytes < " << min_bytes << ", add the lowest-scoring train documents until reached";
+  return os.str();
+}
+
+std::string shard_name(Split s, size_t i) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%s_%03zu.tok", split_name(s), i);
+  return buf;
+}
+
+// The fingerprint covers everything that decides the tokens: tokenizer, split rule, and per split
+// the documents (content hash, token count) in order and the shard checksums.
+std::string fingerprint_of(const json& m) {
+  Hasher h;
+  h.field(std::string(kDataFormat)).field(m["tokenizer"]["hash"].get<std::string>());
+  h.field(m["split"]["rule"].get<std::string>());
+  const json& sources = m["sources"];
+  for (const char* sp : {"train", "val"}) {
+    h.field(std::string(sp));
+    const json& docs = m["documents"][sp];
+    h.field(static_cast<uint64_t>(docs.size()));
+    for (auto& d : docs) {
+      size_t src = d.get<size_t>();
+      h.field(sources[src]["hash"].get<std::string>()).field(sources[src]["tokens"].get<uint64_t>());
+    }
+  }
+  for (auto& sh : m["shards"]) h.field(sh["file"].get<std::string>()).field(sh["checksum"].get<std::string>());
+  return h.hex();
+}
+
+json read_manifest(const std::string& dir) {
+  std::string path = fs::join(dir, "manifest.json");
+  SLM_CHECK(fs::exists(path), "[data] ", dir, " is not a slmlab data set (no manifest.json); build one with slmlab data build --out ", dir);
+  json m;
+  try {
+    m = json::parse(fs::read_file(path));
+  } catch (const json::exception& e) {
+    fail("[data] ", path, " is not valid JSON (", e.what(), "); rebuild the data set");
+  }
+  SLM_CHECK(m.is_object() && m.value("format", "") == kDataFormat, "[data] ", path, " is not a ", kDataFormat,
+            " manifest; rebuild the data set with this slmlab");
+  return m;
+}
+
+// Removes a half-written build directory unless released.
+struct TempDir {
+  std::string path;
+  bool keep = false;
+  ~TempDir() {
+    if (!keep && !path.empty()) fs::remove_all(path);
+  }
+};
+
+void log(bool quiet, const std::string& s) {
+  if (!quiet) std::fprintf(stderr, "%s\n", s.c_str());
+}
+
+}  // namespace
+
+const char* split_name(Split s) { return s == Split::Train ? "train" : "val"; }
+
+bool is_dataset(const std::string& dir) { return fs::exists(fs::join(dir, "manifest.json")); }
+
+BuildResult build(const BuildOptions& opt) {
+  using clock = std::chrono::steady_clock;
+  BuildResult res;
+  SLM_CHECK(!opt.out.empty(), "data build: --out DATA_DIR is required");
+  SLM_CHECK(opt.vocab >= kMinVocab, "data build: --vocab ", opt.vocab, " is smaller than the ", N_SPECIAL,
+            " special tokens plus 256 bytes; pass --vocab ", kMinVocab, " or more");
+  SLM_CHECK(opt.vocab <= (1 << 24), "data build: --vocab ", opt.vocab, " is too large; pass at most 16777216");
+  SLM_CHECK(opt.val_frac > 0 && opt.val_frac <= 0.5, "data build: --val-frac ", opt.val_frac,
+            " is outside (0, 0.5]; pass e.g. --val-frac 0.01");
+  SLM_CHECK(opt.max_file_bytes > 0, "data build: --max-file-bytes must be positive");
+  if (fs::exists(opt.out)) {
+    SLM_CHECK(fs::is_dir(opt.out), "data build: --out ", opt.out, " exists and is not a directory; choose another path");
+    if (is_dataset(opt.out)) {
+      SLM_CHECK(opt.force, "data build: ", opt.out, " already holds a slmlab data set; pass --force to rebuild it");
+    } else {
+      SLM_CHECK(std::filesystem::is_empty(opt.out), "data build: --out ", opt.out,
+                " exists and is not a slmlab data set; choose another path or empty it");
+    }
+  }
+  const int threads = resolve_threads(opt.threads);
+
+  // 1. Collect.
+  auto t0 = clock::now();
+  std::vector<std::string> roots = opt.src.empty() ? default_source_roots() : opt.src;
+  SLM_CHECK(!roots.empty(), "data build: no default source trees (/usr/include, /usr/src) on this machine; pass --src DIR");
+  Corpus corpus = collect(roots, opt.max_file_bytes, threads);
+  SLM_CHECK(!corpus.files.empty(), "data build: no C/C++ source files found under ", roots[0],
+            roots.size() > 1 ? " and the other --src trees" : "",
+            " (looked for .h .hpp .cc .cpp ... and extension-less c++ headers); pass --src with C++ sources");
+  res.files = corpus.files.size();
+  {
+    std::ostringstream os;
+    os << "[data] collected " << corpus.files.size() << " files, " << corpus.bytes() << " bytes from " << roots.size()
+       << " trees; skipped " << corpus.skipped.size();
+    for (auto& [why, n] : corpus.skip_counts) os << " " << why << "=" << n;
+    log(opt.quiet, os.str());
+  }
+
+  // 2. Split by content hash, with a floor on validation bytes.
+  const size_t n_files = corpus.files.size();
+  std::vector<char> is_val(n_files, 0);
+  std::vector<double> score(n_files);
+  uint64_t val_bytes = 0, total_bytes = corpus.bytes();
+  for (size_t i = 0; i < n_files; ++i) {
+    score[i] = split_score(corpus.files[i].hash);
+    if (score[i] < opt.val_frac) is_val[i] = 1, val_bytes += corpus.files[i].content.size();
+  }
+  if (val_bytes < opt.val_min_bytes) {
+    std::vector<size_t> order;
+    for (size_t i = 0; i < n_files; ++i)
+      if (!is_val[i]) order.push_back(i);
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return score[a] < score[b]; });
+    for (size_t i : order) {
+      if (val_bytes >= opt.val_min_bytes) break;
+      is_val[i] = 1;
+      val_bytes += corpus.files[i].content.size();
+    }
+  }
+  uint64_t n_val = std::count(is_val.begin(), is_val.end(), 1);
+  SLM_CHECK(val_bytes >= opt.val_min_bytes && val_bytes * 2 <= total_bytes && n_val < n_files,
+            "data build: the corpus (", total_bytes, " bytes in ", n_files,
+            " files) is too small for a validation split of at least ", opt.val_min_bytes,
+            " bytes that leaves most data for training; add sources or lower --val-min-bytes");
+
+  // 3. Tokenizer, trained on the training split only.
+  auto t1 = clock::now();
+  res.seconds_collect = seconds_since(t0);
+  std::vector<ChunkCounts> partial(threads);
+  {
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        for (size_t i = t; i < n_files; i += threads)
+          if (!is_val[i]) count_chunks(corpus.files[i].content, partial[t]);
+      });
+    for (auto& th : pool) th.join();
+  }
+  ChunkCounts counts = std::move(partial[0]);
+  for (int t = 1; t < threads; ++t) {
+    for (auto& [k, v] : partial[t]) counts[k] += v;
+    ChunkCounts().swap(partial[t]);
+  }
+  log(opt.quiet, "[data] training BPE to vocab " + std::to_string(opt.vocab) + " on " +
+                     std::to_string(counts.size()) + " unique chunks");
+  Tokenizer tok = Tokenizer::train(counts, opt.vocab);
+  ChunkCounts().swap(counts);
+  res.seconds_tokenizer = seconds_since(t1);
+
+  // 4. Encode every document (parallel, results in their slots).
+  auto t2 = clock::now();
+  std::vector<std::vector<int32_t>> tokens(n_files);
+  {
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&] {
+        for (size_t i; (i = next++) < n_files;) tok.encode(corpus.files[i].content, tokens[i]);
+      });
+    for (auto& th : pool) th.join();
+  }
+  res.seconds_encode = seconds_since(t2);
+
+  // 5. Write into a temporary sibling, then rename into place.
+  std::string out = std::filesystem::path(opt.out).lexically_normal().string();
+  if (!out.empty() && out.back() == '/') out.pop_back();
+  // Leftovers of a build that was killed are never a data set; clear them first.
+  for (const char* stale : {".partial-", ".old-"}) {
+    std::error_code ec;
+    auto p = std::filesystem::path(out);
+    for (auto& e : std::filesystem::directory_iterator(p.parent_path().empty() ? "." : p.parent_path(), ec))
+      if (e.path().filename().string().rfind(p.filename().string() + stale, 0) == 0) fs::remove_all(e.path().string());
+  }
+  TempDir tmp{out + ".partial-" + std::to_string(::getpid())};
+  fs::mkdirs(tmp.path);
+  const bool wide = opt.vocab > 65536;
+  const DType dt = wide ? DType::U32 : DType::U16;
+
+  json m;
+  m["format"] = kDataFormat;
+  m["name"] = opt.name;
+  m["roots"] = roots;
+  m["tokenizer"] = {{"file", "tokenizer.bpe"}, {"hash", tok.hash()}, {"vocab", tok.vocab_size()},
+                    {"n_special", N_SPECIAL}, {"dtype", wide ? "u32" : "u16"}};
+  m["split"] = {{"rule", split_rule(opt.val_frac, opt.val_min_bytes)},
+                {"val_frac", opt.val_frac},
+                {"val_min_bytes", opt.val_min_bytes}};
+  m["max_file_bytes"] = opt.max_file_bytes;
+  json sources = json::array();
+  for (size_t i = 0; i < n_files; ++i) {
+    auto& f = corpus.files[i];
+    sources.push_back({{"path", f.path}, {"bytes", f.content.size()}, {"hash", f.hash},
+                       {"split", is_val[i] ? "val" : "train"}, {"tokens", tokens[i].size()}});
+  }
+  m["sources"] = std::move(sources);
+  json skipped = json::array();
+  for (auto& s : corpus.skipped) skipped.push_back({{"path", s.path}, {"reason", s.reason}});
+  m["skip_counts"] = corpus.skip_counts;
+  m["skipped"] = std::move(skipped);
+
+  fs::write_atomic(fs::join(tmp.path, "tokenizer.bpe"), tok.serialize());
+  json shards = json::array(), documents = json::object(), counts_json = json::object();
+  for (Split sp : {Split::Train, Split::Val}) {
+    const bool want_val = sp == Split::Val;
+    std::vector<DocRecord> recs;
+    std::string payload;
+    uint64_t in_shard = 0, split_tokens = 0, split_bytes = 0;
+    uint32_t shard_idx = 0;
+    json doc_list = json::array();
+    auto flush = [&] {
+      if (in_shard == 0) return;
+      std::string file = shard_name(sp, shard_idx);
+      std::string bytes = encode_file(kTokMagic, dt, in_shard, payload);
+      fs::write_atomic(fs::join(tmp.path, file), bytes);
+      shards.push_back({{"file", file}, {"split", split_name(sp)}, {"tokens", in_shard},
+                        {"checksum", hex64(hash64(payload))}});
+      payload.clear();
+      in_shard = 0;
+      ++shard_idx;
+    };
+    for (size_t i = 0; i < n_files; ++i) {
+      if (static_cast<bool>(is_val[i]) != want_val) continue;
+      const auto& t = tokens[i];
+      if (in_shard > 0 && in_shard + t.size() > kShardTokens) flush();
+      recs.push_back({shard_idx, static_cast<uint32_t>(i), in_shard, t.size()});
+      doc_list.push_back(i);
+      for (int32_t id : t) {
+        if (wide) {
+          uint32_t v = static_cast<uint32_t>(id);
+          payload.append(reinterpret_cast<const char*>(&v), 4);
+        } else {
+          uint16_t v = static_cast<uint16_t>(id);
+          payload.append(reinterpret_cast<const char*>(&v), 2);
+        }
+      }
+      in_shard += t.size();
+      split_tokens += t.size();
+      split_bytes += corpus.files[i].content.size();
+    }
+    flush();
+    std::string idx_payload(reinterpret_cast<const char*>(recs.data()), recs.size() * sizeof(DocRecord));
+    std::string idx_file = std::string(split_name(sp)) + ".idx";
+    fs::write_atomic(fs::join(tmp.path, idx_file), encode_file(kIdxMagic, DType::DocRecord, recs.size(), idx_payload));
+    documents[split_name(sp)] = std::move(doc_list);
+    counts_json[split_name(sp)] = {{"docs", recs.size()}, {"bytes", split_bytes}, {"tokens", split_tokens},
+                                   {"index", idx_file}, {"index_checksum", hex64(hash64(idx_payload))}};
+    (want_val ? res.val_docs : res.train_docs) = recs.size();
+    (want_val ? res.val_tokens : res.train_tokens) = split_tokens;
+  }
+  m["shards"] = std::move(shards);
+  m["documents"] = std::move(documents);
+  m["counts"] = std::move(counts_json);
+  res.fingerprint = fingerprint_of(m);
+  m["fingerprint"] = res.fingerprint;
+  // Paths may be any bytes; invalid UTF-8 is replaced in the manifest (paths are informational).
+  fs::write_atomic(fs::join(tmp.path, "manifest.json"), m.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
+
+  // Swap into place: an old data set is moved aside first and removed only after the rename.
+  if (fs::exists(out)) {
+    std::string old = out + ".old-" + std::to_string(::getpid());
+    fs::rename(out, old);
+    fs::rename(tmp.path, out);
+    fs::remove_all(old);
+  } else {
+    fs::mkdirs(fs::parent(out));
+    fs::rename(tmp.path, out);
+  }
+  tmp.keep = true;
+  return res;
+}
+
+DataSet::DataSet(const std::string& dir) : dir_(dir) {
+  json m = read_manifest(dir);
+  manifest_text_ = m.dump(-1, ' ', false, json::error_handler_t::replace);
+  fingerprint_ = m.value("fingerprint", "");
+  name_ = m.value("name", "");
+  std::string tok_path = fs::join(dir, m["tokenizer"]["file"].get<std::string>());
+  std::string tok_text = fs::read_file(tok_path);
+  tok_ = Tokenizer::deserialize(tok_text);
+  SLM_CHECK(tok_.hash() == m["tokenizer"]["hash"].get<std::string>(), "[data] ", tok_path,
+            " does not match the manifest's tokenizer hash; the data set is corrupt, rebuild it");
+  for (auto& sh : m["shards"]) {
+    MappedFile f(fs::join(dir, sh["file"].get<std::string>()), kTokMagic);
+    SLM_CHECK(f.count() == sh["tokens"].get<uint64_t>() && hex64(f.checksum()) == sh["checksum"].get<std::string>(),
+              "[data] ", f.path(), " does not match the manifest (count or checksum); rebuild the data set");
+    f.verify();
+    (sh["split"] == "val" ? val_shards_ : train_shards_).push_back(std::move(f));
+  }
+  for (Split sp : {Split::Train, Split::Val}) {
+    const json& c = m["counts"][split_name(sp)];
+    MappedFile idx(fs::join(dir, c["index"].get<std::string>()), kIdxMagic);
+    SLM_CHECK(idx.dtype() == DType::DocRecord && hex64(idx.checksum()) == c["index_checksum"].get<std::string>(),
+              "[data] ", idx.path(), " does not match the manifest; rebuild the data set");
+    idx.verify();
+    auto& docs = sp == Split::Train ? train_docs_ : val_docs_;
+    const auto* r = static_cast<const DocRecord*>(idx.data());
+    docs.assign(r, r + idx.count());
+    const size_t n_sh = n_shards(sp);
+    for (auto& d : docs)
+      SLM_CHECK(d.shard < n_sh && d.offset + d.n_tokens <= shard(sp, d.shard).count() &&
+                    d.source < m["sources"].size(),
+                "[data] ", idx.path(), " points outside its shards; rebuild the data set");
+  }
+  SLM_CHECK(!val_docs_.empty(), "[data] ", dir, " has an empty validation split; rebuild it");
+}
+
+uint64_t DataSet::n_tokens(Split s) const {
+  uint64_t n = 0;
+  for (auto& d : docs(s)) n += d.n_tokens;
+  return n;
+}
+
+std::vector<int32_t> DataSet::doc_tokens(Split s, size_t i) const {
+  const DocRecord& d = docs(s)[i];
+  const MappedFile& f = shard(s, d.shard);
+  std::vector<int32_t> out(d.n_tokens);
+  for (uint64_t k = 0; k < d.n_tokens; ++k) out[k] = f.token(d.offset + k);
+  return out;
+}
+
+VerifyResult verify(const std::string& dir, uint64_t sample, int threads) {
+  VerifyResult r;
+  json m = read_manifest(dir);
+  DataSet ds(dir);  // headers, checksums of shards and indexes, tokenizer hash
+  r.files_checked = m["shards"].size() + 3;
+  const std::string fp = fingerprint_of(m);
+  SLM_CHECK(fp == m.value("fingerprint", ""), "[data] ", dir, "/manifest.json fingerprint does not match its contents");
+  const json& sources = m["sources"];
+  const Tokenizer& tok = ds.tokenizer();
+  const int32_t vocab = tok.vocab_size();
+  // Every document decodes to the exact bytes of its source (hash and size); a sample re-encodes.
+  struct Job {
+    Split sp;
+    size_t i;
+  };
+  std::vector<Job> jobs;
+  for (Split sp : {Split::Train, Split::Val}) {
+    const json& listed = m["documents"][split_name(sp)];
+    SLM_CHECK(listed.size() == ds.docs(sp).size(), "[data] ", split_name(sp), ".idx lists ", ds.docs(sp).size(),
+              " documents, the manifest ", listed.size());
+    for (size_t i = 0; i < ds.docs(sp).size(); ++i) {
+      SLM_CHECK(listed[i].get<size_t>() == ds.docs(sp)[i].source, "[data] ", split_name(sp),
+                ".idx disagrees with the manifest at document ", i);
+      jobs.push_back({sp, i});
+    }
+  }
+  const uint64_t stride = (sample == 0 || sample >= jobs.size()) ? 1 : jobs.size() / sample;
+  std::atomic<size_t> next{0};
+  std::atomic<uint64_t> reencoded{0};
+  std::vector<std::string> errors(resolve_threads(threads));
+  std::vector<std::thread> pool;
+  for (size_t t = 0; t < errors.size(); ++t)
+    pool.emplace_back([&, t] {
+      try {
+        for (size_t j; (j = next++) < jobs.size();) {
+          const auto& d = ds.docs(jobs[j].sp)[jobs[j].i];
+          const json& src = sources[d.source];
+          std::vector<int32_t> ids = ds.doc_tokens(jobs[j].sp, jobs[j].i);
+          SLM_CHECK(src["tokens"].get<uint64_t>() == ids.size(), "[data] token count of ", src["path"].get<std::string>(),
+                    " differs from the manifest");
+          for (int32_t id : ids)
+            SLM_CHECK(id >= N_SPECIAL && id < vocab, "[data] token id ", id, " out of range in ",
+                      src["path"].get<std::string>());
+          std::string text = tok.decode(ids);
+          SLM_CHECK(text.size() == src["bytes"].get<uint64_t>() && hash128_hex(text) == src["hash"].get<std::string>(),
+                    "[data] tokens of ", src["path"].get<std::string>(), " do not decode to the source bytes");
+          if (j % stride == 0) {
+            SLM_CHECK(tok.encode(text) == ids, "[data] re-encoding ", src["path"].get<std::string>(),
+                      " gives different tokens; the tokenizer does not match the shards");
+            ++reencoded;
+          }
+        }
+      } catch (const Error& e) {
+        errors[t] = e.what();
+        next = jobs.size();
+      }
+    });
+  for (auto& th : pool) th.join();
+  for (auto& e : errors)
+    if (!e.empty()) throw Error(e);
+  r.docs_decoded = jobs.size();
+  r.docs_reencoded = reencoded;
+  return r;
+}
+
+namespace {
+
+// A token's bytes shown safely on one line: printable ASCII kept, the rest escaped.
+std::string printable(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else if (c == '\\') out += "\\\\";
+    else if (c >= 0x20 && c < 0x7f) out += static_cast<char>(c);
+    else {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\x%02x", c);
+      out += b;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string stats(const std::string& dir, int top, bool as_json) {
+  json m = read_manifest(dir);
+  DataSet ds(dir);
+  const Tokenizer& tok = ds.tokenizer();
+  std::vector<uint64_t> freq(tok.vocab_size(), 0);
+  for (Split sp : {Split::Train, Split::Val})
+    for (size_t s = 0; s < ds.n_shards(sp); ++s) {
+      const MappedFile& f = ds.shard(sp, s);
+      for (uint64_t i = 0; i < f.count(); ++i) freq[f.token(i)]++;
+    }
+  std::vector<int32_t> ids(freq.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return freq[a] > freq[b]; });
+  uint64_t total = 0;
+  for (auto f : freq) total += f;
+
+  json out;
+  out["name"] = m["name"];
+  out["fingerprint"] = ds.fingerprint();
+  out["vocab"] = tok.vocab_size();
+  out["files"] = m["sources"].size();
+  out["skipped"] = m["skip_counts"];
+  for (const char* sp : {"train", "val"}) {
+    const json& c = m["counts"][sp];
+    out[sp] = {{"docs", c["docs"]}, {"bytes", c["bytes"]}, {"tokens", c["tokens"]}};
+  }
+  const double val_bpt = m["counts"]["val"]["bytes"].get<double>() / std::max<double>(1, m["counts"]["val"]["tokens"].get<double>());
+  out["val_bytes_per_token"] = val_bpt;
+  json tops = json::array();
+  for (int k = 0; k < top && k < static_cast<int>(ids.size()); ++k)
+    tops.push_back({{"id", ids[k]}, {"count", freq[ids[k]]}, {"text", printable(tok.token_string(ids[k]))}});
+  if (as_json) {
+    out["top_tokens"] = tops;
+    return out.dump(1, ' ', false, json::error_handler_t::replace) + "\n";
+  }
+  std::ostringstream os;
+  os << "data set    " << m["name"].get<std::string>() << " (" << dir << ")\n"
+     << "fingerprint " << ds.fingerprint() << "\n"
+     << "vocab       " << tok.vocab_size() << " (" << N_SPECIAL << " special, 256 bytes, "
+     << tok.merges().size() << " merges)\n"
+     << "files       " << m["sources"].size() << " kept";
+  for (auto& [why, n] : m["skip_counts"].items()) os << ", " << n.get<uint64_t>() << " skipped " << why;
+  os << "\n";
+  for (const char* sp : {"train", "val"}) {
+    const json& c = m["counts"][sp];
+    os << std::left << std::setw(12) << sp << c["docs"].get<uint64_t>() << " docs, " << c["bytes"].get<uint64_t>()
+       << " bytes, " << c["tokens"].get<uint64_t>() << " tokens\n";
+  }
+  os << "val bytes/token " << std::fixed << std::setprecision(3) << val_bpt << "\n"
+     << "most frequent tokens:\n";
+  for (auto& t : tops)
+    os << "  " << std::right << std::setw(6) << t["id"].get<int>() << "  " << std::setw(10) << t["count"].get<uint64_t>()
+       << "  " << std::setprecision(2) << 100.0 * t["count"].get<double>() / std::max<uint64_t>(1, total) << "%  '"
+       << t["text"].get<std::string>() << "'\n";
+  return os.str();
+}
+
+}  // namespace slm::data

@@ -1,0 +1,81 @@
+// A data set on disk (DATA_DIR):
+//   manifest.json       sources (path, size, hash, split, tokens), skips, split rule, tokenizer hash,
+//                       shards with checksums, counts, and the data fingerprint
+//   tokenizer.bpe       the BPE tokenizer (Tokenizer::serialize)
+//   {train,val}_NNN.tok token shards (shard.h);  {train,val}.idx document indexes
+// Built into a temporary sibling directory and renamed into place only when complete.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/shard.h"
+#include "data/tokenizer.h"
+
+namespace slm::data {
+
+constexpr const char* kDataFormat = "slmlab-data v1";
+
+struct BuildOptions {
+  std::vector<std::string> src;     // empty: default_source_roots()
+  std::string out;                  // DATA_DIR
+  int32_t vocab = 8192;             // incl. specials and bytes
+  double val_frac = 0.01;           // fraction of documents held out
+  uint64_t val_min_bytes = 65536;   // floor on validation bytes
+  std::string name = "cpp-local";
+  uint64_t max_file_bytes = 1 << 20;
+  int threads = 0;                  // 0 = all cores
+  bool force = false;               // replace an existing slmlab data set
+  bool quiet = false;
+};
+
+struct BuildResult {
+  std::string fingerprint;
+  uint64_t files = 0, train_docs = 0, val_docs = 0, train_tokens = 0, val_tokens = 0;
+  double seconds_collect = 0, seconds_tokenizer = 0, seconds_encode = 0;
+};
+
+BuildResult build(const BuildOptions& opt);
+
+enum class Split { Train, Val };
+const char* split_name(Split s);
+
+// An opened data set: manifest facts, tokenizer, mapped shards and document indexes.
+class DataSet {
+ public:
+  explicit DataSet(const std::string& dir);  // validates headers; throws slm::Error with the reason
+
+  const std::string& dir() const { return dir_; }
+  const std::string& fingerprint() const { return fingerprint_; }
+  const std::string& name() const { return name_; }
+  const Tokenizer& tokenizer() const { return tok_; }
+  const std::vector<DocRecord>& docs(Split s) const { return s == Split::Train ? train_docs_ : val_docs_; }
+  const MappedFile& shard(Split s, uint32_t i) const { return (s == Split::Train ? train_shards_ : val_shards_)[i]; }
+  size_t n_shards(Split s) const { return (s == Split::Train ? train_shards_ : val_shards_).size(); }
+  uint64_t n_tokens(Split s) const;
+  // Tokens of one document, widened to int32.
+  std::vector<int32_t> doc_tokens(Split s, size_t i) const;
+  const std::string& manifest_text() const { return manifest_text_; }
+
+ private:
+  std::string dir_, fingerprint_, name_, manifest_text_;
+  Tokenizer tok_;
+  std::vector<MappedFile> train_shards_, val_shards_;
+  std::vector<DocRecord> train_docs_, val_docs_;
+};
+
+// True when `dir` holds a slmlab manifest (complete or not, it is ours to replace).
+bool is_dataset(const std::string& dir);
+
+// Re-hashes everything, recomputes the fingerprint, decodes every document against its source hash
+// and re-encodes `sample` documents (0 = all). Throws slm::Error with a one-line reason.
+struct VerifyResult {
+  uint64_t files_checked = 0, docs_decoded = 0, docs_reencoded = 0;
+};
+VerifyResult verify(const std::string& dir, uint64_t sample, int threads);
+
+// `slmlab data stats`: human text or JSON.
+std::string stats(const std::string& dir, int top, bool json);
+
+}  // namespace slm::data

@@ -1,0 +1,96 @@
+#include "data/loader.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "common/error.h"
+
+namespace slm::data {
+
+namespace {
+// splitmix64: a well-mixed 64-bit stream from any seed.
+uint64_t splitmix(uint64_t& x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+std::vector<uint32_t> permutation(uint32_t n, uint64_t seed) {
+  std::vector<uint32_t> p(n);
+  std::iota(p.begin(), p.end(), 0u);
+  uint64_t s = seed;
+  for (uint32_t i = n; i > 1; --i) {
+    // Lemire's multiply-shift: a uniform value in [0, i) without modulo bias worth caring about here.
+    uint64_t j = static_cast<uint64_t>((static_cast<unsigned __int128>(splitmix(s)) * i) >> 64);
+    std::swap(p[i - 1], p[j]);
+  }
+  return p;
+}
+
+Loader::Loader(const DataSet& ds, Split split, int64_t context, uint64_t seed, bool shuffle, int rank, int world)
+    : ds_(ds), split_(split), row_len_(context + 1), seed_(seed), shuffle_(shuffle), rank_(rank), world_(world) {
+  SLM_CHECK(context >= 1, "[loader] context must be at least 1, got ", context);
+  SLM_CHECK(world >= 1 && rank >= 0 && rank < world, "[loader] rank ", rank, " is outside world size ", world);
+  SLM_CHECK(!ds.docs(split).empty(), "[loader] the ", split_name(split), " split of ", ds.dir(), " is empty");
+  scratch_tok_.resize(row_len_);
+  scratch_doc_.resize(row_len_);
+  shuffle_epoch();
+}
+
+void Loader::shuffle_epoch() {
+  const uint32_t n = static_cast<uint32_t>(ds_.docs(split_).size());
+  if (shuffle_) {
+    order_ = permutation(n, seed_ * 0x100000001b3ull + st_.epoch);
+  } else {
+    order_.resize(n);
+    std::iota(order_.begin(), order_.end(), 0u);
+  }
+}
+
+void Loader::restore(const LoaderState& s) {
+  SLM_CHECK(s.doc < order_.size() || (s.doc == 0 && s.offset == 0), "[loader] saved position (document ", s.doc,
+            ") is outside the ", split_name(split_), " split; the checkpoint belongs to another data set");
+  st_ = s;
+  shuffle_epoch();
+  const auto& d = ds_.docs(split_)[order_[st_.doc]];
+  SLM_CHECK(st_.offset < d.n_tokens, "[loader] saved offset is outside its document; the checkpoint belongs to another data set");
+}
+
+void Loader::fill(int32_t* tokens, int32_t* doc_ids) {
+  const auto& docs = ds_.docs(split_);
+  int64_t pos = 0;
+  int32_t seg = 0;
+  while (pos < row_len_) {
+    const DocRecord& d = docs[order_[st_.doc]];
+    tokens[pos] = TOK_BOS;
+    doc_ids[pos] = seg;
+    if (++pos == row_len_) break;  // the document starts in the next row, after its own BOS
+    const uint64_t take = std::min<uint64_t>(d.n_tokens - st_.offset, static_cast<uint64_t>(row_len_ - pos));
+    const MappedFile& sh = ds_.shard(split_, d.shard);
+    for (uint64_t k = 0; k < take; ++k) {
+      tokens[pos + k] = sh.token(d.offset + st_.offset + k);
+      doc_ids[pos + k] = seg;
+    }
+    pos += static_cast<int64_t>(take);
+    st_.offset += take;
+    if (st_.offset == d.n_tokens) {
+      st_.offset = 0;
+      if (++st_.doc == order_.size()) {
+        st_.doc = 0;
+        ++st_.epoch;
+        shuffle_epoch();
+      }
+    }
+    ++seg;
+  }
+  ++st_.rows;
+}
+
+void Loader::next(int32_t* tokens, int32_t* doc_ids) {
+  while (st_.rows % world_ != static_cast<uint64_t>(rank_)) fill(scratch_tok_.data(), scratch_doc_.data());
+  fill(tokens, doc_ids);
+}
+
+}  // namespace slm::data

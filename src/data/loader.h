@@ -1,0 +1,54 @@
+// The training and validation loader: packed rows of context+1 tokens.
+// Every row starts with BOS. Documents are laid end to end, each opened by a BOS; a document cut by
+// the end of a row continues in the next row after a fresh BOS, so no token is dropped. doc_ids
+// number the segments within a row (0, 1, ...) so attention can be masked per document.
+// The order is a pure function of (seed, epoch); the position is a small state that a checkpoint
+// saves and restores. Rank r of W takes global rows r, r+W, r+2W, ...
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "data/dataset.h"
+
+namespace slm::data {
+
+struct LoaderState {
+  uint64_t epoch = 0;   // passes over the split completed
+  uint64_t doc = 0;     // position in the epoch's document order
+  uint64_t offset = 0;  // tokens of that document already emitted
+  uint64_t rows = 0;    // global rows produced so far (all ranks)
+  bool operator==(const LoaderState& o) const {
+    return epoch == o.epoch && doc == o.doc && offset == o.offset && rows == o.rows;
+  }
+};
+
+class Loader {
+ public:
+  // shuffle: a fresh seeded permutation of the documents each epoch (train); false keeps manifest order (val).
+  Loader(const DataSet& ds, Split split, int64_t context, uint64_t seed, bool shuffle, int rank = 0, int world = 1);
+
+  int64_t row_len() const { return row_len_; }  // context + 1
+  // Writes this rank's next row: tokens[row_len] and doc_ids[row_len].
+  void next(int32_t* tokens, int32_t* doc_ids);
+  const LoaderState& state() const { return st_; }
+  void restore(const LoaderState& s);
+
+ private:
+  void fill(int32_t* tokens, int32_t* doc_ids);  // the next global row
+  void shuffle_epoch();
+
+  const DataSet& ds_;
+  Split split_;
+  int64_t row_len_;
+  uint64_t seed_;
+  bool shuffle_;
+  int rank_, world_;
+  LoaderState st_;
+  std::vector<uint32_t> order_;
+  std::vector<int32_t> scratch_tok_, scratch_doc_;
+};
+
+// Seeded Fisher-Yates with a portable generator (std::shuffle's algorithm is implementation-defined).
+std::vector<uint32_t> permutation(uint32_t n, uint64_t seed);
+
+}  // namespace slm::data

@@ -1,0 +1,91 @@
+// Helpers shared by tests: temporary directories, a synthetic C++ corpus, running the binary.
+#pragma once
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+namespace slm::test {
+
+// A fresh directory under /tmp, removed when the object dies.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/slmlab-test-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string operator/(const std::string& p) const { return path + "/" + p; }
+};
+
+inline void write(const std::string& path, const std::string& bytes) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+// Deterministic pseudo C++ source: classes, templates, comments, strings, numbers.
+inline std::string synthetic_cpp(uint64_t seed, int n_funcs) {
+  std::mt19937_64 rng(seed);
+  const char* types[] = {"int", "double", "std::string", "size_t", "auto", "std::vector<int>", "bool"};
+  const char* names[] = {"count", "value", "buffer", "index", "total", "result", "node", "key", "item", "data"};
+  auto pick = [&](auto& arr) { return arr[rng() % (sizeof(arr) / sizeof(arr[0]))]; };
+  std::string s = "// synthetic file " + std::to_string(seed) + "\n#include <vector>\n#include <string>\n\n";
+  s += "namespace ns" + std::to_string(seed % 7) + " {\n\n";
+  for (int f = 0; f < n_funcs; ++f) {
+    std::string name = std::string(pick(names)) + "_" + std::to_string(rng() % 1000);
+    s += "/// @brief Computes the " + std::string(pick(names)) + " of a " + pick(names) + ".\n";
+    s += "template <typename T>\n" + std::string(pick(types)) + " " + name + "(const T& " + pick(names) + ") {\n";
+    int lines = 2 + rng() % 6;
+    for (int l = 0; l < lines; ++l) {
+      switch (rng() % 5) {
+        case 0: s += "  " + std::string(pick(types)) + " " + pick(names) + " = " + std::to_string(rng() % 100000) + ";\n"; break;
+        case 1: s += "  if (" + std::string(pick(names)) + " <=> " + pick(names) + ") return {};\n"; break;
+        case 2: s += "  auto s = \"text // not a comment " + std::to_string(rng() % 99) + "\";\n"; break;
+        case 3: s += "  for (size_t i = 0; i < " + std::string(pick(names)) + ".size(); ++i) { total += 0x1F'FF; }\n"; break;
+        default: s += "  /* block " + std::string(pick(names)) + " */ " + pick(names) + "->run();\n";
+      }
+    }
+    s += "  return " + std::string(pick(names)) + ";\n}\n\n";
+  }
+  return s + "}  // namespace\n";
+}
+
+// Writes n synthetic sources (alternating .h / .cpp) under dir; returns total bytes.
+inline size_t make_corpus(const std::string& dir, int n_files, uint64_t seed = 1, int n_funcs = 12) {
+  size_t total = 0;
+  for (int i = 0; i < n_files; ++i) {
+    std::string body = synthetic_cpp(seed * 1000003 + i, n_funcs);
+    total += body.size();
+    write(dir + "/src" + std::to_string(i % 4) + "/file" + std::to_string(i) + (i % 2 ? ".cpp" : ".h"), body);
+  }
+  return total;
+}
+
+struct RunResult {
+  int status;
+  std::string out;  // stdout + stderr
+};
+
+// Runs a shell command, capturing output and exit status.
+inline RunResult run(const std::string& cmd) {
+  RunResult r{0, ""};
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  int st = ::pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+inline int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+}  // namespace slm::test
