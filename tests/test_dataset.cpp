@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "data/corpus.h"
 #include "data/dataset.h"
 #include "test_util.h"
 
@@ -125,14 +126,14 @@ TEST(DataSet, SkipsAreCountedAndListed) {
   TempDir t;
   slm::test::make_corpus(t / "src", 30);
   slm::test::write(t / "src/bin.h", std::string("int x;\0\1\2", 9));
-  slm::test::write(t / "src/big.cpp", std::string(5000, 'x'));
+  slm::test::write(t / "src/big.cpp", std::string(20000, 'x'));
   slm::test::write(t / "src/dup.hpp", fs::read_file(t / "src/src0/file0.h"));
   slm::test::write(t / "src/empty.cc", "");
   slm::test::write(t / "src/readme.txt", "not a source");
   slm::test::write(t / "src/c++/12/vector", "namespace std { template <class T> class vector; }\n");
   slm::test::write(t / "src/Makefile", "all:\n");
   auto o = small_opts(t / "src", t / "ds");
-  o.max_file_bytes = 4096;
+  o.max_file_bytes = 16384;
   build(o);
   auto m = manifest(t / "ds");
   EXPECT_EQ(m["skip_counts"]["binary"], 1);

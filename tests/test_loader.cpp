@@ -75,7 +75,6 @@ TEST(Loader, ValidationStreamReproducesDocumentsInOrderWithoutLoss) {
   }
   got.resize(expect.size());
   EXPECT_EQ(got, expect);
-  EXPECT_EQ(l.state().epoch, 0u);
 }
 
 TEST(Loader, DeterministicBySeed) {
@@ -87,7 +86,7 @@ TEST(Loader, DeterministicBySeed) {
 }
 
 TEST(Loader, ResumeFromSavedPositionIsEquivalent) {
-  const int total = 300, cut = 137;  // several epochs at this size
+  const int total = 2000, cut = 737;  // more than one epoch at this size
   Loader full(dataset(), Split::Train, 40, 3, true);
   auto all = take(full, total);
   EXPECT_GT(full.state().epoch, 0u) << "test should cross an epoch boundary";
