@@ -34,9 +34,10 @@ struct Piece {
 std::vector<Piece> lex(std::string_view src);
 
 // Chunks for BPE: lex(), then comments and string literals are cut into word-like chunks
-// (optional one space + letters, digits, punctuation runs, whitespace runs), and a single
-// space before an identifier, number or punctuator is attached to it (" int"). The chunks
-// partition `src` exactly. Appends views into `src` to `out`.
+// (optional one space + letters, digits, punctuation runs, whitespace runs; at most 64 bytes),
+// and the last space of a blank run is attached to the following token of any kind but a
+// newline (" int", " //"). All-digit numbers are cut in groups of 3, long identifiers and
+// whitespace at 64 bytes. The chunks partition `src` exactly. Appends views into `src` to `out`.
 void pretokenize(std::string_view src, std::vector<std::string_view>& out);
 
 }  // namespace slm::lex
