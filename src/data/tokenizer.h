@@ -63,6 +63,7 @@ class Tokenizer {
   std::vector<std::string> token_str_;
   std::vector<int32_t> token_bytes_;
   std::unordered_map<uint64_t, int32_t> rank_;  // (left<<32|right) -> merge rank
+  int32_t serial_ = -1;                          // identity of the merge table, keys encode caches
 };
 
 }  // namespace slm
