@@ -8,5 +8,8 @@ int cmd_data_build(const Args& a);
 int cmd_data_verify(const Args& a);
 int cmd_data_stats(const Args& a);
 int cmd_demo(const Args& a);
+int cmd_train(const Args& a);
+int cmd_export(const Args& a);
+int cmd_bench_peak(const Args& a);
 
 }  // namespace slm::cli

@@ -21,6 +21,9 @@ const std::map<std::string, Handler>& handlers() {
       {"data verify", slm::cli::cmd_data_verify},
       {"data stats", slm::cli::cmd_data_stats},
       {"demo", slm::cli::cmd_demo},
+      {"train", slm::cli::cmd_train},
+      {"export", slm::cli::cmd_export},
+      {"bench peak", slm::cli::cmd_bench_peak},
   };
   return h;
 }

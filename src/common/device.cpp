@@ -1,8 +1,17 @@
 #include "common/device.h"
 
-#include <torch/torch.h>
+#include <ATen/autocast_mode.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
+
+#include "common/error.h"
+#include "common/fs.h"
 
 namespace slm::device {
 
@@ -22,6 +31,123 @@ std::string describe() {
   else
     os << "cpu (" << at::get_num_threads() << " threads)";
   return os.str();
+}
+
+torch::Device resolve(const std::string& name) {
+  if (name == "cuda") {
+    SLM_CHECK(cuda_available(), "device cuda requested but this LibTorch has no usable CUDA device; use --set device=cpu");
+    return torch::Device(torch::kCUDA, 0);
+  }
+  SLM_CHECK(name == "cpu", "unknown device '", name, "'; use cpu or cuda");
+  return torch::Device(torch::kCPU);
+}
+
+namespace {
+std::string cpu_flags_and_model(std::string* model) {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line, flags;
+  while (std::getline(in, line)) {
+    if (model && model->empty() && line.rfind("model name", 0) == 0) *model = line.substr(line.find(':') + 2);
+    if (flags.empty() && line.rfind("flags", 0) == 0) flags = " " + line.substr(line.find(':') + 1) + " ";
+  }
+  return flags;
+}
+}  // namespace
+
+bool bf16_fast(const torch::Device& dev, std::string* why) {
+  if (dev.is_cuda()) {
+    if (why) *why = "cuda";
+    return true;
+  }
+  std::string flags = cpu_flags_and_model(nullptr);
+  for (const char* f : {"amx_bf16", "avx512_bf16"})
+    if (flags.find(std::string(" ") + f + " ") != std::string::npos) {
+      if (why) *why = std::string("cpu has ") + f + " (oneDNN bf16 matmuls)";
+      return true;
+    }
+  if (why) *why = "cpu lacks avx512_bf16 and amx_bf16, so bf16 matmuls would be emulated and slower than fp32";
+  return false;
+}
+
+void set_autocast(const torch::Device& dev, bool on) {
+  if (dev.is_cuda()) {
+    at::autocast::set_enabled(on);
+    return;
+  }
+  at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+  at::autocast::set_cpu_enabled(on);
+}
+
+void clear_autocast_cache() { at::autocast::clear_cache(); }
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& allowed) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+#if TORCH_VERSION_MAJOR >= 2
+  if (!allowed.defined()) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  return at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
+#else
+  // 1.13 has no public fused kernel: scores in fp32 (bf16 softmax loses too much), probabilities
+  // back in v's dtype for the second matmul.
+  auto scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat32).mul_(scale);
+  torch::Tensor mask = allowed;
+  if (!mask.defined()) {
+    const int64_t T = q.size(-2);
+    mask = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(q.device())).tril();
+  }
+  scores.masked_fill_(mask.logical_not(), -std::numeric_limits<float>::infinity());
+  auto p = torch::softmax(scores, -1).to(v.scalar_type());
+  return torch::matmul(p, v);
+#endif
+}
+
+double peak_flops(const torch::Device& dev, torch::ScalarType dtype, bool force_measure) {
+  std::string model;
+  cpu_flags_and_model(&model);
+  const int threads = at::get_num_threads();
+  std::string key = (dev.is_cuda() ? std::string("cuda") : model) + "|" + std::to_string(threads) + "|" +
+                    c10::toString(dtype) + "|" + torch_version();
+  const char* home = std::getenv("HOME");
+  std::string cache = std::string(home ? home : "/tmp") + "/.cache/slmlab/peak.json";
+  nlohmann::json j = nlohmann::json::object();
+  if (fs::exists(cache)) {
+    try {
+      j = nlohmann::json::parse(fs::read_file(cache));
+    } catch (...) {
+      j = nlohmann::json::object();  // a damaged cache is re-measured, not trusted
+    }
+    if (!force_measure && j.contains(key)) return j[key].get<double>();
+  }
+  // GEMM probe: square matmuls at a size that saturates the device, best of several timed runs.
+  torch::NoGradGuard ng;
+  const int64_t n = dev.is_cuda() ? 8192 : 1024;
+  auto opts = torch::TensorOptions().dtype(dtype).device(dev);
+  auto a = torch::randn({n, n}, opts), b = torch::randn({n, n}, opts);
+  for (int i = 0; i < 3; ++i) torch::matmul(a, b);
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const int iters = dev.is_cuda() ? 20 : 4;
+    if (dev.is_cuda()) torch::cuda::synchronize();
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) torch::matmul(a, b);
+    if (dev.is_cuda()) torch::cuda::synchronize();
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * n * n * n * iters / s);
+  }
+  j[key] = best;
+  try {
+    fs::mkdirs(fs::parent(cache));
+    fs::write_atomic(cache, j.dump(1));
+  } catch (const Error&) {
+    // an unwritable cache only costs a re-measurement next time
+  }
+  return best;
+}
+
+int64_t peak_rss_bytes() {
+  struct rusage ru {};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
 }
 
 }  // namespace slm::device

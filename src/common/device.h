@@ -1,13 +1,36 @@
 // The one seam for device and LibTorch-version differences (CPU Debian LibTorch 1.13 vs a CUDA
 // LibTorch 2.x). Code elsewhere asks this header, never TORCH_VERSION or torch::cuda directly.
 #pragma once
+#include <torch/torch.h>
+
 #include <string>
 
 namespace slm::device {
 
-// "libtorch 1.13.1, cpu (2 threads), bf16: yes"
+// "libtorch 1.13.1, cpu (2 threads)"
 std::string describe();
 std::string torch_version();
 bool cuda_available();
+// The torch device for a substrate's device string; fails clearly when CUDA is asked for and absent.
+torch::Device resolve(const std::string& name);
+
+// Whether bf16 matmuls are fast on this device; `why` says what was detected.
+bool bf16_fast(const torch::Device& dev, std::string* why);
+// Turns mixed precision on or off for the current thread (CPU: autocast to bf16; CUDA: autocast bf16).
+void set_autocast(const torch::Device& dev, bool on);
+// Drops autocast's cached weight casts; call after each optimizer step.
+void clear_autocast_cache();
+
+// Attention: softmax(q k^T * scale + mask) v. q,k,v: (B, H, T, D); allowed: (B, 1, T, T) bool or undefined
+// (undefined = causal). Uses the fused kernel where the LibTorch version has one.
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& allowed);
+
+// Sustained matmul FLOP/s of this device at `dtype` with the current thread count, measured by a
+// short GEMM probe and cached in ~/.cache/slmlab (keyed by CPU model, threads, dtype, LibTorch version).
+double peak_flops(const torch::Device& dev, torch::ScalarType dtype, bool force_measure = false);
+
+// Resident set size high-water mark of this process, bytes.
+int64_t peak_rss_bytes();
 
 }  // namespace slm::device

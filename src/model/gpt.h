@@ -1,0 +1,98 @@
+// The baseline model, as small LMs are trained today (nanochat is the reference): token embedding,
+// pre-norm blocks with parameter-free RMSNorm, causal attention with RoPE and QK-norm, ReLU^2 MLP,
+// untied output head, logit softcap, zero-initialized output projections. Attention is masked per
+// document inside a packed row (doc_mask). The layer pattern string repeats over depth.
+//
+// Shapes: B batch rows, T context, C model dim, H heads, D head dim, V vocabulary.
+#pragma once
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+namespace slm {
+
+struct ModelConfig {
+  int64_t vocab = 8192;
+  int64_t n_layer = 4;
+  int64_t d_model = 256;      // C = n_head * head_dim
+  int64_t n_head = 4;
+  int64_t head_dim = 64;
+  int64_t context = 256;      // longest T the RoPE cache covers
+  std::string layer_pattern = "A";
+  double softcap = 15.0;      // 0 = off
+  bool doc_mask = true;
+  double rope_base = 10000.0;
+  uint64_t seed = 1337;       // initialization
+
+  // Kind of layer i: the pattern repeated over depth.
+  char layer_kind(int64_t i) const { return layer_pattern[i % layer_pattern.size()]; }
+};
+
+// One line per layer: "layer 0: A attention (H=4, D=64)".
+std::string layer_plan(const ModelConfig& c);
+
+// Attention mask for packed rows: (B, 1, T, T) bool, true where query t may see key s
+// (s <= t and same document). Undefined when doc ids are undefined (plain causal).
+torch::Tensor document_causal_mask(const torch::Tensor& doc_ids);
+
+struct CausalSelfAttentionImpl : torch::nn::Module {
+  CausalSelfAttentionImpl(const ModelConfig& c);
+  // x: (B, T, C), cos/sin: (T, D/2), allowed: (B, 1, T, T) bool or undefined -> (B, T, C)
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& allowed);
+  int64_t n_head, head_dim;
+  torch::nn::Linear c_q{nullptr}, c_k{nullptr}, c_v{nullptr}, c_proj{nullptr};
+};
+TORCH_MODULE(CausalSelfAttention);
+
+struct MLPImpl : torch::nn::Module {
+  explicit MLPImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
+  torch::nn::Linear c_fc{nullptr}, c_proj{nullptr};
+};
+TORCH_MODULE(MLP);
+
+struct BlockImpl : torch::nn::Module {
+  BlockImpl(const ModelConfig& c, int64_t layer);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& allowed);
+  CausalSelfAttention attn{nullptr};
+  MLP mlp{nullptr};
+};
+TORCH_MODULE(Block);
+
+struct GPTImpl : torch::nn::Module {
+  explicit GPTImpl(const ModelConfig& c);
+
+  // Final hidden state before the last norm: idx (B, T) int64, doc_ids (B, T) or undefined -> (B, T, C)
+  torch::Tensor hidden(const torch::Tensor& idx, const torch::Tensor& doc_ids);
+  // Logits in fp32, softcapped: (B, T, V).
+  torch::Tensor logits(const torch::Tensor& h);
+  // Per-target cross entropy in nats: (B, T), fp32. The training loss is its mean.
+  torch::Tensor token_nats(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids);
+
+  // Parameters that are 2-D matrices inside the blocks (Muon), and the rest by role.
+  std::vector<std::string> matrix_params() const;
+  int64_t n_params() const;
+  // Parameters that take part in matmuls (all but the embedding), for FLOPs per token.
+  int64_t n_matmul_params() const;
+  // Model FLOPs per token of a training step (forward + backward): 6 x matmul params + attention.
+  double flops_per_token(int64_t T) const;
+
+  ModelConfig cfg;
+  torch::nn::Embedding wte{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::Linear lm_head{nullptr};
+  torch::Tensor rope_cos, rope_sin;  // buffers (context, D/2)
+};
+TORCH_MODULE(GPT);
+
+// Rotary tables for positions [0, T): cos, sin of shape (T, D/2), half-split layout.
+std::pair<torch::Tensor, torch::Tensor> rope_tables(int64_t T, int64_t head_dim, double base);
+// Rotates x: (B, T, H, D) by the tables (T, D/2), half-split pairs (x_i, x_{i+D/2}).
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+// RMSNorm over the last dim, no learned scale.
+torch::Tensor rms_norm(const torch::Tensor& x);
+
+}  // namespace slm

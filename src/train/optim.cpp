@@ -1,0 +1,187 @@
+#include "train/optim.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "common/error.h"
+
+namespace slm {
+
+namespace {
+
+// Keller Jordan's quintic coefficients: they maximize the slope at 0 so small singular values
+// grow fast, at the price of converging to a band around 1 (about [0.7, 1.2]) rather than to 1.
+constexpr double kNsA = 3.4445, kNsB = -4.7750, kNsC = 2.0315;
+
+// Every state tensor under its checkpoint name, sharing storage with the optimizer's own tensors.
+std::map<std::string, torch::Tensor> live_state(const std::map<std::string, torch::Tensor>& exp_avg,
+                                                const std::map<std::string, torch::Tensor>& exp_avg_sq,
+                                                const std::map<std::string, torch::Tensor>& momentum) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& [name, t] : exp_avg) out[name + ".exp_avg"] = t;
+  for (const auto& [name, t] : exp_avg_sq) out[name + ".exp_avg_sq"] = t;
+  for (const auto& [name, t] : momentum) out[name + ".momentum"] = t;
+  return out;
+}
+
+// An fp32 zero tensor shaped and placed like p: optimizer state stays fp32 whatever p's dtype.
+torch::Tensor fp32_zeros_like(const torch::Tensor& p) {
+  return torch::zeros(p.sizes(), p.options().dtype(torch::kFloat));
+}
+
+}  // namespace
+
+// Validates the groups once, so step() can trust them, and allocates all state up front:
+// state() then has the same names from step 0, which keeps checkpoints of any step restorable.
+Optimizer::Optimizer(std::vector<ParamGroup> groups, OptimOptions opt) : groups_(std::move(groups)), opt_(opt) {
+  SLM_CHECK(opt_.beta1 >= 0 && opt_.beta1 < 1 && opt_.beta2 >= 0 && opt_.beta2 < 1,
+            "[optim] adam betas (", opt_.beta1, ", ", opt_.beta2, ") must lie in [0, 1); fix adam_beta1/adam_beta2");
+  SLM_CHECK(opt_.momentum >= 0 && opt_.momentum < 1,
+            "[optim] muon momentum ", opt_.momentum, " must lie in [0, 1); fix muon_momentum");
+  SLM_CHECK(opt_.eps >= 0, "[optim] adam eps ", opt_.eps, " is negative; use a small positive eps");
+  SLM_CHECK(opt_.ns_steps >= 1, "[optim] ns_steps ", opt_.ns_steps, " must be at least 1 (5 is usual)");
+  torch::NoGradGuard no_grad;
+  std::set<std::string> seen;
+  for (const ParamGroup& g : groups_) {
+    SLM_CHECK(g.kind == "adamw" || g.kind == "muon",
+              "[optim] group '", g.name, "' has kind '", g.kind, "'; use \"adamw\" or \"muon\"");
+    SLM_CHECK(g.names.size() == g.params.size(), "[optim] group '", g.name, "' has ", g.names.size(), " names for ",
+              g.params.size(), " params; give exactly one name per parameter");
+    SLM_CHECK(std::isfinite(g.base_lr) && g.base_lr >= 0 && std::isfinite(g.weight_decay) && g.weight_decay >= 0,
+              "[optim] group '", g.name, "' has lr ", g.base_lr, " and weight decay ", g.weight_decay,
+              "; both must be finite and non-negative");
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      const std::string& name = g.names[i];
+      const torch::Tensor& p = g.params[i];
+      SLM_CHECK(seen.insert(name).second, "[optim] parameter '", name,
+                "' appears twice; put each parameter in exactly one group");
+      SLM_CHECK(p.defined() && p.is_floating_point(), "[optim] parameter '", name,
+                "' is undefined or not floating point; only float tensors can be optimized");
+      if (g.kind == "muon") {
+        SLM_CHECK(p.dim() == 2, "[optim] parameter '", name, "' has shape ", p.sizes(), " in muon group '", g.name,
+                  "'; Muon takes 2-D matrices only, put it in an adamw group");
+        momentum_[name] = fp32_zeros_like(p);
+      } else {
+        exp_avg_[name] = fp32_zeros_like(p);
+        exp_avg_sq_[name] = fp32_zeros_like(p);
+      }
+    }
+  }
+}
+
+// One update of every parameter that has a gradient. The step counter (and so Adam's bias
+// correction) is global: a parameter skipped on some steps is corrected as if it had been updated.
+void Optimizer::step(double lr_factor) {
+  SLM_CHECK(std::isfinite(lr_factor) && lr_factor >= 0, "[optim] lr factor ", lr_factor,
+            " is not a finite non-negative number; check the lr schedule");
+  torch::NoGradGuard no_grad;
+  ++step_;
+  const double bc1 = 1 - std::pow(opt_.beta1, static_cast<double>(step_));
+  const double bc2 = 1 - std::pow(opt_.beta2, static_cast<double>(step_));
+  for (ParamGroup& g : groups_) {
+    const double lr = g.base_lr * lr_factor;
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      torch::Tensor& p = g.params[i];
+      if (!p.grad().defined()) continue;
+      // State is fp32; .to() is free when the grad already is.
+      const torch::Tensor grad = p.grad().to(torch::kFloat);
+      if (g.kind == "muon") {
+        torch::Tensor& buf = momentum_.at(g.names[i]);
+        buf.lerp_(grad, 1 - opt_.momentum);
+        // Nesterov: step along the gradient pushed further toward the updated momentum.
+        const torch::Tensor update = grad.lerp(buf, opt_.momentum);
+        // bf16 Newton-Schulz is what GPU Muon uses (fast tensor cores, accuracy is ample for a band
+        // around 1). On CPU we stay in fp32: bf16 matmul there is slow or emulated, and fp32 keeps
+        // CPU runs reproducible against the fp32 reference in the tests.
+        const torch::Tensor x = zeropower_newton_schulz(update, opt_.ns_steps, p.is_cuda());
+        // Orthogonalized updates have unit spectral norm; tall matrices get a larger step so their
+        // per-element update RMS matches that of square ones.
+        const double scale = std::sqrt(std::max(1.0, static_cast<double>(p.size(0)) / p.size(1)));
+        if (g.weight_decay > 0) p.mul_(1 - lr * g.weight_decay);
+        p.add_(x, -lr * scale);
+      } else {
+        torch::Tensor& m = exp_avg_.at(g.names[i]);
+        torch::Tensor& v = exp_avg_sq_.at(g.names[i]);
+        m.lerp_(grad, 1 - opt_.beta1);
+        v.mul_(opt_.beta2).addcmul_(grad, grad, 1 - opt_.beta2);
+        torch::Tensor update = v.sqrt().div_(std::sqrt(bc2)).add_(opt_.eps);
+        // m / denom into the same buffer, then add_: unlike addcdiv_, add_ accepts a p whose dtype
+        // differs from the fp32 state (addcdiv_ asserts on mixed dtypes in LibTorch 1.13 CPU).
+        torch::div_out(update, m, update);
+        // Decoupled decay: shrinks p directly, never enters the moments.
+        if (g.weight_decay > 0) p.mul_(1 - lr * g.weight_decay);
+        p.add_(update, -lr / bc1);
+      }
+    }
+  }
+}
+
+// Drops the gradients instead of zeroing them: no memset, the next backward writes fresh ones
+// (same values as accumulating into zeros), and a parameter the next backward does not reach
+// stays without grad, so step() skips it rather than decaying it on a zero gradient.
+void Optimizer::zero_grad() {
+  for (ParamGroup& g : groups_)
+    for (torch::Tensor& p : g.params) p.mutable_grad() = torch::Tensor();
+}
+
+// Clones, not the live tensors: a caller may hold the map (e.g. while writing a checkpoint)
+// across later steps without the snapshot changing under it, or write into it without
+// corrupting training. The cost is one copy of the state, paid only when checkpointing.
+std::map<std::string, torch::Tensor> Optimizer::state() const {
+  torch::NoGradGuard no_grad;
+  std::map<std::string, torch::Tensor> out = live_state(exp_avg_, exp_avg_sq_, momentum_);
+  for (auto& [name, t] : out) t = t.clone();
+  out["step"] = torch::scalar_tensor(step_, torch::kInt64);
+  return out;
+}
+
+// Checks the whole map before copying anything, so a rejected map leaves the optimizer as it was.
+// Values are copied into the existing tensors (device and dtype kept) for a bitwise-exact resume.
+void Optimizer::restore(const std::map<std::string, torch::Tensor>& state) {
+  torch::NoGradGuard no_grad;
+  const char* fix = "; the checkpoint was written for another model or optimizer setup, resume with the same config";
+  std::map<std::string, torch::Tensor> live = live_state(exp_avg_, exp_avg_sq_, momentum_);
+  for (const auto& [key, dst] : live) {
+    auto it = state.find(key);
+    SLM_CHECK(it != state.end(), "[optim] optimizer state '", key, "' is missing", fix);
+    const torch::Tensor& src = it->second;
+    SLM_CHECK(src.defined() && src.sizes() == dst.sizes(), "[optim] optimizer state '", key, "' has shape ",
+              src.defined() ? src.sizes() : torch::IntArrayRef{}, ", expected ", dst.sizes(), fix);
+    SLM_CHECK(src.scalar_type() == dst.scalar_type(), "[optim] optimizer state '", key, "' is ", src.scalar_type(),
+              ", expected ", dst.scalar_type(), "; a converted copy would not resume bitwise, save it unconverted");
+  }
+  auto step = state.find("step");
+  SLM_CHECK(step != state.end(), "[optim] optimizer state 'step' is missing", fix);
+  SLM_CHECK(step->second.defined() && step->second.numel() == 1 && step->second.scalar_type() == torch::kInt64 &&
+                step->second.item<int64_t>() >= 0,
+            "[optim] optimizer state 'step' must be one non-negative int64; the checkpoint is corrupt, use another");
+  for (const auto& [key, src] : state)
+    SLM_CHECK(key == "step" || live.count(key), "[optim] optimizer state '", key, "' is unknown to this optimizer",
+              fix);
+  for (auto& [key, dst] : live) dst.copy_(state.at(key));
+  step_ = step->second.item<int64_t>();
+}
+
+// G / ||G||_F puts every singular value in (0, 1]; each quintic step p(s) = a s + b s^3 + c s^5
+// (applied to all singular values at once via X X^T) pushes them toward 1 while keeping U and V.
+torch::Tensor zeropower_newton_schulz(const torch::Tensor& g, int steps, bool use_bf16) {
+  SLM_CHECK(g.dim() == 2, "[optim] Newton-Schulz needs a 2-D matrix, got shape ", g.sizes());
+  SLM_CHECK(steps >= 0, "[optim] Newton-Schulz steps ", steps, " is negative; use 5");
+  torch::NoGradGuard no_grad;
+  torch::Tensor x = g.to(use_bf16 ? torch::kBFloat16 : torch::kFloat);
+  // Iterate on the wide orientation so X X^T is the smaller Gram matrix.
+  const bool tall = g.size(0) > g.size(1);
+  if (tall) x = x.t();
+  // The 1e-7 keeps a zero matrix at zero instead of 0/0.
+  x = x / (x.norm() + 1e-7);
+  for (int i = 0; i < steps; ++i) {
+    const torch::Tensor a = torch::mm(x, x.t());
+    const torch::Tensor b = torch::addmm(a, a, a, kNsB, kNsC);  // b*A + c*A*A
+    x = torch::addmm(x, b, x, kNsA, 1.0);                      // a*X + B*X
+  }
+  if (tall) x = x.t();
+  return x.to(g.scalar_type());
+}
+
+}  // namespace slm

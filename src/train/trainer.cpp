@@ -1,0 +1,591 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "common/device.h"
+#include "common/error.h"
+#include "common/fs.h"
+#include "common/hash.h"
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "model/gpt.h"
+#include "train/optim.h"
+#include "train/safetensors.h"
+#include "train/substrate.h"
+
+namespace slm {
+
+using json = nlohmann::ordered_json;
+using clk = std::chrono::steady_clock;
+
+namespace {
+
+constexpr const char* kCkptFormat = "slmlab-ckpt v1";
+constexpr int kSpikeWindow = 32;     // losses in the running median
+constexpr double kSpikeFactor = 1.5;  // loss above factor x median is a spike
+constexpr int kSpikeRecovery = 20;   // steps after a spike that still count as "in a spike"
+
+double seconds(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
+
+std::string human_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  char buf[64];
+  long t = static_cast<long>(s + 0.5);
+  if (t >= 86400) std::snprintf(buf, sizeof buf, "%ldd%02ldh", t / 86400, (t % 86400) / 3600);
+  else if (t >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t % 3600) / 60);
+  else if (t >= 60) std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%lds", t);
+  return buf;
+}
+
+std::string human_count(double v) {
+  char buf[32];
+  if (v >= 1e9) std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
+  else if (v >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
+  else if (v >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", v);
+  return buf;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Learning-rate multiplier: linear warmup, constant, linear warmdown to final_lr_frac.
+double lr_factor(const Substrate& s, int64_t step) {
+  if (s.warmup_steps > 0 && step < s.warmup_steps) return static_cast<double>(step + 1) / s.warmup_steps;
+  const double warmdown = std::round(s.warmdown_frac * s.steps);
+  const double left = static_cast<double>(s.steps - step);
+  if (warmdown > 0 && left <= warmdown) return s.final_lr_frac + (1.0 - s.final_lr_frac) * (left / warmdown);
+  return 1.0;
+}
+
+// Everything a run is: printed at the start, stored in config.json and in every checkpoint.
+struct RunConfig {
+  Substrate sub;
+  ModelConfig model;
+  std::string substrate_id, data_dir, data_fingerprint, tokenizer_hash, precision, precision_reason, device;
+  int threads = 1;
+  std::vector<std::string> modules;
+
+  json to_json() const {
+    json j;
+    j["substrate_id"] = substrate_id;
+    j["substrate"] = sub.to_toml();
+    j["substrate_canonical"] = sub.canonical();
+    j["model"] = {{"vocab", model.vocab},     {"n_layer", model.n_layer},     {"d_model", model.d_model},
+                  {"n_head", model.n_head},   {"head_dim", model.head_dim},   {"context", model.context},
+                  {"layer_pattern", model.layer_pattern}, {"softcap", model.softcap}, {"doc_mask", model.doc_mask},
+                  {"rope_base", model.rope_base}, {"seed", model.seed}};
+    j["layer_plan"] = layer_plan(model);
+    j["data"] = {{"dir", data_dir}, {"fingerprint", data_fingerprint}, {"tokenizer_hash", tokenizer_hash}};
+    j["precision"] = precision;
+    j["precision_reason"] = precision_reason;
+    j["device"] = device;
+    j["threads"] = threads;
+    j["modules"] = modules;
+    j["grad_accum"] = sub.grad_accum();
+    return j;
+  }
+};
+
+struct Metrics {
+  std::string path;
+  FILE* f = nullptr;
+  ~Metrics() {
+    if (f) std::fclose(f);
+  }
+  // Keeps records up to `step` (a resume), dropping later ones and any torn last line.
+  void open(int64_t keep_through) {
+    std::string kept;
+    if (fs::exists(path)) {
+      std::istringstream in(fs::read_file(path));
+      std::string line;
+      while (std::getline(in, line)) {
+        try {
+          auto j = json::parse(line);
+          if (j.value("step", int64_t(-1)) <= keep_through) kept += line + "\n";
+        } catch (const json::exception&) {
+          // a line torn by a kill: the checkpoint decides what happened, not this line
+        }
+      }
+    }
+    fs::write_atomic(path, kept);
+    f = std::fopen(path.c_str(), "a");
+    SLM_CHECK(f, "cannot append to ", path);
+  }
+  void write(const json& j) {
+    std::string s = j.dump() + "\n";
+    std::fwrite(s.data(), 1, s.size(), f);
+    std::fflush(f);
+  }
+};
+
+struct State {
+  int64_t step = 0;
+  double best_val = std::numeric_limits<double>::infinity();
+  int64_t best_step = -1;
+  double last_val = std::numeric_limits<double>::infinity();
+  std::vector<double> recent_losses;  // spike detector window
+  int64_t last_spike_step = -1000000;
+  int64_t n_spikes = 0;
+  double train_seconds = 0;           // wall time of training steps across resumes
+  int64_t tokens = 0;
+  data::LoaderState loader;
+
+  json to_json() const {
+    return {{"step", step},
+            {"best_val", best_val},
+            {"best_step", best_step},
+            {"last_val", last_val},
+            {"recent_losses", recent_losses},
+            {"last_spike_step", last_spike_step},
+            {"n_spikes", n_spikes},
+            {"train_seconds", train_seconds},
+            {"tokens", tokens},
+            {"loader", {{"epoch", loader.epoch}, {"doc", loader.doc}, {"offset", loader.offset}, {"rows", loader.rows}}}};
+  }
+  static State from_json(const json& j) {
+    State s;
+    s.step = j.at("step");
+    s.best_val = j.at("best_val").is_null() ? std::numeric_limits<double>::infinity() : j.at("best_val").get<double>();
+    s.best_step = j.at("best_step");
+    s.last_val = j.at("last_val").is_null() ? std::numeric_limits<double>::infinity() : j.at("last_val").get<double>();
+    s.recent_losses = j.at("recent_losses").get<std::vector<double>>();
+    s.last_spike_step = j.at("last_spike_step");
+    s.n_spikes = j.at("n_spikes");
+    s.train_seconds = j.at("train_seconds");
+    s.tokens = j.at("tokens");
+    auto& l = j.at("loader");
+    s.loader = {l.at("epoch"), l.at("doc"), l.at("offset"), l.at("rows")};
+    return s;
+  }
+};
+
+// JSON cannot hold inf; the state stores null for "no eval yet".
+json finite_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+void save_checkpoint(const std::string& path, GPT& model, const Optimizer& opt, const RunConfig& rc, const State& st,
+                     bool in_spike) {
+  st::File f;
+  for (auto& p : model->named_parameters()) f.tensors.push_back({"model." + p.key(), p.value().detach().cpu()});
+  for (auto& [k, v] : opt.state()) f.tensors.push_back({"optim." + k, v.detach().cpu()});
+  f.tensors.push_back({"rng.cpu", at::detail::getDefaultCPUGenerator().get_state()});
+  json sj = st.to_json();
+  sj["best_val"] = finite_or_null(st.best_val);
+  sj["last_val"] = finite_or_null(st.last_val);
+  f.metadata = {{"format", kCkptFormat},
+                {"config", rc.to_json().dump()},
+                {"substrate_id", rc.substrate_id},
+                {"data_fingerprint", rc.data_fingerprint},
+                {"tokenizer_hash", rc.tokenizer_hash},
+                {"step", std::to_string(st.step)},
+                {"state", sj.dump()},
+                {"in_spike", in_spike ? "true" : "false"}};
+  st::write(path, f);
+}
+
+std::string pad(const std::string& s, size_t n) { return s.size() >= n ? s : s + std::string(n - s.size(), ' '); }
+
+}  // namespace
+
+int train(const TrainOptions& opt) {
+  const auto t_start = clk::now();
+  // ---- configuration: everything is checked before a step runs
+  Substrate sub = load_substrate(opt.substrate);
+  for (auto& kv : opt.sets) set_field(sub, kv);
+  SLM_CHECK(opt.modules.empty(), "train: unknown module '", opt.modules.empty() ? "" : opt.modules[0],
+            "': the module catalog is empty in this build (issue 4 adds it)");
+  sub.validate();
+  SLM_CHECK(!opt.data_dir.empty(), "train: --data DATA_DIR is required");
+  SLM_CHECK(!opt.out_dir.empty() || opt.dry_run, "train: --out RUN_DIR is required");
+  data::DataSet ds(opt.data_dir);
+  const int32_t vocab = ds.tokenizer().vocab_size();
+  SLM_CHECK(sub.vocab == 0 || sub.vocab == vocab, "train: substrate ", sub.name, " expects vocab ", sub.vocab,
+            " but data set ", opt.data_dir, " has ", vocab, "; build the data with --vocab ", sub.vocab);
+  SLM_CHECK(sub.data_fingerprint.empty() || sub.data_fingerprint == ds.fingerprint(), "train: substrate ", sub.name,
+            " pins data fingerprint ", sub.data_fingerprint, " but ", opt.data_dir, " is ", ds.fingerprint(),
+            "; train on the pinned data set or use a substrate without a pin");
+  sub.vocab = vocab;
+  sub.data_fingerprint = ds.fingerprint();
+  const uint64_t train_tokens = ds.n_tokens(data::Split::Train), val_tokens = ds.n_tokens(data::Split::Val);
+  // A dry run reports what a real run would refuse instead of stopping at the first problem.
+  auto require = [&](bool ok, const std::string& msg) {
+    if (ok) return;
+    if (!opt.dry_run) throw Error(msg);
+    std::printf("dry run: a real run would refuse: %s\n", msg.c_str());
+  };
+  require(static_cast<uint64_t>(sub.context) < train_tokens,
+          "train: context " + std::to_string(sub.context) + " is longer than the training split (" +
+              std::to_string(train_tokens) + " tokens) allows; lower --set context=");
+  require(static_cast<uint64_t>(sub.eval_tokens) <= val_tokens,
+          "train: eval_tokens " + std::to_string(sub.eval_tokens) + " exceeds the validation split (" +
+              std::to_string(val_tokens) + " tokens); lower --set eval_tokens= or build with a larger --val-frac");
+
+  RunConfig rc;
+  const torch::Device dev = device::resolve(sub.device);
+  rc.device = sub.device;
+  rc.threads = sub.threads > 0 ? static_cast<int>(sub.threads) : std::max(1u, std::thread::hardware_concurrency());
+  at::set_num_threads(rc.threads);
+  std::string why;
+  const bool bf16_ok = device::bf16_fast(dev, &why);
+  if (sub.precision == "auto") {
+    rc.precision = bf16_ok ? "bf16" : "fp32";
+    rc.precision_reason = "auto: " + why;
+    if (!bf16_ok) std::fprintf(stderr, "[train] precision auto -> fp32: %s\n", why.c_str());
+  } else {
+    rc.precision = sub.precision;
+    rc.precision_reason = "set by substrate" + (sub.precision == "bf16" && !bf16_ok ? " (warning: " + why + ")" : "");
+  }
+  sub.precision = rc.precision;  // the id covers what actually runs
+  rc.sub = sub;
+  rc.substrate_id = sub.id();
+  rc.data_dir = opt.data_dir;
+  rc.data_fingerprint = ds.fingerprint();
+  rc.tokenizer_hash = ds.tokenizer().hash();
+  rc.modules = opt.modules;
+  rc.model.vocab = vocab;
+  rc.model.n_layer = sub.depth;
+  rc.model.d_model = sub.model_dim();
+  rc.model.head_dim = sub.head_dim;
+  rc.model.n_head = sub.n_head();
+  rc.model.context = sub.context;
+  rc.model.layer_pattern = sub.layer_pattern;
+  rc.model.softcap = sub.softcap;
+  rc.model.doc_mask = sub.doc_mask;
+  rc.model.rope_base = sub.rope_base;
+  rc.model.seed = static_cast<uint64_t>(sub.seed);
+  const bool bf16 = rc.precision == "bf16";
+  const int64_t accum = sub.grad_accum();
+
+  // ---- run folder: refuse to mix runs
+  const std::string dir = opt.out_dir;
+  const std::string cfg_path = fs::join(dir, "config.json"), latest = fs::join(dir, "ckpt_latest.safetensors"),
+                    best = fs::join(dir, "ckpt_best.safetensors");
+  json cfg_json = rc.to_json();
+  if (!opt.dry_run) {
+    if (fs::exists(cfg_path)) {
+      SLM_CHECK(opt.resume, "train: ", dir, " already holds a run; pass --resume to continue it or choose another --out");
+      json old = json::parse(fs::read_file(cfg_path));
+      SLM_CHECK(old["substrate_id"] == cfg_json["substrate_id"] && old["data"]["fingerprint"] == cfg_json["data"]["fingerprint"],
+                "train: --resume with a different configuration (substrate ", old["substrate_id"].get<std::string>(),
+                " vs ", rc.substrate_id, "); use a new --out for a new configuration");
+    } else {
+      SLM_CHECK(!fs::exists(dir) || fs::is_dir(dir), "train: --out ", dir, " is not a directory");
+      fs::mkdirs(dir);
+    }
+  }
+
+  // ---- model
+  GPT model(rc.model);
+  model->to(dev);
+  std::printf("slmlab train | substrate %s (id %s) | %s | precision %s (%s)\n", sub.name.c_str(), rc.substrate_id.c_str(),
+              device::describe().c_str(), rc.precision.c_str(), rc.precision_reason.c_str());
+  std::printf("data %s | fingerprint %s | train %s tokens | val %s tokens | vocab %d\n", opt.data_dir.c_str(),
+              rc.data_fingerprint.c_str(), human_count(train_tokens).c_str(), human_count(val_tokens).c_str(), vocab);
+  std::printf("model: depth %lld x aspect %lld -> d_model %lld (rounded to head_dim %lld), %lld heads, %s params (%s in matmuls)\n",
+              (long long)sub.depth, (long long)sub.aspect, (long long)rc.model.d_model, (long long)sub.head_dim,
+              (long long)rc.model.n_head, human_count(model->n_params()).c_str(), human_count(model->n_matmul_params()).c_str());
+  std::printf("batch: %lld tokens/step = %lld rows x %lld context x %lld accum x dp %lld; %lld steps\n%s",
+              (long long)sub.total_batch, (long long)sub.device_batch, (long long)sub.context, (long long)accum,
+              (long long)sub.dp, (long long)sub.steps, layer_plan(rc.model).c_str());
+
+  const double flops_tok = model->flops_per_token(sub.context);
+  const double peak = device::peak_flops(dev, bf16 ? torch::kBFloat16 : torch::kFloat32);
+
+  // ---- optimizer: Muon for block matrices, AdamW for embedding, head and the rest
+  std::vector<ParamGroup> groups;
+  {
+    const double dscale = std::pow(rc.model.d_model / 768.0, -0.5);  // nanochat: AdamW lrs scale as 1/sqrt(d)
+    ParamGroup embed{"embed", "adamw", sub.lr_embed * dscale, 0.0, {}, {}};
+    ParamGroup head{"head", "adamw", sub.lr_head * dscale, 0.0, {}, {}};
+    ParamGroup matrix{"matrix", sub.optimizer, sub.optimizer == "muon" ? sub.lr_matrix : sub.lr_adamw, sub.weight_decay, {}, {}};
+    ParamGroup scalar{"scalar", "adamw", sub.lr_scalar * dscale, 0.0, {}, {}};
+    auto mats = model->matrix_params();
+    for (auto& p : model->named_parameters()) {
+      ParamGroup* g = &scalar;
+      if (p.key() == "wte.weight") g = &embed;
+      else if (p.key() == "lm_head.weight") g = &head;
+      else if (std::find(mats.begin(), mats.end(), p.key()) != mats.end()) g = &matrix;
+      g->names.push_back(p.key());
+      g->params.push_back(p.value());
+    }
+    for (auto* g : {&embed, &head, &matrix, &scalar})
+      if (!g->params.empty()) groups.push_back(*g);
+  }
+  OptimOptions oo;
+  oo.beta1 = sub.adam_beta1;
+  oo.beta2 = sub.adam_beta2;
+  oo.momentum = sub.muon_momentum;
+  Optimizer optim(groups, oo);
+
+  auto token_bytes = torch::tensor(ds.tokenizer().token_bytes(), torch::kInt64).to(dev);
+  const int64_t row = sub.context + 1;
+  std::vector<int32_t> tok_buf(sub.device_batch * row), doc_buf(sub.device_batch * row);
+  // Rows -> (inputs, targets, doc ids) on the device.
+  auto make_batch = [&](data::Loader& L) {
+    for (int64_t b = 0; b < sub.device_batch; ++b) L.next(tok_buf.data() + b * row, doc_buf.data() + b * row);
+    auto t = torch::from_blob(tok_buf.data(), {sub.device_batch, row}, torch::kInt32).to(torch::kInt64).to(dev);
+    auto d = torch::from_blob(doc_buf.data(), {sub.device_batch, row}, torch::kInt32).to(torch::kInt64).to(dev);
+    return std::make_tuple(t.slice(1, 0, sub.context), t.slice(1, 1, row), d.slice(1, 0, sub.context));
+  };
+
+  // val_bpb: summed nats over targets with bytes > 0 / (ln 2 x their bytes); fixed rows, fixed order.
+  auto evaluate = [&]() {
+    torch::NoGradGuard ng;
+    model->eval();
+    device::set_autocast(dev, bf16);
+    data::Loader vl(ds, data::Split::Val, sub.context, 0, false);
+    const int64_t rows_needed = (sub.eval_tokens + sub.context - 1) / sub.context;
+    double nats = 0, bytes = 0;
+    for (int64_t done = 0; done < rows_needed; done += sub.device_batch) {
+      auto [x, y, d] = make_batch(vl);
+      auto n = model->token_nats(x, y, d);
+      auto nb = token_bytes.index({y});
+      if (done + sub.device_batch > rows_needed) {  // the budget ends inside this batch
+        const int64_t keep = rows_needed - done;
+        n = n.slice(0, 0, keep);
+        nb = nb.slice(0, 0, keep);
+      }
+      nats += n.masked_select(nb > 0).to(torch::kFloat64).sum().item<double>();
+      bytes += nb.sum().item<double>();
+    }
+    device::set_autocast(dev, false);
+    device::clear_autocast_cache();
+    model->train();
+    return bytes > 0 ? nats / (std::log(2.0) * bytes) : std::numeric_limits<double>::infinity();
+  };
+
+  // ---- dry run: an honest ETA from measurement. One row through models of depth 1 and 2 (same width
+  // and context) gives the fixed cost and the per-layer cost of a forward+backward; a step is that,
+  // extrapolated to the full depth, times the rows of every micro-batch of every rank.
+  if (opt.dry_run) {
+    data::Loader L(ds, data::Split::Train, sub.context, static_cast<uint64_t>(sub.seed), true);
+    auto time_depth = [&](int64_t depth) {
+      ModelConfig mc = rc.model;
+      mc.n_layer = depth;
+      GPT m(mc);
+      m->to(dev);
+      std::vector<int32_t> tk(row), dc(row);
+      L.next(tk.data(), dc.data());
+      auto t = torch::from_blob(tk.data(), {1, row}, torch::kInt32).to(torch::kInt64).to(dev);
+      auto d = torch::from_blob(dc.data(), {1, row}, torch::kInt32).to(torch::kInt64).to(dev);
+      double best = 1e30;
+      for (int rep = 0; rep < 2; ++rep) {
+        auto t0 = clk::now();
+        device::set_autocast(dev, bf16);
+        auto loss = m->token_nats(t.slice(1, 0, sub.context), t.slice(1, 1, row), d.slice(1, 0, sub.context)).mean();
+        device::set_autocast(dev, false);
+        loss.backward();
+        device::clear_autocast_cache();
+        best = std::min(best, seconds(t0));
+      }
+      return best;
+    };
+    const double t1 = time_depth(1), t2 = time_depth(2);
+    const double per_layer = std::max(0.0, t2 - t1), fixed = std::max(0.0, t1 - per_layer);
+    const double per_row = fixed + per_layer * sub.depth;
+    const double rows_per_step = static_cast<double>(sub.total_batch) / sub.context;  // all ranks, all micro-batches
+    const double per_step = per_row * rows_per_step;
+    const double evals = sub.eval_every > 0 ? std::floor(double(sub.steps) / sub.eval_every) + 1 : 1;
+    const double eval_s = per_row / 3.0 * std::ceil(double(sub.eval_tokens) / sub.context) * evals;
+    std::printf("dry run: one row of %lld tokens, forward+backward: %.3f s fixed + %.3f s per layer (measured at depth 1 and 2)\n",
+                (long long)sub.context, fixed, per_layer);
+    std::printf("dry run: %.0f rows per step (%lld micro-batches x %lld rows x tp %lld x dp %lld ranks' work in one process) = %.1f s/step\n",
+                rows_per_step, (long long)accum, (long long)sub.device_batch, (long long)sub.tp, (long long)sub.dp, per_step);
+    std::printf("dry run: ETA on this machine: %s for %lld steps, plus ~%s of evaluation\n",
+                human_duration(per_step * sub.steps).c_str(), (long long)sub.steps, human_duration(eval_s).c_str());
+    std::printf("dry run: model FLOPs %.3g per token, %.3g per step; measured peak %.3g FLOP/s; implied MFU %.1f%%\n", flops_tok,
+                flops_tok * sub.total_batch, peak, 100.0 * flops_tok * sub.context / per_row / peak);
+    return 0;
+  }
+  SLM_CHECK(sub.tp * sub.dp == 1, "train: topology tp=", sub.tp, " x dp=", sub.dp,
+            " needs distributed training, which this build does not have (issue 9); use --dry-run for the ETA or --set tp=1 --set dp=1");
+
+  // ---- resume or start
+  State st;
+  data::Loader loader(ds, data::Split::Train, sub.context, static_cast<uint64_t>(sub.seed), true);
+  if (opt.resume && fs::exists(latest)) {
+    st::File ck = st::read(latest);
+    SLM_CHECK(ck.metadata["format"] == kCkptFormat, "train: ", latest, " is not a ", kCkptFormat, " checkpoint");
+    SLM_CHECK(ck.metadata["tokenizer_hash"] == rc.tokenizer_hash, "train: checkpoint ", latest,
+              " was trained with another tokenizer (", ck.metadata["tokenizer_hash"], "); resume on its own data set");
+    SLM_CHECK(ck.metadata["substrate_id"] == rc.substrate_id, "train: checkpoint substrate ", ck.metadata["substrate_id"],
+              " differs from this run's ", rc.substrate_id);
+    std::map<std::string, torch::Tensor> params, ostate;
+    torch::Tensor rng;
+    for (auto& [k, v] : ck.tensors) {
+      if (k.rfind("model.", 0) == 0) params[k.substr(6)] = v;
+      else if (k.rfind("optim.", 0) == 0) ostate[k.substr(6)] = v;
+      else if (k == "rng.cpu") rng = v;
+    }
+    {
+      torch::NoGradGuard ng;
+      for (auto& p : model->named_parameters()) {
+        auto it = params.find(p.key());
+        SLM_CHECK(it != params.end() && it->second.sizes() == p.value().sizes(), "train: checkpoint ", latest,
+                  " lacks or mis-shapes parameter ", p.key());
+        p.value().copy_(it->second);
+      }
+    }
+    optim.restore(ostate);
+    if (rng.defined()) {
+      at::Generator gen = at::detail::getDefaultCPUGenerator();  // a handle to the global generator
+      gen.set_state(rng);
+    }
+    st = State::from_json(json::parse(ck.metadata["state"]));
+    loader.restore(st.loader);
+    std::printf("resumed from %s at step %lld\n", latest.c_str(), (long long)st.step);
+  }
+  fs::write_atomic(cfg_path, cfg_json.dump(1) + "\n");
+  Metrics metrics{fs::join(dir, "metrics.jsonl")};
+  metrics.open(st.step);
+
+  auto write_summary = [&](const std::string& status, const std::string& reason) {
+    json s;
+    s["status"] = status;
+    s["reason"] = reason;
+    s["substrate_id"] = rc.substrate_id;
+    s["data_fingerprint"] = rc.data_fingerprint;
+    s["step"] = st.step;
+    s["steps"] = sub.steps;
+    s["best_val_bpb"] = finite_or_null(st.best_val);
+    s["best_step"] = st.best_step;
+    s["final_val_bpb"] = finite_or_null(st.last_val);
+    s["tokens"] = st.tokens;
+    s["train_seconds"] = st.train_seconds;
+    s["wall_seconds"] = seconds(t_start);
+    s["tokens_per_second"] = st.train_seconds > 0 ? st.tokens / st.train_seconds : 0.0;
+    s["step_ms"] = st.step > 0 ? 1000.0 * st.train_seconds / st.step : 0.0;
+    s["mfu"] = st.train_seconds > 0 ? st.tokens * flops_tok / st.train_seconds / peak : 0.0;
+    s["peak_flops"] = peak;
+    s["peak_rss_bytes"] = device::peak_rss_bytes();
+    s["n_params"] = model->n_params();
+    s["flops_per_token"] = flops_tok;
+    s["loss_spikes"] = st.n_spikes;
+    fs::write_atomic(fs::join(dir, "summary.json"), s.dump(1) + "\n");
+  };
+  auto in_spike = [&] { return st.step - st.last_spike_step <= kSpikeRecovery; };
+  auto do_eval = [&] {
+    auto t0 = clk::now();
+    st.last_val = evaluate();
+    json e = {{"step", st.step}, {"val_bpb", st.last_val}, {"eval_ms", 1000 * seconds(t0)}};
+    if (in_spike()) e["in_spike"] = true;
+    metrics.write(e);
+    if (!opt.quiet) std::printf("eval step %lld | val_bpb %.4f\n", (long long)st.step, st.last_val);
+    if (st.last_val < st.best_val) {
+      st.best_val = st.last_val;
+      st.best_step = st.step;
+      save_checkpoint(best, model, optim, rc, st, in_spike());
+    }
+  };
+
+  if (st.step == 0) do_eval();  // the untrained model: every curve starts at a known point
+  write_summary("running", "");
+  model->train();
+  while (st.step < sub.steps) {
+    auto t0 = clk::now();
+    double loss_sum = 0;
+    for (int64_t m = 0; m < accum; ++m) {
+      auto [x, y, d] = make_batch(loader);
+      device::set_autocast(dev, bf16);
+      auto loss = model->token_nats(x, y, d).mean();
+      device::set_autocast(dev, false);
+      (loss / static_cast<double>(accum)).backward();
+      loss_sum += loss.item<double>();
+    }
+    const double loss = loss_sum / accum;
+    double gnorm = 0;
+    {
+      torch::NoGradGuard ng;
+      std::vector<torch::Tensor> sq;
+      for (auto& p : model->parameters())
+        if (p.grad().defined()) sq.push_back(p.grad().to(torch::kFloat32).pow(2).sum());
+      gnorm = std::sqrt(torch::stack(sq).sum().item<double>());
+      if (sub.grad_clip > 0 && gnorm > sub.grad_clip)
+        for (auto& p : model->parameters())
+          if (p.grad().defined()) p.mutable_grad().mul_(sub.grad_clip / (gnorm + 1e-6));
+    }
+    const double lrf = lr_factor(sub, st.step);
+    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
+      ++st.step;
+      const std::string reason = "non-finite " + std::string(std::isfinite(loss) ? "gradient norm" : "loss") +
+                                 " at step " + std::to_string(st.step) + "; last good checkpoint kept";
+      metrics.write({{"step", st.step}, {"loss", std::isfinite(loss) ? json(loss) : json(nullptr)}, {"invalid", reason}});
+      write_summary("INVALID", reason);
+      std::fprintf(stderr, "[train] INVALID: %s\n", reason.c_str());
+      return 3;
+    }
+    optim.step(lrf);
+    optim.zero_grad();
+    device::clear_autocast_cache();
+    ++st.step;
+    const double dt = seconds(t0);
+    st.train_seconds += dt;
+    st.tokens += sub.total_batch;
+    st.loader = loader.state();
+
+    // Spike detector: loss well above the running median of recent steps.
+    bool spike = false;
+    if (static_cast<int>(st.recent_losses.size()) >= kSpikeWindow / 2 && loss > kSpikeFactor * median(st.recent_losses)) {
+      spike = true;
+      st.last_spike_step = st.step;
+      ++st.n_spikes;
+    }
+    st.recent_losses.push_back(loss);
+    if (static_cast<int>(st.recent_losses.size()) > kSpikeWindow) st.recent_losses.erase(st.recent_losses.begin());
+
+    const double tok_s = sub.total_batch / dt, mfu = tok_s * flops_tok / peak;
+    json rec = {{"step", st.step}, {"loss", loss}, {"lr", lrf}, {"grad_norm", gnorm},
+                {"step_ms", 1000 * dt}, {"tok_s", tok_s}, {"mfu", mfu}};
+    if (spike) rec["spike"] = true;
+    metrics.write(rec);
+    if (!opt.quiet) {
+      const double eta = (sub.steps - st.step) * (st.train_seconds / std::max<int64_t>(1, st.step));
+      std::printf("step %lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f ms | %s tok/s | mfu %.1f%% | eta %s%s\n",
+                  (long long)st.step, (long long)sub.steps, loss, lrf, gnorm, 1000 * dt, human_count(tok_s).c_str(),
+                  100 * mfu, human_duration(eta).c_str(), spike ? " | SPIKE" : "");
+      std::fflush(stdout);
+    }
+    const bool last = st.step == sub.steps;
+    if (last || (sub.eval_every > 0 && st.step % sub.eval_every == 0)) do_eval();
+    if (last || (sub.ckpt_every > 0 && st.step % sub.ckpt_every == 0)) {
+      save_checkpoint(latest, model, optim, rc, st, in_spike());
+      write_summary(last ? "done" : "running", "");
+    }
+  }
+  write_summary("done", "");
+  std::printf("done: best val_bpb %.4f @ step %lld, final %.4f, %s tokens in %s (%.0f tok/s)\n", st.best_val,
+              (long long)st.best_step, st.last_val, human_count(st.tokens).c_str(), human_duration(st.train_seconds).c_str(),
+              st.tokens / std::max(1e-9, st.train_seconds));
+  return 0;
+}
+
+void export_safetensors(const std::string& run_dir, const std::string& which, const std::string& out_path) {
+  SLM_CHECK(which == "latest" || which == "best", "export: --checkpoint must be latest or best, got '", which, "'");
+  std::string path = fs::join(run_dir, "ckpt_" + which + ".safetensors");
+  SLM_CHECK(fs::exists(path), "export: ", run_dir, " has no ", which, " checkpoint (", path, "); train it first");
+  st::File ck = st::read(path);
+  st::File out;
+  for (auto& [k, v] : ck.tensors)
+    if (k.rfind("model.", 0) == 0) out.tensors.push_back({k.substr(6), v});
+  out.metadata = {{"format", "slmlab-weights v1"},
+                  {"config", ck.metadata["config"]},
+                  {"step", ck.metadata["step"]},
+                  {"substrate_id", ck.metadata["substrate_id"]},
+                  {"in_spike", ck.metadata["in_spike"]}};
+  st::write(out_path, out);
+}
+
+}  // namespace slm

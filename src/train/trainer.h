@@ -1,0 +1,27 @@
+// slmlab train: one model, one data set, one substrate, one run folder.
+// RUN_DIR holds config.json (the resolved configuration), metrics.jsonl (one record per step and per
+// eval), ckpt_latest.safetensors and ckpt_best.safetensors (atomic, checksummed), and summary.json.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace slm {
+
+struct TrainOptions {
+  std::string data_dir;
+  std::string substrate = "cpu-tiny";
+  std::string out_dir;
+  std::vector<std::string> sets;     // "key=value" substrate overrides
+  std::vector<std::string> modules;  // catalog modules (none in this build)
+  bool resume = false;               // continue from RUN_DIR's latest checkpoint if any
+  bool dry_run = false;              // validate, build, time one micro-batch, print the ETA, exit
+  bool quiet = false;                // no per-step line
+};
+
+// Exit status: 0 done, 3 INVALID (non-finite loss). Bad input throws slm::Error before any step.
+int train(const TrainOptions& opt);
+
+// Writes a run's model weights (no optimizer state) as safetensors; `which` is "latest" or "best".
+void export_safetensors(const std::string& run_dir, const std::string& which, const std::string& out_path);
+
+}  // namespace slm

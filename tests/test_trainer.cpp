@@ -1,0 +1,222 @@
+// The trainer end to end, through the binary: a run that learns, kill -9 and resume reproducing the
+// uninterrupted loss curve bitwise, the safetensors export read back by an independent reader,
+// INVALID on a non-finite loss, and bad input refused before any step.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/fs.h"
+#include "data/dataset.h"
+#include "test_util.h"
+#include "train/safetensors.h"
+
+using namespace slm;
+using json = nlohmann::json;
+
+namespace {
+
+struct Fixture {
+  slm::test::TempDir t;
+  std::string data, substrate;
+  Fixture() {
+    slm::test::make_corpus(t / "src", 60, 11, 20);
+    data::BuildOptions o;
+    o.src = {t / "src"};
+    o.out = data = t / "ds";
+    o.vocab = 512;
+    o.val_frac = 0.1;
+    o.val_min_bytes = 8192;
+    o.quiet = true;
+    data::build(o);
+    substrate = t / "tiny.toml";
+    slm::test::write(substrate,
+                     "name = \"test-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
+                     "total_batch = 256\ndevice_batch = 4\nsteps = 30\neval_every = 10\neval_tokens = 512\n"
+                     "ckpt_every = 5\nthreads = 1\nprecision = \"auto\"\nlr_matrix = 0.05\nlr_embed = 0.5\n"
+                     "lr_head = 0.02\nwarmdown_frac = 0.3\n");
+  }
+  std::string train_cmd(const std::string& out, const std::string& extra = "") const {
+    return std::string(SLMLAB_BIN) + " train --quiet --data " + data + " --substrate " + substrate + " --out " + out +
+           " " + extra;
+  }
+};
+
+const Fixture& fx() {
+  static Fixture f;
+  return f;
+}
+
+std::vector<json> records(const std::string& run) {
+  std::vector<json> out;
+  std::ifstream in(run + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) out.push_back(json::parse(line));
+  return out;
+}
+
+// The loss curve as exact strings (bitwise comparison), one entry per step; evals too.
+std::vector<std::string> curve(const std::string& run) {
+  std::vector<std::string> c;
+  for (auto& r : records(run)) {
+    if (r.contains("loss")) c.push_back("step " + r["step"].dump() + " loss " + r["loss"].dump() + " gnorm " + r["grad_norm"].dump());
+    if (r.contains("val_bpb")) c.push_back("step " + r["step"].dump() + " val " + r["val_bpb"].dump());
+  }
+  return c;
+}
+
+int64_t last_step(const std::string& run) {
+  int64_t s = 0;
+  if (!fs::exists(run + "/metrics.jsonl")) return 0;
+  std::ifstream in(run + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    try {
+      s = std::max<int64_t>(s, json::parse(line).value("step", 0));
+    } catch (...) {
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST(Trainer, RunLearnsAndLeavesEverything) {
+  const auto& f = fx();
+  std::string run = f.t / "run";
+  auto r = slm::test::run(f.train_cmd(run));
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto s = json::parse(fs::read_file(run + "/summary.json"));
+  EXPECT_EQ(s["status"], "done");
+  EXPECT_EQ(s["step"], 30);
+  EXPECT_EQ(s["tokens"], 30 * 256);
+  EXPECT_GT(s["tokens_per_second"].get<double>(), 0);
+  EXPECT_GT(s["peak_rss_bytes"].get<double>(), 0);
+  auto recs = records(run);
+  std::vector<double> vals;
+  for (auto& x : recs)
+    if (x.contains("val_bpb")) vals.push_back(x["val_bpb"]);
+  ASSERT_EQ(vals.size(), 4u);  // steps 0, 10, 20, 30
+  EXPECT_LT(vals.back(), vals.front() * 0.8) << "val_bpb should fall";
+  EXPECT_DOUBLE_EQ(s["best_val_bpb"].get<double>(), *std::min_element(vals.begin(), vals.end()));
+  EXPECT_DOUBLE_EQ(s["final_val_bpb"].get<double>(), vals.back());
+  for (auto& x : recs)
+    if (x.contains("loss"))
+      for (const char* k : {"lr", "grad_norm", "step_ms", "tok_s", "mfu"}) EXPECT_TRUE(x.contains(k)) << k;
+  auto cfg = json::parse(fs::read_file(run + "/config.json"));
+  EXPECT_EQ(cfg["substrate_id"], s["substrate_id"]);
+  EXPECT_EQ(cfg["data"]["fingerprint"], data::DataSet(f.data).fingerprint());
+  EXPECT_TRUE(fs::exists(run + "/ckpt_latest.safetensors"));
+  EXPECT_TRUE(fs::exists(run + "/ckpt_best.safetensors"));
+  // A finished run resumed is a no-op, and an existing run without --resume is refused.
+  auto again = slm::test::run(f.train_cmd(run, "--resume"));
+  EXPECT_EQ(again.status, 0) << again.out;
+  EXPECT_EQ(curve(run).size(), 34u);
+  auto refused = slm::test::run(f.train_cmd(run));
+  EXPECT_EQ(refused.status, 2);
+  EXPECT_NE(refused.out.find("--resume"), std::string::npos) << refused.out;
+}
+
+TEST(Trainer, KillNineAndResumeReproduceTheCurveBitwise) {
+  const auto& f = fx();
+  std::string ref = f.t / "ref";
+  ASSERT_EQ(slm::test::run(f.train_cmd(ref)).status, 0);
+  const auto expect = curve(ref);
+  // Kill at a few different instants, then resume until done.
+  for (int64_t kill_at : {3, 12, 21}) {
+    std::string run = f.t / ("killed" + std::to_string(kill_at));
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      ::execl("/bin/sh", "sh", "-c", ("exec " + f.train_cmd(run) + " >/dev/null 2>&1").c_str(), (char*)nullptr);
+      ::_exit(127);
+    }
+    while (last_step(run) < kill_at) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    ::kill(pid, SIGKILL);
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    auto r = slm::test::run(f.train_cmd(run, "--resume"));
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(curve(run), expect) << "killed at step " << kill_at;
+  }
+}
+
+TEST(Trainer, ExportReadsBackWithAnIndependentReader) {
+  const auto& f = fx();
+  std::string run = f.t / "exp";
+  ASSERT_EQ(slm::test::run(f.train_cmd(run, "--set steps=5")).status, 0);
+  auto e = slm::test::run(std::string(SLMLAB_BIN) + " export " + run + " --format safetensors --out " + run + "/w.safetensors");
+  ASSERT_EQ(e.status, 0) << e.out;
+  auto py = slm::test::run("/usr/bin/python3 " + std::string(SLMLAB_SOURCE_DIR) + "/tests/read_safetensors.py " + run +
+                           "/w.safetensors 2>/dev/null");
+  ASSERT_EQ(py.status, 0) << py.out;
+  auto j = json::parse(py.out);
+  auto ck = st::read(run + "/ckpt_latest.safetensors");
+  size_t n_model = 0;
+  for (auto& [name, t] : ck.tensors) {
+    if (name.rfind("model.", 0) != 0) continue;
+    ++n_model;
+    const auto& p = j["tensors"][name.substr(6)];
+    ASSERT_FALSE(p.is_null()) << name;
+    EXPECT_EQ(p["dtype"], "F32");
+    EXPECT_EQ(p["shape"].get<std::vector<int64_t>>(), t.sizes().vec());
+    auto vals = p["values"].get<std::vector<double>>();
+    auto flat = t.reshape({-1});
+    ASSERT_EQ(vals.size(), static_cast<size_t>(flat.numel()));
+    for (int64_t i = 0; i < flat.numel(); i += std::max<int64_t>(1, flat.numel() / 97))
+      EXPECT_EQ(static_cast<float>(vals[i]), flat[i].item<float>()) << name << "[" << i << "]";
+  }
+  EXPECT_EQ(j["tensors"].size(), n_model);  // weights only, no optimizer state
+  EXPECT_GT(n_model, 5u);
+}
+
+TEST(Trainer, NonFiniteLossMarksTheRunInvalid) {
+  const auto& f = fx();
+  std::string run = f.t / "nan";
+  ASSERT_EQ(slm::test::run(f.train_cmd(run, "--set steps=20")).status, 0);
+  // Turn the latest checkpoint into a diverged one at step 5: NaN head weights.
+  auto ck = st::read(run + "/ckpt_latest.safetensors");
+  for (auto& [name, t] : ck.tensors)
+    if (name == "model.lm_head.weight") t.fill_(std::numeric_limits<float>::quiet_NaN());
+  auto state = json::parse(ck.metadata["state"]);
+  state["step"] = 5;
+  ck.metadata["state"] = state.dump();
+  st::write(run + "/ckpt_latest.safetensors", ck);
+  const std::string poisoned = fs::read_file(run + "/ckpt_latest.safetensors");
+  auto r = slm::test::run(f.train_cmd(run, "--set steps=20 --resume"));
+  EXPECT_EQ(r.status, 3) << r.out;
+  auto s = json::parse(fs::read_file(run + "/summary.json"));
+  EXPECT_EQ(s["status"], "INVALID");
+  EXPECT_NE(s["reason"].get<std::string>().find("non-finite loss at step 6"), std::string::npos) << s.dump();
+  EXPECT_EQ(fs::read_file(run + "/ckpt_latest.safetensors"), poisoned) << "the checkpoint must stay as it was";
+  auto recs = records(run);
+  ASSERT_FALSE(recs.empty());
+  EXPECT_TRUE(recs.back().contains("invalid"));
+  for (auto& x : recs) EXPECT_LE(x["step"].get<int64_t>(), 6);
+}
+
+TEST(Trainer, BadInputIsRefusedBeforeAnyStep) {
+  const auto& f = fx();
+  auto expect = [&](const std::string& extra, const std::string& needle) {
+    std::string run = f.t / "bad";
+    fs::remove_all(run);
+    auto r = slm::test::run(f.train_cmd(run, extra));
+    EXPECT_EQ(r.status, 2) << extra << ": " << r.out;
+    EXPECT_NE(r.out.find(needle), std::string::npos) << extra << ": " << r.out;
+    EXPECT_EQ(slm::test::count_lines(r.out), 1) << r.out;
+    EXPECT_FALSE(fs::exists(run + "/metrics.jsonl")) << extra;
+  };
+  expect("--set stesp=3", "did you mean 'steps'?");
+  expect("--set steps=three", "expects an integer");
+  expect("--set device_batch=3", "not a multiple of device_batch x context");
+  expect("--set context=100000000 --set total_batch=400000000 --set device_batch=4", "context");
+  expect("--set eval_tokens=100000000", "exceeds the validation split");
+  expect("--module engram", "unknown module 'engram'");
+  expect("--set vocab=999", "expects vocab 999");
+  expect("--set data_fingerprint=0123", "pins data fingerprint");
+  expect("--set tp=2", "distributed");
+}
