@@ -233,6 +233,10 @@ int train(const TrainOptions& opt) {
           "train: eval_tokens " + std::to_string(sub.eval_tokens) + " exceeds the validation split (" +
               std::to_string(val_tokens) + " tokens); lower --set eval_tokens= or build with a larger --val-frac");
 
+  require(sub.tp * sub.dp == 1, "train: topology tp=" + std::to_string(sub.tp) + " x dp=" + std::to_string(sub.dp) +
+                                    " needs distributed training, which this build does not have (issue 9); use --dry-run for "
+                                    "the ETA or --set tp=1 --set dp=1");
+
   RunConfig rc;
   const torch::Device dev = device::resolve(sub.device);
   rc.device = sub.device;
@@ -410,13 +414,13 @@ int train(const TrainOptions& opt) {
                 flops_tok * sub.total_batch, peak, 100.0 * flops_tok * sub.context / per_row / peak);
     return 0;
   }
-  SLM_CHECK(sub.tp * sub.dp == 1, "train: topology tp=", sub.tp, " x dp=", sub.dp,
-            " needs distributed training, which this build does not have (issue 9); use --dry-run for the ETA or --set tp=1 --set dp=1");
 
   // ---- resume or start
   State st;
   data::Loader loader(ds, data::Split::Train, sub.context, static_cast<uint64_t>(sub.seed), true);
+  bool resumed = false;
   if (opt.resume && fs::exists(latest)) {
+    resumed = true;
     st::File ck = st::read(latest);
     SLM_CHECK(ck.metadata["format"] == kCkptFormat, "train: ", latest, " is not a ", kCkptFormat, " checkpoint");
     SLM_CHECK(ck.metadata["tokenizer_hash"] == rc.tokenizer_hash, "train: checkpoint ", latest,
@@ -450,7 +454,7 @@ int train(const TrainOptions& opt) {
   }
   fs::write_atomic(cfg_path, cfg_json.dump(1) + "\n");
   Metrics metrics{fs::join(dir, "metrics.jsonl")};
-  metrics.open(st.step);
+  metrics.open(resumed ? st.step : -1);  // a fresh start (even after a kill) keeps no old records
 
   auto write_summary = [&](const std::string& status, const std::string& reason) {
     json s;
