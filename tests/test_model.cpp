@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "model/fused_ce.h"
 #include "model/gpt.h"
 #include "train/substrate.h"
 
@@ -211,4 +212,49 @@ TEST(Substrate, ShippedSubstratesLoadAndValidate) {
   EXPECT_EQ(seed.context, 4096);
   EXPECT_EQ(seed.total_batch, 131072);
   EXPECT_EQ(seed.tp * seed.dp, 4);
+}
+
+// The fused head + softcap + cross entropy against the plain composition of torch ops.
+TEST(FusedCE, MatchesReferenceLossAndGradients) {
+  torch::manual_seed(3);
+  for (double cap : {15.0, 0.0}) {
+    for (int64_t N : {1, 7, 300, 513}) {  // below, at and across the chunk size
+      auto h = torch::randn({N, 24}, torch::requires_grad());
+      auto w = (torch::randn({97, 24}) * 2).requires_grad_();
+      auto y = torch::randint(0, 97, {N}, torch::kInt64);
+      auto loss = fused_linear_ce_mean(h, w, y, cap, torch::kFloat32);
+      loss.backward();
+      auto h2 = h.detach().clone().requires_grad_(), w2 = w.detach().clone().requires_grad_();
+      auto z = torch::matmul(h2, w2.t());
+      if (cap > 0) z = torch::tanh(z / cap) * cap;
+      auto ref = torch::nn::functional::cross_entropy(z, y);
+      ref.backward();
+      EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 1e-5) << "cap " << cap << " N " << N;
+      EXPECT_TRUE(torch::allclose(h.grad(), h2.grad(), 1e-5, 1e-6)) << "cap " << cap << " N " << N;
+      EXPECT_TRUE(torch::allclose(w.grad(), w2.grad(), 1e-5, 1e-6)) << "cap " << cap << " N " << N;
+      auto nats = linear_ce_nats(h, w, y, cap, torch::kFloat32);
+      auto ref_nats = torch::nn::functional::cross_entropy(z.detach(), y,
+                                                           torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+      EXPECT_TRUE(torch::allclose(nats, ref_nats, 1e-5, 1e-5));
+    }
+  }
+}
+
+TEST(FusedCE, ExtremeLogitsStayFinite) {
+  auto h = torch::full({4, 8}, 100.0f), w = torch::full({50, 8}, 100.0f);
+  w.index_put_({3}, -100.0f);
+  auto y = torch::tensor({0, 3, 10, 49}, torch::kInt64);
+  for (double cap : {15.0, 0.0}) {
+    auto n = linear_ce_nats(h, w, y, cap, torch::kFloat32);
+    EXPECT_TRUE(torch::isfinite(n).all().item<bool>()) << cap;
+  }
+  EXPECT_THROW(linear_ce_nats(h, w, torch::tensor({0, 1, 2, 50}, torch::kInt64), 15.0, torch::kFloat32), slm::Error);
+}
+
+TEST(FusedCE, ModelLossEqualsMeanOfTokenNats) {
+  GPT m(tiny());
+  randomize(m);
+  auto idx = torch::randint(0, 300, {2, 24}, torch::kInt64);
+  auto y = torch::randint(0, 300, {2, 24}, torch::kInt64);
+  EXPECT_NEAR(m->loss(idx, y, {}).item<double>(), m->token_nats(idx, y, {}).mean().item<double>(), 1e-5);
 }

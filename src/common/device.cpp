@@ -80,6 +80,12 @@ void set_autocast(const torch::Device& dev, bool on) {
 
 void clear_autocast_cache() { at::autocast::clear_cache(); }
 
+torch::ScalarType matmul_dtype(const torch::Tensor& like) {
+  const bool on = like.is_cuda() ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
+  if (!on) return like.scalar_type();
+  return like.is_cuda() ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
+}
+
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const torch::Tensor& allowed) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));

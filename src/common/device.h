@@ -18,6 +18,8 @@ torch::Device resolve(const std::string& name);
 bool bf16_fast(const torch::Device& dev, std::string* why);
 // Turns mixed precision on or off for the current thread (CPU: autocast to bf16; CUDA: autocast bf16).
 void set_autocast(const torch::Device& dev, bool on);
+// The dtype matmuls run in right now for tensors like `like`: bf16 inside autocast, else like's dtype.
+torch::ScalarType matmul_dtype(const torch::Tensor& like);
 // Drops autocast's cached weight casts; call after each optimizer step.
 void clear_autocast_cache();
 

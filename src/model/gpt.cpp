@@ -5,6 +5,7 @@
 
 #include "common/device.h"
 #include "common/error.h"
+#include "model/fused_ce.h"
 
 namespace slm {
 
@@ -150,11 +151,19 @@ torch::Tensor GPTImpl::logits(const torch::Tensor& h) {
 }
 
 torch::Tensor GPTImpl::token_nats(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids) {
-  auto z = logits(hidden(idx, doc_ids));  // (B, T, V)
-  const int64_t B = z.size(0), T = z.size(1), V = z.size(2);
-  auto nats = F::cross_entropy(z.view({B * T, V}), targets.reshape({B * T}),
-                               F::CrossEntropyFuncOptions().reduction(torch::kNone));
-  return nats.view({B, T});
+  torch::NoGradGuard ng;
+  auto h = rms_norm(hidden(idx, doc_ids));
+  const int64_t B = h.size(0), T = h.size(1);
+  auto n = linear_ce_nats(h.reshape({B * T, -1}), lm_head->weight, targets.reshape({B * T}), cfg.softcap,
+                          device::matmul_dtype(h));
+  return n.view({B, T});
+}
+
+torch::Tensor GPTImpl::loss(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids) {
+  auto h = rms_norm(hidden(idx, doc_ids));
+  const int64_t B = h.size(0), T = h.size(1);
+  return fused_linear_ce_mean(h.reshape({B * T, -1}), lm_head->weight, targets.reshape({B * T}), cfg.softcap,
+                              device::matmul_dtype(h));
 }
 
 std::vector<std::string> GPTImpl::matrix_params() const {

@@ -69,8 +69,10 @@ struct GPTImpl : torch::nn::Module {
   torch::Tensor hidden(const torch::Tensor& idx, const torch::Tensor& doc_ids);
   // Logits in fp32, softcapped: (B, T, V).
   torch::Tensor logits(const torch::Tensor& h);
-  // Per-target cross entropy in nats: (B, T), fp32. The training loss is its mean.
+  // Per-target cross entropy in nats: (B, T), fp32, no gradient (evaluation), through the fused head.
   torch::Tensor token_nats(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids);
+  // Training loss: mean nats over all targets, with gradient, through the fused head (model/fused_ce.h).
+  torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids);
 
   // Parameters that are 2-D matrices inside the blocks (Muon), and the rest by role.
   std::vector<std::string> matrix_params() const;

@@ -389,7 +389,7 @@ int train(const TrainOptions& opt) {
       for (int rep = 0; rep < 2; ++rep) {
         auto t0 = clk::now();
         device::set_autocast(dev, bf16);
-        auto loss = m->token_nats(t.slice(1, 0, sub.context), t.slice(1, 1, row), d.slice(1, 0, sub.context)).mean();
+        auto loss = m->loss(t.slice(1, 0, sub.context), t.slice(1, 1, row), d.slice(1, 0, sub.context));
         device::set_autocast(dev, false);
         loss.backward();
         device::clear_autocast_cache();
@@ -504,7 +504,7 @@ int train(const TrainOptions& opt) {
     for (int64_t m = 0; m < accum; ++m) {
       auto [x, y, d] = make_batch(loader);
       device::set_autocast(dev, bf16);
-      auto loss = model->token_nats(x, y, d).mean();
+      auto loss = model->loss(x, y, d);
       device::set_autocast(dev, false);
       (loss / static_cast<double>(accum)).backward();
       loss_sum += loss.item<double>();
