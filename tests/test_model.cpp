@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "model/fused_ce.h"
 #include "model/gpt.h"
+#include "test_paths.h"
 #include "train/substrate.h"
 
 using namespace slm;

@@ -9,6 +9,8 @@
 #include <random>
 #include <string>
 
+#include "test_paths.h"
+
 namespace slm::test {
 
 // A fresh directory under /tmp, removed when the object dies.

@@ -4,6 +4,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "data/dataset.h"
+#include "train/trainer.h"
 
 namespace slm::cli {
 
@@ -72,7 +73,14 @@ int cmd_demo(const Args& a) {
   data::VerifyResult v = data::verify(dir, 64, 0);
   std::printf("== verify: ok (%llu documents decode to their source hash)\n", (unsigned long long)v.docs_decoded);
   std::printf("== statistics\n%s", data::stats(dir, 20, false).c_str());
-  return 0;
+  // The baseline on cpu-tiny; re-running the demo resumes or reuses it.
+  TrainOptions t;
+  t.data_dir = dir;
+  t.substrate = "cpu-tiny";
+  t.out_dir = a.str("runs") + "/baseline";
+  t.resume = true;
+  std::printf("== training the cpu-tiny baseline into %s\n", t.out_dir.c_str());
+  return train(t);
 }
 
 }  // namespace slm::cli
