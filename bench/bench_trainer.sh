@@ -18,7 +18,7 @@ trap 'rm -rf "$work"' EXIT
 # name | depth aspect head_dim context total_batch device_batch
 configs=(
   "cpu-tiny|4 48 64 256 4096 16"
-  "d8-512|8 64 64 512 8192 8"
+  "d6-384|6 64 64 512 8192 16"
 )
 warm=2
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $threads threads; data $data (vocab $vocab); $steps timed steps after $warm warm-up"
@@ -43,7 +43,7 @@ PY
 )
     p=$($py "$root/bench/py_model.py" --vocab "$vocab" --depth $depth --aspect $aspect --head-dim $hd --context $ctx \
       --total-batch $tb --device-batch $db --steps $steps --warmup $warm --precision $prec --threads "$threads" |
-      $py -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"tokens_per_second\"]:.0f} {r[\"step_ms\"]:.0f} {r[\"peak_rss_bytes\"]/2**20:.0f}")')
+      $py -c 'import json,sys; r=json.load(sys.stdin); print("%.0f %.0f %.0f" % (r["tokens_per_second"], r["step_ms"], r["peak_rss_bytes"] / 2**20))')
     read -r ct cms crss <<<"$c"
     read -r pt pms prss <<<"$p"
     printf "| %s | %s | python | %s | %s | %s | 1.00x |\n" "$name" "$prec" "$pt" "$pms" "$prss"

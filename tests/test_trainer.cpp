@@ -220,3 +220,21 @@ TEST(Trainer, BadInputIsRefusedBeforeAnyStep) {
   expect("--set data_fingerprint=0123", "pins data fingerprint");
   expect("--set tp=2", "distributed");
 }
+
+TEST(Trainer, ResumeOnAnotherTokenizerIsRefused) {
+  const auto& f = fx();
+  std::string run = f.t / "tok";
+  ASSERT_EQ(slm::test::run(f.train_cmd(run, "--set steps=2")).status, 0);
+  data::BuildOptions o;
+  o.src = {f.t / "src"};
+  o.out = f.t / "ds-other";
+  o.vocab = 600;
+  o.val_frac = 0.1;
+  o.val_min_bytes = 8192;
+  o.quiet = true;
+  data::build(o);
+  auto r = slm::test::run(std::string(SLMLAB_BIN) + " train --quiet --data " + (f.t / "ds-other") + " --substrate " +
+                          f.substrate + " --out " + run + " --set steps=2 --resume");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("was trained with tokenizer"), std::string::npos) << r.out;
+}

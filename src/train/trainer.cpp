@@ -20,6 +20,7 @@
 #include "model/gpt.h"
 #include "train/optim.h"
 #include "train/safetensors.h"
+#include "train/spike.h"
 #include "train/substrate.h"
 
 namespace slm {
@@ -30,9 +31,6 @@ using clk = std::chrono::steady_clock;
 namespace {
 
 constexpr const char* kCkptFormat = "slmlab-ckpt v1";
-constexpr int kSpikeWindow = 32;     // losses in the running median
-constexpr double kSpikeFactor = 1.5;  // loss above factor x median is a spike
-constexpr int kSpikeRecovery = 20;   // steps after a spike that still count as "in a spike"
 
 double seconds(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
 
@@ -54,12 +52,6 @@ std::string human_count(double v) {
   else if (v >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
   else std::snprintf(buf, sizeof buf, "%.0f", v);
   return buf;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 // Learning-rate multiplier: linear warmup, constant, linear warmdown to final_lr_frac.
@@ -137,9 +129,7 @@ struct State {
   double best_val = std::numeric_limits<double>::infinity();
   int64_t best_step = -1;
   double last_val = std::numeric_limits<double>::infinity();
-  std::vector<double> recent_losses;  // spike detector window
-  int64_t last_spike_step = -1000000;
-  int64_t n_spikes = 0;
+  SpikeDetector spikes;
   double train_seconds = 0;           // wall time of training steps across resumes
   int64_t tokens = 0;
   data::LoaderState loader;
@@ -149,9 +139,9 @@ struct State {
             {"best_val", best_val},
             {"best_step", best_step},
             {"last_val", last_val},
-            {"recent_losses", recent_losses},
-            {"last_spike_step", last_spike_step},
-            {"n_spikes", n_spikes},
+            {"recent_losses", spikes.recent},
+            {"last_spike_step", spikes.last_spike},
+            {"n_spikes", spikes.n_spikes},
             {"train_seconds", train_seconds},
             {"tokens", tokens},
             {"loader", {{"epoch", loader.epoch}, {"doc", loader.doc}, {"offset", loader.offset}, {"rows", loader.rows}}}};
@@ -162,9 +152,9 @@ struct State {
     s.best_val = j.at("best_val").is_null() ? std::numeric_limits<double>::infinity() : j.at("best_val").get<double>();
     s.best_step = j.at("best_step");
     s.last_val = j.at("last_val").is_null() ? std::numeric_limits<double>::infinity() : j.at("last_val").get<double>();
-    s.recent_losses = j.at("recent_losses").get<std::vector<double>>();
-    s.last_spike_step = j.at("last_spike_step");
-    s.n_spikes = j.at("n_spikes");
+    s.spikes.recent = j.at("recent_losses").get<std::vector<double>>();
+    s.spikes.last_spike = j.at("last_spike_step");
+    s.spikes.n_spikes = j.at("n_spikes");
     s.train_seconds = j.at("train_seconds");
     s.tokens = j.at("tokens");
     auto& l = j.at("loader");
@@ -282,9 +272,14 @@ int train(const TrainOptions& opt) {
     if (fs::exists(cfg_path)) {
       SLM_CHECK(opt.resume, "train: ", dir, " already holds a run; pass --resume to continue it or choose another --out");
       json old = json::parse(fs::read_file(cfg_path));
-      SLM_CHECK(old["substrate_id"] == cfg_json["substrate_id"] && old["data"]["fingerprint"] == cfg_json["data"]["fingerprint"],
-                "train: --resume with a different configuration (substrate ", old["substrate_id"].get<std::string>(),
-                " vs ", rc.substrate_id, "); use a new --out for a new configuration");
+      SLM_CHECK(old["data"]["tokenizer_hash"] == cfg_json["data"]["tokenizer_hash"], "train: ", dir,
+                " was trained with tokenizer ", old["data"]["tokenizer_hash"].get<std::string>(), " but ", opt.data_dir,
+                " has tokenizer ", rc.tokenizer_hash, "; resume on the run's own data set (", old["data"]["dir"].get<std::string>(), ")");
+      SLM_CHECK(old["data"]["fingerprint"] == cfg_json["data"]["fingerprint"], "train: ", dir, " was trained on data ",
+                old["data"]["fingerprint"].get<std::string>(), " but ", opt.data_dir, " is ", rc.data_fingerprint,
+                "; resume on the run's own data set");
+      SLM_CHECK(old["substrate_id"] == cfg_json["substrate_id"], "train: --resume with a different configuration (substrate ",
+                old["substrate_id"].get<std::string>(), " vs ", rc.substrate_id, "); use a new --out for a new configuration");
     } else {
       SLM_CHECK(!fs::exists(dir) || fs::is_dir(dir), "train: --out ", dir, " is not a directory");
       fs::mkdirs(dir);
@@ -301,6 +296,12 @@ int train(const TrainOptions& opt) {
   std::printf("model: depth %lld x aspect %lld -> d_model %lld (rounded to head_dim %lld), %lld heads, %s params (%s in matmuls)\n",
               (long long)sub.depth, (long long)sub.aspect, (long long)rc.model.d_model, (long long)sub.head_dim,
               (long long)rc.model.n_head, human_count(model->n_params()).c_str(), human_count(model->n_matmul_params()).c_str());
+  {
+    std::string flat = sub.canonical();
+    for (auto& c : flat)
+      if (c == '\n') c = ' ';
+    std::printf("config: %s\n", flat.c_str());
+  }
   std::printf("batch: %lld tokens/step = %lld rows x %lld context x %lld accum x dp %lld; %lld steps\n%s",
               (long long)sub.total_batch, (long long)sub.device_batch, (long long)sub.context, (long long)accum,
               (long long)sub.dp, (long long)sub.steps, layer_plan(rc.model).c_str());
@@ -477,10 +478,10 @@ int train(const TrainOptions& opt) {
     s["peak_rss_bytes"] = device::peak_rss_bytes();
     s["n_params"] = model->n_params();
     s["flops_per_token"] = flops_tok;
-    s["loss_spikes"] = st.n_spikes;
+    s["loss_spikes"] = st.spikes.n_spikes;
     fs::write_atomic(fs::join(dir, "summary.json"), s.dump(1) + "\n");
   };
-  auto in_spike = [&] { return st.step - st.last_spike_step <= kSpikeRecovery; };
+  auto in_spike = [&] { return st.spikes.in_spike(st.step); };
   auto do_eval = [&] {
     auto t0 = clk::now();
     st.last_val = evaluate();
@@ -540,15 +541,7 @@ int train(const TrainOptions& opt) {
     st.tokens += sub.total_batch;
     st.loader = loader.state();
 
-    // Spike detector: loss well above the running median of recent steps.
-    bool spike = false;
-    if (static_cast<int>(st.recent_losses.size()) >= kSpikeWindow / 2 && loss > kSpikeFactor * median(st.recent_losses)) {
-      spike = true;
-      st.last_spike_step = st.step;
-      ++st.n_spikes;
-    }
-    st.recent_losses.push_back(loss);
-    if (static_cast<int>(st.recent_losses.size()) > kSpikeWindow) st.recent_losses.erase(st.recent_losses.begin());
+    const bool spike = st.spikes.observe(st.step, loss);
 
     const double tok_s = sub.total_batch / dt, mfu = tok_s * flops_tok / peak;
     json rec = {{"step", st.step}, {"loss", loss}, {"lr", lrf}, {"grad_norm", gnorm},
