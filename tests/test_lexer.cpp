@@ -1,4 +1,5 @@
 #include "data/lexer.h"
+#include "test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -13,6 +14,7 @@ using namespace std::string_literals;
 using slm::lex::Kind;
 using slm::lex::Piece;
 using V = std::vector<std::string>;
+using slm::test::random_bytes;
 
 namespace {
 
@@ -95,13 +97,6 @@ const std::vector<std::pair<std::string, std::string>>& system_headers() {
     return r;
   }();
   return files;
-}
-
-std::string random_bytes(uint32_t seed, size_t len) {
-  std::mt19937 rng(seed);
-  std::string s(len, '\0');
-  for (char& c : s) c = static_cast<char>(rng() & 0xff);
-  return s;
 }
 
 // Random text built from the fragments that drive the lexer's decisions, so every rule and its

@@ -1,6 +1,7 @@
 // Tests for the byte-level BPE tokenizer: training (against a slow reference trainer),
 // encoding (against a slow reference encoder), exact round trips, serialization.
 #include "data/tokenizer.h"
+#include "test_util.h"
 
 #include <gtest/gtest.h>
 
@@ -16,6 +17,8 @@
 #include "data/lexer.h"
 
 namespace slm {
+using slm::test::random_bytes;
+
 namespace {
 
 using Merges = std::vector<std::pair<int32_t, int32_t>>;
@@ -80,13 +83,6 @@ std::vector<int32_t> reference_encode(const Tokenizer& t, std::string_view text)
     out.insert(out.end(), it->second.begin(), it->second.end());
   }
   return out;
-}
-
-std::string random_bytes(uint32_t seed, size_t n) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng() & 0xff);
-  return s;
 }
 
 // Random C++-flavoured text: identifiers, numbers, operators, comments, strings, indentation.

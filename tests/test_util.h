@@ -29,6 +29,14 @@ inline void write(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
 }
 
+// `len` seeded random bytes (any value, NUL included).
+inline std::string random_bytes(uint32_t seed, size_t len) {
+  std::mt19937 rng(seed);
+  std::string s(len, '\0');
+  for (char& c : s) c = static_cast<char>(rng() & 0xff);
+  return s;
+}
+
 // Deterministic pseudo C++ source: classes, templates, comments, strings, numbers.
 inline std::string synthetic_cpp(uint64_t seed, int n_funcs) {
   std::mt19937_64 rng(seed);
