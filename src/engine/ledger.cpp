@@ -1,0 +1,280 @@
+#include "engine/ledger.h"
+
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <thread>
+
+#include "common/error.h"
+
+namespace slm::engine {
+
+namespace {
+
+const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY,
+  plan TEXT NOT NULL, phase TEXT NOT NULL, experiment TEXT NOT NULL, seed INTEGER NOT NULL,
+  run_dir TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('queued','running','done','failed','INVALID')),
+  reason TEXT NOT NULL DEFAULT '',
+  manual_invalid TEXT,            -- reason of a manual invalidation, NULL when none
+  substrate_id TEXT NOT NULL DEFAULT '', data_fingerprint TEXT NOT NULL DEFAULT '',
+  git_commit TEXT NOT NULL DEFAULT '', config_json TEXT NOT NULL DEFAULT '',
+  attempts INTEGER NOT NULL DEFAULT 0,
+  has_summary INTEGER NOT NULL DEFAULT 0,
+  best_val_bpb REAL, best_step INTEGER, final_val_bpb REAL, tokens_per_second REAL, step_ms REAL,
+  peak_rss_bytes INTEGER, best_in_spike INTEGER NOT NULL DEFAULT 0,
+  updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE TABLE IF NOT EXISTS evals (
+  run_id TEXT NOT NULL, step INTEGER NOT NULL, val_bpb REAL NOT NULL, in_spike INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS invalidations (
+  run_id TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
+  at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+)sql";
+
+// A prepared statement that finalizes itself.
+struct Stmt {
+  sqlite3_stmt* s = nullptr;
+  Stmt(sqlite3* db, const char* sql) {
+    if (sqlite3_prepare_v2(db, sql, -1, &s, nullptr) != SQLITE_OK)
+      fail("[ledger] cannot prepare statement: ", sqlite3_errmsg(db));
+  }
+  ~Stmt() { sqlite3_finalize(s); }
+  Stmt& text(int i, const std::string& v) {
+    sqlite3_bind_text(s, i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& i64(int i, int64_t v) {
+    sqlite3_bind_int64(s, i, v);
+    return *this;
+  }
+  Stmt& f64(int i, double v) {
+    if (std::isfinite(v)) sqlite3_bind_double(s, i, v);
+    else sqlite3_bind_null(s, i);
+    return *this;
+  }
+  Stmt& null(int i) {
+    sqlite3_bind_null(s, i);
+    return *this;
+  }
+  // Steps once; true when a row is available.
+  bool step(sqlite3* db) {
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    fail("[ledger] ", sqlite3_errmsg(db));
+  }
+  std::string col_text(int i) const {
+    const unsigned char* p = sqlite3_column_text(s, i);
+    return p ? reinterpret_cast<const char*>(p) : "";
+  }
+  double col_f64(int i) const { return sqlite3_column_type(s, i) == SQLITE_NULL ? NAN : sqlite3_column_double(s, i); }
+  int64_t col_i64(int i) const { return sqlite3_column_int64(s, i); }
+  bool col_null(int i) const { return sqlite3_column_type(s, i) == SQLITE_NULL; }
+};
+
+}  // namespace
+
+const char* status_name(Status s) {
+  switch (s) {
+    case Status::Queued: return "queued";
+    case Status::Running: return "running";
+    case Status::Done: return "done";
+    case Status::Failed: return "failed";
+    case Status::Invalid: return "INVALID";
+  }
+  return "?";
+}
+
+Status parse_status(const std::string& s) {
+  for (Status x : {Status::Queued, Status::Running, Status::Done, Status::Failed, Status::Invalid})
+    if (s == status_name(x)) return x;
+  fail("[ledger] unknown run status '", s, "'");
+}
+
+Ledger::Ledger(const std::string& path) : path_(path) {
+  if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr) !=
+      SQLITE_OK) {
+    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    db_ = nullptr;
+    fail("[ledger] cannot open ", path, ": ", msg, "; pass --ledger with a writable path");
+  }
+  sqlite3_busy_timeout(db_, 10000);
+  exec("PRAGMA journal_mode=WAL");
+  exec("PRAGMA synchronous=NORMAL");  // WAL + NORMAL: a committed transaction survives a process kill
+  write_txn([&] { exec(kSchema); });
+}
+
+Ledger::~Ledger() { sqlite3_close(db_); }
+
+void Ledger::exec(const std::string& sql) const {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    fail("[ledger] ", path_, ": ", msg);
+  }
+}
+
+template <typename F>
+void Ledger::write_txn(F&& body) {
+  // BEGIN IMMEDIATE takes the write lock up front, so a busy database fails here (and is retried)
+  // rather than in the middle of the body. The busy timeout already waits 10 s per attempt.
+  for (int attempt = 0;; ++attempt) {
+    int rc = sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
+    if (rc == SQLITE_BUSY && attempt < 30) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10 + attempt * 10));
+      continue;
+    }
+    if (rc != SQLITE_OK) fail("[ledger] ", path_, " is locked by another writer for too long: ", sqlite3_errmsg(db_));
+    break;
+  }
+  try {
+    body();
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+}
+
+void Ledger::upsert(const RunRow& r) {
+  write_txn([&] {
+    Stmt st(db_,
+            "INSERT INTO runs (run_id, plan, phase, experiment, seed, run_dir, status, reason, substrate_id, "
+            "data_fingerprint, git_commit, config_json, attempts, has_summary, best_val_bpb, best_step, final_val_bpb, "
+            "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike) "
+            "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21) "
+            "ON CONFLICT(run_id) DO UPDATE SET plan=?2, phase=?3, experiment=?4, seed=?5, run_dir=?6, status=?7, "
+            "reason=?8, substrate_id=?9, data_fingerprint=?10, git_commit=?11, config_json=?12, attempts=?13, "
+            "has_summary=?14, best_val_bpb=?15, best_step=?16, final_val_bpb=?17, tokens_per_second=?18, step_ms=?19, "
+            "peak_rss_bytes=?20, best_in_spike=?21, updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')");
+    st.text(1, r.run_id).text(2, r.plan).text(3, r.phase).text(4, r.experiment).i64(5, r.seed).text(6, r.run_dir);
+    st.text(7, status_name(r.status)).text(8, r.reason).text(9, r.substrate_id).text(10, r.data_fingerprint);
+    st.text(11, r.git_commit).text(12, r.config_json).i64(13, r.attempts).i64(14, r.has_summary);
+    if (r.has_summary) {
+      st.f64(15, r.best_val_bpb).i64(16, r.best_step).f64(17, r.final_val_bpb).f64(18, r.tokens_per_second);
+      st.f64(19, r.step_ms).i64(20, r.peak_rss_bytes);
+    } else {
+      st.null(15).null(16).null(17).null(18).null(19).null(20);
+    }
+    st.i64(21, r.best_in_spike);
+    st.step(db_);
+  });
+}
+
+void Ledger::set_status(const std::string& run_id, Status s, const std::string& reason, bool count_attempt) {
+  write_txn([&] {
+    Stmt st(db_,
+            "UPDATE runs SET status=?2, reason=?3, attempts=attempts+?4, "
+            "updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE run_id=?1");
+    st.text(1, run_id).text(2, status_name(s)).text(3, reason).i64(4, count_attempt ? 1 : 0);
+    st.step(db_);
+    SLM_CHECK(sqlite3_changes(db_) == 1, "[ledger] no run '", run_id, "' in ", path_);
+  });
+}
+
+void Ledger::set_evals(const std::string& run_id, const std::vector<EvalPoint>& evals) {
+  write_txn([&] {
+    Stmt del(db_, "DELETE FROM evals WHERE run_id=?1");
+    del.text(1, run_id).step(db_);
+    Stmt ins(db_, "INSERT INTO evals (run_id, step, val_bpb, in_spike) VALUES (?1, ?2, ?3, ?4)");
+    for (auto& e : evals) {
+      sqlite3_reset(ins.s);
+      ins.text(1, run_id).i64(2, e.step).f64(3, e.val_bpb).i64(4, e.in_spike);
+      ins.step(db_);
+    }
+  });
+}
+
+void Ledger::invalidate(const std::string& run_id, const std::string& reason) {
+  SLM_CHECK(!reason.empty(), "invalidate: --reason is required (say why the run does not count)");
+  write_txn([&] {
+    Stmt st(db_, "UPDATE runs SET manual_invalid=?2 WHERE run_id=?1");
+    st.text(1, run_id).text(2, reason).step(db_);
+    SLM_CHECK(sqlite3_changes(db_) == 1, "invalidate: no run '", run_id, "' in ", path_);
+    Stmt log(db_, "INSERT INTO invalidations (run_id, action, reason) VALUES (?1, 'invalidate', ?2)");
+    log.text(1, run_id).text(2, reason).step(db_);
+  });
+}
+
+void Ledger::revalidate(const std::string& run_id) {
+  write_txn([&] {
+    Stmt st(db_, "UPDATE runs SET manual_invalid=NULL WHERE run_id=?1 AND manual_invalid IS NOT NULL");
+    st.text(1, run_id).step(db_);
+    SLM_CHECK(sqlite3_changes(db_) == 1, "invalidate --undo: run '", run_id, "' is not manually invalidated in ", path_);
+    Stmt log(db_, "INSERT INTO invalidations (run_id, action, reason) VALUES (?1, 'undo', '')");
+    log.text(1, run_id).step(db_);
+  });
+}
+
+namespace {
+const char* kSelect =
+    "SELECT run_id, plan, phase, experiment, seed, run_dir, status, reason, manual_invalid, substrate_id, "
+    "data_fingerprint, git_commit, config_json, attempts, has_summary, best_val_bpb, best_step, final_val_bpb, "
+    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike FROM runs ";
+
+// A row as reports see it: a manual invalidation overrides the recorded status, with its reason.
+RunRow read_row(const Stmt& st) {
+  RunRow r;
+  r.run_id = st.col_text(0);
+  r.plan = st.col_text(1);
+  r.phase = st.col_text(2);
+  r.experiment = st.col_text(3);
+  r.seed = st.col_i64(4);
+  r.run_dir = st.col_text(5);
+  r.status = parse_status(st.col_text(6));
+  r.reason = st.col_text(7);
+  if (!st.col_null(8)) {
+    r.status = Status::Invalid;
+    r.reason = "manual: " + st.col_text(8);
+  }
+  r.substrate_id = st.col_text(9);
+  r.data_fingerprint = st.col_text(10);
+  r.git_commit = st.col_text(11);
+  r.config_json = st.col_text(12);
+  r.attempts = st.col_i64(13);
+  r.has_summary = st.col_i64(14) != 0;
+  r.best_val_bpb = st.col_f64(15);
+  r.best_step = st.col_null(16) ? -1 : st.col_i64(16);
+  r.final_val_bpb = st.col_f64(17);
+  r.tokens_per_second = st.col_f64(18);
+  r.step_ms = st.col_f64(19);
+  r.peak_rss_bytes = st.col_i64(20);
+  r.best_in_spike = st.col_i64(21) != 0;
+  return r;
+}
+}  // namespace
+
+std::optional<RunRow> Ledger::get(const std::string& run_id) const {
+  Stmt st(db_, (std::string(kSelect) + "WHERE run_id=?1").c_str());
+  st.text(1, run_id);
+  if (!st.step(db_)) return std::nullopt;
+  return read_row(st);
+}
+
+std::vector<RunRow> Ledger::runs(const std::string& plan) const {
+  Stmt st(db_, (std::string(kSelect) + (plan.empty() ? "" : "WHERE plan=?1 ") + "ORDER BY run_id").c_str());
+  if (!plan.empty()) st.text(1, plan);
+  std::vector<RunRow> out;
+  while (st.step(db_)) out.push_back(read_row(st));
+  return out;
+}
+
+std::vector<EvalPoint> Ledger::evals(const std::string& run_id) const {
+  Stmt st(db_, "SELECT step, val_bpb, in_spike FROM evals WHERE run_id=?1 ORDER BY step");
+  st.text(1, run_id);
+  std::vector<EvalPoint> out;
+  while (st.step(db_)) out.push_back({st.col_i64(0), st.col_f64(1), st.col_i64(2) != 0});
+  return out;
+}
+
+}  // namespace slm::engine

@@ -1,0 +1,76 @@
+// The ledger: one SQLite database (WAL mode, busy timeout) that every run of every plan reports
+// into: configuration, status with reason, substrate id, data fingerprint, slmlab's git commit,
+// the summary numbers and every eval point. Many processes write at once and nothing is lost:
+// each write is one short IMMEDIATE transaction, retried while another writer holds the lock.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+struct sqlite3;
+
+namespace slm::engine {
+
+// Status of a run. INVALID keeps its row and its reason; it is excluded from every comparison.
+enum class Status { Queued, Running, Done, Failed, Invalid };
+const char* status_name(Status s);
+Status parse_status(const std::string& s);  // throws slm::Error on an unknown name
+
+struct RunRow {
+  std::string run_id;  // "<plan>/<experiment>/s<seed>"
+  std::string plan, phase, experiment;
+  int64_t seed = 0;
+  std::string run_dir;
+  Status status = Status::Queued;
+  std::string reason;  // why FAILED or INVALID
+  std::string substrate_id, data_fingerprint, git_commit;
+  std::string config_json;  // the resolved configuration
+  int64_t attempts = 0;
+  // Summary (NaN / -1 until known).
+  double best_val_bpb = 0, final_val_bpb = 0, tokens_per_second = 0, step_ms = 0;
+  int64_t best_step = -1, peak_rss_bytes = 0;
+  bool has_summary = false;
+  bool best_in_spike = false;  // the best checkpoint was saved inside a loss spike
+};
+
+struct EvalPoint {
+  int64_t step = 0;
+  double val_bpb = 0;
+  bool in_spike = false;
+};
+
+class Ledger {
+ public:
+  // Opens (creating if needed) the database at `path`; fails with a one-line reason.
+  explicit Ledger(const std::string& path);
+  ~Ledger();
+  Ledger(const Ledger&) = delete;
+  Ledger& operator=(const Ledger&) = delete;
+
+  // Inserts or replaces the whole row of run_id.
+  void upsert(const RunRow& r);
+  // Changes status and reason only (e.g. running -> failed), bumping attempts when asked.
+  void set_status(const std::string& run_id, Status s, const std::string& reason, bool count_attempt = false);
+  // Replaces the eval points of a run.
+  void set_evals(const std::string& run_id, const std::vector<EvalPoint>& evals);
+  // Manual invalidation and its undo, logged with time and reason.
+  void invalidate(const std::string& run_id, const std::string& reason);
+  void revalidate(const std::string& run_id);
+
+  std::optional<RunRow> get(const std::string& run_id) const;
+  // All runs, or those of one plan, ordered by run_id.
+  std::vector<RunRow> runs(const std::string& plan = "") const;
+  std::vector<EvalPoint> evals(const std::string& run_id) const;
+  const std::string& path() const { return path_; }
+
+ private:
+  void exec(const std::string& sql) const;
+  // Runs `body` inside BEGIN IMMEDIATE ... COMMIT, retrying while the database is busy.
+  template <typename F>
+  void write_txn(F&& body);
+  std::string path_;
+  sqlite3* db_ = nullptr;
+};
+
+}  // namespace slm::engine

@@ -1,0 +1,134 @@
+// The SQLite ledger: round trips, manual invalidation and its undo, and many processes writing at
+// once without losing or duplicating anything.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+
+#include "common/error.h"
+#include "engine/ledger.h"
+#include "test_util.h"
+
+using namespace slm::engine;
+
+namespace {
+RunRow row(const std::string& plan, const std::string& exp, int64_t seed) {
+  RunRow r;
+  r.plan = plan;
+  r.phase = "p1";
+  r.experiment = exp;
+  r.seed = seed;
+  r.run_id = plan + "/" + exp + "/s" + std::to_string(seed);
+  r.run_dir = "/tmp/" + r.run_id;
+  r.substrate_id = "abc";
+  return r;
+}
+}  // namespace
+
+TEST(Ledger, RoundTripAndSummary) {
+  slm::test::TempDir t;
+  Ledger l(t / "ledger.db");
+  RunRow r = row("plan", "base", 1);
+  l.upsert(r);
+  auto got = l.get(r.run_id);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->status, Status::Queued);
+  EXPECT_FALSE(got->has_summary);
+  EXPECT_TRUE(std::isnan(got->best_val_bpb));
+  r.status = Status::Done;
+  r.has_summary = true;
+  r.best_val_bpb = 1.25;
+  r.best_step = 3750;
+  r.final_val_bpb = 1.3;
+  r.best_in_spike = true;
+  l.upsert(r);
+  got = l.get(r.run_id);
+  EXPECT_EQ(got->status, Status::Done);
+  EXPECT_DOUBLE_EQ(got->best_val_bpb, 1.25);
+  EXPECT_EQ(got->best_step, 3750);
+  EXPECT_TRUE(got->best_in_spike);
+  l.set_evals(r.run_id, {{0, 3.8, false}, {50, 1.7, true}, {100, 1.5, false}});
+  auto ev = l.evals(r.run_id);
+  ASSERT_EQ(ev.size(), 3u);
+  EXPECT_EQ(ev[1].step, 50);
+  EXPECT_TRUE(ev[1].in_spike);
+  l.set_evals(r.run_id, {{0, 3.8, false}});  // replaced, not appended
+  EXPECT_EQ(l.evals(r.run_id).size(), 1u);
+  l.set_status(r.run_id, Status::Failed, "exit 3", true);
+  got = l.get(r.run_id);
+  EXPECT_EQ(got->status, Status::Failed);
+  EXPECT_EQ(got->reason, "exit 3");
+  EXPECT_EQ(got->attempts, 1);
+  EXPECT_FALSE(l.get("nope").has_value());
+  EXPECT_THROW(l.set_status("nope", Status::Done, ""), slm::Error);
+}
+
+TEST(Ledger, ManualInvalidationIsLoudAndUndoable) {
+  slm::test::TempDir t;
+  Ledger l(t / "ledger.db");
+  RunRow r = row("plan", "engram", 1);
+  r.status = Status::Done;
+  l.upsert(r);
+  l.invalidate(r.run_id, "engram on a Mamba layer");
+  auto got = l.get(r.run_id);
+  EXPECT_EQ(got->status, Status::Invalid);
+  EXPECT_EQ(got->reason, "manual: engram on a Mamba layer");
+  EXPECT_THROW(l.invalidate(r.run_id, ""), slm::Error);
+  l.revalidate(r.run_id);
+  EXPECT_EQ(l.get(r.run_id)->status, Status::Done);
+  EXPECT_THROW(l.revalidate(r.run_id), slm::Error);  // nothing to undo
+  EXPECT_THROW(l.invalidate("missing", "x"), slm::Error);
+}
+
+TEST(Ledger, ManyProcessesWritingAtOnceLoseNothing) {
+  slm::test::TempDir t;
+  const std::string db = t / "ledger.db";
+  { Ledger init(db); }
+  const int n_proc = 6, n_runs = 40;
+  std::vector<pid_t> kids;
+  for (int p = 0; p < n_proc; ++p) {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      try {
+        Ledger l(db);
+        for (int i = 0; i < n_runs; ++i) {
+          RunRow r = row("plan", "exp" + std::to_string(p), i);
+          l.upsert(r);
+          l.set_status(r.run_id, Status::Running, "");
+          l.set_evals(r.run_id, {{0, 3.0, false}, {10, 2.0 - 0.01 * i, false}});
+          r.status = Status::Done;
+          r.has_summary = true;
+          r.best_val_bpb = 2.0 - 0.01 * i;
+          r.best_step = 10;
+          l.upsert(r);
+        }
+        ::_exit(0);
+      } catch (...) {
+        ::_exit(1);
+      }
+    }
+    kids.push_back(pid);
+  }
+  for (pid_t k : kids) {
+    int st = 0;
+    ::waitpid(k, &st, 0);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  Ledger l(db);
+  auto all = l.runs("plan");
+  ASSERT_EQ(all.size(), static_cast<size_t>(n_proc * n_runs));
+  for (auto& r : all) {
+    EXPECT_EQ(r.status, Status::Done) << r.run_id;
+    EXPECT_EQ(l.evals(r.run_id).size(), 2u) << r.run_id;
+  }
+}
+
+TEST(Ledger, UnwritablePathIsAClearError) {
+  try {
+    Ledger l("/proc/definitely/not/here.db");
+    FAIL();
+  } catch (const slm::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--ledger"), std::string::npos) << e.what();
+  }
+}
