@@ -11,5 +11,7 @@ int cmd_demo(const Args& a);
 int cmd_train(const Args& a);
 int cmd_export(const Args& a);
 int cmd_bench_peak(const Args& a);
+int cmd_catalog(const Args& a);
+int cmd_plan_check(const Args& a);
 
 }  // namespace slm::cli

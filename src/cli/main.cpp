@@ -24,6 +24,8 @@ const std::map<std::string, Handler>& handlers() {
       {"train", slm::cli::cmd_train},
       {"export", slm::cli::cmd_export},
       {"bench peak", slm::cli::cmd_bench_peak},
+      {"catalog", slm::cli::cmd_catalog},
+      {"plan check", slm::cli::cmd_plan_check},
   };
   return h;
 }

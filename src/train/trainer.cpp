@@ -11,12 +11,14 @@
 #include <sstream>
 #include <thread>
 
+#include "catalog/catalog.h"
 #include "common/device.h"
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/hash.h"
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "engine/plan.h"
 #include "model/gpt.h"
 #include "train/optim.h"
 #include "train/safetensors.h"
@@ -195,9 +197,21 @@ int train(const TrainOptions& opt) {
   // ---- configuration: everything is checked before a step runs
   Substrate sub = load_substrate(opt.substrate);
   for (auto& kv : opt.sets) set_field(sub, kv);
-  SLM_CHECK(opt.modules.empty(), "train: unknown module '", opt.modules.empty() ? "" : opt.modules[0],
-            "': the module catalog is empty in this build (issue 4 adds it)");
   sub.validate();
+  {
+    // Modules resolve against the catalog and its constraints before anything is built.
+    std::vector<std::string> errs;
+    std::vector<catalog::ModuleArgs> mods;
+    for (auto& m : opt.modules) mods.push_back(catalog::resolve_arg(m, errs));
+    if (errs.empty()) errs = catalog::check(mods, engine::model_view(sub), /*training=*/true);
+    if (!errs.empty()) {
+      std::string all = "train: ";
+      for (size_t i = 0; i < errs.size(); ++i) all += (i ? "; " : "") + errs[i];
+      throw Error(all);
+    }
+    SLM_CHECK(mods.empty(), "train: module ", mods.empty() ? "" : mods[0].name,
+              " is in the catalog but not wired into this trainer yet");
+  }
   SLM_CHECK(!opt.data_dir.empty(), "train: --data DATA_DIR is required");
   SLM_CHECK(!opt.out_dir.empty() || opt.dry_run, "train: --out RUN_DIR is required");
   data::DataSet ds(opt.data_dir);

@@ -1,0 +1,238 @@
+#include "catalog/catalog.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/options.h"
+
+namespace slm::catalog {
+
+// The catalog table. Modules arrive with the catalog issues (5-8), each with its file, its test
+// and one row here; a name not in this table is refused everywhere with the nearest valid name.
+const std::vector<ModuleSpec>& modules() {
+  static const std::vector<ModuleSpec> t = {};
+  return t;
+}
+
+const char* param_type_name(ParamType t) {
+  switch (t) {
+    case ParamType::Int: return "int";
+    case ParamType::Float: return "float";
+    case ParamType::Bool: return "bool";
+    case ParamType::String: return "string";
+    case ParamType::IntList: return "int list";
+  }
+  return "?";
+}
+
+std::vector<int64_t> ModelView::layers_of(char k) const {
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < depth; ++i)
+    if (kind(i) == k) out.push_back(i);
+  return out;
+}
+
+std::string value_text(const Value& v) {
+  return std::visit(
+      [](const auto& x) -> std::string {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, int64_t>) return std::to_string(x);
+        else if constexpr (std::is_same_v<T, double>) {
+          std::ostringstream os;
+          os << std::setprecision(17) << x;
+          return os.str();
+        } else if constexpr (std::is_same_v<T, bool>) return x ? "true" : "false";
+        else if constexpr (std::is_same_v<T, std::string>) return x;
+        else {
+          std::string s;
+          for (size_t i = 0; i < x.size(); ++i) s += (i ? "," : "") + std::to_string(x[i]);
+          return s;
+        }
+      },
+      v);
+}
+
+const ModuleSpec* find(const std::string& name) {
+  for (auto& m : modules())
+    if (name == m.name) return &m;
+  return nullptr;
+}
+
+namespace {
+
+std::vector<std::string> module_names() {
+  std::vector<std::string> n;
+  for (auto& m : modules()) n.push_back(m.name);
+  return n;
+}
+
+bool parse_int(const std::string& s, int64_t& out) {
+  if (s.empty()) return false;
+  char* end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(s.c_str(), &end, 10);
+  if (*end != '\0' || errno != 0) return false;
+  out = v;
+  return true;
+}
+
+// Parses `text` as the parameter's type and checks its range; "" on success, else the problem.
+std::string parse_value(const ParamSpec& p, const std::string& text, Value& out) {
+  auto range = [&](double v) -> std::string {
+    if (v < p.lo || v > p.hi) {
+      std::ostringstream os;
+      os << "is outside [" << p.lo << ", " << p.hi << "]";
+      return os.str();
+    }
+    return "";
+  };
+  switch (p.type) {
+    case ParamType::Int: {
+      int64_t v;
+      if (!parse_int(text, v)) return "expects an integer, got '" + text + "'";
+      out = v;
+      return range(static_cast<double>(v));
+    }
+    case ParamType::Float: {
+      char* end = nullptr;
+      double v = std::strtod(text.c_str(), &end);
+      if (text.empty() || *end != '\0') return "expects a number, got '" + text + "'";
+      out = v;
+      return range(v);
+    }
+    case ParamType::Bool:
+      if (text != "true" && text != "false") return "expects true or false, got '" + text + "'";
+      out = text == "true";
+      return "";
+    case ParamType::String:
+      out = text;
+      return "";
+    case ParamType::IntList: {
+      std::vector<int64_t> v;
+      std::stringstream ss(text);
+      std::string item;
+      while (std::getline(ss, item, ',')) {
+        int64_t x;
+        if (!parse_int(item, x)) return "expects a list of integers like 0,1,3, got '" + text + "'";
+        std::string r = range(static_cast<double>(x));
+        if (!r.empty()) return "element " + item + " " + r;
+        v.push_back(x);
+      }
+      out = v;
+      return "";
+    }
+  }
+  return "has an unknown type";
+}
+
+}  // namespace
+
+ModuleArgs resolve(const std::string& name, const std::map<std::string, std::string>& given,
+                   std::vector<std::string>& errors) {
+  ModuleArgs a;
+  a.name = name;
+  const ModuleSpec* m = find(name);
+  if (!m) {
+    std::string n = cli::nearest(name, module_names());
+    errors.push_back("unknown module '" + name + "'" + (n.empty() ? "" : "; did you mean '" + n + "'?") +
+                     (modules().empty() ? " (the catalog is empty in this build: modules arrive with issues 5-8)"
+                                        : " (slmlab catalog lists them)"));
+    return a;
+  }
+  std::vector<std::string> pnames;
+  for (auto& p : m->params) pnames.push_back(p.name);
+  for (auto& [k, v] : given) {
+    bool known = false;
+    for (auto& p : m->params) known |= k == p.name;
+    if (!known) {
+      std::string n = cli::nearest(k, pnames);
+      errors.push_back("module " + name + ": unknown parameter '" + k + "'" +
+                       (n.empty() ? "" : "; did you mean '" + n + "'?"));
+    }
+  }
+  for (auto& p : m->params) {
+    auto it = given.find(p.name);
+    const std::string text = it != given.end() ? it->second : p.def;
+    Value v;
+    std::string problem = parse_value(p, text, v);
+    if (!problem.empty()) errors.push_back("module " + name + ": " + p.name + " " + problem);
+    a.values[p.name] = v;
+  }
+  return a;
+}
+
+ModuleArgs resolve_arg(const std::string& text, std::vector<std::string>& errors) {
+  auto dot = text.find('.');
+  std::string name = text.substr(0, dot);
+  std::map<std::string, std::string> given;
+  if (dot != std::string::npos) {
+    std::stringstream ss(text.substr(dot + 1));
+    std::string piece, last;
+    while (std::getline(ss, piece, ',')) {
+      auto eq = piece.find('=');
+      if (eq == std::string::npos) {
+        if (last.empty()) {
+          errors.push_back("--module " + text + ": '" + piece + "' is not key=value");
+          continue;
+        }
+        given[last] += "," + piece;  // continues a list: layers=0,1,3
+        continue;
+      }
+      last = piece.substr(0, eq);
+      if (given.count(last)) errors.push_back("--module " + text + ": " + last + " given twice");
+      given[last] = piece.substr(eq + 1);
+    }
+  }
+  return resolve(name, given, errors);
+}
+
+std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelView& model, bool training) {
+  std::vector<std::string> errors;
+  std::set<std::string> seen;
+  for (auto& a : mods) {
+    if (!seen.insert(a.name).second) errors.push_back("module " + a.name + " is listed twice; list it once");
+    const ModuleSpec* m = find(a.name);
+    if (!m) continue;  // already reported by resolve()
+    if (training && m->tier == Tier::Inference)
+      errors.push_back("module " + a.name +
+                       " is Tier 3 (inference-only) and never part of a training ablation; evaluate it in its own lane");
+    if (m->check && a.values.size() == m->params.size())
+      for (auto& e : m->check(a, model)) errors.push_back("module " + a.name + ": " + e);
+  }
+  return errors;
+}
+
+std::string table(bool as_json) {
+  if (as_json) {
+    nlohmann::ordered_json j = nlohmann::ordered_json::array();
+    for (auto& m : modules()) {
+      nlohmann::ordered_json params = nlohmann::ordered_json::array();
+      for (auto& p : m.params)
+        params.push_back({{"name", p.name}, {"type", param_type_name(p.type)}, {"default", p.def},
+                          {"min", p.lo}, {"max", p.hi}, {"help", p.help}});
+      j.push_back({{"name", m.name}, {"tier", static_cast<int>(m.tier)}, {"family", m.family}, {"default", "off"},
+                   {"summary", m.summary}, {"cost", m.cost}, {"params", params}});
+    }
+    return j.dump(1) + "\n";
+  }
+  std::ostringstream os;
+  os << std::left << std::setw(14) << "module" << std::setw(6) << "tier" << std::setw(11) << "family" << "default  summary\n";
+  for (auto& m : modules()) {
+    os << std::setw(14) << m.name << std::setw(6) << static_cast<int>(m.tier) << std::setw(11) << m.family << "off      "
+       << m.summary << "\n";
+    for (auto& p : m.params)
+      os << "    " << std::setw(16) << p.name << std::setw(10) << param_type_name(p.type) << "default " << std::setw(8)
+         << (*p.def ? p.def : "\"\"") << "range [" << p.lo << ", " << p.hi << "]  " << p.help << "\n";
+    os << "    cost: " << m.cost << "\n";
+  }
+  if (modules().empty())
+    os << "(no modules yet: the catalog issues 5-8 add them; every module is off by default)\n";
+  return os.str();
+}
+
+}  // namespace slm::catalog

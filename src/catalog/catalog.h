@@ -1,0 +1,80 @@
+// The module catalog: every module slmlab can put into a model or a data stream, off by default,
+// declared once in the table in catalog.cpp with its tier, family, parameters (defaults, ranges)
+// and constraints over the resolved model configuration. Plans, `slmlab train --module` and
+// `slmlab catalog` all read this one table. Adding a module: its file, its test, one row.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace slm::catalog {
+
+// 1 = wired into training, 2 = integrated, 3 = inference-only (never in a training plan).
+enum class Tier : int { Training = 1, Integrated = 2, Inference = 3 };
+
+enum class ParamType { Int, Float, Bool, String, IntList };
+const char* param_type_name(ParamType t);
+
+struct ParamSpec {
+  const char* name;
+  ParamType type;
+  const char* def;  // default as text ("0.001", "true", "0,1,3", "" for an empty list)
+  double lo, hi;    // inclusive range for numbers and for every element of an int list
+  const char* help;
+};
+
+using Value = std::variant<int64_t, double, bool, std::string, std::vector<int64_t>>;
+std::string value_text(const Value& v);
+
+// What constraints see: the geometry a plan's substrate resolves to.
+struct ModelView {
+  int64_t depth = 0, d_model = 0, n_head = 0, head_dim = 0, context = 0, tp = 1, dp = 1;
+  std::string layer_pattern = "A";
+  char kind(int64_t layer) const { return layer_pattern[layer % layer_pattern.size()]; }
+  std::vector<int64_t> layers_of(char k) const;
+};
+
+// A module as used: its name and every parameter resolved (given values, else defaults).
+struct ModuleArgs {
+  std::string name;
+  std::map<std::string, Value> values;
+  int64_t i64(const std::string& k) const { return std::get<int64_t>(values.at(k)); }
+  double f64(const std::string& k) const { return std::get<double>(values.at(k)); }
+  bool flag(const std::string& k) const { return std::get<bool>(values.at(k)); }
+  const std::string& str(const std::string& k) const { return std::get<std::string>(values.at(k)); }
+  const std::vector<int64_t>& list(const std::string& k) const { return std::get<std::vector<int64_t>>(values.at(k)); }
+};
+
+// A constraint returns one message per violation, each naming the rule and the fix.
+using Check = std::vector<std::string> (*)(const ModuleArgs& args, const ModelView& model);
+
+struct ModuleSpec {
+  const char* name;
+  Tier tier;
+  const char* family;   // "mixer", "memory", "residual", "objective", "routing", "depth", "data", "inference"
+  const char* summary;
+  const char* cost;     // what it costs, in words
+  std::vector<ParamSpec> params;
+  Check check;          // may be nullptr
+};
+
+const std::vector<ModuleSpec>& modules();
+const ModuleSpec* find(const std::string& name);
+
+// Resolves given parameter texts against the spec; appends one message per problem (unknown
+// module or parameter with the nearest name, wrong type, out of range) to `errors`.
+ModuleArgs resolve(const std::string& name, const std::map<std::string, std::string>& given,
+                   std::vector<std::string>& errors);
+// Parses "name" or "name.k=v,k=v"; a piece without '=' continues the previous value as a list:
+// "engram.layers=0,1,3,heads=4" gives layers = 0,1,3 and heads = 4.
+ModuleArgs resolve_arg(const std::string& text, std::vector<std::string>& errors);
+// Constraints of every module against the model, plus the rules across modules (duplicates).
+// `training`: Tier-3 modules are refused.
+std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelView& model, bool training);
+
+// `slmlab catalog`: a table, or JSON.
+std::string table(bool json);
+
+}  // namespace slm::catalog

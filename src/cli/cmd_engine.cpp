@@ -1,0 +1,40 @@
+// slmlab catalog | plan check
+#include <cstdio>
+
+#include "catalog/catalog.h"
+#include "cli/commands.h"
+#include "common/error.h"
+#include "engine/plan.h"
+
+namespace slm::cli {
+
+int cmd_catalog(const Args& a) {
+  std::fputs(catalog::table(a.flag("json")).c_str(), stdout);
+  return 0;
+}
+
+int cmd_plan_check(const Args& a) {
+  std::vector<std::string> errors;
+  engine::Plan p = engine::load_plan(a.positional[0], &errors);
+  if (!errors.empty()) {
+    // Every problem, one per line, then the one-line verdict that main() prints.
+    for (auto& e : errors) std::fprintf(stderr, "  - %s\n", e.c_str());
+    fail("plan check: ", a.positional[0], " has ", errors.size(), " problem", errors.size() > 1 ? "s" : "",
+         " (listed above); nothing was run");
+  }
+  size_t runs = 0;
+  for (auto& e : p.experiments) runs += e.seeds.size();
+  std::printf("ok: plan %s on substrate %s (id %s before the data binds): %zu phases, %zu experiments, %zu runs\n",
+              p.name.c_str(), p.substrate.name.c_str(), p.substrate.id().c_str(), p.phases.size(), p.experiments.size(),
+              runs);
+  for (auto& e : p.experiments) {
+    std::printf("  %-10s %-16s base %-12s seeds %zu  modules:", e.phase.c_str(), e.id.c_str(),
+                e.base.empty() ? "-" : e.base.c_str(), e.seeds.size());
+    if (e.effective.empty()) std::printf(" (baseline)");
+    for (auto& m : e.effective) std::printf(" %s", m.name.c_str());
+    std::printf("\n");
+  }
+  return 0;
+}
+
+}  // namespace slm::cli

@@ -1,0 +1,238 @@
+#include "engine/plan.h"
+
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "common/error.h"
+#include "common/fs.h"
+#include "common/options.h"
+
+namespace slm::engine {
+
+const Experiment* Plan::find(const std::string& id) const {
+  for (auto& e : experiments)
+    if (e.id == id) return &e;
+  return nullptr;
+}
+
+catalog::ModelView model_view(const Substrate& s) {
+  catalog::ModelView v;
+  v.depth = s.depth;
+  v.d_model = s.model_dim();
+  v.n_head = s.n_head();
+  v.head_dim = s.head_dim;
+  v.context = s.context;
+  v.tp = s.tp;
+  v.dp = s.dp;
+  v.layer_pattern = s.layer_pattern;
+  return v;
+}
+
+namespace {
+
+// Unknown keys of a table, each with the nearest known one.
+void check_keys(const toml::table& t, const std::vector<std::string>& known, const std::string& where,
+                std::vector<std::string>& errors) {
+  for (auto& [k, v] : t) {
+    std::string key(k.str());
+    bool ok = false;
+    for (auto& n : known) ok |= n == key;
+    if (!ok) {
+      std::string n = cli::nearest(key, known);
+      errors.push_back(where + ": unknown key '" + key + "'" + (n.empty() ? "" : "; did you mean '" + n + "'?"));
+    }
+  }
+}
+
+// A TOML value as the text catalog::resolve() parses.
+std::string node_text(const toml::node& n) {
+  if (auto s = n.value_exact<std::string>()) return *s;
+  if (auto b = n.value_exact<bool>()) return *b ? "true" : "false";
+  if (auto i = n.value_exact<int64_t>()) return std::to_string(*i);
+  if (auto d = n.value_exact<double>()) {
+    std::ostringstream os;
+    os.precision(17);
+    os << *d;
+    return os.str();
+  }
+  if (auto a = n.as_array()) {
+    std::string s;
+    for (size_t i = 0; i < a->size(); ++i) s += (i ? "," : "") + node_text(*a->get(i));
+    return s;
+  }
+  return "<table>";
+}
+
+}  // namespace
+
+Plan load_plan(const std::string& path, std::vector<std::string>* errors_out) {
+  std::vector<std::string> errors;
+  Plan plan;
+  plan.path = path;
+  SLM_CHECK(fs::exists(path), "plan ", path, " not found; pass the path to a plan .toml (see plans/)");
+  toml::table t;
+  try {
+    t = toml::parse(fs::read_file(path), path);
+  } catch (const toml::parse_error& e) {
+    fail(path, ":", e.source().begin.line, ":", e.source().begin.column, ": invalid TOML: ", e.description());
+  }
+  check_keys(t, {"name", "description", "substrate", "rule", "phases"}, path, errors);
+  plan.name = t["name"].value_or(std::string());
+  plan.description = t["description"].value_or(std::string());
+  if (plan.name.empty()) errors.push_back(path + ": 'name' is required");
+  plan.substrate_ref = t["substrate"].value_or(std::string());
+  bool have_substrate = false;
+  if (plan.substrate_ref.empty()) {
+    errors.push_back(path + ": 'substrate' is required (a name in substrates/ or a .toml path)");
+  } else {
+    try {
+      std::string ref = plan.substrate_ref;
+      // A relative .toml path is relative to the plan file.
+      if (ref.find(".toml") != std::string::npos && ref[0] != '/') ref = fs::join(fs::parent(path), ref);
+      plan.substrate = load_substrate(ref);
+      plan.substrate.validate();
+      have_substrate = true;
+    } catch (const Error& e) {
+      errors.push_back(e.what());
+    }
+  }
+  if (auto r = t["rule"].as_table()) {
+    check_keys(*r, {"metric", "k_noise", "min_rel_delta", "provisional_factor", "max_retries"}, path + " [rule]", errors);
+    plan.rule.metric = (*r)["metric"].value_or(plan.rule.metric);
+    plan.rule.k_noise = (*r)["k_noise"].value_or(plan.rule.k_noise);
+    plan.rule.min_rel_delta = (*r)["min_rel_delta"].value_or(plan.rule.min_rel_delta);
+    plan.rule.provisional_factor = (*r)["provisional_factor"].value_or(plan.rule.provisional_factor);
+    plan.rule.max_retries = (*r)["max_retries"].value_or(plan.rule.max_retries);
+  }
+  if (plan.rule.metric != "val_bpb") errors.push_back(path + " [rule]: metric '" + plan.rule.metric + "' is not supported; use val_bpb");
+  if (!(plan.rule.k_noise >= 0)) errors.push_back(path + " [rule]: k_noise must be >= 0");
+  if (!(plan.rule.min_rel_delta >= 0 && plan.rule.min_rel_delta < 1)) errors.push_back(path + " [rule]: min_rel_delta must be in [0, 1)");
+  if (!(plan.rule.provisional_factor > 1)) errors.push_back(path + " [rule]: provisional_factor must be > 1");
+  if (plan.rule.max_retries < 0 || plan.rule.max_retries > 100) errors.push_back(path + " [rule]: max_retries must be in [0, 100]");
+
+  auto phases = t["phases"].as_array();
+  if (!phases || phases->empty()) errors.push_back(path + ": no [[phases]]; a plan needs at least one phase with experiments");
+  std::set<std::string> ids;
+  if (phases)
+    for (size_t pi = 0; pi < phases->size(); ++pi) {
+      auto ph = phases->get(pi)->as_table();
+      if (!ph) {
+        errors.push_back(path + ": phases[" + std::to_string(pi) + "] is not a table");
+        continue;
+      }
+      std::string pname = (*ph)["name"].value_or("phase" + std::to_string(pi + 1));
+      const std::string where = path + " phase " + pname;
+      check_keys(*ph, {"name", "notes", "experiments"}, where, errors);
+      plan.phases.push_back(pname);
+      auto exps = (*ph)["experiments"].as_array();
+      if (!exps || exps->empty()) errors.push_back(where + ": no [[phases.experiments]]");
+      if (!exps) continue;
+      for (size_t ei = 0; ei < exps->size(); ++ei) {
+        auto et = exps->get(ei)->as_table();
+        if (!et) continue;
+        Experiment e;
+        e.phase = pname;
+        e.id = (*et)["id"].value_or(std::string());
+        const std::string ew = where + " experiment " + (e.id.empty() ? "#" + std::to_string(ei + 1) : e.id);
+        check_keys(*et, {"id", "base", "modules", "seeds", "notes"}, ew, errors);
+        if (e.id.empty()) errors.push_back(ew + ": 'id' is required");
+        else if (!ids.insert(e.id).second) errors.push_back(ew + ": duplicate id '" + e.id + "'; ids are unique across the plan");
+        e.base = (*et)["base"].value_or(std::string());
+        e.notes = (*et)["notes"].value_or(std::string());
+        if (auto seeds = (*et)["seeds"].as_array()) {
+          std::set<int64_t> uniq;
+          for (auto& s : *seeds) {
+            auto v = s.value_exact<int64_t>();
+            if (!v || *v < 0) errors.push_back(ew + ": seeds must be non-negative integers");
+            else if (!uniq.insert(*v).second) errors.push_back(ew + ": seed " + std::to_string(*v) + " listed twice");
+            else e.seeds.push_back(*v);
+          }
+        }
+        if (e.seeds.empty()) errors.push_back(ew + ": 'seeds' needs at least one seed, e.g. seeds = [1, 2]");
+        if (auto mods = (*et)["modules"].as_array()) {
+          for (auto& m : *mods) {
+            std::vector<std::string> merr;
+            if (auto s = m.value_exact<std::string>()) {
+              e.modules.push_back(catalog::resolve(*s, {}, merr));
+            } else if (auto mt = m.as_table()) {
+              std::string name = (*mt)["name"].value_or(std::string());
+              std::map<std::string, std::string> given;
+              for (auto& [k, v] : *mt)
+                if (k.str() != "name") given[std::string(k.str())] = node_text(v);
+              if (name.empty()) merr.push_back("a module table needs name = \"...\"");
+              else e.modules.push_back(catalog::resolve(name, given, merr));
+            } else {
+              merr.push_back("modules entries are names or tables like { name = \"engram\", layers = [0, 1] }");
+            }
+            for (auto& x : merr) errors.push_back(ew + ": " + x);
+          }
+        }
+        plan.experiments.push_back(std::move(e));
+      }
+    }
+
+  // Bases: exist, no cycles; effective modules in dependency order.
+  std::map<std::string, int> state;  // 0 unvisited, 1 visiting, 2 done
+  std::function<bool(Experiment&)> resolve_base = [&](Experiment& e) -> bool {
+    if (state[e.id] == 2) return true;
+    if (state[e.id] == 1) return false;
+    state[e.id] = 1;
+    std::vector<catalog::ModuleArgs> eff;
+    if (!e.base.empty()) {
+      Experiment* b = nullptr;
+      for (auto& x : plan.experiments)
+        if (x.id == e.base) b = &x;
+      if (!b) {
+        std::vector<std::string> all;
+        for (auto& x : plan.experiments) all.push_back(x.id);
+        std::string n = cli::nearest(e.base, all);
+        errors.push_back(path + " experiment " + e.id + ": base '" + e.base + "' is not an experiment of this plan" +
+                         (n.empty() ? "" : "; did you mean '" + n + "'?"));
+      } else if (!resolve_base(*b)) {
+        errors.push_back(path + " experiment " + e.id + ": bases form a cycle through '" + e.base + "'");
+        state[e.id] = 2;
+        return true;
+      } else {
+        eff = b->effective;
+      }
+    }
+    for (auto& m : e.modules) {
+      bool replaced = false;
+      for (auto& x : eff)
+        if (x.name == m.name) x = m, replaced = true;
+      if (!replaced) eff.push_back(m);
+    }
+    e.effective = eff;
+    state[e.id] = 2;
+    return true;
+  };
+  for (auto& e : plan.experiments)
+    if (!e.id.empty()) resolve_base(e);
+
+  if (have_substrate) {
+    const catalog::ModelView view = model_view(plan.substrate);
+    for (auto& e : plan.experiments)
+      for (auto& x : catalog::check(e.effective, view, /*training=*/true))
+        errors.push_back(path + " experiment " + e.id + ": " + x);
+  }
+  // One problem can surface through several experiments (a base's module in each child): say it once.
+  std::vector<std::string> uniq;
+  for (auto& x : errors)
+    if (std::find(uniq.begin(), uniq.end(), x) == uniq.end()) uniq.push_back(x);
+  if (errors_out) {
+    errors_out->insert(errors_out->end(), uniq.begin(), uniq.end());
+    return plan;
+  }
+  if (!uniq.empty()) {
+    std::string all = "plan " + path + " has " + std::to_string(uniq.size()) + " problem" + (uniq.size() > 1 ? "s" : "") + ": ";
+    for (size_t i = 0; i < uniq.size(); ++i) all += (i ? "; " : "") + uniq[i];
+    throw Error(all);
+  }
+  return plan;
+}
+
+}  // namespace slm::engine

@@ -1,0 +1,48 @@
+// Ablation plans (TOML): a name, a substrate, a decision rule, and phases of experiments. Each
+// experiment has an id, an optional base (another experiment; its modules are inherited), modules
+// with parameters, seeds (replicates) and notes. `slmlab plan check` validates everything that can
+// be known before a step runs and lists every problem at once.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "catalog/catalog.h"
+#include "train/substrate.h"
+
+namespace slm::engine {
+
+// A module keeps its place only when its improvement over its base exceeds both k x the noise
+// (sd of seed replicas) and a minimum relative delta. Lower val_bpb is better.
+struct DecisionRule {
+  std::string metric = "val_bpb";
+  double k_noise = 2.0;
+  double min_rel_delta = 0.005;     // 0.5%
+  double provisional_factor = 3.0;  // step time above factor x the phase median: provisional
+  int64_t max_retries = 2;          // a failed run is retried this often, then FAILED
+};
+
+struct Experiment {
+  std::string id, phase, base, notes;
+  std::vector<int64_t> seeds;
+  std::vector<catalog::ModuleArgs> modules;    // as written in this experiment
+  std::vector<catalog::ModuleArgs> effective;  // base's effective modules + these (same name: these win)
+};
+
+struct Plan {
+  std::string name, description, path, substrate_ref;
+  Substrate substrate;
+  DecisionRule rule;
+  std::vector<std::string> phases;
+  std::vector<Experiment> experiments;  // in file order
+  const Experiment* find(const std::string& id) const;
+};
+
+// Parses and validates; on problems throws slm::Error whose message lists every one ("; "-joined)
+// unless `errors` is given, in which case they are appended there and a best-effort plan returned.
+Plan load_plan(const std::string& path, std::vector<std::string>* errors = nullptr);
+
+// The model geometry a substrate resolves to, as module constraints see it.
+catalog::ModelView model_view(const Substrate& s);
+
+}  // namespace slm::engine

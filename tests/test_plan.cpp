@@ -1,0 +1,156 @@
+// Plans: parsing, the guards of `plan check` (every problem listed at once), and the CLI.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "catalog/catalog.h"
+#include "common/error.h"
+#include "engine/plan.h"
+#include "test_util.h"
+
+using namespace slm;
+using namespace slm::engine;
+
+namespace {
+std::string plan_file(const slm::test::TempDir& t, const std::string& body) {
+  std::string p = t / "plan.toml";
+  slm::test::write(p, body);
+  return p;
+}
+const std::string kHead = "name = \"p\"\nsubstrate = \"" + std::string(SLMLAB_SOURCE_DIR) + "/substrates/cpu-tiny.toml\"\n";
+
+bool has(const std::vector<std::string>& errs, const std::string& needle) {
+  for (auto& e : errs)
+    if (e.find(needle) != std::string::npos) return true;
+  return false;
+}
+}  // namespace
+
+TEST(Plan, ValidPlanParses) {
+  slm::test::TempDir t;
+  auto p = load_plan(plan_file(t, kHead + R"(
+description = "two phases"
+[rule]
+k_noise = 3.0
+min_rel_delta = 0.01
+[[phases]]
+name = "one"
+[[phases.experiments]]
+id = "baseline"
+seeds = [1, 2, 3]
+notes = "attention only"
+[[phases]]
+name = "two"
+[[phases.experiments]]
+id = "again"
+base = "baseline"
+seeds = [4]
+)"));
+  EXPECT_EQ(p.name, "p");
+  EXPECT_EQ(p.substrate.name, "cpu-tiny");
+  EXPECT_EQ(p.phases, (std::vector<std::string>{"one", "two"}));
+  ASSERT_EQ(p.experiments.size(), 2u);
+  EXPECT_EQ(p.experiments[0].seeds, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(p.experiments[1].phase, "two");
+  EXPECT_EQ(p.experiments[1].base, "baseline");
+  EXPECT_TRUE(p.experiments[1].effective.empty());
+  EXPECT_DOUBLE_EQ(p.rule.k_noise, 3.0);
+  EXPECT_DOUBLE_EQ(p.rule.min_rel_delta, 0.01);
+  EXPECT_EQ(p.find("again"), &p.experiments[1]);
+}
+
+TEST(Plan, EveryProblemIsListedAtOnce) {
+  slm::test::TempDir t;
+  std::vector<std::string> errs;
+  load_plan(plan_file(t, kHead + R"(
+[rule]
+metric = "loss"
+k_noise = -1.0
+[[phases]]
+name = "one"
+[[phases.experiments]]
+id = "a"
+base = "c"
+seeds = [1, 1]
+[[phases.experiments]]
+id = "c"
+base = "a"
+seeds = [2]
+modules = ["dsa", { name = "engram", layers = [0, 5, 10] }]
+[[phases.experiments]]
+id = "a"
+seeds = []
+bsae = "x"
+[[phases.experiments]]
+id = "d"
+base = "baseline"
+seeds = [3]
+)"),
+            &errs);
+  EXPECT_TRUE(has(errs, "metric 'loss' is not supported")) << ::testing::PrintToString(errs);
+  EXPECT_TRUE(has(errs, "k_noise must be >= 0"));
+  EXPECT_TRUE(has(errs, "seed 1 listed twice"));
+  EXPECT_TRUE(has(errs, "duplicate id 'a'"));
+  EXPECT_TRUE(has(errs, "needs at least one seed"));
+  EXPECT_TRUE(has(errs, "unknown key 'bsae'; did you mean 'base'?"));
+  EXPECT_TRUE(has(errs, "cycle"));
+  EXPECT_TRUE(has(errs, "unknown module 'dsa'"));
+  EXPECT_TRUE(has(errs, "unknown module 'engram'"));
+  EXPECT_TRUE(has(errs, "base 'baseline' is not an experiment of this plan"));
+  // And as a single error when no list is asked for.
+  try {
+    load_plan(t / "plan.toml");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("problems"), std::string::npos);
+  }
+}
+
+TEST(Plan, MissingOrBrokenSubstrateIsReported) {
+  slm::test::TempDir t;
+  std::vector<std::string> errs;
+  load_plan(plan_file(t, "name = \"p\"\nsubstrate = \"no-such-substrate\"\n[[phases]]\n[[phases.experiments]]\nid = \"b\"\nseeds = [1]\n"),
+            &errs);
+  EXPECT_TRUE(has(errs, "substrate 'no-such-substrate' not found")) << ::testing::PrintToString(errs);
+  errs.clear();
+  slm::test::write(t / "bad.toml", "name = \"bad\"\ntotal_batch = 1000\n");
+  load_plan(plan_file(t, "name = \"p\"\nsubstrate = \"bad.toml\"\n[[phases]]\n[[phases.experiments]]\nid = \"b\"\nseeds = [1]\n"),
+            &errs);
+  EXPECT_TRUE(has(errs, "not a multiple of device_batch x context")) << ::testing::PrintToString(errs);
+  EXPECT_THROW(load_plan(t / "missing.toml"), Error);
+  slm::test::write(t / "broken.toml", "name = \n");
+  EXPECT_THROW(load_plan(t / "broken.toml"), Error);
+}
+
+TEST(Catalog, UnknownModulesAndEmptyTable) {
+  std::vector<std::string> errs;
+  auto a = catalog::resolve_arg("engram.layers=0,1,3,heads=4", errs);
+  EXPECT_EQ(a.name, "engram");
+  ASSERT_EQ(errs.size(), 1u);
+  EXPECT_NE(errs[0].find("unknown module 'engram'"), std::string::npos);
+  EXPECT_EQ(nlohmann::json::parse(catalog::table(true)).size(), catalog::modules().size());
+  for (auto& m : catalog::modules()) {
+    EXPECT_NE(m.tier, catalog::Tier::Inference) << "a tier-3 module in the catalog must still be refused in training";
+  }
+  catalog::ModelView v;
+  v.depth = 16;
+  v.layer_pattern = "AAM";
+  EXPECT_EQ(v.layers_of('M'), (std::vector<int64_t>{2, 5, 8, 11, 14}));
+  EXPECT_EQ(v.layers_of('A'), (std::vector<int64_t>{0, 1, 3, 4, 6, 7, 9, 10, 12, 13, 15}));
+}
+
+TEST(PlanCli, CheckPrintsEveryProblemAndExitsNonZero) {
+  slm::test::TempDir t;
+  std::string p = plan_file(t, kHead + "[[phases]]\n[[phases.experiments]]\nid = \"x\"\nseeds = [1]\nmodules = [\"mtp\"]\n");
+  auto r = slm::test::run(std::string(SLMLAB_BIN) + " plan check " + p);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("unknown module 'mtp'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("nothing was run"), std::string::npos) << r.out;
+  std::string ok = plan_file(t, kHead + "[[phases]]\n[[phases.experiments]]\nid = \"baseline\"\nseeds = [1, 2]\n");
+  auto r2 = slm::test::run(std::string(SLMLAB_BIN) + " plan check " + ok);
+  EXPECT_EQ(r2.status, 0) << r2.out;
+  EXPECT_NE(r2.out.find("1 experiments, 2 runs"), std::string::npos) << r2.out;
+  auto c = slm::test::run(std::string(SLMLAB_BIN) + " catalog --json");
+  EXPECT_EQ(c.status, 0);
+  EXPECT_TRUE(nlohmann::json::parse(c.out).is_array());
+}
