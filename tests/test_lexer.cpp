@@ -320,28 +320,22 @@ TEST(Pretokenize, LongPiecesAreBounded) {
   EXPECT_EQ(chunks("//" + dashes), (V{"//", dashes.substr(0, 64), dashes.substr(0, 6)}));
 }
 
+// Pieces and chunks of `src` both partition it, and every piece's bytes fit its kind.
+void expect_partitions(const std::string& src, uint32_t seed) {
+  auto ps = slm::lex::lex(src);
+  ASSERT_TRUE(is_partition(src, ps)) << "seed " << seed;
+  ASSERT_TRUE(kinds_consistent(src, ps)) << "seed " << seed;
+  std::vector<std::string_view> cs;
+  slm::lex::pretokenize(src, cs);
+  ASSERT_TRUE(is_partition(src, cs)) << "seed " << seed;
+}
+
 TEST(LexerProperty, RandomBytesPartition) {
-  for (uint32_t seed = 1; seed <= 40; ++seed) {
-    std::string src = random_bytes(seed, (seed * 2654435761u) % 10001);
-    auto ps = slm::lex::lex(src);
-    ASSERT_TRUE(is_partition(src, ps)) << "seed " << seed;
-    ASSERT_TRUE(kinds_consistent(src, ps)) << "seed " << seed;
-    std::vector<std::string_view> cs;
-    slm::lex::pretokenize(src, cs);
-    ASSERT_TRUE(is_partition(src, cs)) << "seed " << seed;
-  }
+  for (uint32_t seed = 1; seed <= 40; ++seed) expect_partitions(random_bytes(seed, (seed * 2654435761u) % 10001), seed);
 }
 
 TEST(LexerProperty, RandomCppSoupPartition) {
-  for (uint32_t seed = 1; seed <= 200; ++seed) {
-    std::string src = random_cpp_soup(seed, (seed * 40503u) % 10001);
-    auto ps = slm::lex::lex(src);
-    ASSERT_TRUE(is_partition(src, ps)) << "seed " << seed;
-    ASSERT_TRUE(kinds_consistent(src, ps)) << "seed " << seed;
-    std::vector<std::string_view> cs;
-    slm::lex::pretokenize(src, cs);
-    ASSERT_TRUE(is_partition(src, cs)) << "seed " << seed;
-  }
+  for (uint32_t seed = 1; seed <= 200; ++seed) expect_partitions(random_cpp_soup(seed, (seed * 40503u) % 10001), seed);
 }
 
 TEST(LexerProperty, EverySuffixPartitions) {
