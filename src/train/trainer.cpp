@@ -188,8 +188,6 @@ void save_checkpoint(const std::string& path, GPT& model, const Optimizer& opt, 
   st::write(path, f);
 }
 
-std::string pad(const std::string& s, size_t n) { return s.size() >= n ? s : s + std::string(n - s.size(), ' '); }
-
 }  // namespace
 
 int train(const TrainOptions& opt) {
