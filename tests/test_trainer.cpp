@@ -105,9 +105,10 @@ TEST(Trainer, RunLearnsAndLeavesEverything) {
   EXPECT_LT(vals.back(), vals.front() * 0.8) << "val_bpb should fall";
   EXPECT_DOUBLE_EQ(s["best_val_bpb"].get<double>(), *std::min_element(vals.begin(), vals.end()));
   EXPECT_DOUBLE_EQ(s["final_val_bpb"].get<double>(), vals.back());
-  for (auto& x : recs)
-    if (x.contains("loss"))
-      for (const char* k : {"lr", "grad_norm", "step_ms", "tok_s", "mfu"}) EXPECT_TRUE(x.contains(k)) << k;
+  for (auto& x : recs) {
+    if (!x.contains("loss")) continue;
+    for (const char* k : {"lr", "grad_norm", "step_ms", "tok_s", "mfu"}) EXPECT_TRUE(x.contains(k)) << k;
+  }
   auto cfg = json::parse(fs::read_file(run + "/config.json"));
   EXPECT_EQ(cfg["substrate_id"], s["substrate_id"]);
   EXPECT_EQ(cfg["data"]["fingerprint"], data::DataSet(f.data).fingerprint());
@@ -219,6 +220,29 @@ TEST(Trainer, BadInputIsRefusedBeforeAnyStep) {
   expect("--set vocab=999", "expects vocab 999");
   expect("--set data_fingerprint=0123", "pins data fingerprint");
   expect("--set tp=2", "distributed");
+}
+
+TEST(Trainer, OneTrainerPerRunFolder) {
+  const auto& f = fx();
+  std::string run = f.t / "locked";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", ("exec " + f.train_cmd(run, "--set steps=200") + " >/dev/null 2>&1").c_str(), (char*)nullptr);
+    ::_exit(127);
+  }
+  while (last_step(run) < 1) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  auto second = slm::test::run(f.train_cmd(run, "--set steps=200 --resume"));
+  EXPECT_EQ(second.status, 2) << second.out;
+  EXPECT_NE(second.out.find("is in use by another slmlab train (pid " + std::to_string(pid) + ")"), std::string::npos)
+      << second.out;
+  ::kill(pid, SIGKILL);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  // The lock died with the killed process: the run resumes.
+  auto third = slm::test::run(f.train_cmd(run, "--set steps=200 --set eval_every=0 --resume"));
+  EXPECT_EQ(third.status, 2) << "a different substrate (eval_every) is refused: " << third.out;
+  auto resumed = slm::test::run(f.train_cmd(run, "--set steps=200 --resume"));
+  EXPECT_EQ(resumed.status, 0) << resumed.out;
 }
 
 TEST(Trainer, ResumeOnAnotherTokenizerIsRefused) {

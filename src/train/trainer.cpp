@@ -1,6 +1,11 @@
 #include "train/trainer.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <chrono>
@@ -297,6 +302,31 @@ int train(const TrainOptions& opt) {
       fs::mkdirs(dir);
     }
   }
+  // One writer per run folder: a second trainer (a restarted runner, a stray command) is refused
+  // instead of interleaving checkpoints. The lock dies with the process, kill -9 included.
+  int lock_fd = -1;
+  if (!opt.dry_run) {
+    const std::string lock_path = fs::join(dir, ".lock");
+    lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    SLM_CHECK(lock_fd >= 0, "train: cannot open ", lock_path, ": ", std::strerror(errno));
+    if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+      char buf[32] = {0};
+      ssize_t n = ::pread(lock_fd, buf, sizeof buf - 1, 0);
+      ::close(lock_fd);
+      fail("train: ", dir, " is in use by another slmlab train (pid ", n > 0 ? std::string(buf, n) : "?",
+           "); wait for it or stop it first");
+    }
+    const std::string pid = std::to_string(::getpid());
+    if (::ftruncate(lock_fd, 0) == 0 && ::pwrite(lock_fd, pid.data(), pid.size(), 0) < 0) {
+      // the pid is only for the message above; the lock itself is what matters
+    }
+  }
+  struct LockGuard {
+    int fd;
+    ~LockGuard() {
+      if (fd >= 0) ::close(fd);
+    }
+  } lock_guard{lock_fd};
 
   // ---- model
   GPT model(rc.model);
