@@ -261,7 +261,7 @@ TEST(DataSetCli, CommandsWorkEndToEnd) {
   auto typo = slm::test::run(bin + " data build --out x --vocb 3");
   EXPECT_EQ(typo.status, 2);
   EXPECT_NE(typo.out.find("did you mean --vocab?"), std::string::npos) << typo.out;
-  auto planned = slm::test::run(bin + " ablate plan.toml");
+  auto planned = slm::test::run(bin + " report");
   EXPECT_EQ(planned.status, 2);
   EXPECT_NE(planned.out.find("not built yet"), std::string::npos) << planned.out;
 }

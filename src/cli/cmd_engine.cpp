@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "engine/plan.h"
+#include "engine/runner.h"
 
 namespace slm::cli {
 
@@ -35,6 +36,19 @@ int cmd_plan_check(const Args& a) {
     std::printf("\n");
   }
   return 0;
+}
+
+int cmd_ablate(const Args& a) {
+  engine::AblateOptions o;
+  o.plan = a.positional[0];
+  o.ledger = a.str("ledger");
+  o.data = a.str("data");
+  o.runs = a.str("runs");
+  o.jobs = static_cast<int>(a.i64("jobs"));
+  int64_t t = a.i64("threads");
+  SLM_CHECK(t >= 0 && t <= 1024, "ablate: --threads ", t, " is outside [0, 1024]");
+  o.threads = static_cast<int>(t);
+  return engine::ablate(o);
 }
 
 }  // namespace slm::cli

@@ -13,5 +13,6 @@ int cmd_export(const Args& a);
 int cmd_bench_peak(const Args& a);
 int cmd_catalog(const Args& a);
 int cmd_plan_check(const Args& a);
+int cmd_ablate(const Args& a);
 
 }  // namespace slm::cli

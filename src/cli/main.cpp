@@ -26,6 +26,7 @@ const std::map<std::string, Handler>& handlers() {
       {"bench peak", slm::cli::cmd_bench_peak},
       {"catalog", slm::cli::cmd_catalog},
       {"plan check", slm::cli::cmd_plan_check},
+      {"ablate", slm::cli::cmd_ablate},
   };
   return h;
 }

@@ -295,6 +295,9 @@ int train(const TrainOptions& opt) {
       SLM_CHECK(old["data"]["fingerprint"] == cfg_json["data"]["fingerprint"], "train: ", dir, " was trained on data ",
                 old["data"]["fingerprint"].get<std::string>(), " but ", opt.data_dir, " is ", rc.data_fingerprint,
                 "; resume on the run's own data set");
+      SLM_CHECK(old["model"]["seed"] == cfg_json["model"]["seed"], "train: ", dir, " is the seed ",
+                old["model"]["seed"].dump(), " replica; resuming it with seed ", cfg_json["model"]["seed"].dump(),
+                " would mix two runs; use a new --out");
       SLM_CHECK(old["substrate_id"] == cfg_json["substrate_id"], "train: --resume with a different configuration (substrate ",
                 old["substrate_id"].get<std::string>(), " vs ", rc.substrate_id, "); use a new --out for a new configuration");
     } else {

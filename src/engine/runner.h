@@ -1,0 +1,25 @@
+// slmlab ablate: a plan's experiments x seeds become runs, each a `slmlab train` process in its own
+// folder, run in waves of N parallel processes with the threads divided between them. The ledger
+// records every state change. Running the same command again skips finished runs and resumes the
+// rest from their checkpoints; children die with the runner (PR_SET_PDEATHSIG), so a killed runner
+// loses at most the steps since each run's last checkpoint, and the per-folder lock keeps a run
+// from ever having two writers.
+#pragma once
+#include <string>
+
+namespace slm::engine {
+
+struct AblateOptions {
+  std::string plan;
+  std::string ledger = "runs/ledger.sqlite";
+  std::string data = "data/cpp-local";
+  std::string runs = "runs";  // run folders go to runs/<plan>/<experiment>/s<seed>
+  int jobs = 1;
+  int threads = 0;            // total threads, 0 = all cores
+  bool quiet = false;
+};
+
+// Returns 0 when every run ended done or INVALID, 1 when some run FAILED after its retries.
+int ablate(const AblateOptions& opt);
+
+}  // namespace slm::engine

@@ -1,0 +1,128 @@
+// slmlab ablate end to end: a plan runs in waves into the ledger; running it again runs nothing;
+// SIGKILL of the runner mid-wave, then a restart, loses nothing and duplicates nothing, and the
+// resumed runs reproduce the uninterrupted curves bitwise.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/fs.h"
+#include "data/dataset.h"
+#include "engine/ledger.h"
+#include "test_util.h"
+
+using namespace slm;
+using json = nlohmann::json;
+
+namespace {
+
+struct Fixture {
+  slm::test::TempDir t;
+  std::string data, plan;
+  Fixture() {
+    slm::test::make_corpus(t / "src", 50, 5, 16);
+    data::BuildOptions o;
+    o.src = {t / "src"};
+    o.out = data = t / "ds";
+    o.vocab = 400;
+    o.val_frac = 0.1;
+    o.val_min_bytes = 8192;
+    o.quiet = true;
+    data::build(o);
+    slm::test::write(t / "tiny.toml",
+                     "name = \"ablate-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
+                     "total_batch = 256\ndevice_batch = 8\nsteps = 40\neval_every = 10\neval_tokens = 512\n"
+                     "ckpt_every = 5\nprecision = \"auto\"\n");
+    plan = t / "plan.toml";
+    slm::test::write(plan,
+                     "name = \"noise\"\nsubstrate = \"tiny.toml\"\n[[phases]]\nname = \"p\"\n"
+                     "[[phases.experiments]]\nid = \"baseline\"\nseeds = [1, 2, 3]\n");
+  }
+  std::string cmd(const std::string& root) const {
+    return std::string(SLMLAB_BIN) + " ablate " + plan + " --jobs 2 --threads 2 --data " + data + " --runs " + root +
+           " --ledger " + root + "/ledger.sqlite";
+  }
+};
+
+const Fixture& fx() {
+  static Fixture f;
+  return f;
+}
+
+std::vector<std::string> curve(const std::string& run) {
+  std::vector<std::string> c;
+  std::ifstream in(run + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    auto r = json::parse(line);
+    if (r.contains("loss")) c.push_back(r["step"].dump() + " " + r["loss"].dump());
+    if (r.contains("val_bpb")) c.push_back(r["step"].dump() + " val " + r["val_bpb"].dump());
+  }
+  return c;
+}
+
+}  // namespace
+
+TEST(Ablate, RunsThePlanIntoTheLedgerAndSkipsFinishedRuns) {
+  const auto& f = fx();
+  const std::string root = f.t / "a";
+  auto r = slm::test::run(f.cmd(root));
+  ASSERT_EQ(r.status, 0) << r.out;
+  engine::Ledger l(root + "/ledger.sqlite");
+  auto runs = l.runs("noise");
+  ASSERT_EQ(runs.size(), 3u);
+  for (auto& x : runs) {
+    EXPECT_EQ(x.status, engine::Status::Done) << x.run_id;
+    EXPECT_TRUE(x.has_summary);
+    EXPECT_GT(x.best_val_bpb, 0);
+    EXPECT_GE(x.best_step, 0);
+    EXPECT_EQ(x.attempts, 1);
+    EXPECT_EQ(l.evals(x.run_id).size(), 5u);  // steps 0, 10, 20, 30, 40
+    EXPECT_FALSE(x.git_commit.empty());
+  }
+  // Replicas share one substrate id (the seed is a replica label) and differ in their numbers.
+  EXPECT_EQ(runs[0].substrate_id, runs[1].substrate_id);
+  EXPECT_NE(runs[0].best_val_bpb, runs[1].best_val_bpb);
+  auto again = slm::test::run(f.cmd(root));
+  ASSERT_EQ(again.status, 0) << again.out;
+  EXPECT_NE(again.out.find("3 finished, 0 to run"), std::string::npos) << again.out;
+  for (auto& x : l.runs("noise")) EXPECT_EQ(x.attempts, 1) << x.run_id;
+}
+
+TEST(Ablate, KilledRunnerRestartsWithoutLossOrDuplicates) {
+  const auto& f = fx();
+  const std::string ref = f.t / "a";
+  if (!fs::exists(ref + "/ledger.sqlite")) {
+    ASSERT_EQ(slm::test::run(f.cmd(ref)).status, 0);
+  }
+  const std::string root = f.t / "k";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", ("exec " + f.cmd(root) + " >/dev/null 2>&1").c_str(), (char*)nullptr);
+    ::_exit(127);
+  }
+  // Kill the runner once the first wave is past a checkpoint.
+  const std::string m1 = root + "/noise/baseline/s1/metrics.jsonl";
+  for (int i = 0; i < 6000; ++i) {
+    if (fs::exists(m1) && slm::test::count_lines(fs::read_file(m1)) >= 9) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ::kill(pid, SIGKILL);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the children die with the runner
+  auto r = slm::test::run(f.cmd(root));
+  ASSERT_EQ(r.status, 0) << r.out;
+  engine::Ledger l(root + "/ledger.sqlite");
+  auto runs = l.runs("noise");
+  ASSERT_EQ(runs.size(), 3u);
+  for (auto& x : runs) {
+    EXPECT_EQ(x.status, engine::Status::Done) << x.run_id;
+    EXPECT_EQ(curve(x.run_dir), curve(ref + "/noise/baseline/s" + std::to_string(x.seed))) << x.run_id;
+  }
+}
