@@ -25,15 +25,7 @@ struct Fixture {
   slm::test::TempDir t;
   std::string data, plan;
   Fixture() {
-    slm::test::make_corpus(t / "src", 50, 5, 16);
-    data::BuildOptions o;
-    o.src = {t / "src"};
-    o.out = data = t / "ds";
-    o.vocab = 400;
-    o.val_frac = 0.1;
-    o.val_min_bytes = 8192;
-    o.quiet = true;
-    data::build(o);
+    data = slm::test::small_dataset(t.path, 50, 5, 16, 400, 8192);
     slm::test::write(t / "tiny.toml",
                      "name = \"ablate-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
                      "total_batch = 256\ndevice_batch = 8\nsteps = 40\neval_every = 10\neval_tokens = 512\n"

@@ -13,18 +13,8 @@ namespace {
 // One small data set shared by the tests (built once).
 const DataSet& dataset() {
   static slm::test::TempDir t;
-  static std::unique_ptr<DataSet> ds = [] {
-    slm::test::make_corpus(t / "src", 40, 7);
-    BuildOptions o;
-    o.src = {t / "src"};
-    o.out = t / "ds";
-    o.vocab = 400;
-    o.val_frac = 0.1;
-    o.val_min_bytes = 2048;
-    o.quiet = true;
-    build(o);
-    return std::make_unique<DataSet>(t / "ds");
-  }();
+  static std::unique_ptr<DataSet> ds =
+      std::make_unique<DataSet>(slm::test::small_dataset(t.path, 40, 7, 12, 400, 2048));
   return *ds;
 }
 

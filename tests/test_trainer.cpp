@@ -25,15 +25,7 @@ struct Fixture {
   slm::test::TempDir t;
   std::string data, substrate;
   Fixture() {
-    slm::test::make_corpus(t / "src", 60, 11, 20);
-    data::BuildOptions o;
-    o.src = {t / "src"};
-    o.out = data = t / "ds";
-    o.vocab = 512;
-    o.val_frac = 0.1;
-    o.val_min_bytes = 8192;
-    o.quiet = true;
-    data::build(o);
+    data = slm::test::small_dataset(t.path, 60, 11, 20, 512, 8192);
     substrate = t / "tiny.toml";
     slm::test::write(substrate,
                      "name = \"test-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"

@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 
+#include "data/dataset.h"
 #include "test_paths.h"
 
 namespace slm::test {
@@ -73,6 +74,21 @@ inline size_t make_corpus(const std::string& dir, int n_files, uint64_t seed = 1
     write(dir + "/src" + std::to_string(i % 4) + "/file" + std::to_string(i) + (i % 2 ? ".cpp" : ".h"), body);
   }
   return total;
+}
+
+// A synthetic corpus under `dir`/src built into the data set `dir`/ds (10% validation); returns its path.
+inline std::string small_dataset(const std::string& dir, int n_files, uint64_t seed, int n_funcs, int32_t vocab,
+                                 uint64_t val_min_bytes) {
+  make_corpus(dir + "/src", n_files, seed, n_funcs);
+  data::BuildOptions o;
+  o.src = {dir + "/src"};
+  o.out = dir + "/ds";
+  o.vocab = vocab;
+  o.val_frac = 0.1;
+  o.val_min_bytes = val_min_bytes;
+  o.quiet = true;
+  data::build(o);
+  return o.out;
 }
 
 struct RunResult {
