@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "common/format.h"
 #include "common/fs.h"
 #include "common/version.h"
 #include "engine/ledger.h"
@@ -98,14 +99,6 @@ std::string last_line(const std::string& path) {
   while (std::getline(in, line))
     if (!line.empty()) last = line;
   return last;
-}
-
-std::string human(double s) {
-  char b[32];
-  if (!std::isfinite(s)) return "?";
-  if (s >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
-  else std::snprintf(b, sizeof b, "%dm%02ds", int(s / 60), int(s) % 60);
-  return b;
 }
 
 }  // namespace
@@ -234,7 +227,7 @@ int ablate(const AblateOptions& opt) {
       std::printf("[ablate] %s %s%s | done %zu/%zu | wave %zu | elapsed %s | eta %s\n", r.id.c_str(),
                   status_name(row.status), row.reason.empty() ? "" : (" (" + row.reason + ")").c_str(),
                   std::min(n_final, n_total), n_total, wave,
-                  human(std::chrono::duration<double>(clk::now() - t0).count()).c_str(), human(avg * left_waves).c_str());
+                  human_duration(std::chrono::duration<double>(clk::now() - t0).count()).c_str(), human_duration(avg * left_waves).c_str());
       std::fflush(stdout);
     }
   }

@@ -19,6 +19,7 @@
 #include "catalog/catalog.h"
 #include "common/device.h"
 #include "common/error.h"
+#include "common/format.h"
 #include "common/fs.h"
 #include "common/hash.h"
 #include "data/dataset.h"
@@ -40,17 +41,6 @@ namespace {
 constexpr const char* kCkptFormat = "slmlab-ckpt v1";
 
 double seconds(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
-
-std::string human_duration(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  char buf[64];
-  long t = static_cast<long>(s + 0.5);
-  if (t >= 86400) std::snprintf(buf, sizeof buf, "%ldd%02ldh", t / 86400, (t % 86400) / 3600);
-  else if (t >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t % 3600) / 60);
-  else if (t >= 60) std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
-  else std::snprintf(buf, sizeof buf, "%lds", t);
-  return buf;
-}
 
 std::string human_count(double v) {
   char buf[32];
