@@ -75,10 +75,22 @@ TEST(Ledger, ManualInvalidationIsLoudAndUndoable) {
   EXPECT_EQ(got->status, Status::Invalid);
   EXPECT_EQ(got->reason, "manual: engram on a Mamba layer");
   EXPECT_THROW(l.invalidate(r.run_id, ""), slm::Error);
+  l.upsert(*got);  // writing back a row read under the overlay keeps the run's own status
   l.revalidate(r.run_id);
   EXPECT_EQ(l.get(r.run_id)->status, Status::Done);
   EXPECT_THROW(l.revalidate(r.run_id), slm::Error);  // nothing to undo
   EXPECT_THROW(l.invalidate("missing", "x"), slm::Error);
+}
+
+TEST(Ledger, SavesPlanSpecs) {
+  slm::test::TempDir t;
+  Ledger l(t / "ledger.db");
+  EXPECT_FALSE(l.plan_spec("p").has_value());
+  l.save_plan("p", "{\"a\":1}");
+  l.save_plan("p", "{\"a\":2}");
+  EXPECT_EQ(*l.plan_spec("p"), "{\"a\":2}");
+  l.upsert(row("q", "base", 1));
+  EXPECT_EQ(l.plan_names(), (std::vector<std::string>{"p", "q"}));
 }
 
 TEST(Ledger, ManyProcessesWritingAtOnceLoseNothing) {

@@ -57,6 +57,16 @@ std::string value_text(const Value& v) {
       v);
 }
 
+std::string arg_text(const ModuleArgs& m) {
+  std::string s = m.name;
+  char sep = '.';
+  for (auto& [k, v] : m.values) {
+    s += sep + k + "=" + value_text(v);
+    sep = ',';
+  }
+  return s;
+}
+
 const ModuleSpec* find(const std::string& name) {
   for (auto& m : modules())
     if (name == m.name) return &m;

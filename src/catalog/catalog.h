@@ -70,6 +70,8 @@ ModuleArgs resolve(const std::string& name, const std::map<std::string, std::str
 // Parses "name" or "name.k=v,k=v"; a piece without '=' continues the previous value as a list:
 // "engram.layers=0,1,3,heads=4" gives layers = 0,1,3 and heads = 4.
 ModuleArgs resolve_arg(const std::string& text, std::vector<std::string>& errors);
+// The inverse of resolve_arg: "name.k=v,k=v" with every resolved value (what `train --module` takes).
+std::string arg_text(const ModuleArgs& m);
 // Constraints of every module against the model, plus the rules across modules (duplicates).
 // `training`: Tier-3 modules are refused.
 std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelView& model, bool training);

@@ -1,10 +1,13 @@
-// slmlab catalog | plan check
+// slmlab catalog | plan check | ablate | report | invalidate
 #include <cstdio>
 
 #include "catalog/catalog.h"
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/fs.h"
+#include "engine/ledger.h"
 #include "engine/plan.h"
+#include "engine/report.h"
 #include "engine/runner.h"
 
 namespace slm::cli {
@@ -49,6 +52,43 @@ int cmd_ablate(const Args& a) {
   SLM_CHECK(t >= 0 && t <= 1024, "ablate: --threads ", t, " is outside [0, 1024]");
   o.threads = static_cast<int>(t);
   return engine::ablate(o);
+}
+
+int cmd_report(const Args& a) {
+  engine::ReportOptions o;
+  o.plan = a.str("plan");
+  o.ledger = a.str("ledger");
+  o.format = a.str("format");
+  o.out = a.str("out");
+  return engine::report(o);
+}
+
+int cmd_invalidate(const Args& a) {
+  const std::string ledger_path = a.str("ledger");
+  SLM_CHECK(fs::exists(ledger_path), "invalidate: no ledger at ", ledger_path, "; pass --ledger FILE");
+  engine::Ledger ledger(ledger_path);
+  // RUN is a run id, or a run folder as the ledger recorded it.
+  std::string id = a.positional[0];
+  if (!ledger.get(id)) {
+    std::string want = id;
+    while (want.size() > 1 && want.back() == '/') want.pop_back();
+    for (auto& r : ledger.runs())
+      if (r.run_dir == want) id = r.run_id;
+    SLM_CHECK(ledger.get(id), "invalidate: no run '", a.positional[0], "' in ", ledger_path,
+              "; pass a run id (plan/experiment/sN, see `slmlab report --format csv`) or its run folder");
+  }
+  if (a.flag("undo")) {
+    SLM_CHECK(a.str("reason").empty(), "invalidate: --undo takes no --reason");
+    ledger.revalidate(id);
+    auto r = ledger.get(id);
+    std::printf("%s: manual invalidation withdrawn; status %s\n", id.c_str(), engine::status_name(r->status));
+    return 0;
+  }
+  SLM_CHECK(!a.str("reason").empty(), "invalidate: --reason TEXT is required (say why ", id, " does not count)");
+  ledger.invalidate(id, a.str("reason"));
+  std::printf("%s: INVALID (manual: %s); excluded from every delta, mean and verdict\n", id.c_str(),
+              a.str("reason").c_str());
+  return 0;
 }
 
 }  // namespace slm::cli

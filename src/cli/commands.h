@@ -14,5 +14,7 @@ int cmd_bench_peak(const Args& a);
 int cmd_catalog(const Args& a);
 int cmd_plan_check(const Args& a);
 int cmd_ablate(const Args& a);
+int cmd_report(const Args& a);
+int cmd_invalidate(const Args& a);
 
 }  // namespace slm::cli

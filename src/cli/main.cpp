@@ -27,6 +27,8 @@ const std::map<std::string, Handler>& handlers() {
       {"catalog", slm::cli::cmd_catalog},
       {"plan check", slm::cli::cmd_plan_check},
       {"ablate", slm::cli::cmd_ablate},
+      {"report", slm::cli::cmd_report},
+      {"invalidate", slm::cli::cmd_invalidate},
   };
   return h;
 }

@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS evals (
   run_id TEXT NOT NULL, step INTEGER NOT NULL, val_bpb REAL NOT NULL, in_spike INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (run_id, step)
 );
+CREATE TABLE IF NOT EXISTS plans (
+  name TEXT PRIMARY KEY, spec_json TEXT NOT NULL,
+  updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
 CREATE TABLE IF NOT EXISTS invalidations (
   run_id TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
   at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
@@ -153,8 +157,8 @@ void Ledger::upsert(const RunRow& r) {
             "data_fingerprint, git_commit, config_json, attempts, has_summary, best_val_bpb, best_step, final_val_bpb, "
             "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike) "
             "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21) "
-            "ON CONFLICT(run_id) DO UPDATE SET plan=?2, phase=?3, experiment=?4, seed=?5, run_dir=?6, status=?7, "
-            "reason=?8, substrate_id=?9, data_fingerprint=?10, git_commit=?11, config_json=?12, attempts=?13, "
+            "ON CONFLICT(run_id) DO UPDATE SET plan=?2, phase=?3, experiment=?4, seed=?5, run_dir=?6, "
+            "status=CASE WHEN ?22 THEN status ELSE ?7 END, reason=CASE WHEN ?22 THEN reason ELSE ?8 END, substrate_id=?9, data_fingerprint=?10, git_commit=?11, config_json=?12, attempts=?13, "
             "has_summary=?14, best_val_bpb=?15, best_step=?16, final_val_bpb=?17, tokens_per_second=?18, step_ms=?19, "
             "peak_rss_bytes=?20, best_in_spike=?21, updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')");
     st.text(1, r.run_id).text(2, r.plan).text(3, r.phase).text(4, r.experiment).i64(5, r.seed).text(6, r.run_dir);
@@ -166,7 +170,7 @@ void Ledger::upsert(const RunRow& r) {
     } else {
       st.null(15).null(16).null(17).null(18).null(19).null(20);
     }
-    st.i64(21, r.best_in_spike);
+    st.i64(21, r.best_in_spike).i64(22, r.manual_invalid);  // a manual overlay is not the run's own status
     st.step(db_);
   });
 }
@@ -236,6 +240,7 @@ RunRow read_row(const Stmt& st) {
   if (!st.col_null(8)) {
     r.status = Status::Invalid;
     r.reason = "manual: " + st.col_text(8);
+    r.manual_invalid = true;
   }
   r.substrate_id = st.col_text(9);
   r.data_fingerprint = st.col_text(10);
@@ -266,6 +271,29 @@ std::vector<RunRow> Ledger::runs(const std::string& plan) const {
   if (!plan.empty()) st.text(1, plan);
   std::vector<RunRow> out;
   while (st.step(db_)) out.push_back(read_row(st));
+  return out;
+}
+
+void Ledger::save_plan(const std::string& name, const std::string& spec_json) {
+  write_txn([&] {
+    Stmt st(db_,
+            "INSERT INTO plans (name, spec_json) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET spec_json=?2, "
+            "updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')");
+    st.text(1, name).text(2, spec_json).step(db_);
+  });
+}
+
+std::optional<std::string> Ledger::plan_spec(const std::string& name) const {
+  Stmt st(db_, "SELECT spec_json FROM plans WHERE name=?1");
+  st.text(1, name);
+  if (!st.step(db_)) return std::nullopt;
+  return st.col_text(0);
+}
+
+std::vector<std::string> Ledger::plan_names() const {
+  Stmt st(db_, "SELECT DISTINCT plan FROM runs UNION SELECT name FROM plans ORDER BY 1");
+  std::vector<std::string> out;
+  while (st.step(db_)) out.push_back(st.col_text(0));
   return out;
 }
 

@@ -32,6 +32,7 @@ struct RunRow {
   int64_t best_step = -1, peak_rss_bytes = 0;
   bool has_summary = false;
   bool best_in_spike = false;  // the best checkpoint was saved inside a loss spike
+  bool manual_invalid = false; // status/reason come from `slmlab invalidate`, overlaid on the run's own
 };
 
 struct EvalPoint {
@@ -62,6 +63,12 @@ class Ledger {
   // All runs, or those of one plan, ordered by run_id.
   std::vector<RunRow> runs(const std::string& plan = "") const;
   std::vector<EvalPoint> evals(const std::string& run_id) const;
+  // The plan a ledger's runs came from (its experiments, bases and rule, as JSON), so reports need
+  // only the ledger. Saved by `slmlab ablate` at every start.
+  void save_plan(const std::string& name, const std::string& spec_json);
+  std::optional<std::string> plan_spec(const std::string& name) const;
+  // Every plan with runs or a saved spec.
+  std::vector<std::string> plan_names() const;
   const std::string& path() const { return path_; }
 
  private:

@@ -21,6 +21,7 @@
 #include "common/version.h"
 #include "engine/ledger.h"
 #include "engine/plan.h"
+#include "engine/report.h"
 
 namespace slm::engine {
 
@@ -40,17 +41,6 @@ std::string self_exe() {
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
   SLM_CHECK(n > 0, "ablate: cannot find the slmlab binary (/proc/self/exe)");
   return std::string(buf, n);
-}
-
-// "name.k=v,k=v" for `train --module`, from resolved arguments.
-std::string module_flag(const catalog::ModuleArgs& m) {
-  std::string s = m.name;
-  char sep = '.';
-  for (auto& [k, v] : m.values) {
-    s += sep + k + "=" + catalog::value_text(v);
-    sep = ',';
-  }
-  return s;
 }
 
 // Reads what a finished (or killed) run left: summary numbers and every eval point.
@@ -110,6 +100,7 @@ int ablate(const AblateOptions& opt) {
   const int per_job = std::max(1, total_threads / opt.jobs);
   fs::mkdirs(fs::parent(opt.ledger));
   Ledger ledger(opt.ledger);
+  ledger.save_plan(plan.name, plan_info_json(plan_info(plan)));  // reports read bases and the rule from here
   const std::string bin = self_exe();
   std::string substrate = plan.substrate_ref;
   if (substrate.find(".toml") != std::string::npos && substrate[0] != '/') substrate = fs::join(fs::parent(opt.plan), substrate);
@@ -163,7 +154,7 @@ int ablate(const AblateOptions& opt) {
       std::vector<std::string> args = {bin, "train", "--quiet", "--resume", "--data", opt.data, "--substrate", substrate,
                                        "--out", r.dir, "--threads", std::to_string(per_job), "--set",
                                        "seed=" + std::to_string(r.seed)};
-      for (auto& m : r.exp->effective) args.insert(args.end(), {"--module", module_flag(m)});
+      for (auto& m : r.exp->effective) args.insert(args.end(), {"--module", catalog::arg_text(m)});
       const std::string log = fs::join(r.dir, "train.log");
       ledger.set_status(r.id, Status::Running, "", /*count_attempt=*/true);
       pid_t pid = ::fork();

@@ -1,0 +1,322 @@
+// Report rules on synthetic ledgers: verdicts for a positive, a negative and a null control, park,
+// INVALID shown but excluded, substrate groups, best-with-step and the spike rule, provisional
+// runs, stacking, escaping in every format; and the `report` / `invalidate` commands end to end.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "common/error.h"
+#include "common/fs.h"
+#include "engine/ledger.h"
+#include "engine/report.h"
+#include "test_paths.h"
+#include "test_util.h"
+
+using namespace slm::engine;
+
+namespace {
+
+// A plan: baseline plus experiments "id:base:mod1+mod2".
+PlanInfo make_plan(const std::vector<std::string>& specs) {
+  PlanInfo p;
+  p.name = "synthetic";
+  p.rule.k_noise = 2.0;
+  p.rule.min_rel_delta = 0.005;
+  p.rule.provisional_factor = 3.0;
+  p.experiments.push_back({"baseline", "p1", "", "", {}, {}, {1, 2, 3}});
+  for (auto& s : specs) {
+    auto a = s.find(':'), b = s.find(':', a + 1);
+    PlanInfo::Exp e{s.substr(0, a), "p1", s.substr(a + 1, b - a - 1), "", {}, {}, {1, 2, 3}};
+    std::string mods = s.substr(b + 1);
+    size_t pos = 0;
+    while (pos < mods.size()) {
+      size_t q = mods.find('+', pos);
+      if (q == std::string::npos) q = mods.size();
+      e.names.push_back(mods.substr(pos, q - pos));
+      e.modules.push_back(mods.substr(pos, q - pos));
+      pos = q + 1;
+    }
+    p.experiments.push_back(e);
+  }
+  return p;
+}
+
+struct Synth {
+  PlanInfo plan;
+  std::vector<RunRow> runs;
+  std::map<std::string, std::vector<EvalPoint>> evals;
+
+  // A finished run whose curve falls to `best` at step 200 and ends at best + 0.01 at step 250.
+  RunRow& add(const std::string& exp, int64_t seed, double best, const std::string& sub = "sub-A", double ms = 100) {
+    RunRow r;
+    r.plan = plan.name;
+    r.experiment = exp;
+    r.phase = "p1";
+    r.seed = seed;
+    r.run_id = plan.name + "/" + exp + "/s" + std::to_string(seed);
+    r.run_dir = "/runs/" + r.run_id;
+    r.status = Status::Done;
+    r.substrate_id = sub;
+    r.data_fingerprint = "fp";
+    r.has_summary = true;
+    r.best_val_bpb = best;
+    r.best_step = 200;
+    r.final_val_bpb = best + 0.01;
+    r.step_ms = ms;
+    evals[r.run_id] = {{0, 3.8, false}, {100, best + 0.2, false}, {200, best, false}, {250, best + 0.01, false}};
+    runs.push_back(r);
+    return runs.back();
+  }
+  Scorecard card() const { return build_scorecard(plan, runs, evals); }
+};
+
+const Card& find_card(const Scorecard& s, const std::string& id, size_t group = 0) {
+  for (auto& c : s.groups.at(group).cards)
+    if (c.id == id) return c;
+  throw std::runtime_error("no card " + id);
+}
+
+void add_baseline(Synth& s) {
+  s.add("baseline", 1, 1.300);
+  s.add("baseline", 2, 1.310);
+  s.add("baseline", 3, 1.290);
+}
+
+}  // namespace
+
+TEST(Report, PositiveNegativeAndNullControls) {
+  Synth s{make_plan({"better:baseline:good", "worse:baseline:bad", "null:baseline:same"}), {}, {}};
+  add_baseline(s);
+  for (int i = 1; i <= 3; ++i) {
+    s.add("better", i, 1.240 + 0.01 * (i - 2));  // -4.6%, far beyond the noise
+    s.add("worse", i, 1.360 + 0.01 * (i - 2));   // +4.6%
+  }
+  // Null control: the baseline's configuration under other seeds; the spread is the same noise.
+  s.add("null", 1, 1.305);
+  s.add("null", 2, 1.296);
+  s.add("null", 3, 1.311);
+  auto sc = s.card();
+  ASSERT_EQ(sc.groups.size(), 1u);
+  EXPECT_NEAR(sc.groups[0].noise_sd, 0.01, 0.002);
+  EXPECT_EQ(find_card(sc, "baseline").verdict, "reference");
+  EXPECT_EQ(find_card(sc, "better").verdict, "keep");
+  EXPECT_EQ(find_card(sc, "worse").verdict, "drop");
+  EXPECT_EQ(find_card(sc, "null").verdict, "inconclusive");
+  EXPECT_NEAR(find_card(sc, "better").delta_pct, -4.615, 0.01);
+  EXPECT_EQ(find_card(sc, "better").n, 3);
+  EXPECT_NE(find_card(sc, "better").evidence.find("pooled sd"), std::string::npos);
+}
+
+TEST(Report, NullControlIsRarelyAnythingButInconclusive) {
+  // Many null experiments drawn from one distribution: at k = 2 the rule calls few of them.
+  std::vector<std::string> specs;
+  for (int i = 0; i < 40; ++i) specs.push_back("null" + std::to_string(i) + ":baseline:same");
+  Synth s{make_plan(specs), {}, {}};
+  uint64_t x = 12345;
+  auto gauss = [&] {  // Box-Muller over a splitmix stream
+    auto u = [&] {
+      x += 0x9E3779B97F4A7C15ull;
+      uint64_t z = x;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      return ((z ^ (z >> 31)) >> 11) * 0x1.0p-53 + 1e-12;
+    };
+    return std::sqrt(-2 * std::log(u())) * std::cos(6.283185307179586 * u());
+  };
+  for (int seed = 1; seed <= 3; ++seed) s.add("baseline", seed, 1.3 + 0.01 * gauss());
+  for (int i = 0; i < 40; ++i)
+    for (int seed = 1; seed <= 3; ++seed) s.add("null" + std::to_string(i), seed, 1.3 + 0.01 * gauss());
+  auto sc = s.card();
+  int called = 0;
+  for (auto& c : sc.groups[0].cards) called += c.verdict == "keep" || c.verdict == "drop" || c.verdict == "park";
+  EXPECT_LE(called, 4) << "a null experiment must come out inconclusive; " << called << " of 40 were called";
+}
+
+TEST(Report, ParkIsARealGainBelowTheMinimumDelta) {
+  Synth s{make_plan({"small:baseline:tiny"}), {}, {}};
+  for (int i = 1; i <= 3; ++i) {
+    s.add("baseline", i, 1.3000 + 0.0001 * (i - 2));
+    s.add("small", i, 1.2980 + 0.0001 * (i - 2));  // -0.15%: beyond the noise, below 0.5%
+  }
+  EXPECT_EQ(find_card(s.card(), "small").verdict, "park");
+}
+
+TEST(Report, NoReplicasMeansNoVerdict) {
+  Synth s{make_plan({"one:baseline:m"}), {}, {}};
+  s.add("baseline", 1, 1.30);
+  s.add("one", 1, 1.10);
+  auto sc = s.card();
+  auto& c = find_card(sc, "one");
+  EXPECT_EQ(c.verdict, "inconclusive");
+  EXPECT_NE(c.evidence.find("no noise floor"), std::string::npos);
+}
+
+TEST(Report, InvalidRowsAreShownButExcluded) {
+  Synth s{make_plan({"better:baseline:good"}), {}, {}};
+  add_baseline(s);
+  s.add("better", 1, 1.24);
+  s.add("better", 2, 1.25);
+  RunRow& bad = s.add("better", 3, 0.20);  // absurdly good, and INVALID
+  bad.status = Status::Invalid;
+  bad.reason = "manual: engram on a Mamba layer";
+  auto sc = s.card();
+  const Card& c = find_card(sc, "better");
+  EXPECT_EQ(c.n, 2);
+  EXPECT_NEAR(c.mean, 1.245, 1e-9);
+  EXPECT_EQ(c.runs.size(), 3u);
+  const std::string txt = render_text(sc);
+  EXPECT_NE(txt.find("INVALID"), std::string::npos);
+  EXPECT_NE(txt.find("engram on a Mamba layer"), std::string::npos);
+  EXPECT_NE(render_html(sc).find("stroke-dasharray"), std::string::npos);  // drawn dashed
+  EXPECT_NE(render_csv(sc).find("INVALID"), std::string::npos);
+}
+
+TEST(Report, OtherSubstratesFormTheirOwnGroup) {
+  Synth s{make_plan({"better:baseline:good"}), {}, {}};
+  add_baseline(s);
+  s.add("better", 1, 1.24);
+  s.add("better", 2, 1.25, "sub-B");  // another substrate: never in this delta
+  s.add("better", 3, 1.00, "sub-B");
+  auto sc = s.card();
+  ASSERT_EQ(sc.groups.size(), 2u);
+  EXPECT_EQ(sc.groups[0].substrate_id, "sub-A");
+  EXPECT_EQ(find_card(sc, "better", 0).n, 1);
+  EXPECT_NEAR(find_card(sc, "better", 0).mean, 1.24, 1e-12);
+  const Card& other = find_card(sc, "better", 1);
+  EXPECT_EQ(other.n, 2);
+  EXPECT_EQ(other.verdict, "inconclusive");  // its base never ran on sub-B
+  EXPECT_TRUE(std::isnan(other.delta_pct));
+  EXPECT_NE(render_text(sc).find("a different substrate"), std::string::npos);
+}
+
+TEST(Report, BestWithStepAndTheSpikeRule) {
+  Synth s{make_plan({}), {}, {}};
+  RunRow& r = s.add("baseline", 1, 1.30);
+  r.best_val_bpb = 1.25;
+  r.best_step = 150;
+  r.best_in_spike = true;
+  s.evals[r.run_id] = {{0, 3.8, false}, {100, 1.35, false}, {150, 1.25, true}, {200, 1.30, false}, {250, 1.31, false}};
+  s.add("baseline", 2, 1.32);
+  auto sc = s.card();
+  const RunView& v = find_card(sc, "baseline").runs[0];
+  EXPECT_DOUBLE_EQ(v.value, 1.30);
+  EXPECT_EQ(v.value_step, 200);
+  EXPECT_NE(v.note.find("loss spike"), std::string::npos);
+  const std::string txt = render_text(sc);
+  EXPECT_NE(txt.find("1.3000 @ 200"), std::string::npos);
+  EXPECT_NE(txt.find("final 1.3100"), std::string::npos);
+  EXPECT_NE(txt.find("refused"), std::string::npos);
+}
+
+TEST(Report, ProvisionalNumbersNeverDecide) {
+  Synth s{make_plan({"slow:baseline:top"}), {}, {}};
+  add_baseline(s);
+  for (int i = 1; i <= 3; ++i) s.add("slow", i, 1.10, "sub-A", 800);  // 8x the median step time
+  s.add("baseline", 4, 1.30, "sub-A", 100);
+  s.add("baseline", 5, 1.30, "sub-A", 100);
+  auto sc = s.card();
+  const Card& c = find_card(sc, "slow");
+  EXPECT_TRUE(c.runs[0].provisional);
+  EXPECT_EQ(c.n, 0);
+  EXPECT_EQ(c.verdict, "inconclusive");
+  EXPECT_NE(render_text(sc).find("provisional"), std::string::npos);
+}
+
+TEST(Report, StackingPredictsTheAdditiveDelta) {
+  Synth s{make_plan({"a:baseline:ma", "b:baseline:mb", "ab:a:ma+mb"}), {}, {}};
+  for (int i = 1; i <= 2; ++i) {
+    s.add("baseline", i, 1.30 + 0.001 * i);
+    s.add("a", i, 1.27 + 0.001 * i);   // -0.03
+    s.add("b", i, 1.28 + 0.001 * i);   // -0.02
+    s.add("ab", i, 1.26 + 0.001 * i);  // measured -0.04, predicted -0.05
+  }
+  auto sc = s.card();
+  const Card& c = find_card(sc, "ab");
+  ASSERT_TRUE(std::isfinite(c.predicted_pct));
+  EXPECT_NEAR(c.predicted_pct, -100.0 * 0.05 / 1.3015, 1e-6);
+  EXPECT_NEAR(c.measured_pct, -100.0 * 0.04 / 1.3015, 1e-6);
+  EXPECT_NE(c.predicted_from.find("ma (a - baseline)"), std::string::npos);
+  EXPECT_NE(c.predicted_from.find("mb (b - baseline)"), std::string::npos);
+  EXPECT_TRUE(std::isnan(find_card(sc, "a").predicted_pct));  // a single module predicts nothing
+}
+
+TEST(Report, UserInputIsEscapedInEveryFormat) {
+  Synth s{make_plan({"<script>alert(1)</script>:baseline:m"}), {}, {}};
+  s.plan.description = "a \"quoted\", <b>bold</b> | piped plan";
+  add_baseline(s);
+  s.add("<script>alert(1)</script>", 1, 1.2).reason = "x,\"y\"\nz";
+  auto sc = s.card();
+  const std::string html = render_html(sc);
+  EXPECT_EQ(html.find("<script>"), std::string::npos);
+  EXPECT_NE(html.find("&lt;script&gt;"), std::string::npos);
+  EXPECT_EQ(html.find("<b>bold"), std::string::npos);
+  const std::string md = render_markdown(sc);
+  EXPECT_EQ(md.find("<script>"), std::string::npos);
+  EXPECT_NE(md.find("\\| piped"), std::string::npos);
+  const std::string csv = render_csv(sc);
+  EXPECT_NE(csv.find("\"x,\"\"y\"\"\nz\""), std::string::npos);
+  EXPECT_EQ(render_text(sc).find("\nz"), std::string::npos);  // one line per run in the terminal
+}
+
+TEST(Report, PlanSpecRoundTripsThroughJson) {
+  PlanInfo p = make_plan({"ab:a:ma+mb"});
+  p.rule.k_noise = 3;
+  PlanInfo q = plan_info_from_json(plan_info_json(p));
+  EXPECT_EQ(q.name, p.name);
+  EXPECT_EQ(q.rule.k_noise, 3);
+  ASSERT_EQ(q.experiments.size(), 2u);
+  EXPECT_EQ(q.experiments[1].base, "a");
+  EXPECT_EQ(q.experiments[1].names, (std::vector<std::string>{"ma", "mb"}));
+  EXPECT_THROW(plan_info_from_json("{"), slm::Error);
+}
+
+TEST(Report, CommandsReportAndInvalidate) {
+  slm::test::TempDir t;
+  const std::string db = t / "ledger.sqlite";
+  Synth s{make_plan({"better:baseline:good"}), {}, {}};
+  add_baseline(s);
+  for (int i = 1; i <= 3; ++i) s.add("better", i, 1.24 + 0.01 * (i - 2));
+  {
+    Ledger l(db);
+    l.save_plan(s.plan.name, plan_info_json(s.plan));
+    for (auto& r : s.runs) {
+      l.upsert(r);
+      l.set_evals(r.run_id, s.evals[r.run_id]);
+    }
+  }
+  const std::string bin = SLMLAB_BIN;
+  auto r = slm::test::run(bin + " report --ledger " + db);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("keep"), std::string::npos) << r.out;
+  // Invalidate by id and by folder; the verdict loses its evidence, then comes back on undo.
+  r = slm::test::run(bin + " invalidate synthetic/better/s1 --ledger " + db);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("--reason"), std::string::npos) << r.out;
+  r = slm::test::run(bin + " invalidate synthetic/better/s1 --reason 'loader bug' --ledger " + db);
+  ASSERT_EQ(r.status, 0) << r.out;
+  r = slm::test::run(bin + " invalidate /runs/synthetic/better/s2/ --reason 'loader bug' --ledger " + db);
+  ASSERT_EQ(r.status, 0) << r.out;
+  r = slm::test::run(bin + " report --format csv --ledger " + db);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("manual: loader bug"), std::string::npos) << r.out;
+  r = slm::test::run(bin + " report --ledger " + db);
+  EXPECT_NE(r.out.find("INVALID"), std::string::npos);
+  r = slm::test::run(bin + " invalidate synthetic/better/s1 --undo --ledger " + db);
+  ASSERT_EQ(r.status, 0) << r.out;
+  r = slm::test::run(bin + " report --format html --out " + (t / "r.html") + " --ledger " + db);
+  ASSERT_EQ(r.status, 0) << r.out;
+  const std::string html = slm::fs::read_file(t / "r.html");
+  EXPECT_NE(html.find("<svg"), std::string::npos);
+  EXPECT_EQ(html.find("<script"), std::string::npos);
+  // Bad input: one line, non-zero.
+  r = slm::test::run(bin + " report --format pdf --ledger " + db);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(slm::test::count_lines(r.out), 1) << r.out;
+  r = slm::test::run(bin + " report --plan nope --ledger " + db);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("synthetic"), std::string::npos) << r.out;  // names the plans there
+  r = slm::test::run(bin + " invalidate nope/x/s1 --reason r --ledger " + db);
+  EXPECT_EQ(r.status, 2);
+  r = slm::test::run(bin + " report --ledger " + (t / "missing.sqlite"));
+  EXPECT_EQ(r.status, 2);
+}
