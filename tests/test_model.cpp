@@ -42,7 +42,7 @@ TEST(Model, ShapesAndPlan) {
   EXPECT_EQ(z.sizes(), (std::vector<int64_t>{3, 24, 300}));
   EXPECT_EQ(z.scalar_type(), torch::kFloat32);
   EXPECT_LE(z.abs().max().item<float>(), 15.0f);  // softcap
-  EXPECT_NE(layer_plan(tiny()).find("layer 1: A attention"), std::string::npos);
+  EXPECT_NE(layer_plan(*m).find("layer 1: A attention"), std::string::npos);
   // 2-D block matrices go to Muon; embedding and head do not.
   auto mats = m->matrix_params();
   EXPECT_EQ(mats.size(), 2u * 6u);

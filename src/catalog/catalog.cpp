@@ -201,7 +201,14 @@ ModuleArgs resolve_arg(const std::string& text, std::vector<std::string>& errors
   return resolve(name, given, errors);
 }
 
-std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelView& model, bool training) {
+ModelView adjusted(const std::vector<ModuleArgs>& mods, ModelView model) {
+  for (auto& a : mods)
+    if (const ModuleSpec* m = find(a.name); m && m->adjust && a.values.size() == m->params.size()) m->adjust(a, model);
+  return model;
+}
+
+std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelView& base, bool training) {
+  const ModelView model = adjusted(mods, base);
   std::vector<std::string> errors;
   std::set<std::string> seen;
   for (auto& a : mods) {

@@ -49,6 +49,9 @@ struct ModuleArgs {
 
 // A constraint returns one message per violation, each naming the rule and the fix.
 using Check = std::vector<std::string> (*)(const ModuleArgs& args, const ModelView& model);
+// A module that changes the geometry other modules see (Mamba-3's layer pattern) edits the view;
+// adjusts run in order before any constraint is checked.
+using Adjust = void (*)(const ModuleArgs& args, ModelView& model);
 
 struct ModuleSpec {
   const char* name;
@@ -58,6 +61,7 @@ struct ModuleSpec {
   const char* cost;     // what it costs, in words
   std::vector<ParamSpec> params;
   Check check;          // may be nullptr
+  Adjust adjust = nullptr;
 };
 
 const std::vector<ModuleSpec>& modules();
@@ -72,8 +76,10 @@ ModuleArgs resolve(const std::string& name, const std::map<std::string, std::str
 ModuleArgs resolve_arg(const std::string& text, std::vector<std::string>& errors);
 // The inverse of resolve_arg: "name.k=v,k=v" with every resolved value (what `train --module` takes).
 std::string arg_text(const ModuleArgs& m);
-// Constraints of every module against the model, plus the rules across modules (duplicates).
-// `training`: Tier-3 modules are refused.
+// The view after every module's adjust (e.g. the layer pattern a Mamba-3 module sets).
+ModelView adjusted(const std::vector<ModuleArgs>& mods, ModelView model);
+// Constraints of every module against the adjusted model, plus the rules across modules
+// (duplicates). `training`: Tier-3 modules are refused.
 std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelView& model, bool training);
 
 // `slmlab catalog`: a table, or JSON.

@@ -22,6 +22,7 @@
 #include "engine/ledger.h"
 #include "engine/plan.h"
 #include "engine/report.h"
+#include "train/spike.h"
 
 namespace slm::engine {
 
@@ -47,20 +48,27 @@ std::string self_exe() {
 RunRow ingest(RunRow row, std::vector<EvalPoint>& evals) {
   evals.clear();
   const std::string metrics = fs::join(row.run_dir, "metrics.jsonl");
-  std::map<int64_t, bool> spike_at;
+  std::vector<std::pair<int64_t, int64_t>> spikes;  // (start, last high step) of each confirmed spike step
   if (fs::exists(metrics)) {
     std::ifstream in(metrics);
     std::string line;
     while (std::getline(in, line)) {
       try {
         auto j = json::parse(line);
-        if (j.contains("val_bpb")) {
+        if (j.contains("val_bpb"))
           evals.push_back({j["step"].get<int64_t>(), j["val_bpb"].get<double>(), j.value("in_spike", false)});
-          spike_at[j["step"].get<int64_t>()] = j.value("in_spike", false);
-        }
+        if (j.value("spike", false))
+          spikes.push_back({j.value("spike_start", j["step"].get<int64_t>()), j["step"].get<int64_t>()});
       } catch (const json::exception&) {
       }
     }
+  }
+  // A spike confirms a few steps after it starts: an eval written in between is inside it too.
+  const int64_t recovery = SpikeDetector().recovery;
+  std::map<int64_t, bool> spike_at;
+  for (auto& e : evals) {
+    for (auto& [start, last] : spikes) e.in_spike |= e.step >= start && e.step <= last + recovery;
+    spike_at[e.step] = e.in_spike;
   }
   const std::string summary = fs::join(row.run_dir, "summary.json");
   if (fs::exists(summary)) {

@@ -11,14 +11,46 @@ namespace slm {
 
 namespace F = torch::nn::functional;
 
-std::string layer_plan(const ModelConfig& c) {
-  std::ostringstream os;
+double ComponentImpl::flops_per_token(int64_t) const {
+  double n = 0;
+  for (auto& p : parameters())
+    if (p.dim() == 2) n += static_cast<double>(p.numel());
+  return 6.0 * n;
+}
+
+ModelPlan model_plan(const ModelConfig& c) {
+  ModelPlan plan;
   for (int64_t i = 0; i < c.n_layer; ++i) {
-    os << "layer " << i << ": " << c.layer_kind(i);
-    if (c.layer_kind(i) == 'A') os << " attention (H=" << c.n_head << ", D=" << c.head_dim << ", rope, qk-norm"
-                                   << (c.doc_mask ? ", doc-mask" : "") << ") + relu2 mlp (" << 4 * c.d_model << ")";
+    LayerPlan lp;
+    lp.kind = c.layer_kind(i);
+    lp.mixer = [c] { return Mixer(std::make_shared<CausalSelfAttentionImpl>(c)); };
+    lp.ffn = [c] { return Ffn(std::make_shared<MLPImpl>(c)); };
+    plan.layers.push_back(std::move(lp));
+  }
+  for (auto& m : c.modules) {
+    const ModelModule* mm = find_model_module(m.name);
+    if (mm) mm->apply(m, c, plan);
+  }
+  return plan;
+}
+
+std::string layer_plan(const GPTImpl& m) {
+  std::ostringstream os;
+  for (int64_t i = 0; i < m.cfg.n_layer; ++i) {
+    const auto& b = *m.blocks->ptr(i)->as<BlockImpl>();
+    os << "layer " << i << ": " << b.kind << " " << b.mixer->describe() << " + " << b.ffn->describe();
+    for (auto& br : b.branches) os << " + " << br->describe();
+    if (b.wrap) os << " | " << b.wrap->describe();
+    if (!m.plan.layers[i].modules.empty()) {
+      os << " [";
+      for (size_t j = 0; j < m.plan.layers[i].modules.size(); ++j) os << (j ? ", " : "") << m.plan.layers[i].modules[j];
+      os << "]";
+    }
     os << "\n";
   }
+  for (auto& o : m.objectives) os << "objective: " << o->describe() << "\n";
+  if (m.streams) os << "streams: " << m.streams->describe() << "\n";
+  for (auto& n : m.plan.notes) os << "note: " << n << "\n";
   return os.str();
 }
 
@@ -63,7 +95,8 @@ void init_linear(torch::nn::Linear& l, int64_t fan_in) {
 }
 }  // namespace
 
-CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& c) : n_head(c.n_head), head_dim(c.head_dim) {
+CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& c)
+    : n_head(c.n_head), head_dim(c.head_dim), doc_mask(c.doc_mask) {
   const int64_t C = c.d_model;
   auto lin = [&](int64_t in, int64_t out) { return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false)); };
   c_q = register_module("c_q", lin(C, C));
@@ -77,17 +110,26 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& c) : n_head(
   c_proj->weight.zero_();  // the block starts as the identity
 }
 
-torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                                               const torch::Tensor& allowed) {
+torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
   auto q = c_q(x).view({B, T, n_head, head_dim});
   auto k = c_k(x).view({B, T, n_head, head_dim});
   auto v = c_v(x).view({B, T, n_head, head_dim});
-  q = rms_norm(apply_rope(q, cos, sin));  // QK-norm after RoPE, as nanochat
-  k = rms_norm(apply_rope(k, cos, sin));
-  auto y = device::attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), allowed);  // (B, H, T, D)
+  q = rms_norm(apply_rope(q, ctx.cos, ctx.sin));  // QK-norm after RoPE, as nanochat
+  k = rms_norm(apply_rope(k, ctx.cos, ctx.sin));
+  auto y = device::attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.allowed);  // (B, H, T, D)
   y = y.transpose(1, 2).contiguous().view({B, T, C});
   return c_proj(y);
+}
+
+double CausalSelfAttentionImpl::flops_per_token(int64_t T) const {
+  return ComponentImpl::flops_per_token(T) + 12.0 * n_head * head_dim * static_cast<double>(T);
+}
+
+std::string CausalSelfAttentionImpl::describe() const {
+  std::ostringstream os;
+  os << "attention (H=" << n_head << ", D=" << head_dim << ", rope, qk-norm" << (doc_mask ? ", doc-mask" : "") << ")";
+  return os.str();
 }
 
 MLPImpl::MLPImpl(const ModelConfig& c) {
@@ -99,22 +141,43 @@ MLPImpl::MLPImpl(const ModelConfig& c) {
   c_proj->weight.zero_();
 }
 
-torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+torch::Tensor MLPImpl::forward(const torch::Tensor& x, Ctx&) {
   auto h = torch::relu(c_fc(x));
   return c_proj(h * h);  // ReLU^2
 }
 
-BlockImpl::BlockImpl(const ModelConfig& c, int64_t layer) {
-  SLM_CHECK(c.layer_kind(layer) == 'A', "[model] layer ", layer, " has kind '", c.layer_kind(layer),
-            "', which this build does not provide; use layer_pattern A");
-  attn = register_module("attn", CausalSelfAttention(c));
-  mlp = register_module("mlp", MLP(c));
+std::string MLPImpl::describe() const { return "relu2 mlp (" + std::to_string(c_fc->weight.size(0)) + ")"; }
+
+BlockImpl::BlockImpl(const LayerPlan& lp) : kind(lp.kind) {
+  mixer = register_module("mixer", lp.mixer());
+  ffn = register_module("ffn", lp.ffn());
+  for (size_t i = 0; i < lp.branches.size(); ++i)
+    branches.push_back(register_module("branch" + std::to_string(i), lp.branches[i]()));
+  if (lp.wrap) wrap = register_module("wrap", lp.wrap());
 }
 
-torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                                 const torch::Tensor& allowed) {
-  auto h = x + attn(rms_norm(x), cos, sin, allowed);
-  return h + mlp(rms_norm(h));
+torch::Tensor BlockImpl::with_branches(const torch::Tensor& x, Ctx& ctx) {
+  torch::Tensor y = x;
+  for (auto& b : branches) y = y + b->forward(x, ctx);
+  return y;
+}
+
+torch::Tensor BlockImpl::mixer_delta(const torch::Tensor& x, Ctx& ctx) { return mixer->forward(rms_norm(x), ctx); }
+
+torch::Tensor BlockImpl::ffn_delta(const torch::Tensor& h, Ctx& ctx) { return ffn->forward(rms_norm(h), ctx); }
+
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, Ctx& ctx) {
+  if (wrap) return wrap->forward(*this, x, ctx);
+  auto x1 = with_branches(x, ctx);
+  auto h = x1 + mixer_delta(x1, ctx);
+  return h + ffn_delta(h, ctx);
+}
+
+double BlockImpl::flops_per_token(int64_t T) const {
+  double f = mixer->flops_per_token(T) + ffn->flops_per_token(T);
+  for (auto& b : branches) f += b->flops_per_token(T);
+  if (wrap) f += wrap->flops_per_token(T);
+  return f;
 }
 
 GPTImpl::GPTImpl(const ModelConfig& c) : cfg(c) {
@@ -123,8 +186,12 @@ GPTImpl::GPTImpl(const ModelConfig& c) : cfg(c) {
   SLM_CHECK(!c.layer_pattern.empty(), "[model] empty layer pattern; use e.g. A");
   torch::manual_seed(c.seed);
   wte = register_module("wte", torch::nn::Embedding(c.vocab, c.d_model));
+  plan = model_plan(c);
   blocks = register_module("blocks", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.n_layer; ++i) blocks->push_back(Block(c, i));
+  for (int64_t i = 0; i < c.n_layer; ++i) blocks->push_back(Block(plan.layers[i]));
+  for (size_t i = 0; i < plan.objectives.size(); ++i)
+    objectives.push_back(register_module("objective" + std::to_string(i), plan.objectives[i]()));
+  if (plan.streams) streams = register_module("streams", plan.streams());
   lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, c.vocab).bias(false)));
   {
     torch::NoGradGuard ng;
@@ -137,10 +204,23 @@ GPTImpl::GPTImpl(const ModelConfig& c) : cfg(c) {
 }
 
 torch::Tensor GPTImpl::hidden(const torch::Tensor& idx, const torch::Tensor& doc_ids) {
-  SLM_CHECK(idx.size(1) <= cfg.context, "[model] sequence of ", idx.size(1), " tokens exceeds the context ", cfg.context);
-  auto allowed = cfg.doc_mask ? document_causal_mask(doc_ids) : torch::Tensor();
-  auto x = rms_norm(wte(idx));  // (B, T, C)
-  for (auto& m : *blocks) x = m->as<Block>()->forward(x, rope_cos, rope_sin, allowed);
+  Ctx ctx;
+  ctx.idx = idx;
+  ctx.doc_ids = doc_ids;
+  ctx.training = is_training();
+  return hidden(ctx);
+}
+
+torch::Tensor GPTImpl::hidden(Ctx& ctx) {
+  SLM_CHECK(ctx.idx.size(1) <= cfg.context, "[model] sequence of ", ctx.idx.size(1), " tokens exceeds the context ",
+            cfg.context);
+  ctx.allowed = cfg.doc_mask ? document_causal_mask(ctx.doc_ids) : torch::Tensor();
+  ctx.cos = rope_cos;
+  ctx.sin = rope_sin;
+  auto x = rms_norm(wte(ctx.idx));  // (B, T, C)
+  if (streams) x = streams->expand(x);
+  for (auto& m : *blocks) x = m->as<Block>()->forward(x, ctx);
+  if (streams) x = streams->collapse(x);
   return x;
 }
 
@@ -159,11 +239,28 @@ torch::Tensor GPTImpl::token_nats(const torch::Tensor& idx, const torch::Tensor&
   return n.view({B, T});
 }
 
-torch::Tensor GPTImpl::loss(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids) {
-  auto h = rms_norm(hidden(idx, doc_ids));
-  const int64_t B = h.size(0), T = h.size(1);
-  return fused_linear_ce_mean(h.reshape({B * T, -1}), lm_head->weight, targets.reshape({B * T}), cfg.softcap,
-                              device::matmul_dtype(h));
+torch::Tensor GPTImpl::loss(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids,
+                           int64_t step, Parts* parts) {
+  Ctx ctx;
+  ctx.idx = idx;
+  ctx.targets = targets;
+  ctx.doc_ids = doc_ids;
+  ctx.step = step;
+  ctx.training = is_training();
+  auto h = hidden(ctx);
+  for (auto& o : objectives) o->add_loss(h, *this, ctx);
+  auto hn = rms_norm(h);
+  const int64_t B = hn.size(0), T = hn.size(1);
+  auto main = fused_linear_ce_mean(hn.reshape({B * T, -1}), lm_head->weight, targets.reshape({B * T}), cfg.softcap,
+                                   device::matmul_dtype(hn));
+  auto total = main;
+  for (auto& a : ctx.aux) total = total + a.weight * a.value;
+  if (parts) {
+    parts->main = main;
+    parts->aux = ctx.aux;
+    parts->stats = ctx.stats;
+  }
+  return total;
 }
 
 std::vector<std::string> GPTImpl::matrix_params() const {
@@ -182,9 +279,11 @@ int64_t GPTImpl::n_params() const {
 int64_t GPTImpl::n_matmul_params() const { return n_params() - wte->weight.numel(); }
 
 double GPTImpl::flops_per_token(int64_t T) const {
-  // 6N for the matmuls (2 forward, 4 backward) + 12 L H D T for the attention scores and values.
-  double attn = 12.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * static_cast<double>(T);
-  return 6.0 * static_cast<double>(n_matmul_params()) + attn;
+  double f = 6.0 * static_cast<double>(lm_head->weight.numel());
+  for (auto& m : *blocks) f += m->as<Block>()->flops_per_token(T);
+  for (auto& o : objectives) f += o->flops_per_token(T);
+  if (streams) f += streams->flops_per_token(T);
+  return f;
 }
 
 }  // namespace slm

@@ -10,6 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "catalog/catalog.h"
+#include "model/module.h"
+
 namespace slm {
 
 struct ModelConfig {
@@ -24,41 +27,57 @@ struct ModelConfig {
   bool doc_mask = true;
   double rope_base = 10000.0;
   uint64_t seed = 1337;       // initialization
+  std::vector<catalog::ModuleArgs> modules;  // catalog modules, resolved and checked, in order
 
   // Kind of layer i: the pattern repeated over depth.
   char layer_kind(int64_t i) const { return layer_pattern[i % layer_pattern.size()]; }
 };
 
-// One line per layer: "layer 0: A attention (H=4, D=64)".
-std::string layer_plan(const ModelConfig& c);
+// The layer plan: the default blocks, then every module's apply in order (model/module.h).
+ModelPlan model_plan(const ModelConfig& c);
+struct GPTImpl;
+// One line per layer: "layer 0: A attention (H=4, D=64, ...) + relu2 mlp (1024) [engram]", then
+// objectives, streams and notes. Printed at init and stored in config.json.
+std::string layer_plan(const GPTImpl& m);
 
 // Attention mask for packed rows: (B, 1, T, T) bool, true where query t may see key s
 // (s <= t and same document). Undefined when doc ids are undefined (plain causal).
 torch::Tensor document_causal_mask(const torch::Tensor& doc_ids);
 
-struct CausalSelfAttentionImpl : torch::nn::Module {
-  CausalSelfAttentionImpl(const ModelConfig& c);
-  // x: (B, T, C), cos/sin: (T, D/2), allowed: (B, 1, T, T) bool or undefined -> (B, T, C)
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& allowed);
+struct CausalSelfAttentionImpl : MixerImpl {
+  explicit CausalSelfAttentionImpl(const ModelConfig& c);
+  // x: (B, T, C) -> (B, T, C); RoPE tables and the document mask come from ctx.
+  torch::Tensor forward(const torch::Tensor& x, Ctx& ctx) override;
+  double flops_per_token(int64_t T) const override;  // matmuls + 12 H D T for scores and values
+  std::string describe() const override;
   int64_t n_head, head_dim;
+  bool doc_mask;
   torch::nn::Linear c_q{nullptr}, c_k{nullptr}, c_v{nullptr}, c_proj{nullptr};
 };
 TORCH_MODULE(CausalSelfAttention);
 
-struct MLPImpl : torch::nn::Module {
+struct MLPImpl : FfnImpl {
   explicit MLPImpl(const ModelConfig& c);
-  torch::Tensor forward(const torch::Tensor& x);  // (B, T, C) -> (B, T, C)
+  torch::Tensor forward(const torch::Tensor& x, Ctx& ctx) override;  // (B, T, C) -> (B, T, C)
+  std::string describe() const override;
   torch::nn::Linear c_fc{nullptr}, c_proj{nullptr};
 };
 TORCH_MODULE(MLP);
 
 struct BlockImpl : torch::nn::Module {
-  BlockImpl(const ModelConfig& c, int64_t layer);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& allowed);
-  CausalSelfAttention attn{nullptr};
-  MLP mlp{nullptr};
+  BlockImpl(const LayerPlan& lp);
+  // x: (B, T, C) -> (B, T, C); with streams, (B, T, n, C) through the wrapper.
+  torch::Tensor forward(const torch::Tensor& x, Ctx& ctx);
+  // The pieces a wrapper combines: x + branches(x), mixer(norm(x)), ffn(norm(h)).
+  torch::Tensor with_branches(const torch::Tensor& x, Ctx& ctx);
+  torch::Tensor mixer_delta(const torch::Tensor& x, Ctx& ctx);
+  torch::Tensor ffn_delta(const torch::Tensor& h, Ctx& ctx);
+  double flops_per_token(int64_t T) const;
+  char kind;
+  Mixer mixer;
+  Ffn ffn;
+  std::vector<Branch> branches;
+  BlockWrap wrap;
 };
 TORCH_MODULE(Block);
 
@@ -67,24 +86,37 @@ struct GPTImpl : torch::nn::Module {
 
   // Final hidden state before the last norm: idx (B, T) int64, doc_ids (B, T) or undefined -> (B, T, C)
   torch::Tensor hidden(const torch::Tensor& idx, const torch::Tensor& doc_ids);
+  torch::Tensor hidden(Ctx& ctx);  // ctx.idx and ctx.doc_ids set; fills the rest
   // Logits in fp32, softcapped: (B, T, V).
   torch::Tensor logits(const torch::Tensor& h);
   // Per-target cross entropy in nats: (B, T), fp32, no gradient (evaluation), through the fused head.
   torch::Tensor token_nats(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids);
-  // Training loss: mean nats over all targets, with gradient, through the fused head (model/fused_ce.h).
-  torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids);
+  // Training loss: mean nats over all targets, with gradient, through the fused head (model/fused_ce.h),
+  // plus every module's auxiliary losses with their weights. `parts`, when given, receives the main
+  // loss and the auxiliary ones separately (for logging) and the modules' statistics.
+  struct Parts {
+    torch::Tensor main;
+    std::vector<AuxLoss> aux;
+    std::map<std::string, double> stats;
+  };
+  torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids,
+                     int64_t step = 0, Parts* parts = nullptr);
 
   // Parameters that are 2-D matrices inside the blocks (Muon), and the rest by role.
   std::vector<std::string> matrix_params() const;
   int64_t n_params() const;
   // Parameters that take part in matmuls (all but the embedding), for FLOPs per token.
   int64_t n_matmul_params() const;
-  // Model FLOPs per token of a training step (forward + backward): 6 x matmul params + attention.
+  // Model FLOPs per token of a training step (forward + backward), summed over what the model
+  // runs: every block's components, the objectives and the head.
   double flops_per_token(int64_t T) const;
 
   ModelConfig cfg;
+  ModelPlan plan;
   torch::nn::Embedding wte{nullptr};
   torch::nn::ModuleList blocks{nullptr};
+  std::vector<Objective> objectives;
+  Streams streams;
   torch::nn::Linear lm_head{nullptr};
   torch::Tensor rope_cos, rope_sin;  // buffers (context, D/2)
 };

@@ -61,6 +61,7 @@ const std::vector<Field>& fields() {
       {"grad_clip", &Substrate::grad_clip, true, 0, 1e6},
       {"precision", &Substrate::precision, true, 0, 0},
       {"seed", &Substrate::seed, false, 0, 9.2e18},  // a replica label: seeds of one substrate compare
+      {"data_seed", &Substrate::data_seed, true, 0, 9.2e18},
       {"eval_every", &Substrate::eval_every, true, 0, 1e9},
       {"eval_tokens", &Substrate::eval_tokens, true, 1, 1e12},
       {"ckpt_every", &Substrate::ckpt_every, false, 0, 1e9},

@@ -42,7 +42,10 @@ struct Substrate {
   double final_lr_frac = 0.0;
   double grad_clip = 1.0;             // global norm, 0 = off
   std::string precision = "auto";     // fp32 | bf16 | auto (bf16 where supported)
-  int64_t seed = 1337;
+  int64_t seed = 1337;                // replica label: initialization (not part of the id)
+  int64_t data_seed = 0;              // order of the training data; 0 = follow seed. Pinning it pairs
+                                      // every run of a substrate on the same data (part of the id)
+  uint64_t data_order_seed() const { return static_cast<uint64_t>(data_seed > 0 ? data_seed : seed); }
   // evaluation
   int64_t eval_every = 50;            // steps, 0 = only at the end
   int64_t eval_tokens = 32768;        // validation tokens per eval (fixed rows, fixed order)

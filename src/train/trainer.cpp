@@ -77,7 +77,6 @@ struct RunConfig {
                   {"n_head", model.n_head},   {"head_dim", model.head_dim},   {"context", model.context},
                   {"layer_pattern", model.layer_pattern}, {"softcap", model.softcap}, {"doc_mask", model.doc_mask},
                   {"rope_base", model.rope_base}, {"seed", model.seed}};
-    j["layer_plan"] = layer_plan(model);
     j["data"] = {{"dir", data_dir}, {"fingerprint", data_fingerprint}, {"tokenizer_hash", tokenizer_hash}};
     j["precision"] = precision;
     j["precision_reason"] = precision_reason;
@@ -138,6 +137,8 @@ struct State {
             {"last_val", last_val},
             {"recent_losses", spikes.recent},
             {"last_spike_step", spikes.last_spike},
+            {"spike_start_step", spikes.spike_start},
+            {"high_losses", spikes.high},
             {"n_spikes", spikes.n_spikes},
             {"train_seconds", train_seconds},
             {"tokens", tokens},
@@ -151,6 +152,8 @@ struct State {
     s.last_val = j.at("last_val").is_null() ? std::numeric_limits<double>::infinity() : j.at("last_val").get<double>();
     s.spikes.recent = j.at("recent_losses").get<std::vector<double>>();
     s.spikes.last_spike = j.at("last_spike_step");
+    s.spikes.spike_start = j.value("spike_start_step", s.spikes.last_spike);
+    s.spikes.high = j.value("high_losses", std::vector<double>{});
     s.spikes.n_spikes = j.at("n_spikes");
     s.train_seconds = j.at("train_seconds");
     s.tokens = j.at("tokens");
@@ -191,10 +194,11 @@ int train(const TrainOptions& opt) {
   Substrate sub = load_substrate(opt.substrate);
   for (auto& kv : opt.sets) set_field(sub, kv);
   sub.validate();
+  // Modules resolve against the catalog and its constraints before anything is built.
+  std::vector<catalog::ModuleArgs> mods;
+  catalog::ModelView view;
   {
-    // Modules resolve against the catalog and its constraints before anything is built.
     std::vector<std::string> errs;
-    std::vector<catalog::ModuleArgs> mods;
     for (auto& m : opt.modules) mods.push_back(catalog::resolve_arg(m, errs));
     if (errs.empty()) errs = catalog::check(mods, engine::model_view(sub), /*training=*/true);
     if (!errs.empty()) {
@@ -202,8 +206,10 @@ int train(const TrainOptions& opt) {
       for (size_t i = 0; i < errs.size(); ++i) all += (i ? "; " : "") + errs[i];
       throw Error(all);
     }
-    SLM_CHECK(mods.empty(), "train: module ", mods.empty() ? "" : mods[0].name,
-              " is in the catalog but not wired into this trainer yet");
+    view = catalog::adjusted(mods, engine::model_view(sub));
+    for (auto& m : mods)
+      SLM_CHECK(find_model_module(m.name), "train: module ", m.name,
+                " is in the catalog but not wired into this trainer yet");
   }
   SLM_CHECK(!opt.data_dir.empty(), "train: --data DATA_DIR is required");
   SLM_CHECK(!opt.out_dir.empty() || opt.dry_run, "train: --out RUN_DIR is required");
@@ -255,14 +261,15 @@ int train(const TrainOptions& opt) {
   rc.data_dir = opt.data_dir;
   rc.data_fingerprint = ds.fingerprint();
   rc.tokenizer_hash = ds.tokenizer().hash();
-  rc.modules = opt.modules;
+  for (auto& m : mods) rc.modules.push_back(catalog::arg_text(m));  // every value, defaults included
   rc.model.vocab = vocab;
   rc.model.n_layer = sub.depth;
   rc.model.d_model = sub.model_dim();
   rc.model.head_dim = sub.head_dim;
   rc.model.n_head = sub.n_head();
   rc.model.context = sub.context;
-  rc.model.layer_pattern = sub.layer_pattern;
+  rc.model.layer_pattern = view.layer_pattern;  // after the modules' adjusts (Mamba-3 sets it)
+  rc.model.modules = mods;
   rc.model.softcap = sub.softcap;
   rc.model.doc_mask = sub.doc_mask;
   rc.model.rope_base = sub.rope_base;
@@ -288,6 +295,8 @@ int train(const TrainOptions& opt) {
       SLM_CHECK(old["model"]["seed"] == cfg_json["model"]["seed"], "train: ", dir, " is the seed ",
                 old["model"]["seed"].dump(), " replica; resuming it with seed ", cfg_json["model"]["seed"].dump(),
                 " would mix two runs; use a new --out");
+      SLM_CHECK(old["modules"] == cfg_json["modules"], "train: ", dir, " was trained with modules ", old["modules"].dump(),
+                "; resuming it with ", cfg_json["modules"].dump(), " would mix two experiments; use a new --out");
       SLM_CHECK(old["substrate_id"] == cfg_json["substrate_id"], "train: --resume with a different configuration (substrate ",
                 old["substrate_id"].get<std::string>(), " vs ", rc.substrate_id, "); use a new --out for a new configuration");
     } else {
@@ -339,7 +348,8 @@ int train(const TrainOptions& opt) {
   }
   std::printf("batch: %lld tokens/step = %lld rows x %lld context x %lld accum x dp %lld; %lld steps\n%s",
               (long long)sub.total_batch, (long long)sub.device_batch, (long long)sub.context, (long long)accum,
-              (long long)sub.dp, (long long)sub.steps, layer_plan(rc.model).c_str());
+              (long long)sub.dp, (long long)sub.steps, layer_plan(*model).c_str());
+  cfg_json["layer_plan"] = layer_plan(*model);
 
   const double flops_tok = model->flops_per_token(sub.context);
   const double peak = device::peak_flops(dev, bf16 ? torch::kBFloat16 : torch::kFloat32);
@@ -411,7 +421,7 @@ int train(const TrainOptions& opt) {
   // and context) gives the fixed cost and the per-layer cost of a forward+backward; a step is that,
   // extrapolated to the full depth, times the rows of every micro-batch of every rank.
   if (opt.dry_run) {
-    data::Loader L(ds, data::Split::Train, sub.context, static_cast<uint64_t>(sub.seed), true);
+    data::Loader L(ds, data::Split::Train, sub.context, sub.data_order_seed(), true);
     auto time_depth = [&](int64_t depth) {
       ModelConfig mc = rc.model;
       mc.n_layer = depth;
@@ -453,7 +463,7 @@ int train(const TrainOptions& opt) {
 
   // ---- resume or start
   State st;
-  data::Loader loader(ds, data::Split::Train, sub.context, static_cast<uint64_t>(sub.seed), true);
+  data::Loader loader(ds, data::Split::Train, sub.context, sub.data_order_seed(), true);
   bool resumed = false;
   if (opt.resume && fs::exists(latest)) {
     resumed = true;
@@ -517,11 +527,13 @@ int train(const TrainOptions& opt) {
     fs::write_atomic(fs::join(dir, "summary.json"), s.dump(1) + "\n");
   };
   auto in_spike = [&] { return st.spikes.in_spike(st.step); };
+  std::map<std::string, double> module_stats;  // what modules report (expert load, codebook use, ...)
   auto do_eval = [&] {
     auto t0 = clk::now();
     st.last_val = evaluate();
     json e = {{"step", st.step}, {"val_bpb", st.last_val}, {"eval_ms", 1000 * seconds(t0)}};
     if (in_spike()) e["in_spike"] = true;
+    if (!module_stats.empty()) e["modules"] = module_stats;  // from the last training step
     metrics.write(e);
     if (!opt.quiet) std::printf("eval step %lld | val_bpb %.4f\n", (long long)st.step, st.last_val);
     if (st.last_val < st.best_val) {
@@ -537,15 +549,21 @@ int train(const TrainOptions& opt) {
   while (st.step < sub.steps) {
     auto t0 = clk::now();
     double loss_sum = 0;
+    std::map<std::string, double> aux_sum;
     for (int64_t m = 0; m < accum; ++m) {
       auto [x, y, d] = make_batch(loader);
       device::set_autocast(dev, bf16);
-      auto loss = model->loss(x, y, d);
+      GPTImpl::Parts parts;
+      auto total = model->loss(x, y, d, st.step, &parts);
       device::set_autocast(dev, false);
-      (loss / static_cast<double>(accum)).backward();
-      loss_sum += loss.item<double>();
+      (total / static_cast<double>(accum)).backward();
+      loss_sum += parts.main.item<double>();  // the language-model loss: comparable across modules
+      for (auto& a : parts.aux) aux_sum[a.name] += a.value.item<double>() / accum;
+      for (auto& [k, v] : parts.stats) module_stats[k] = v;
     }
-    const double loss = loss_sum / accum;
+    double loss = loss_sum / accum;
+    for (auto& [k, v] : aux_sum)
+      if (!std::isfinite(v)) loss = NAN;  // a non-finite auxiliary loss poisons the step just the same
     double gnorm = 0;
     {
       torch::NoGradGuard ng;
@@ -581,7 +599,11 @@ int train(const TrainOptions& opt) {
     const double tok_s = sub.total_batch / dt, mfu = tok_s * flops_tok / peak;
     json rec = {{"step", st.step}, {"loss", loss}, {"lr", lrf}, {"grad_norm", gnorm},
                 {"step_ms", 1000 * dt}, {"tok_s", tok_s}, {"mfu", mfu}};
-    if (spike) rec["spike"] = true;
+    if (spike) {
+      rec["spike"] = true;
+      rec["spike_start"] = st.spikes.spike_start;  // evals written since then were inside it
+    }
+    if (!aux_sum.empty()) rec["aux"] = aux_sum;
     metrics.write(rec);
     if (!opt.quiet) {
       const double eta = (sub.steps - st.step) * (st.train_seconds / std::max<int64_t>(1, st.step));

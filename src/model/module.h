@@ -1,0 +1,126 @@
+// How catalog modules plug into the model. A model is a plan of layers (model/gpt.h); each layer is
+// a block of a token mixer (attention, DSA, Mamba-3) and a feed-forward (MLP, MoE) on a pre-norm
+// residual, optionally with extra branches (Engram) and a wrapper that decides how the block meets
+// the residual (GateSkip, MoD, FlexiDepth, mHC). Objectives (MTP, NCP, TOP) add auxiliary losses on
+// the final hidden state. A module is one file under src/model/ that implements some of these
+// interfaces and one `apply` function that edits the ModelPlan; src/model/registry.cpp lists the
+// applies by catalog name.
+//
+// Shapes: B batch rows, T tokens, C model dim.
+#pragma once
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "catalog/catalog.h"
+
+namespace slm {
+
+struct ModelConfig;
+struct GPTImpl;
+
+// A loss a module adds to training: total = main + sum(weight x value). Never part of val_bpb.
+struct AuxLoss {
+  std::string name;
+  torch::Tensor value;  // scalar with gradient
+  double weight = 1.0;
+};
+
+// One forward pass: what modules may read, and what they report back.
+struct Ctx {
+  torch::Tensor idx;       // (B, T) input ids
+  torch::Tensor targets;   // (B, T) next-token ids (undefined in generation)
+  torch::Tensor doc_ids;   // (B, T) document index within the row, or undefined
+  torch::Tensor allowed;   // (B, 1, T, T) bool attention mask, or undefined (plain causal)
+  torch::Tensor cos, sin;  // RoPE tables (context, D/2)
+  int64_t step = 0;        // optimizer step, for warm-ups and schedules
+  bool training = false;
+  std::vector<AuxLoss> aux;
+  std::map<std::string, double> stats;  // logged with each eval: expert load, codebook use, ...
+};
+
+// Components are abstract, so they are held by shared_ptr (TORCH_MODULE holders need a concrete
+// type); a module file builds its own with std::make_shared<XxxImpl>(...).
+
+// Every model component reports what it costs, so MFU counts what actually ran.
+struct ComponentImpl : torch::nn::Module {
+  // Forward + backward FLOPs per token at sequence length T. Default: 6 x its matrix parameters.
+  virtual double flops_per_token(int64_t T) const;
+  // One line for the layer plan printed at init and stored in config.json.
+  virtual std::string describe() const = 0;
+};
+
+// A token mixer: (B, T, C) -> (B, T, C), causal, masked per document.
+struct MixerImpl : ComponentImpl {
+  virtual torch::Tensor forward(const torch::Tensor& x, Ctx& ctx) = 0;
+};
+using Mixer = std::shared_ptr<MixerImpl>;
+
+// A feed-forward: (B, T, C) -> (B, T, C), per token.
+struct FfnImpl : ComponentImpl {
+  virtual torch::Tensor forward(const torch::Tensor& x, Ctx& ctx) = 0;
+};
+using Ffn = std::shared_ptr<FfnImpl>;
+
+// An extra branch added to the residual before the mixer: x + branch(x).
+struct BranchImpl : ComponentImpl {
+  virtual torch::Tensor forward(const torch::Tensor& x, Ctx& ctx) = 0;
+};
+using Branch = std::shared_ptr<BranchImpl>;
+
+struct BlockImpl;
+// How a block meets the residual. The default (no wrapper) is
+//   h = x + mixer(norm(x)); out = h + ffn(norm(h)).
+// A wrapper calls block.mixer_delta / block.ffn_delta itself and combines them its own way.
+struct BlockWrapImpl : ComponentImpl {
+  virtual torch::Tensor forward(BlockImpl& block, const torch::Tensor& x, Ctx& ctx) = 0;
+};
+using BlockWrap = std::shared_ptr<BlockWrapImpl>;
+
+// An auxiliary objective on the final hidden state h: (B, T, C), before the last norm.
+struct ObjectiveImpl : ComponentImpl {
+  virtual void add_loss(const torch::Tensor& h, GPTImpl& model, Ctx& ctx) = 0;
+};
+using Objective = std::shared_ptr<ObjectiveImpl>;
+
+// Residual streams (mHC): expanded once after the embedding, collapsed once before the head.
+// While expanded the residual is (B, T, n, C); every block is wrapped by `wrap()`.
+struct StreamsImpl : ComponentImpl {
+  virtual torch::Tensor expand(const torch::Tensor& x) = 0;    // (B, T, C) -> (B, T, n, C)
+  virtual torch::Tensor collapse(const torch::Tensor& s) = 0;  // (B, T, n, C) -> (B, T, C)
+};
+using Streams = std::shared_ptr<StreamsImpl>;
+
+// What each layer is built from. Builders run in GPT's constructor, after every module's apply.
+struct LayerPlan {
+  char kind = 'A';                                    // 'A' attention, 'M' Mamba-3
+  std::function<Mixer()> mixer;                       // default: causal self-attention
+  std::function<Ffn()> ffn;                           // default: ReLU^2 MLP
+  std::vector<std::function<Branch()>> branches;
+  std::function<BlockWrap()> wrap;                    // default: none (plain pre-norm residual)
+  std::vector<std::string> modules;                   // names of the modules sitting on this layer
+};
+
+struct ModelPlan {
+  std::vector<LayerPlan> layers;
+  std::vector<std::function<Objective()>> objectives;
+  std::function<Streams()> streams;
+  std::vector<std::string> notes;  // model-wide effects, for the layer plan ("yarn: scale 2 at eval")
+};
+
+// A module's model side: edits the plan for the given (already resolved and checked) arguments.
+using ApplyFn = void (*)(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan);
+
+struct ModelModule {
+  const char* name;  // the catalog name
+  ApplyFn apply;
+};
+// The registry (model/registry.cpp); nullptr for names without a model side (data transforms).
+const ModelModule* find_model_module(const std::string& name);
+const std::vector<ModelModule>& model_modules();
+
+}  // namespace slm
