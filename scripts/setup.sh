@@ -11,6 +11,7 @@ pkgs=(
   libgtest-dev
   libsentencepiece-dev      # the tokenizer benchmark's peer
   python3                   # the safetensors reader in the tests (standard library only)
+  bubblewrap                # the sandbox that compile-rate evaluation runs g++ in
 )
 if [[ "${1:-}" == "--bench" ]]; then pkgs+=(python3-torch); fi
 

@@ -1,0 +1,48 @@
+// Compile-rate evaluation, text side: function prompts from a source file, cutting a generation at
+// the brace that closes the function, and the Wilson interval of a rate. Torch-free.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace slm::eval {
+
+// A function definition at namespace or class scope (free functions, methods defined in a class,
+// out-of-class methods, templates, operators). Offsets are bytes into the file text:
+//   [begin, decl_begin)        the documentation comment directly above (may be empty)
+//   [decl_begin, body_begin)   template header, specifiers and signature through the opening '{'
+//   [body_begin, body_end)     the body (the reference), without the closing '}' at body_end
+struct FunctionPrompt {
+  std::string name;   // as written before the parameter list: "f", "A::f", "operator==", "~A"
+  size_t begin;       // start of the prompt: the comment, or the declaration when there is none
+  size_t decl_begin;  // start of the declaration
+  size_t body_begin;  // one past the opening '{'
+  size_t body_end;    // offset of the closing '}'
+  std::string prompt; // file_text[begin, body_begin)
+  std::string body;   // file_text[body_begin, body_end)
+};
+
+// Every function definition at namespace or class scope, in file order. Lexer-based (strings,
+// comments and raw strings are opaque), preprocessor lines are skipped, and lambdas, brace
+// initializers and member-initializer braces are not functions. A file whose braces do not
+// balance yields the functions found before the imbalance.
+std::vector<FunctionPrompt> find_function_prompts(const std::string& file_text);
+
+// The file with `f`'s body and closing brace replaced by `completion` (a cut generation: body text
+// through the closing brace), ready for the compile check.
+std::string splice_completion(const std::string& file_text, const FunctionPrompt& f, const std::string& completion);
+
+// The prefix of `generated` through the '}' that brings the brace depth from depth_at_start to 0;
+// braces in string and char literals (raw strings included), comments and preprocessor lines do
+// not count. nullopt when the depth never reaches 0.
+std::optional<std::string> cut_at_matching_brace(const std::string& generated, int depth_at_start = 1);
+
+// Wilson score interval for k successes out of n at normal quantile z (1.96: 95%); [0, 1] for n = 0.
+struct Interval {
+  double lo, hi;
+};
+Interval wilson_interval(int64_t k, int64_t n, double z = 1.96);
+
+}  // namespace slm::eval
