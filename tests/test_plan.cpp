@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "catalog/catalog.h"
@@ -77,7 +78,7 @@ seeds = [1, 1]
 id = "c"
 base = "a"
 seeds = [2]
-modules = ["dsa", { name = "engram", layers = [0, 5, 10] }]
+modules = ["dsx", { name = "engramm", layers = [0, 5, 10] }]
 [[phases.experiments]]
 id = "a"
 seeds = []
@@ -95,8 +96,8 @@ seeds = [3]
   EXPECT_TRUE(has(errs, "needs at least one seed"));
   EXPECT_TRUE(has(errs, "unknown key 'bsae'; did you mean 'base'?"));
   EXPECT_TRUE(has(errs, "cycle"));
-  EXPECT_TRUE(has(errs, "unknown module 'dsa'"));
-  EXPECT_TRUE(has(errs, "unknown module 'engram'"));
+  EXPECT_TRUE(has(errs, "unknown module 'dsx'"));
+  EXPECT_TRUE(has(errs, "unknown module 'engramm'"));
   EXPECT_TRUE(has(errs, "base 'baseline' is not an experiment of this plan"));
   // And as a single error when no list is asked for.
   try {
@@ -123,15 +124,21 @@ TEST(Plan, MissingOrBrokenSubstrateIsReported) {
   EXPECT_THROW(load_plan(t / "broken.toml"), Error);
 }
 
-TEST(Catalog, UnknownModulesAndEmptyTable) {
+TEST(Catalog, UnknownModulesAndTheTable) {
   std::vector<std::string> errs;
-  auto a = catalog::resolve_arg("engram.layers=0,1,3,heads=4", errs);
-  EXPECT_EQ(a.name, "engram");
+  auto a = catalog::resolve_arg("flashmem.layers=0,1,3,heads=4", errs);
+  EXPECT_EQ(a.name, "flashmem");
   ASSERT_EQ(errs.size(), 1u);
-  EXPECT_NE(errs[0].find("unknown module 'engram'"), std::string::npos);
+  EXPECT_NE(errs[0].find("unknown module 'flashmem'"), std::string::npos);
   EXPECT_EQ(nlohmann::json::parse(catalog::table(true)).size(), catalog::modules().size());
   for (auto& m : catalog::modules()) {
-    EXPECT_NE(m.tier, catalog::Tier::Inference) << "a tier-3 module in the catalog must still be refused in training";
+    // Every parameter's default resolves and lies in its range; Tier 3 is refused in training.
+    std::vector<std::string> e;
+    auto r = catalog::resolve(m.name, {}, e);
+    EXPECT_TRUE(e.empty()) << m.name << ": " << ::testing::PrintToString(e);
+    EXPECT_EQ(r.values.size(), m.params.size()) << m.name;
+    if (m.tier == catalog::Tier::Inference)
+      EXPECT_FALSE(catalog::check({r}, catalog::ModelView{}, /*training=*/true).empty()) << m.name;
   }
   catalog::ModelView v;
   v.depth = 16;
@@ -142,10 +149,10 @@ TEST(Catalog, UnknownModulesAndEmptyTable) {
 
 TEST(PlanCli, CheckPrintsEveryProblemAndExitsNonZero) {
   slm::test::TempDir t;
-  std::string p = plan_file(t, kHead + "[[phases]]\n[[phases.experiments]]\nid = \"x\"\nseeds = [1]\nmodules = [\"mtp\"]\n");
+  std::string p = plan_file(t, kHead + "[[phases]]\n[[phases.experiments]]\nid = \"x\"\nseeds = [1]\nmodules = [\"mtpp\"]\n");
   auto r = slm::test::run(std::string(SLMLAB_BIN) + " plan check " + p);
   EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.out.find("unknown module 'mtp'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("unknown module 'mtpp'"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("nothing was run"), std::string::npos) << r.out;
   std::string ok = plan_file(t, kHead + "[[phases]]\n[[phases.experiments]]\nid = \"baseline\"\nseeds = [1, 2]\n");
   auto r2 = slm::test::run(std::string(SLMLAB_BIN) + " plan check " + ok);
@@ -173,4 +180,21 @@ TEST(Plan, ShippedPlansFailOnlyOnModulesNotYetInTheCatalog) {
     }
   }
   EXPECT_GE(n, 6);
+}
+
+// The demo runs the baseline and every module that trains: a module added to the catalog joins it.
+TEST(Plan, DemoPlanCoversEveryTrainableModule) {
+  std::vector<std::string> errs;
+  auto p = load_plan(std::string(SLMLAB_SOURCE_DIR) + "/plans/demo.toml", &errs);
+  EXPECT_TRUE(errs.empty()) << ::testing::PrintToString(errs);
+  ASSERT_FALSE(p.experiments.empty());
+  EXPECT_TRUE(p.experiments[0].effective.empty()) << "the demo's first experiment is the baseline";
+  std::set<std::string> used;
+  for (auto& e : p.experiments) {
+    EXPECT_GE(e.seeds.size(), 2u) << e.id << ": the demo measures its noise floor from 2 seeds";
+    for (auto& m : e.effective) used.insert(m.name);
+  }
+  for (auto& m : catalog::modules())
+    if (m.tier != catalog::Tier::Inference)
+      EXPECT_TRUE(used.count(m.name)) << m.name << " is missing from plans/demo.toml";
 }

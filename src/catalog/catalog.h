@@ -62,6 +62,9 @@ struct ModuleSpec {
   std::vector<ParamSpec> params;
   Check check;          // may be nullptr
   Adjust adjust = nullptr;
+  // Arguments for the registry-wide tests at their tiny geometry (depth 3, d_model 32, 2 heads of
+  // 16, context 32), e.g. "window=4,topk=8"; "" = the defaults fit.
+  const char* tiny = "";
 };
 
 const std::vector<ModuleSpec>& modules();

@@ -1,10 +1,13 @@
-// slmlab data build|verify|stats, and the demo (which grows as the trainer and engine land).
+// slmlab data build|verify|stats, and the demo: data, an ablation plan in waves, its scorecard.
 #include <cstdio>
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/fs.h"
 #include "data/dataset.h"
-#include "train/trainer.h"
+#include "engine/report.h"
+#include "engine/runner.h"
+#include "train/substrate.h"
 
 namespace slm::cli {
 
@@ -73,14 +76,27 @@ int cmd_demo(const Args& a) {
   data::VerifyResult v = data::verify(dir, 64, 0);
   std::printf("== verify: ok (%llu documents decode to their source hash)\n", (unsigned long long)v.docs_decoded);
   std::printf("== statistics\n%s", data::stats(dir, 20, false).c_str());
-  // The baseline on cpu-tiny; re-running the demo resumes or reuses it.
-  TrainOptions t;
-  t.data_dir = dir;
-  t.substrate = "cpu-tiny";
-  t.out_dir = a.str("runs") + "/baseline";
-  t.resume = true;
-  std::printf("== training the cpu-tiny baseline into %s\n", t.out_dir.c_str());
-  return train(t);
+  // The demo plan on cpu-tiny in waves of --jobs; re-running the demo skips finished runs and
+  // resumes the rest. Then the scorecard, in the terminal and as one HTML page.
+  engine::AblateOptions ab;
+  ab.plan = fs::join(fs::join(fs::parent(substrates_dir()), "plans"), "demo.toml");
+  ab.data = dir;
+  ab.runs = a.str("runs");
+  ab.ledger = fs::join(ab.runs, "ledger.sqlite");
+  ab.jobs = static_cast<int>(a.i64("jobs"));
+  std::printf("== ablation: %s, --jobs %d, ledger %s\n", ab.plan.c_str(), ab.jobs, ab.ledger.c_str());
+  std::fflush(stdout);
+  const int rc = engine::ablate(ab);
+  engine::ReportOptions rep;
+  rep.ledger = ab.ledger;
+  rep.plan = "demo";
+  std::printf("== scorecard\n");
+  std::fflush(stdout);
+  engine::report(rep);
+  rep.format = "html";
+  rep.out = fs::join(ab.runs, "report.html");
+  engine::report(rep);
+  return rc;
 }
 
 }  // namespace slm::cli

@@ -537,11 +537,18 @@ namespace {
 const char* kPalette[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e",
                           "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"};
 
+// A round tick interval (1, 2 or 5 x 10^k) giving at most 6 ticks over [0, n].
+int64_t nice_step(int64_t n) {
+  for (int64_t p = 1;; p *= 10)
+    for (int64_t m : {1, 2, 5})
+      if (n / (m * p) <= 5) return m * p;
+}
+
 // val_bpb against step for the runs of one phase. The y range leaves out the first fifth of
 // training (step 0 sits near ln V / ln 2 per byte and would flatten everything else); points
 // above the range are drawn on its top edge.
 std::string phase_chart(const Group& g, const std::string& phase) {
-  const double W = 760, H = 340, L = 64, R = 180, T = 16, B = 40;
+  const double W = 760, H = 340, L = 64, R = 170, T = 16, B = 40;
   std::vector<const Card*> cards;
   int64_t max_step = 0;
   for (auto& c : g.cards)
@@ -564,7 +571,7 @@ std::string phase_chart(const Group& g, const std::string& phase) {
   lo -= pad;
   hi += pad;
   auto X = [&](double step) { return L + (W - L - R) * step / double(max_step); };
-  auto Y = [&](double y) { return T + (H - T - B) * (1.0 - (std::min(y, hi) - lo) / (hi - lo)); };
+  auto Y = [&](double y) { return T + (H - T - B) * (1.0 - (y - lo) / (hi - lo)); };
   std::ostringstream os;
   os << std::fixed << std::setprecision(1);
   os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
@@ -572,13 +579,15 @@ std::string phase_chart(const Group& g, const std::string& phase) {
   os << "<rect x=\"" << L << "\" y=\"" << T << "\" width=\"" << W - L - R << "\" height=\"" << H - T - B
      << "\" fill=\"#fff\" stroke=\"#999\"/>\n";
   for (int i = 0; i <= 4; ++i) {
-    const double y = lo + (hi - lo) * i / 4.0, step = max_step * i / 4.0;
+    const double y = lo + (hi - lo) * i / 4.0;
     os << "<line x1=\"" << L << "\" x2=\"" << W - R << "\" y1=\"" << Y(y) << "\" y2=\"" << Y(y)
        << "\" stroke=\"#eee\"/><text x=\"" << L - 6 << "\" y=\"" << Y(y) + 4 << "\" text-anchor=\"end\" class=\"ax\">"
        << fmt(y, 3) << "</text>\n";
-    os << "<text x=\"" << X(step) << "\" y=\"" << H - B + 16 << "\" text-anchor=\"middle\" class=\"ax\">"
-       << static_cast<int64_t>(step) << "</text>\n";
   }
+  const int64_t tick = nice_step(max_step);
+  for (int64_t step = 0; step <= max_step; step += tick)
+    os << "<text x=\"" << X(step) << "\" y=\"" << H - B + 16 << "\" text-anchor=\"middle\" class=\"ax\">" << step
+       << "</text>\n";
   os << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 6 << "\" text-anchor=\"middle\" class=\"ax\">step</text>\n";
   os << "<text x=\"14\" y=\"" << (T + H - B) / 2 << "\" transform=\"rotate(-90 14 " << (T + H - B) / 2
      << ")\" text-anchor=\"middle\" class=\"ax\">val_bpb</text>\n";
@@ -592,7 +601,7 @@ std::string phase_chart(const Group& g, const std::string& phase) {
       os << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"1.6\""
          << (invalid ? " stroke-dasharray=\"6 4\" opacity=\"0.7\"" : "") << " points=\"";
       for (auto& e : v.evals)
-        if (std::isfinite(e.val_bpb)) os << X(e.step) << "," << Y(e.val_bpb) << " ";
+        if (std::isfinite(e.val_bpb) && e.val_bpb <= hi) os << X(e.step) << "," << Y(e.val_bpb) << " ";
       os << "\"><title>" << html_escape(v.row.run_id) << (invalid ? " INVALID: " + html_escape(v.row.reason) : "")
          << "</title></polyline>\n";
       if (std::isfinite(v.value) && v.value_step >= 0)
@@ -610,8 +619,9 @@ std::string phase_chart(const Group& g, const std::string& phase) {
        << "\" class=\"lg\">" << html_escape(c.id.size() > 20 ? c.id.substr(0, 19) + "~" : c.id) << "</text>\n";
     legend_y += 18;
   }
-  os << "<text x=\"" << W - R + 12 << "\" y=\"" << legend_y + 8 << "\" class=\"ax\">dot: best step; dashed: INVALID</text>\n";
-  os << "</svg>\n";
+  os << "</svg>\n<p class=\"muted\">Dot: the best step that counts; dashed: INVALID. Curves start where they enter the "
+        "range: evals above "
+     << fmt(hi, 3) << " (the first fifth of training) are in the tables, not drawn.</p>\n";
   return os.str();
 }
 
