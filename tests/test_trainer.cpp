@@ -113,6 +113,19 @@ TEST(Trainer, RunLearnsAndLeavesEverything) {
   auto refused = slm::test::run(f.train_cmd(run));
   EXPECT_EQ(refused.status, 2);
   EXPECT_NE(refused.out.find("--resume"), std::string::npos) << refused.out;
+  // `eval bpb` on the best checkpoint reproduces the training eval exactly; a longer context runs
+  // with plain RoPE and with YaRN.
+  auto ev = slm::test::run(std::string(SLMLAB_BIN) + " eval bpb " + run + " --checkpoint best --threads 1");
+  ASSERT_EQ(ev.status, 0) << ev.out;
+  char want[32];
+  std::snprintf(want, sizeof want, "val_bpb %.4f", s["best_val_bpb"].get<double>());
+  EXPECT_NE(ev.out.find(want), std::string::npos) << ev.out << " vs " << want;
+  auto ev2 = slm::test::run(std::string(SLMLAB_BIN) + " eval bpb " + run + " --context 64 --tokens 256 --module yarn --threads 1");
+  ASSERT_EQ(ev2.status, 0) << ev2.out;
+  EXPECT_NE(ev2.out.find("yarn s=2"), std::string::npos) << ev2.out;
+  auto ev3 = slm::test::run(std::string(SLMLAB_BIN) + " eval bpb " + run + " --module yarn.scale=0.5 --context 64");
+  EXPECT_EQ(ev3.status, 2);
+  EXPECT_EQ(slm::test::count_lines(ev3.out), 1) << ev3.out;
 }
 
 TEST(Trainer, KillNineAndResumeReproduceTheCurveBitwise) {

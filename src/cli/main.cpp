@@ -28,6 +28,7 @@ const std::map<std::string, Handler>& handlers() {
       {"plan check", slm::cli::cmd_plan_check},
       {"ablate", slm::cli::cmd_ablate},
       {"report", slm::cli::cmd_report},
+      {"eval bpb", slm::cli::cmd_eval_bpb},
       {"invalidate", slm::cli::cmd_invalidate},
   };
   return h;

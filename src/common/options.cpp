@@ -25,7 +25,8 @@ const std::vector<CommandSpec>& command_table() {
       {"ablate", "PLAN", "run an ablation plan in parallel waves (resumable; skips finished runs)", nullptr},
       {"report", "", "scorecards from the ledger: verdicts, best val_bpb with step, noise, charts (txt, md, csv, html)", nullptr},
       {"invalidate", "RUN", "mark a run INVALID with a reason (or --undo); RUN is a run id or a run folder", nullptr},
-      {"eval", "RUN_DIR", "evaluate a run (compile rate of generated code)", "issue 8 (evaluation)"},
+      {"eval bpb", "RUN_DIR", "val_bpb of a run's checkpoint on the held-out split, optionally at a longer context (YaRN)", nullptr},
+      {"eval compile", "RUN_DIR", "compile rate of generated code, checked by g++ in a sandbox", "issue 8 (evaluation)"},
       {"generate", "RUN_DIR", "generate text from a trained run", "issue 8 (evaluation)"},
   };
   return t;
@@ -68,9 +69,13 @@ const std::vector<OptionSpec>& option_table() {
       {"dry-run", "train", OptType::Flag, "", "", "validate, build, time one micro-batch and print the ETA; train nothing"},
       {"quiet", "train", OptType::Flag, "", "", "no per-step line (metrics.jsonl is still written)"},
       {"format", "export", OptType::String, "safetensors", "FMT", "export format (safetensors)"},
-      {"checkpoint", "export", OptType::String, "latest", "WHICH", "latest or best"},
+      {"checkpoint", "export|eval bpb", OptType::String, "latest", "WHICH", "latest or best"},
+      {"context", "eval bpb", OptType::Int, "0", "N", "evaluation context in tokens (0 = the trained context)"},
+      {"tokens", "eval bpb", OptType::Int, "0", "N", "validation tokens to score (0 = the run's eval_tokens)"},
+      {"data", "eval bpb", OptType::String, "", "DATA_DIR", "data set (default: the run's own)"},
+      {"module", "eval bpb", OptType::List, "", "NAME[.k=v,...]", "an inference-lane module, e.g. yarn or yarn.scale=4"},
       {"out", "export", OptType::String, "", "FILE", "output file (default RUN_DIR/model.safetensors)"},
-      {"threads", "bench peak|train", OptType::Int, "0", "N", "threads (0 = all cores; train: overrides the substrate)"},
+      {"threads", "bench peak|train|eval bpb", OptType::Int, "0", "N", "threads (0 = all cores; train: overrides the substrate)"},
   };
   return t;
 }

@@ -117,6 +117,7 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx)
   auto v = c_v(x).view({B, T, n_head, head_dim});
   q = rms_norm(apply_rope(q, ctx.cos, ctx.sin));  // QK-norm after RoPE, as nanochat
   k = rms_norm(apply_rope(k, ctx.cos, ctx.sin));
+  if (ctx.attn_logit_scale != 1.0) q = q * ctx.attn_logit_scale;  // YaRN's temperature on q.k
   auto y = device::attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.allowed);  // (B, H, T, D)
   y = y.transpose(1, 2).contiguous().view({B, T, C});
   return c_proj(y);
@@ -180,7 +181,7 @@ double BlockImpl::flops_per_token(int64_t T) const {
   return f;
 }
 
-GPTImpl::GPTImpl(const ModelConfig& c) : cfg(c) {
+GPTImpl::GPTImpl(const ModelConfig& c) : cfg(c), trained_context(c.context) {
   SLM_CHECK(c.n_head * c.head_dim == c.d_model, "[model] n_head x head_dim = ", c.n_head * c.head_dim,
             " differs from d_model ", c.d_model);
   SLM_CHECK(!c.layer_pattern.empty(), "[model] empty layer pattern; use e.g. A");
@@ -217,6 +218,7 @@ torch::Tensor GPTImpl::hidden(Ctx& ctx) {
   ctx.allowed = cfg.doc_mask ? document_causal_mask(ctx.doc_ids) : torch::Tensor();
   ctx.cos = rope_cos;
   ctx.sin = rope_sin;
+  ctx.attn_logit_scale = attn_logit_scale;
   auto x = rms_norm(wte(ctx.idx));  // (B, T, C)
   if (streams) x = streams->expand(x);
   for (auto& m : *blocks) x = m->as<Block>()->forward(x, ctx);
@@ -277,6 +279,24 @@ int64_t GPTImpl::n_params() const {
 }
 
 int64_t GPTImpl::n_matmul_params() const { return n_params() - wte->weight.numel(); }
+
+void GPTImpl::set_context(int64_t T, const YarnConfig* yarn) {
+  SLM_CHECK(T > 0, "[model] context must be positive");
+  torch::NoGradGuard ng;
+  std::pair<torch::Tensor, torch::Tensor> tabs;
+  if (yarn) {
+    YarnConfig y = *yarn;
+    if (y.original_context == 0) y.original_context = trained_context;
+    tabs = yarn_rope_tables(T, cfg.head_dim, cfg.rope_base, y);
+    attn_logit_scale = yarn_logit_scale(y);
+  } else {
+    tabs = rope_tables(T, cfg.head_dim, cfg.rope_base);
+    attn_logit_scale = 1.0;
+  }
+  rope_cos.set_data(tabs.first.to(rope_cos.device()));
+  rope_sin.set_data(tabs.second.to(rope_sin.device()));
+  cfg.context = T;
+}
 
 double GPTImpl::flops_per_token(int64_t T) const {
   double f = 6.0 * static_cast<double>(lm_head->weight.numel());

@@ -12,6 +12,7 @@
 
 #include "catalog/catalog.h"
 #include "model/module.h"
+#include "model/yarn.h"
 
 namespace slm {
 
@@ -111,8 +112,14 @@ struct GPTImpl : torch::nn::Module {
   // runs: every block's components, the objectives and the head.
   double flops_per_token(int64_t T) const;
 
+  // Runs the model at another context: new RoPE tables, scaled by YaRN when `yarn` is given (its
+  // original_context is this model's trained context), else plain RoPE extrapolated. Inference only.
+  void set_context(int64_t T, const YarnConfig* yarn = nullptr);
+
   ModelConfig cfg;
   ModelPlan plan;
+  double attn_logit_scale = 1.0;  // YaRN's temperature once set_context() applied it
+  int64_t trained_context = 0;    // the context the model was built for
   torch::nn::Embedding wte{nullptr};
   torch::nn::ModuleList blocks{nullptr};
   std::vector<Objective> objectives;

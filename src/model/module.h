@@ -37,6 +37,7 @@ struct Ctx {
   torch::Tensor doc_ids;   // (B, T) document index within the row, or undefined
   torch::Tensor allowed;   // (B, 1, T, T) bool attention mask, or undefined (plain causal)
   torch::Tensor cos, sin;  // RoPE tables (context, D/2)
+  double attn_logit_scale = 1.0;  // a factor on attention logits (YaRN's temperature; 1 in training)
   int64_t step = 0;        // optimizer step, for warm-ups and schedules
   bool training = false;
   std::vector<AuxLoss> aux;

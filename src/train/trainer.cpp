@@ -27,6 +27,7 @@
 #include "engine/plan.h"
 #include "model/gpt.h"
 #include "train/optim.h"
+#include "train/run.h"
 #include "train/safetensors.h"
 #include "train/spike.h"
 #include "train/substrate.h"
@@ -84,6 +85,8 @@ struct RunConfig {
     j["threads"] = threads;
     j["modules"] = modules;
     j["grad_accum"] = sub.grad_accum();
+    j["eval_tokens"] = sub.eval_tokens;    // what `slmlab eval bpb` scores by default
+    j["device_batch"] = sub.device_batch;  // its rows per forward, so it reproduces training's evals
     return j;
   }
 };
@@ -380,7 +383,6 @@ int train(const TrainOptions& opt) {
   oo.momentum = sub.muon_momentum;
   Optimizer optim(groups, oo);
 
-  auto token_bytes = torch::tensor(ds.tokenizer().token_bytes(), torch::kInt64).to(dev);
   const int64_t row = sub.context + 1;
   std::vector<int32_t> tok_buf(sub.device_batch * row), doc_buf(sub.device_batch * row);
   // Rows -> (inputs, targets, doc ids) on the device.
@@ -391,31 +393,8 @@ int train(const TrainOptions& opt) {
     return std::make_tuple(t.slice(1, 0, sub.context), t.slice(1, 1, row), d.slice(1, 0, sub.context));
   };
 
-  // val_bpb: summed nats over targets with bytes > 0 / (ln 2 x their bytes); fixed rows, fixed order.
-  auto evaluate = [&]() {
-    torch::NoGradGuard ng;
-    model->eval();
-    device::set_autocast(dev, bf16);
-    data::Loader vl(ds, data::Split::Val, sub.context, 0, false);
-    const int64_t rows_needed = (sub.eval_tokens + sub.context - 1) / sub.context;
-    double nats = 0, bytes = 0;
-    for (int64_t done = 0; done < rows_needed; done += sub.device_batch) {
-      auto [x, y, d] = make_batch(vl);
-      auto n = model->token_nats(x, y, d);
-      auto nb = token_bytes.index({y});
-      if (done + sub.device_batch > rows_needed) {  // the budget ends inside this batch
-        const int64_t keep = rows_needed - done;
-        n = n.slice(0, 0, keep);
-        nb = nb.slice(0, 0, keep);
-      }
-      nats += n.masked_select(nb > 0).to(torch::kFloat64).sum().item<double>();
-      bytes += nb.sum().item<double>();
-    }
-    device::set_autocast(dev, false);
-    device::clear_autocast_cache();
-    model->train();
-    return bytes > 0 ? nats / (std::log(2.0) * bytes) : std::numeric_limits<double>::infinity();
-  };
+  // val_bpb over the fixed validation rows (train/run.h).
+  auto evaluate = [&]() { return val_bpb(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev); };
 
   // ---- dry run: an honest ETA from measurement. One row through models of depth 1 and 2 (same width
   // and context) gives the fixed cost and the per-layer cost of a forward+backward; a step is that,

@@ -1,0 +1,10 @@
+// The catalog rows, one per module, each defined in src/catalog/modules/<name>.cpp beside its
+// parameter checks. catalog.cpp lists them in one table.
+#pragma once
+#include "catalog/catalog.h"
+
+namespace slm::catalog {
+
+const ModuleSpec& spec_yarn();
+
+}  // namespace slm::catalog

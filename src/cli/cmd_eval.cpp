@@ -1,0 +1,70 @@
+// slmlab eval bpb: a trained run's val_bpb on the held-out split, at its trained context or a
+// longer one (plain RoPE extrapolated, or YaRN with --module yarn).
+#include <cstdio>
+#include <thread>
+
+#include "catalog/catalog.h"
+#include "cli/commands.h"
+#include "common/device.h"
+#include "common/error.h"
+#include "common/fs.h"
+#include "data/dataset.h"
+#include "train/run.h"
+
+namespace slm::cli {
+
+int cmd_eval_bpb(const Args& a) {
+  const std::string run_dir = a.positional[0];
+  const int64_t threads = a.i64("threads");
+  SLM_CHECK(threads >= 0 && threads <= 1024, "eval bpb: --threads ", threads, " is outside [0, 1024]");
+  at::set_num_threads(threads > 0 ? static_cast<int>(threads) : std::max(1u, std::thread::hardware_concurrency()));
+
+  // Modules here are the inference lane's only: anything that would change training is refused.
+  std::vector<std::string> errors;
+  std::vector<catalog::ModuleArgs> mods;
+  for (auto& text : a.list("module")) mods.push_back(catalog::resolve_arg(text, errors));
+  for (auto& m : mods)
+    if (const catalog::ModuleSpec* s = catalog::find(m.name); s && s->tier != catalog::Tier::Inference)
+      errors.push_back("module " + m.name + " changes the trained model; eval takes inference-lane modules only (yarn)");
+  if (errors.empty()) errors = catalog::check(mods, catalog::ModelView{}, /*training=*/false);
+  if (!errors.empty()) fail("eval bpb: ", errors[0]);
+
+  const std::string cfg_path = fs::join(run_dir, "config.json");
+  SLM_CHECK(fs::exists(cfg_path), "eval bpb: ", run_dir, " has no config.json; pass a run folder written by slmlab train");
+  const torch::Device dev = device::resolve(nlohmann::json::parse(fs::read_file(cfg_path)).value("device", "cpu"));
+  LoadedRun run = load_run(run_dir, a.str("checkpoint"), dev);
+  const std::string data_dir = a.str("data").empty() ? run.config.at("data").at("dir").get<std::string>() : a.str("data");
+  data::DataSet ds(data_dir);
+  SLM_CHECK(ds.fingerprint() == run.config.at("data").at("fingerprint").get<std::string>(), "eval bpb: ", data_dir,
+            " is not the data set ", run_dir, " was trained on (fingerprint ", ds.fingerprint(), " vs ",
+            run.config.at("data").at("fingerprint").get<std::string>(), "); pass --data with the run's data set");
+
+  const int64_t trained = run.model_cfg.context;
+  const int64_t context = a.i64("context") > 0 ? a.i64("context") : trained;
+  std::string how = "rope";
+  for (auto& m : mods)
+    if (m.name == "yarn") {
+      YarnConfig y;
+      y.scale = m.f64("scale") > 0 ? m.f64("scale") : static_cast<double>(context) / trained;
+      y.original_context = trained;
+      y.beta_fast = m.f64("beta_fast");
+      y.beta_slow = m.f64("beta_slow");
+      y.mscale = m.flag("mscale");
+      SLM_CHECK(y.scale >= 1.0, "eval bpb: yarn scale ", y.scale, " < 1; YaRN stretches to a longer context only");
+      run.model->set_context(context, &y);
+      char buf[96];
+      std::snprintf(buf, sizeof buf, "yarn s=%.3g (logit x%.4f)", y.scale, yarn_logit_scale(y));
+      how = buf;
+    }
+  if (how == "rope" && context != trained) run.model->set_context(context, nullptr);
+
+  const int64_t tokens = a.i64("tokens") > 0 ? a.i64("tokens") : run.config.value("eval_tokens", int64_t(32768));
+  const bool bf16 = run.config.value("precision", std::string("fp32")) == "bf16";
+  const double bpb = val_bpb(*run.model, ds, context, tokens, run.config.value("device_batch", int64_t(16)), bf16, dev);
+  std::printf("val_bpb %.4f | %s checkpoint step %lld%s | context %lld (trained %lld, %s) | %lld tokens | %s\n", bpb,
+              a.str("checkpoint").c_str(), (long long)run.step, run.in_spike ? " (saved inside a loss spike)" : "",
+              (long long)context, (long long)trained, how.c_str(), (long long)tokens, run.config.value("precision", std::string("fp32")).c_str());
+  return 0;
+}
+
+}  // namespace slm::cli

@@ -1,0 +1,106 @@
+#include "train/run.h"
+
+#include <cmath>
+#include <limits>
+
+#include "catalog/catalog.h"
+#include "common/device.h"
+#include "common/error.h"
+#include "common/fs.h"
+#include "data/loader.h"
+#include "train/safetensors.h"
+
+namespace slm {
+
+using json = nlohmann::json;
+
+ModelConfig model_config_from(const json& config) {
+  try {
+    const json& m = config.at("model");
+    ModelConfig c;
+    c.vocab = m.at("vocab");
+    c.n_layer = m.at("n_layer");
+    c.d_model = m.at("d_model");
+    c.n_head = m.at("n_head");
+    c.head_dim = m.at("head_dim");
+    c.context = m.at("context");
+    c.layer_pattern = m.at("layer_pattern");
+    c.softcap = m.at("softcap");
+    c.doc_mask = m.at("doc_mask");
+    c.rope_base = m.at("rope_base");
+    c.seed = m.at("seed");
+    std::vector<std::string> errors;
+    for (auto& text : config.value("modules", std::vector<std::string>{}))
+      c.modules.push_back(catalog::resolve_arg(text, errors));
+    SLM_CHECK(errors.empty(), "[run] the run's modules no longer resolve in this build: ", errors[0]);
+    return c;
+  } catch (const json::exception& e) {
+    fail("[run] config.json lacks the model configuration (", e.what(), "); is this a slmlab run folder?");
+  }
+}
+
+LoadedRun load_run(const std::string& run_dir, const std::string& which, torch::Device dev) {
+  SLM_CHECK(which == "latest" || which == "best", "--checkpoint must be latest or best, got '", which, "'");
+  LoadedRun r;
+  r.dir = run_dir;
+  const std::string cfg = fs::join(run_dir, "config.json");
+  SLM_CHECK(fs::exists(cfg), "[run] ", run_dir, " has no config.json; pass a run folder written by slmlab train");
+  r.config = json::parse(fs::read_file(cfg));
+  r.model_cfg = model_config_from(r.config);
+  r.checkpoint = fs::join(run_dir, "ckpt_" + which + ".safetensors");
+  SLM_CHECK(fs::exists(r.checkpoint), "[run] ", run_dir, " has no ", which, " checkpoint; train it first");
+  st::File ck = st::read(r.checkpoint);
+  r.model = GPT(r.model_cfg);
+  {
+    torch::NoGradGuard ng;
+    std::map<std::string, torch::Tensor> params;
+    for (auto& [k, v] : ck.tensors)
+      if (k.rfind("model.", 0) == 0) params[k.substr(6)] = v;
+    for (auto& p : r.model->named_parameters()) {
+      auto it = params.find(p.key());
+      SLM_CHECK(it != params.end() && it->second.sizes() == p.value().sizes(), "[run] checkpoint ", r.checkpoint,
+                " lacks or mis-shapes parameter ", p.key(), "; was it written by another build?");
+      p.value().copy_(it->second);
+    }
+  }
+  r.step = std::stoll(ck.metadata["step"]);
+  r.in_spike = ck.metadata["in_spike"] == "true";
+  r.model->to(dev);
+  r.model->eval();
+  return r;
+}
+
+double val_bpb(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens, int64_t batch_rows, bool bf16,
+               torch::Device dev) {
+  torch::NoGradGuard ng;
+  const bool was_training = model.is_training();
+  model.eval();
+  device::set_autocast(dev, bf16);
+  auto token_bytes = torch::tensor(ds.tokenizer().token_bytes(), torch::kInt64).to(dev);
+  data::Loader vl(ds, data::Split::Val, context, 0, false);
+  const int64_t row = context + 1;
+  const int64_t rows_needed = (tokens + context - 1) / context;
+  std::vector<int32_t> tok(batch_rows * row), doc(batch_rows * row);
+  double nats = 0, bytes = 0;
+  for (int64_t done = 0; done < rows_needed; done += batch_rows) {
+    for (int64_t b = 0; b < batch_rows; ++b) vl.next(tok.data() + b * row, doc.data() + b * row);
+    auto t = torch::from_blob(tok.data(), {batch_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
+    auto d = torch::from_blob(doc.data(), {batch_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
+    auto x = t.slice(1, 0, context), y = t.slice(1, 1, row), dd = d.slice(1, 0, context);
+    auto n = model.token_nats(x, y, dd);
+    auto nb = token_bytes.index({y});
+    if (done + batch_rows > rows_needed) {  // the budget ends inside this batch
+      const int64_t keep = rows_needed - done;
+      n = n.slice(0, 0, keep);
+      nb = nb.slice(0, 0, keep);
+    }
+    nats += n.masked_select(nb > 0).to(torch::kFloat64).sum().item<double>();
+    bytes += nb.sum().item<double>();
+  }
+  device::set_autocast(dev, false);
+  device::clear_autocast_cache();
+  if (was_training) model.train();
+  return bytes > 0 ? nats / (std::log(2.0) * bytes) : std::numeric_limits<double>::infinity();
+}
+
+}  // namespace slm

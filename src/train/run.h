@@ -1,0 +1,34 @@
+// A trained run, loaded back for evaluation and generation, and the one val_bpb evaluator that
+// training and `slmlab eval bpb` share.
+#pragma once
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "data/dataset.h"
+#include "model/gpt.h"
+
+namespace slm {
+
+struct LoadedRun {
+  std::string dir, checkpoint;  // the run folder and the checkpoint file read
+  nlohmann::json config;        // the run's config.json
+  ModelConfig model_cfg;
+  GPT model{nullptr};
+  int64_t step = 0;             // the checkpoint's step
+  bool in_spike = false;        // saved inside a detected loss spike
+};
+
+// The model configuration a run's config.json describes, modules re-resolved through the catalog.
+ModelConfig model_config_from(const nlohmann::json& config);
+// Loads RUN_DIR's "latest" or "best" checkpoint onto `dev`, in evaluation mode.
+LoadedRun load_run(const std::string& run_dir, const std::string& which, torch::Device dev);
+
+// val_bpb: nats summed over targets that carry bytes / (ln 2 x their bytes), over the first
+// `tokens` tokens of the validation split in rows of `context` (fixed rows, fixed order, never
+// transformed), `batch_rows` rows per forward pass.
+double val_bpb(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens, int64_t batch_rows, bool bf16,
+               torch::Device dev);
+
+}  // namespace slm
