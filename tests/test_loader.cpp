@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "data/dataset.h"
+#include "common/error.h"
 #include "data/loader.h"
 #include "test_util.h"
 
@@ -110,4 +111,48 @@ TEST(Loader, PermutationIsAPermutationAndSeeded) {
   for (uint32_t i = 0; i < 1000; ++i) EXPECT_EQ(s[i], i);
   EXPECT_EQ(p, permutation(1000, 42));
   EXPECT_NE(p, permutation(1000, 43));
+}
+
+TEST(Loader, TransformsAreSeededResumableAndTrainOnly) {
+  TransformSet t;
+  FimOptions f;
+  f.rate = 0.5;
+  t.fim = f;
+  SriOptions s;
+  s.rate = 0.3;
+  t.sri = s;
+  Loader a(dataset(), Split::Train, 64, 3, true);
+  a.set_transforms(t);
+  auto rows = take(a, 300);
+  // Sentinels appear, at about the rates (per document, FIM opens with FIM_PREFIX, SRI ends in SRI_REPLACE).
+  int64_t fim = 0, sri = 0, docs = 0;
+  for (auto& r : rows)
+    for (size_t i = 0; i < r.tok.size(); ++i) {
+      fim += r.tok[i] == TOK_FIM_PREFIX;
+      sri += r.tok[i] == TOK_SRI_REPLACE;
+      docs += r.tok[i] == TOK_BOS;
+    }
+  EXPECT_GT(fim, 0);
+  EXPECT_GT(sri, 0);
+  EXPECT_LT(fim + sri, docs);  // some documents stay plain (rates sum to 0.8)
+  // The same seed gives the same rows; a resumed loader continues identically.
+  Loader b(dataset(), Split::Train, 64, 3, true);
+  b.set_transforms(t);
+  auto first = take(b, 137);
+  Loader c(dataset(), Split::Train, 64, 3, true);
+  c.set_transforms(t);
+  c.restore(b.state());
+  auto rest_b = take(b, 163), rest_c = take(c, 163);
+  EXPECT_EQ(rest_b, rest_c);
+  first.insert(first.end(), rest_b.begin(), rest_b.end());
+  EXPECT_EQ(first, rows);
+  // Without transforms the stream differs; validation refuses them.
+  Loader plain(dataset(), Split::Train, 64, 3, true);
+  EXPECT_FALSE(take(plain, 300) == rows);
+  Loader v(dataset(), Split::Val, 64, 0, false);
+  EXPECT_THROW(v.set_transforms(t), Error);
+  TransformSet too_much = t;
+  too_much.fim->rate = 0.9;
+  Loader w(dataset(), Split::Train, 64, 3, true);
+  EXPECT_THROW(w.set_transforms(too_much), Error);
 }

@@ -17,6 +17,9 @@ namespace slm::catalog {
 // name not in this table is refused everywhere with the nearest valid name.
 const std::vector<ModuleSpec>& modules() {
   static const std::vector<ModuleSpec> t = {
+      spec_fim(),
+      spec_ifim(),
+      spec_sri(),
       spec_yarn(),
   };
   return t;
@@ -213,6 +216,17 @@ ModelView adjusted(const std::vector<ModuleArgs>& mods, ModelView model) {
 std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelView& base, bool training) {
   const ModelView model = adjusted(mods, base);
   std::vector<std::string> errors;
+  // Data transforms draw at most one per document: their rates share one probability.
+  double rates = 0;
+  std::string names;
+  for (auto& a : mods)
+    if (const ModuleSpec* m = find(a.name); m && std::string(m->family) == "data" && a.values.count("rate")) {
+      rates += a.f64("rate");
+      names += (names.empty() ? "" : " + ") + a.name;
+    }
+  if (rates > 1.0 + 1e-12)
+    errors.push_back("data transforms " + names + " have rates summing to " + value_text(rates) +
+                     " > 1; each document gets at most one transform, so lower their rates");
   std::set<std::string> seen;
   for (auto& a : mods) {
     if (!seen.insert(a.name).second) errors.push_back("module " + a.name + " is listed twice; list it once");

@@ -55,7 +55,26 @@ void Loader::restore(const LoaderState& s) {
   st_ = s;
   shuffle_epoch();
   const auto& d = ds_.docs(split_)[order_[st_.doc]];
-  SLM_CHECK(st_.offset < d.n_tokens, "[loader] saved offset is outside its document; the checkpoint belongs to another data set");
+  const uint64_t n = tf_.empty() ? d.n_tokens : transformed_doc().size();
+  SLM_CHECK(st_.offset < n, "[loader] saved offset is outside its document; the checkpoint belongs to another data set");
+}
+
+void Loader::set_transforms(const TransformSet& t) {
+  SLM_CHECK(split_ == Split::Train || t.empty(), "[loader] validation data is never transformed (FIM, IFIM, SRI)");
+  validate(t);
+  tf_ = t;
+  cur_epoch_ = cur_doc_ = ~0ull;
+}
+
+const std::vector<int32_t>& Loader::transformed_doc() {
+  if (cur_epoch_ != st_.epoch || cur_doc_ != st_.doc) {
+    uint64_t x = seed_ ^ 0x5bd1e9955bd1e995ull;
+    const uint64_t key = splitmix(x) ^ (st_.epoch * 0x9e3779b97f4a7c15ull) ^ (st_.doc * 0xc2b2ae3d27d4eb4full);
+    cur_ = transform_tokens(ds_.tokenizer(), ds_.doc_tokens(split_, order_[st_.doc]), tf_, key);
+    cur_epoch_ = st_.epoch;
+    cur_doc_ = st_.doc;
+  }
+  return cur_;
 }
 
 void Loader::fill(int32_t* tokens, int32_t* doc_ids) {
@@ -67,15 +86,24 @@ void Loader::fill(int32_t* tokens, int32_t* doc_ids) {
     tokens[pos] = TOK_BOS;
     doc_ids[pos] = seg;
     if (++pos == row_len_) break;  // the document starts in the next row, after its own BOS
-    const uint64_t take = std::min<uint64_t>(d.n_tokens - st_.offset, static_cast<uint64_t>(row_len_ - pos));
-    const MappedFile& sh = ds_.shard(split_, d.shard);
-    for (uint64_t k = 0; k < take; ++k) {
-      tokens[pos + k] = sh.token(d.offset + st_.offset + k);
-      doc_ids[pos + k] = seg;
+    const std::vector<int32_t>* tdoc = tf_.empty() ? nullptr : &transformed_doc();
+    const uint64_t n_tokens = tdoc ? tdoc->size() : d.n_tokens;
+    const uint64_t take = std::min<uint64_t>(n_tokens - st_.offset, static_cast<uint64_t>(row_len_ - pos));
+    if (tdoc) {
+      for (uint64_t k = 0; k < take; ++k) {
+        tokens[pos + k] = (*tdoc)[st_.offset + k];
+        doc_ids[pos + k] = seg;
+      }
+    } else {
+      const MappedFile& sh = ds_.shard(split_, d.shard);
+      for (uint64_t k = 0; k < take; ++k) {
+        tokens[pos + k] = sh.token(d.offset + st_.offset + k);
+        doc_ids[pos + k] = seg;
+      }
     }
     pos += static_cast<int64_t>(take);
     st_.offset += take;
-    if (st_.offset == d.n_tokens) {
+    if (st_.offset == n_tokens) {
       st_.offset = 0;
       if (++st_.doc == order_.size()) {
         st_.doc = 0;

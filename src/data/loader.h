@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "data/transforms.h"
 
 namespace slm::data {
 
@@ -32,6 +33,9 @@ class Loader {
   void next(int32_t* tokens, int32_t* doc_ids);
   const LoaderState& state() const { return st_; }
   void restore(const LoaderState& s);
+  // Data-side objectives (FIM, IFIM, SRI): each document is transformed, seeded by (seed, epoch,
+  // position), before it is packed. Training split only: validation data is never transformed.
+  void set_transforms(const TransformSet& t);
 
  private:
   void fill(int32_t* tokens, int32_t* doc_ids);  // the next global row
@@ -46,6 +50,10 @@ class Loader {
   LoaderState st_;
   std::vector<uint32_t> order_;
   std::vector<int32_t> scratch_tok_, scratch_doc_;
+  TransformSet tf_;
+  std::vector<int32_t> cur_;          // the current document, transformed
+  uint64_t cur_epoch_ = ~0ull, cur_doc_ = ~0ull;
+  const std::vector<int32_t>& transformed_doc();
 };
 
 // Seeded Fisher-Yates with a portable generator (std::shuffle's algorithm is implementation-defined).

@@ -189,6 +189,35 @@ void save_checkpoint(const std::string& path, GPT& model, const Optimizer& opt, 
   st::write(path, f);
 }
 
+// The data-side modules (FIM, IFIM, SRI) as the loader's transforms.
+data::TransformSet transform_set(const std::vector<catalog::ModuleArgs>& mods) {
+  data::TransformSet t;
+  for (auto& m : mods) {
+    if (m.name == "fim") {
+      data::FimOptions o;
+      o.rate = m.f64("rate");
+      o.spm_rate = m.f64("spm_rate");
+      o.split = data::parse_fim_split(m.str("split"));
+      t.fim = o;
+    } else if (m.name == "ifim") {
+      data::IfimOptions o;
+      o.rate = m.f64("rate");
+      o.spm_rate = m.f64("spm_rate");
+      o.split = data::parse_fim_split(m.str("split"));
+      o.max_instruction_bytes = static_cast<int>(m.i64("max_instruction_bytes"));
+      t.ifim = o;
+    } else if (m.name == "sri") {
+      data::SriOptions o;
+      o.rate = m.f64("rate");
+      o.context_lines = static_cast<int>(m.i64("context_lines"));
+      o.max_middle_lines = static_cast<int>(m.i64("max_middle_lines"));
+      t.sri = o;
+    }
+  }
+  data::validate(t);
+  return t;
+}
+
 }  // namespace
 
 int train(const TrainOptions& opt) {
@@ -211,9 +240,10 @@ int train(const TrainOptions& opt) {
     }
     view = catalog::adjusted(mods, engine::model_view(sub));
     for (auto& m : mods)
-      SLM_CHECK(find_model_module(m.name), "train: module ", m.name,
-                " is in the catalog but not wired into this trainer yet");
+      SLM_CHECK(find_model_module(m.name) || std::string(catalog::find(m.name)->family) == "data", "train: module ",
+                m.name, " is in the catalog but not wired into this trainer yet");
   }
+  const data::TransformSet transforms = transform_set(mods);
   SLM_CHECK(!opt.data_dir.empty(), "train: --data DATA_DIR is required");
   SLM_CHECK(!opt.out_dir.empty() || opt.dry_run, "train: --out RUN_DIR is required");
   data::DataSet ds(opt.data_dir);
@@ -401,6 +431,7 @@ int train(const TrainOptions& opt) {
   // extrapolated to the full depth, times the rows of every micro-batch of every rank.
   if (opt.dry_run) {
     data::Loader L(ds, data::Split::Train, sub.context, sub.data_order_seed(), true);
+    L.set_transforms(transforms);
     auto time_depth = [&](int64_t depth) {
       ModelConfig mc = rc.model;
       mc.n_layer = depth;
@@ -443,6 +474,7 @@ int train(const TrainOptions& opt) {
   // ---- resume or start
   State st;
   data::Loader loader(ds, data::Split::Train, sub.context, sub.data_order_seed(), true);
+  loader.set_transforms(transforms);  // before a restore: positions count transformed tokens
   bool resumed = false;
   if (opt.resume && fs::exists(latest)) {
     resumed = true;
