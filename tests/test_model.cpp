@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "model/fused_ce.h"
+#include "model/generate.h"
 #include "model/gpt.h"
 #include "test_paths.h"
 #include "train/substrate.h"
@@ -258,4 +259,35 @@ TEST(FusedCE, ModelLossEqualsMeanOfTokenNats) {
   auto idx = torch::randint(0, 300, {2, 24}, torch::kInt64);
   auto y = torch::randint(0, 300, {2, 24}, torch::kInt64);
   EXPECT_NEAR(m->loss(idx, y, {}).item<double>(), m->token_nats(idx, y, {}).mean().item<double>(), 1e-5);
+}
+
+TEST(Generate, CacheEqualsRecomputeAndSamplingIsSeeded) {
+  ModelConfig c = tiny();
+  c.context = 40;
+  GPT m(c);
+  randomize(m);
+  std::vector<int32_t> prompt = {0, 17, 42, 99, 3};
+  GenerateOptions g;
+  g.max_tokens = 30;
+  auto cached = generate(*m, prompt, g);
+  g.use_cache = false;
+  auto full = generate(*m, prompt, g);
+  EXPECT_EQ(cached.size(), 30u);
+  EXPECT_EQ(cached, full) << "greedy generation with the KV cache must equal recomputing the sequence";
+  g.temperature = 1.0;
+  g.top_k = 20;
+  g.seed = 9;
+  g.use_cache = true;
+  auto s1 = generate(*m, prompt, g), s2 = generate(*m, prompt, g);
+  EXPECT_EQ(s1, s2);
+  g.seed = 10;
+  EXPECT_NE(generate(*m, prompt, g), s1);
+  g.use_cache = false;
+  g.seed = 9;
+  EXPECT_EQ(generate(*m, prompt, g), s1);  // sampling agrees with and without the cache too
+  g.stop = {s1[3]};
+  auto stopped = generate(*m, prompt, g);
+  EXPECT_LE(stopped.size(), 3u);
+  g.max_tokens = 100;  // beyond the context
+  EXPECT_THROW(generate(*m, prompt, g), slm::Error);
 }

@@ -3,13 +3,14 @@
 // builds a GPT that: has the right shapes; is causal in evaluation (changing a future token changes
 // no earlier output); keeps documents of a packed row apart; passes gradient to every parameter;
 // trains a few steps with a finite, falling loss; is bitwise deterministic; reports its FLOPs and
-// shows up in the layer plan. A new module is tested by these without a line added here.
+// shows up in the layer plan; and generates the same greedy text with its cache as without. A new module is tested by these without a line added here.
 #include <gtest/gtest.h>
 
 #include <set>
 
 #include "catalog/catalog.h"
 #include "engine/plan.h"
+#include "model/generate.h"
 #include "model/gpt.h"
 #include "model/module.h"
 
@@ -175,6 +176,18 @@ TEST_P(ModuleContract, BitwiseDeterministic) {
     return std::make_pair(loss.item<double>(), m->parameters()[1].grad().sum().item<double>());
   };
   EXPECT_EQ(run(), run());
+}
+
+TEST_P(ModuleContract, GenerationWithTheCacheEqualsWithout) {
+  ModelConfig c = config_with(GetParam());
+  GPT m(c);
+  randomize(m, 6);
+  std::vector<int32_t> prompt = {0, 11, 23, 5, 7, 250, 42};
+  GenerateOptions g;
+  g.max_tokens = c.context - static_cast<int64_t>(prompt.size());
+  auto cached = generate(*m, prompt, g);
+  g.use_cache = false;
+  EXPECT_EQ(cached, generate(*m, prompt, g)) << "greedy generation with the cache differs from recomputing";
 }
 
 INSTANTIATE_TEST_SUITE_P(Registry, ModuleContract, ::testing::ValuesIn(model_module_names()),

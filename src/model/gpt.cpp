@@ -78,6 +78,13 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const
   return torch::cat({x1 * c - x2 * s, x1 * s + x2 * c}, 3);
 }
 
+torch::Tensor cached_causal_mask(int64_t T_new, int64_t T_all, torch::Device dev) {
+  auto opts = torch::TensorOptions().dtype(torch::kInt64).device(dev);
+  auto q = torch::arange(T_all - T_new, T_all, opts).unsqueeze(1);  // absolute positions of the queries
+  auto k = torch::arange(0, T_all, opts).unsqueeze(0);
+  return k.le(q).view({1, 1, T_new, T_all});
+}
+
 torch::Tensor document_causal_mask(const torch::Tensor& doc_ids) {
   if (!doc_ids.defined()) return {};
   const int64_t T = doc_ids.size(1);
@@ -118,7 +125,18 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx)
   q = rms_norm(apply_rope(q, ctx.cos, ctx.sin));  // QK-norm after RoPE, as nanochat
   k = rms_norm(apply_rope(k, ctx.cos, ctx.sin));
   if (ctx.attn_logit_scale != 1.0) q = q * ctx.attn_logit_scale;  // YaRN's temperature on q.k
-  auto y = device::attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.allowed);  // (B, H, T, D)
+  torch::Tensor allowed = ctx.allowed;
+  if (ctx.caches) {  // generation: attend to the cached keys too; query i sits at position pos + i
+    auto& kv = ctx.cache<KVCache>("attn");
+    if (kv.k.defined()) {
+      k = torch::cat({kv.k, k}, 1);
+      v = torch::cat({kv.v, v}, 1);
+    }
+    kv.k = k;
+    kv.v = v;
+    allowed = cached_causal_mask(T, k.size(1), x.device());
+  }
+  auto y = device::attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), allowed);  // (B, H, T, D)
   y = y.transpose(1, 2).contiguous().view({B, T, C});
   return c_proj(y);
 }
@@ -218,10 +236,23 @@ torch::Tensor GPTImpl::hidden(Ctx& ctx) {
   ctx.allowed = cfg.doc_mask ? document_causal_mask(ctx.doc_ids) : torch::Tensor();
   ctx.cos = rope_cos;
   ctx.sin = rope_sin;
+  if (ctx.caches) {  // generation: one sequence, positions [pos, pos + T)
+    const int64_t T = ctx.idx.size(1);
+    SLM_CHECK(ctx.pos + T <= cfg.context, "[model] generation reached the context (", cfg.context,
+              " tokens); shorten the prompt or --max-tokens");
+    SLM_CHECK(!ctx.doc_ids.defined(), "[model] generation runs one document; pass no doc ids");
+    if (ctx.caches->empty()) ctx.caches->resize(cfg.n_layer);
+    ctx.cos = rope_cos.slice(0, ctx.pos, ctx.pos + T);
+    ctx.sin = rope_sin.slice(0, ctx.pos, ctx.pos + T);
+  }
   ctx.attn_logit_scale = attn_logit_scale;
   auto x = rms_norm(wte(ctx.idx));  // (B, T, C)
   if (streams) x = streams->expand(x);
-  for (auto& m : *blocks) x = m->as<Block>()->forward(x, ctx);
+  ctx.layer = 0;
+  for (auto& m : *blocks) {
+    x = m->as<Block>()->forward(x, ctx);
+    ++ctx.layer;
+  }
   if (streams) x = streams->collapse(x);
   return x;
 }

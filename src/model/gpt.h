@@ -44,6 +44,13 @@ std::string layer_plan(const GPTImpl& m);
 // Attention mask for packed rows: (B, 1, T, T) bool, true where query t may see key s
 // (s <= t and same document). Undefined when doc ids are undefined (plain causal).
 torch::Tensor document_causal_mask(const torch::Tensor& doc_ids);
+// Generation with a cache: T_new queries at the last positions of T_all keys -> (1, 1, T_new, T_all).
+torch::Tensor cached_causal_mask(int64_t T_new, int64_t T_all, torch::Device dev);
+
+// Attention's generation cache: keys and values of every position so far, (B, T, H, D).
+struct KVCache : LayerCache {
+  torch::Tensor k, v;
+};
 
 struct CausalSelfAttentionImpl : MixerImpl {
   explicit CausalSelfAttentionImpl(const ModelConfig& c);

@@ -30,6 +30,13 @@ struct AuxLoss {
   double weight = 1.0;
 };
 
+// Per-layer state a component keeps between calls in incremental generation (a KV cache, an SSM
+// state, the last tokens of an n-gram). Each component defines its own subclass.
+struct LayerCache {
+  virtual ~LayerCache() = default;
+};
+using Caches = std::vector<std::map<std::string, std::shared_ptr<LayerCache>>>;  // [layer][component]
+
 // One forward pass: what modules may read, and what they report back.
 struct Ctx {
   torch::Tensor idx;       // (B, T) input ids
@@ -40,6 +47,20 @@ struct Ctx {
   double attn_logit_scale = 1.0;  // a factor on attention logits (YaRN's temperature; 1 in training)
   int64_t step = 0;        // optimizer step, for warm-ups and schedules
   bool training = false;
+  // Incremental generation: x holds the tokens at positions [pos, pos + T) of one sequence, and
+  // `caches` (when set) the state of everything before pos; cos/sin are already shifted to pos.
+  // A component that looks across positions must then read and extend its cache, so that running
+  // a sequence in pieces equals running it whole (tests check greedy generation both ways).
+  int64_t pos = 0;
+  Caches* caches = nullptr;
+  int64_t layer = 0;  // the block being run (set by the model)
+  // This layer's cache slot for a component, created on first use.
+  template <typename T>
+  T& cache(const std::string& component) {
+    auto& slot = (*caches)[layer][component];
+    if (!slot) slot = std::make_shared<T>();
+    return static_cast<T&>(*slot);
+  }
   std::vector<AuxLoss> aux;
   std::map<std::string, double> stats;  // logged with each eval: expert load, codebook use, ...
 };
