@@ -126,6 +126,17 @@ TEST(Trainer, RunLearnsAndLeavesEverything) {
   auto ev3 = slm::test::run(std::string(SLMLAB_BIN) + " eval bpb " + run + " --module yarn.scale=0.5 --context 64");
   EXPECT_EQ(ev3.status, 2);
   EXPECT_EQ(slm::test::count_lines(ev3.out), 1) << ev3.out;
+  // generate: greedy text is the same with the cache and without; sampling is seeded; FIM prompts run.
+  const std::string gen = std::string(SLMLAB_BIN) + " generate " + run + " --prompt 'int f(int x) {' --max-tokens 16 --threads 1";
+  auto g1 = slm::test::run(gen), g2 = slm::test::run(gen + " --no-cache");
+  ASSERT_EQ(g1.status, 0) << g1.out;
+  EXPECT_EQ(g1.out, g2.out);
+  auto s1 = slm::test::run(gen + " --temperature 1 --top-k 50 --seed 4"), s2 = slm::test::run(gen + " --temperature 1 --top-k 50 --seed 4");
+  EXPECT_EQ(s1.out, s2.out);
+  EXPECT_EQ(slm::test::run(gen + " --suffix '}'").status, 0);
+  auto too_long = slm::test::run(gen + " --max-tokens 1000");
+  EXPECT_EQ(too_long.status, 2);
+  EXPECT_NE(too_long.out.find("context"), std::string::npos) << too_long.out;
 }
 
 TEST(Trainer, KillNineAndResumeReproduceTheCurveBitwise) {

@@ -1,5 +1,6 @@
 // slmlab eval bpb: a trained run's val_bpb on the held-out split, at its trained context or a
-// longer one (plain RoPE extrapolated, or YaRN with --module yarn).
+// longer one (plain RoPE extrapolated, or YaRN with --module yarn). slmlab generate: text from a
+// trained run, continuing a prompt or filling a middle.
 #include <cstdio>
 #include <thread>
 
@@ -9,15 +10,62 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "data/dataset.h"
+#include "data/tokenizer.h"
+#include "model/generate.h"
 #include "train/run.h"
 
 namespace slm::cli {
 
+namespace {
+void set_threads(const Args& a) {
+  const int64_t threads = a.i64("threads");
+  SLM_CHECK(threads >= 0 && threads <= 1024, "--threads ", threads, " is outside [0, 1024]");
+  at::set_num_threads(threads > 0 ? static_cast<int>(threads) : std::max(1u, std::thread::hardware_concurrency()));
+}
+
+torch::Device run_device(const std::string& run_dir) {
+  const std::string cfg_path = fs::join(run_dir, "config.json");
+  SLM_CHECK(fs::exists(cfg_path), run_dir, " has no config.json; pass a run folder written by slmlab train");
+  return device::resolve(nlohmann::json::parse(fs::read_file(cfg_path)).value("device", "cpu"));
+}
+}  // namespace
+
+int cmd_generate(const Args& a) {
+  set_threads(a);
+  const std::string run_dir = a.positional[0];
+  LoadedRun run = load_run(run_dir, a.str("checkpoint"), run_device(run_dir));
+  data::DataSet ds(run.config.at("data").at("dir").get<std::string>());
+  const Tokenizer& tok = ds.tokenizer();
+  SLM_CHECK(tok.hash() == run.config.at("data").at("tokenizer_hash").get<std::string>(), "generate: the data set ",
+            ds.dir(), " has another tokenizer than the run was trained with");
+  std::vector<int32_t> prompt = {TOK_BOS};
+  const bool fim = a.has("suffix");
+  if (fim) {  // PSM: the model writes the middle after FIM_MIDDLE
+    prompt.push_back(TOK_FIM_PREFIX);
+    tok.encode(a.str("prompt"), prompt);
+    prompt.push_back(TOK_FIM_SUFFIX);
+    tok.encode(a.str("suffix"), prompt);
+    prompt.push_back(TOK_FIM_MIDDLE);
+  } else {
+    tok.encode(a.str("prompt"), prompt);
+  }
+  GenerateOptions g;
+  g.max_tokens = a.i64("max-tokens");
+  g.temperature = a.f64("temperature");
+  SLM_CHECK(g.temperature >= 0, "generate: --temperature must be >= 0");
+  g.top_k = a.i64("top-k");
+  g.seed = static_cast<uint64_t>(a.i64("seed"));
+  g.use_cache = !a.flag("no-cache");
+  g.stop = {TOK_EOS, TOK_BOS};
+  auto out = generate(*run.model, prompt, g);
+  std::fputs(tok.decode(out).c_str(), stdout);
+  std::fputs("\n", stdout);
+  return 0;
+}
+
 int cmd_eval_bpb(const Args& a) {
   const std::string run_dir = a.positional[0];
-  const int64_t threads = a.i64("threads");
-  SLM_CHECK(threads >= 0 && threads <= 1024, "eval bpb: --threads ", threads, " is outside [0, 1024]");
-  at::set_num_threads(threads > 0 ? static_cast<int>(threads) : std::max(1u, std::thread::hardware_concurrency()));
+  set_threads(a);
 
   // Modules here are the inference lane's only: anything that would change training is refused.
   std::vector<std::string> errors;
@@ -29,9 +77,7 @@ int cmd_eval_bpb(const Args& a) {
   if (errors.empty()) errors = catalog::check(mods, catalog::ModelView{}, /*training=*/false);
   if (!errors.empty()) fail("eval bpb: ", errors[0]);
 
-  const std::string cfg_path = fs::join(run_dir, "config.json");
-  SLM_CHECK(fs::exists(cfg_path), "eval bpb: ", run_dir, " has no config.json; pass a run folder written by slmlab train");
-  const torch::Device dev = device::resolve(nlohmann::json::parse(fs::read_file(cfg_path)).value("device", "cpu"));
+  const torch::Device dev = run_device(run_dir);
   LoadedRun run = load_run(run_dir, a.str("checkpoint"), dev);
   const std::string data_dir = a.str("data").empty() ? run.config.at("data").at("dir").get<std::string>() : a.str("data");
   data::DataSet ds(data_dir);

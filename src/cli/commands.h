@@ -16,6 +16,7 @@ int cmd_plan_check(const Args& a);
 int cmd_ablate(const Args& a);
 int cmd_report(const Args& a);
 int cmd_eval_bpb(const Args& a);
+int cmd_generate(const Args& a);
 int cmd_invalidate(const Args& a);
 
 }  // namespace slm::cli

@@ -29,6 +29,7 @@ const std::map<std::string, Handler>& handlers() {
       {"ablate", slm::cli::cmd_ablate},
       {"report", slm::cli::cmd_report},
       {"eval bpb", slm::cli::cmd_eval_bpb},
+      {"generate", slm::cli::cmd_generate},
       {"invalidate", slm::cli::cmd_invalidate},
   };
   return h;

@@ -27,7 +27,7 @@ const std::vector<CommandSpec>& command_table() {
       {"invalidate", "RUN", "mark a run INVALID with a reason (or --undo); RUN is a run id or a run folder", nullptr},
       {"eval bpb", "RUN_DIR", "val_bpb of a run's checkpoint on the held-out split, optionally at a longer context (YaRN)", nullptr},
       {"eval compile", "RUN_DIR", "compile rate of generated code, checked by g++ in a sandbox", "issue 8 (evaluation)"},
-      {"generate", "RUN_DIR", "generate text from a trained run", "issue 8 (evaluation)"},
+      {"generate", "RUN_DIR", "continue a prompt (or fill a middle, with --suffix) from a trained run", nullptr},
   };
   return t;
 }
@@ -69,13 +69,20 @@ const std::vector<OptionSpec>& option_table() {
       {"dry-run", "train", OptType::Flag, "", "", "validate, build, time one micro-batch and print the ETA; train nothing"},
       {"quiet", "train", OptType::Flag, "", "", "no per-step line (metrics.jsonl is still written)"},
       {"format", "export", OptType::String, "safetensors", "FMT", "export format (safetensors)"},
-      {"checkpoint", "export|eval bpb", OptType::String, "latest", "WHICH", "latest or best"},
+      {"prompt", "generate", OptType::String, "", "TEXT", "the text to continue (the prefix, with --suffix)"},
+      {"suffix", "generate", OptType::String, "", "TEXT", "fill in the middle: the text after the hole (FIM sentinels)"},
+      {"max-tokens", "generate", OptType::Int, "128", "N", "new tokens at most"},
+      {"temperature", "generate", OptType::Float, "0", "T", "0 = greedy; > 0 samples"},
+      {"top-k", "generate", OptType::Int, "0", "K", "sample from the K most likely tokens (0 = all)"},
+      {"seed", "generate", OptType::Int, "0", "S", "sampling seed"},
+      {"no-cache", "generate", OptType::Flag, "", "", "recompute the whole sequence each token (the reference path)"},
+      {"checkpoint", "export|eval bpb|generate", OptType::String, "latest", "WHICH", "latest or best"},
       {"context", "eval bpb", OptType::Int, "0", "N", "evaluation context in tokens (0 = the trained context)"},
       {"tokens", "eval bpb", OptType::Int, "0", "N", "validation tokens to score (0 = the run's eval_tokens)"},
       {"data", "eval bpb", OptType::String, "", "DATA_DIR", "data set (default: the run's own)"},
       {"module", "eval bpb", OptType::List, "", "NAME[.k=v,...]", "an inference-lane module, e.g. yarn or yarn.scale=4"},
       {"out", "export", OptType::String, "", "FILE", "output file (default RUN_DIR/model.safetensors)"},
-      {"threads", "bench peak|train|eval bpb", OptType::Int, "0", "N", "threads (0 = all cores; train: overrides the substrate)"},
+      {"threads", "bench peak|train|eval bpb|generate", OptType::Int, "0", "N", "threads (0 = all cores; train: overrides the substrate)"},
   };
   return t;
 }
