@@ -17,6 +17,7 @@ namespace slm::catalog {
 // name not in this table is refused everywhere with the nearest valid name.
 const std::vector<ModuleSpec>& modules() {
   static const std::vector<ModuleSpec> t = {
+      spec_mamba3(),
       spec_fim(),
       spec_ifim(),
       spec_sri(),

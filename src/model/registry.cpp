@@ -3,10 +3,14 @@
 // data transform has exactly one entry here, and runs the registry-wide checks on each.
 #include "model/module.h"
 
+#include "model/mamba3.h"
+
 namespace slm {
 
 const std::vector<ModelModule>& model_modules() {
-  static const std::vector<ModelModule> t = {};
+  static const std::vector<ModelModule> t = {
+      {"mamba3", apply_mamba3},
+  };
   return t;
 }
 
