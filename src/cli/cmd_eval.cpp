@@ -11,6 +11,8 @@
 #include "common/fs.h"
 #include "data/dataset.h"
 #include "data/tokenizer.h"
+#include "engine/ledger.h"
+#include "eval/compile_rate.h"
 #include "model/generate.h"
 #include "train/run.h"
 
@@ -110,6 +112,64 @@ int cmd_eval_bpb(const Args& a) {
   std::printf("val_bpb %.4f | %s checkpoint step %lld%s | context %lld (trained %lld, %s) | %lld tokens | %s\n", bpb,
               a.str("checkpoint").c_str(), (long long)run.step, run.in_spike ? " (saved inside a loss spike)" : "",
               (long long)context, (long long)trained, how.c_str(), (long long)tokens, run.config.value("precision", std::string("fp32")).c_str());
+  return 0;
+}
+
+int cmd_eval_compile(const Args& a) {
+  set_threads(a);
+  const std::string run_dir = a.positional[0];
+  LoadedRun run = load_run(run_dir, a.str("checkpoint"), run_device(run_dir));
+  data::DataSet ds(run.config.at("data").at("dir").get<std::string>());
+  SLM_CHECK(ds.fingerprint() == run.config.at("data").at("fingerprint").get<std::string>(), "eval compile: the data set ",
+            ds.dir(), " changed since ", run_dir, " was trained on it");
+  eval::CompileEvalOptions o;
+  o.n = a.i64("n");
+  o.mode = a.str("mode");
+  o.max_tokens = a.i64("max-tokens");
+  o.per_file = a.i64("per-file");
+  o.temperature = a.f64("temperature");
+  o.seed = static_cast<uint64_t>(a.i64("seed"));
+  SLM_CHECK(o.per_file >= 1, "eval compile: --per-file must be at least 1");
+  SLM_CHECK(o.mode == "complete" || o.mode == "fim", "eval compile: --mode '", o.mode, "' is not complete or fim");
+  std::printf("eval compile | %s | %s checkpoint step %lld%s | mode %s | %lld prompts, %lld tokens each\n", run_dir.c_str(),
+              a.str("checkpoint").c_str(), (long long)run.step, run.in_spike ? " (saved inside a loss spike)" : "",
+              o.mode.c_str(), (long long)o.n, (long long)o.max_tokens);
+  std::fflush(stdout);
+  auto res = eval::compile_rate(*run.model, ds, o, [](const eval::PromptRecord& r, int64_t done) {
+    std::printf("  %3lld %-13s %s :: %s%s%s\n", (long long)done, r.status.c_str(), r.file.c_str(), r.function.c_str(),
+                r.first_error.empty() ? "" : " | ", r.first_error.substr(0, 100).c_str());
+    std::fflush(stdout);
+  });
+  // Per-prompt records beside the checkpoint, then the ledger when the run is in it.
+  nlohmann::json lines = nlohmann::json::array();
+  std::string body;
+  for (auto& r : res.prompts)
+    body += nlohmann::json{{"file", r.file}, {"function", r.function}, {"ok", r.ok}, {"status", r.status},
+                           {"closed", r.closed}, {"first_error", r.first_error}, {"prompt_tokens", r.prompt_tokens},
+                           {"generated_tokens", r.generated_tokens}, {"completion", r.completion}}
+                .dump() + "\n";
+  const std::string records = fs::join(run_dir, "compile_" + o.mode + "_step" + std::to_string(run.step) + ".jsonl");
+  fs::write_atomic(records, body);
+  std::printf("compile rate %lld/%lld = %.1f%% (95%% Wilson %.1f-%.1f%%) | %s @ step %lld | %lld held-out files with "
+              "functions, %lld rejected (their reference does not compile) | records %s\n",
+              (long long)res.k, (long long)res.n, 100.0 * res.k / res.n, 100 * res.ci.lo, 100 * res.ci.hi, o.mode.c_str(),
+              (long long)run.step, (long long)res.files_seen, (long long)res.files_rejected, records.c_str());
+  const std::string ledger_path = a.str("ledger");
+  if (fs::exists(ledger_path)) {
+    engine::Ledger ledger(ledger_path);
+    std::string want = run_dir;
+    while (want.size() > 1 && want.back() == '/') want.pop_back();
+    std::string id;
+    for (auto& r : ledger.runs())
+      if (r.run_dir == want) id = r.run_id;
+    if (!id.empty()) {
+      ledger.add_compile_eval({id, a.str("checkpoint"), o.mode, run.step, run.in_spike, res.n, res.k, res.ci.lo, res.ci.hi,
+                               records});
+      std::printf("recorded against %s in %s\n", id.c_str(), ledger_path.c_str());
+    } else {
+      std::printf("not in %s: the result stays in the run folder only\n", ledger_path.c_str());
+    }
+  }
   return 0;
 }
 

@@ -19,6 +19,7 @@ int cmd_train(const Args& a) {
   o.resume = a.flag("resume");
   o.dry_run = a.flag("dry-run");
   o.quiet = a.flag("quiet");
+  o.keep_checkpoints = a.flag("keep-checkpoints");
   if (a.has("threads")) o.sets.push_back("threads=" + std::to_string(a.i64("threads")));
   return train(o);
 }

@@ -17,6 +17,7 @@ int cmd_ablate(const Args& a);
 int cmd_report(const Args& a);
 int cmd_eval_bpb(const Args& a);
 int cmd_generate(const Args& a);
+int cmd_eval_compile(const Args& a);
 int cmd_invalidate(const Args& a);
 
 }  // namespace slm::cli

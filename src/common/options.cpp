@@ -26,7 +26,7 @@ const std::vector<CommandSpec>& command_table() {
       {"report", "", "scorecards from the ledger: verdicts, best val_bpb with step, noise, charts (txt, md, csv, html)", nullptr},
       {"invalidate", "RUN", "mark a run INVALID with a reason (or --undo); RUN is a run id or a run folder", nullptr},
       {"eval bpb", "RUN_DIR", "val_bpb of a run's checkpoint on the held-out split, optionally at a longer context (YaRN)", nullptr},
-      {"eval compile", "RUN_DIR", "compile rate of generated code, checked by g++ in a sandbox", "issue 8 (evaluation)"},
+      {"eval compile", "RUN_DIR", "compile rate of generated function bodies, checked by g++ -fsyntax-only in a sandbox", nullptr},
       {"generate", "RUN_DIR", "continue a prompt (or fill a middle, with --suffix) from a trained run", nullptr},
   };
   return t;
@@ -68,7 +68,15 @@ const std::vector<OptionSpec>& option_table() {
       {"resume", "train", OptType::Flag, "", "", "continue RUN_DIR from its latest checkpoint (fresh start if none)"},
       {"dry-run", "train", OptType::Flag, "", "", "validate, build, time one micro-batch and print the ETA; train nothing"},
       {"quiet", "train", OptType::Flag, "", "", "no per-step line (metrics.jsonl is still written)"},
+      {"keep-checkpoints", "train", OptType::Flag, "", "", "keep a weights-only snapshot at every checkpoint step (for eval)"},
       {"format", "export", OptType::String, "safetensors", "FMT", "export format (safetensors)"},
+      {"n", "eval compile", OptType::Int, "32", "N", "prompts to score"},
+      {"mode", "eval compile", OptType::String, "complete", "MODE", "complete (left to right) or fim (infill between prefix and suffix)"},
+      {"max-tokens", "eval compile", OptType::Int, "96", "N", "generated tokens per prompt (bodies longer are not used)"},
+      {"per-file", "eval compile", OptType::Int, "2", "N", "functions taken per held-out file at most"},
+      {"temperature", "eval compile", OptType::Float, "0", "T", "0 = greedy"},
+      {"seed", "eval compile", OptType::Int, "0", "S", "sampling seed"},
+      {"ledger", "eval compile", OptType::String, "runs/ledger.sqlite", "FILE", "record the result against the run here, when the run is in it"},
       {"prompt", "generate", OptType::String, "", "TEXT", "the text to continue (the prefix, with --suffix)"},
       {"suffix", "generate", OptType::String, "", "TEXT", "fill in the middle: the text after the hole (FIM sentinels)"},
       {"max-tokens", "generate", OptType::Int, "128", "N", "new tokens at most"},
@@ -76,13 +84,15 @@ const std::vector<OptionSpec>& option_table() {
       {"top-k", "generate", OptType::Int, "0", "K", "sample from the K most likely tokens (0 = all)"},
       {"seed", "generate", OptType::Int, "0", "S", "sampling seed"},
       {"no-cache", "generate", OptType::Flag, "", "", "recompute the whole sequence each token (the reference path)"},
-      {"checkpoint", "export|eval bpb|generate", OptType::String, "latest", "WHICH", "latest or best"},
+      {"checkpoint", "export", OptType::String, "latest", "WHICH", "latest or best"},
+      {"checkpoint", "eval bpb|eval compile|generate", OptType::String, "latest", "WHICH",
+       "latest, best, or a step kept by train --keep-checkpoints"},
       {"context", "eval bpb", OptType::Int, "0", "N", "evaluation context in tokens (0 = the trained context)"},
       {"tokens", "eval bpb", OptType::Int, "0", "N", "validation tokens to score (0 = the run's eval_tokens)"},
       {"data", "eval bpb", OptType::String, "", "DATA_DIR", "data set (default: the run's own)"},
       {"module", "eval bpb", OptType::List, "", "NAME[.k=v,...]", "an inference-lane module, e.g. yarn or yarn.scale=4"},
       {"out", "export", OptType::String, "", "FILE", "output file (default RUN_DIR/model.safetensors)"},
-      {"threads", "bench peak|train|eval bpb|generate", OptType::Int, "0", "N", "threads (0 = all cores; train: overrides the substrate)"},
+      {"threads", "bench peak|train|eval bpb|eval compile|generate", OptType::Int, "0", "N", "threads (0 = all cores; train: overrides the substrate)"},
   };
   return t;
 }

@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS plans (
   name TEXT PRIMARY KEY, spec_json TEXT NOT NULL,
   updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
+CREATE TABLE IF NOT EXISTS compile_evals (
+  run_id TEXT NOT NULL, checkpoint TEXT NOT NULL, step INTEGER NOT NULL, in_spike INTEGER NOT NULL, mode TEXT NOT NULL,
+  n INTEGER NOT NULL, k INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, records TEXT NOT NULL,
+  at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+  PRIMARY KEY (run_id, step, mode)
+);
 CREATE TABLE IF NOT EXISTS invalidations (
   run_id TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL,
   at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
@@ -288,6 +294,39 @@ std::optional<std::string> Ledger::plan_spec(const std::string& name) const {
   st.text(1, name);
   if (!st.step(db_)) return std::nullopt;
   return st.col_text(0);
+}
+
+void Ledger::add_compile_eval(const CompileEval& e) {
+  write_txn([&] {
+    Stmt st(db_,
+            "INSERT OR REPLACE INTO compile_evals (run_id, checkpoint, step, in_spike, mode, n, k, lo, hi, records) "
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+    st.text(1, e.run_id).text(2, e.checkpoint).i64(3, e.step).i64(4, e.in_spike).text(5, e.mode).i64(6, e.n);
+    st.i64(7, e.k).f64(8, e.lo).f64(9, e.hi).text(10, e.records).step(db_);
+  });
+}
+
+std::vector<CompileEval> Ledger::compile_evals(const std::string& run_id) const {
+  Stmt st(db_,
+          "SELECT run_id, checkpoint, step, in_spike, mode, n, k, lo, hi, records FROM compile_evals WHERE run_id=?1 "
+          "ORDER BY mode, step");
+  st.text(1, run_id);
+  std::vector<CompileEval> out;
+  while (st.step(db_)) {
+    CompileEval e;
+    e.run_id = st.col_text(0);
+    e.checkpoint = st.col_text(1);
+    e.step = st.col_i64(2);
+    e.in_spike = st.col_i64(3) != 0;
+    e.mode = st.col_text(4);
+    e.n = st.col_i64(5);
+    e.k = st.col_i64(6);
+    e.lo = st.col_f64(7);
+    e.hi = st.col_f64(8);
+    e.records = st.col_text(9);
+    out.push_back(e);
+  }
+  return out;
 }
 
 std::vector<std::string> Ledger::plan_names() const {

@@ -41,6 +41,16 @@ struct EvalPoint {
   bool in_spike = false;
 };
 
+// A compile-rate evaluation of one checkpoint of a run (slmlab eval compile).
+struct CompileEval {
+  std::string run_id, checkpoint, mode;  // checkpoint: latest, best or a step; mode: complete or fim
+  int64_t step = 0;
+  bool in_spike = false;
+  int64_t n = 0, k = 0;
+  double lo = 0, hi = 1;                 // Wilson 95%
+  std::string records;                   // the per-prompt records file
+};
+
 class Ledger {
  public:
   // Opens (creating if needed) the database at `path`; fails with a one-line reason.
@@ -67,6 +77,9 @@ class Ledger {
   // only the ledger. Saved by `slmlab ablate` at every start.
   void save_plan(const std::string& name, const std::string& spec_json);
   std::optional<std::string> plan_spec(const std::string& name) const;
+  // Compile-rate evaluations: one per (run, step, mode), replaced when re-evaluated.
+  void add_compile_eval(const CompileEval& e);
+  std::vector<CompileEval> compile_evals(const std::string& run_id) const;
   // Every plan with runs or a saved spec.
   std::vector<std::string> plan_names() const;
   const std::string& path() const { return path_; }

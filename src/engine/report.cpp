@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "eval/extract.h"
 
 namespace slm::engine {
 
@@ -208,7 +209,8 @@ void stacking(Card& c, const std::vector<Card>& cards, const PlanInfo& plan, con
 }  // namespace
 
 Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
-                          const std::map<std::string, std::vector<EvalPoint>>& evals) {
+                          const std::map<std::string, std::vector<EvalPoint>>& evals,
+                          const std::map<std::string, std::vector<CompileEval>>& compiles) {
   Scorecard s;
   s.plan = plan;
   // Groups by substrate id, largest first; the runs that never reported gather under "".
@@ -230,6 +232,7 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
       v.row = *r;
       auto it = evals.find(r->run_id);
       if (it != evals.end()) v.evals = it->second;
+      if (auto c = compiles.find(r->run_id); c != compiles.end()) v.compiles = c->second;
       choose_value(v);
       if (g.data_fingerprint.empty()) g.data_fingerprint = r->data_fingerprint;
       views.push_back(std::move(v));
@@ -278,6 +281,25 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
       for (auto& v : c.runs)
         if (v.counted) sq += (v.value - c.mean) * (v.value - c.mean);
       c.sd = c.n >= 2 ? std::sqrt(sq / (c.n - 1)) : NAN;
+      // Compile rate: each counted run's latest evaluated checkpoint, complete mode preferred.
+      for (const char* mode : {"complete", "fim"}) {
+        for (auto& v : c.runs) {
+          if (!v.counted) continue;
+          const CompileEval* last = nullptr;
+          for (auto& e : v.compiles)
+            if (e.mode == mode && (!last || e.step > last->step)) last = &e;
+          if (!last) continue;
+          c.compile_n += last->n;
+          c.compile_k += last->k;
+        }
+        if (c.compile_n > 0) {
+          c.compile_mode = mode;
+          auto ci = eval::wilson_interval(c.compile_k, c.compile_n);
+          c.compile_lo = ci.lo;
+          c.compile_hi = ci.hi;
+          break;
+        }
+      }
       c.delta = c.delta_pct = c.predicted_pct = c.measured_pct = NAN;
       g.cards.push_back(std::move(c));
     }
@@ -366,6 +388,27 @@ std::string run_status_text(const RunView& v) {
   return s;
 }
 
+std::string compile_text(int64_t k, int64_t n, double lo, double hi) {
+  if (n == 0) return "-";
+  std::ostringstream os;
+  os << k << "/" << n << " (" << std::fixed << std::setprecision(0) << 100.0 * k / n << "%, 95% " << 100 * lo << "-"
+     << 100 * hi << "%)";
+  return os.str();
+}
+
+std::string card_compile(const Card& c) {
+  return c.compile_n ? compile_text(c.compile_k, c.compile_n, c.compile_lo, c.compile_hi) + (c.compile_mode == "fim" ? " fim" : "")
+                     : "-";
+}
+
+std::string run_compiles(const RunView& v) {
+  std::string s;
+  for (auto& e : v.compiles)
+    s += (s.empty() ? "" : "; ") + std::string("compile ") + e.mode + " @ " + std::to_string(e.step) +
+         (e.in_spike ? " (in a spike)" : "") + ": " + compile_text(e.k, e.n, e.lo, e.hi);
+  return s;
+}
+
 std::string stack_text(const Card& c) {
   if (!std::isfinite(c.predicted_pct)) return "";
   return "stacking: predicted " + pct(c.predicted_pct) + " (sum of " + c.predicted_from + "), measured " +
@@ -413,10 +456,15 @@ std::string render_text(const Scorecard& s) {
     const Group& g = s.groups[gi];
     os << "\n" << group_title(s, gi) << "\n" << noise_text(g) << "\n\n";
     Table t;
+    bool any_compile = false;
+    for (auto& c : g.cards) any_compile |= c.compile_n > 0;
     t.rows.push_back({"phase", "experiment", "base", "n", "val_bpb mean +- sd", "delta", "verdict"});
-    for (auto& c : g.cards)
+    if (any_compile) t.rows[0].push_back("compile rate");
+    for (auto& c : g.cards) {
       t.rows.push_back({one_line(c.phase), one_line(c.id), c.base.empty() ? "-" : one_line(c.base), std::to_string(c.n),
                         mean_text(c), pct(c.delta_pct), c.verdict});
+      if (any_compile) t.rows.back().push_back(card_compile(c));
+    }
     os << t.str("  ") << "\n";
     for (auto& c : g.cards) {
       os << "  " << one_line(c.id) << ": " << one_line(c.evidence) << "\n";
@@ -432,6 +480,7 @@ std::string render_text(const Scorecard& s) {
                                          "best " + run_value_text(v), "final " + fmt(v.row.final_val_bpb),
                                          std::isfinite(v.row.step_ms) && v.row.step_ms > 0 ? fmt(v.row.step_ms, 0) + " ms/step" : ""};
         std::string why = v.row.reason.empty() ? v.note : v.row.reason + (v.note.empty() ? "" : "; " + v.note);
+        if (!run_compiles(v).empty()) why += (why.empty() ? "" : "; ") + run_compiles(v);
         if (!why.empty()) row.push_back(one_line(why));
         rt.rows.push_back(row);
       }
@@ -482,18 +531,19 @@ std::string render_markdown(const Scorecard& s) {
   for (size_t gi = 0; gi < s.groups.size(); ++gi) {
     const Group& g = s.groups[gi];
     os << "\n## " << md_escape(group_title(s, gi)) << "\n\n" << md_escape(noise_text(g)) << "\n\n";
-    os << "| phase | experiment | base | n | val_bpb mean ± sd | delta | verdict | evidence |\n";
-    os << "|---|---|---|---:|---:|---:|---|---|\n";
+    os << "| phase | experiment | base | n | val_bpb mean ± sd | delta | verdict | compile rate | evidence |\n";
+    os << "|---|---|---|---:|---:|---:|---|---|---|\n";
     for (auto& c : g.cards) {
       std::string ev = c.evidence + (stack_text(c).empty() ? "" : "; " + stack_text(c));
       os << "| " << md_escape(c.phase) << " | " << md_escape(c.id) << " | " << md_escape(c.base.empty() ? "-" : c.base)
          << " | " << c.n << " | " << md_escape(mean_text(c)) << " | " << pct(c.delta_pct) << " | **" << c.verdict
-         << "** | " << md_escape(ev) << " |\n";
+         << "** | " << card_compile(c) << " | " << md_escape(ev) << " |\n";
     }
     os << "\n| run | status | best val_bpb @ step | final | ms/step | reason |\n|---|---|---:|---:|---:|---|\n";
     for (auto& c : g.cards)
       for (auto& v : c.runs) {
         std::string why = v.row.reason.empty() ? v.note : v.row.reason + (v.note.empty() ? "" : "; " + v.note);
+        if (!run_compiles(v).empty()) why += (why.empty() ? "" : "; ") + run_compiles(v);
         os << "| " << md_escape(v.row.run_id) << " | " << md_escape(run_status_text(v)) << " | " << run_value_text(v)
            << " | " << fmt(v.row.final_val_bpb) << " | " << fmt(v.row.step_ms, 0) << " | " << md_escape(why) << " |\n";
       }
@@ -505,7 +555,7 @@ std::string render_csv(const Scorecard& s) {
   std::ostringstream os;
   os << "plan,substrate_id,data_fingerprint,phase,experiment,base,modules,seed,run_id,status,reason,counted,"
         "provisional,best_val_bpb,best_step,used_val_bpb,used_step,final_val_bpb,step_ms,tokens_per_second,"
-        "exp_n,exp_mean,exp_sd,delta_pct,verdict,noise_sd,git_commit\n";
+        "exp_n,exp_mean,exp_sd,delta_pct,verdict,noise_sd,exp_compile_k,exp_compile_n,git_commit\n";
   auto num = [](double x) {
     if (!std::isfinite(x)) return std::string();
     std::ostringstream o;
@@ -524,7 +574,8 @@ std::string render_csv(const Scorecard& s) {
                                       r.best_step >= 0 ? std::to_string(r.best_step) : "", num(v.value),
                                       v.value_step >= 0 ? std::to_string(v.value_step) : "", num(r.final_val_bpb),
                                       num(r.step_ms), num(r.tokens_per_second), std::to_string(c.n), num(c.mean),
-                                      num(c.sd), num(c.delta_pct), c.verdict, num(g.noise_sd), r.git_commit};
+                                      num(c.sd), num(c.delta_pct), c.verdict, num(g.noise_sd),
+                                      std::to_string(c.compile_k), std::to_string(c.compile_n), r.git_commit};
         for (size_t i = 0; i < f.size(); ++i) os << (i ? "," : "") << csv_field(f[i]);
         os << "\n";
       }
@@ -648,7 +699,7 @@ std::string render_html(const Scorecard& s) {
     os << "<h2>" << html_escape(group_title(s, gi)) << "</h2>\n<p class=\"muted\">" << html_escape(noise_text(g))
        << "</p>\n";
     os << "<table><tr><th>phase</th><th>experiment</th><th>base</th><th>modules</th><th>n</th><th>val_bpb mean ± sd</th>"
-          "<th>delta</th><th>verdict</th><th>evidence</th></tr>\n";
+          "<th>delta</th><th>verdict</th><th>compile rate</th><th>evidence</th></tr>\n";
     for (auto& c : g.cards) {
       std::string mods;
       for (auto& m : c.modules) mods += (mods.empty() ? "" : "<br>") + ("<code>" + html_escape(m) + "</code>");
@@ -656,7 +707,7 @@ std::string render_html(const Scorecard& s) {
          << html_escape(c.base.empty() ? "-" : c.base) << "</td><td>" << (mods.empty() ? "(baseline)" : mods)
          << "</td><td class=\"num\">" << c.n << "</td><td class=\"num\">" << html_escape(mean_text(c))
          << "</td><td class=\"num\">" << pct(c.delta_pct) << "</td><td class=\"" << c.verdict << "\"><b>" << c.verdict
-         << "</b></td><td class=\"ev\">" << html_escape(c.evidence)
+         << "</b></td><td>" << card_compile(c) << "</td><td class=\"ev\">" << html_escape(c.evidence)
          << (stack_text(c).empty() ? "" : "<br>" + html_escape(stack_text(c))) << "</td></tr>\n";
     }
     os << "</table>\n";
@@ -669,6 +720,7 @@ std::string render_html(const Scorecard& s) {
     for (auto& c : g.cards)
       for (auto& v : c.runs) {
         std::string why = v.row.reason.empty() ? v.note : v.row.reason + (v.note.empty() ? "" : "; " + v.note);
+        if (!run_compiles(v).empty()) why += (why.empty() ? "" : "; ") + run_compiles(v);
         const bool inv = v.row.status == Status::Invalid;
         os << "<tr><td>" << html_escape(v.row.run_id) << "</td><td" << (inv ? " class=\"INVALID\"" : "") << ">"
            << html_escape(run_status_text(v)) << "</td><td class=\"num\">" << run_value_text(v) << "</td><td class=\"num\">"
@@ -718,8 +770,12 @@ int report(const ReportOptions& o) {
   for (auto& p : plans) {
     std::map<std::string, std::vector<EvalPoint>> evals;
     auto runs = ledger.runs(p.name);
-    for (auto& r : runs) evals[r.run_id] = ledger.evals(r.run_id);
-    Scorecard s = build_scorecard(p, runs, evals);
+    std::map<std::string, std::vector<CompileEval>> compiles;
+    for (auto& r : runs) {
+      evals[r.run_id] = ledger.evals(r.run_id);
+      compiles[r.run_id] = ledger.compile_evals(r.run_id);
+    }
+    Scorecard s = build_scorecard(p, runs, evals, compiles);
     if (o.format == "txt") out += (out.empty() ? "" : "\n") + render_text(s);
     else if (o.format == "md") out += (out.empty() ? "" : "\n") + render_markdown(s);
     else if (o.format == "csv") {

@@ -49,6 +49,7 @@ struct RunView {
   bool provisional = false;
   double step_ratio = 0;    // step time / phase median
   bool counted = false;     // done, valid, not provisional, has a value: enters means and verdicts
+  std::vector<CompileEval> compiles;  // compile-rate evaluations of its checkpoints
 };
 
 struct Card {
@@ -62,6 +63,10 @@ struct Card {
   std::string evidence;
   double predicted_pct = 0, measured_pct = 0;  // stacking, vs the plan's baseline (NaN when not applicable)
   std::string predicted_from;
+  // Compile rate pooled over the counted runs' latest evaluated checkpoint (mode complete, else fim).
+  int64_t compile_n = 0, compile_k = 0;
+  double compile_lo = 0, compile_hi = 1;
+  std::string compile_mode;
 };
 
 struct Group {
@@ -78,7 +83,8 @@ struct Scorecard {
 
 // Applies every rule above. `evals` maps run_id to its eval points.
 Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
-                          const std::map<std::string, std::vector<EvalPoint>>& evals);
+                          const std::map<std::string, std::vector<EvalPoint>>& evals,
+                          const std::map<std::string, std::vector<CompileEval>>& compiles = {});
 
 // Renderings. Everything that came from user input is escaped for the format.
 std::string render_text(const Scorecard& s);

@@ -1,6 +1,7 @@
 #include "train/run.h"
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include "catalog/catalog.h"
@@ -9,6 +10,7 @@
 #include "common/fs.h"
 #include "data/loader.h"
 #include "train/safetensors.h"
+#include "train/trainer.h"
 
 namespace slm {
 
@@ -39,16 +41,26 @@ ModelConfig model_config_from(const json& config) {
   }
 }
 
+std::string snapshot_name(int64_t step) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "ckpt_step%06lld.safetensors", static_cast<long long>(step));
+  return buf;
+}
+
 LoadedRun load_run(const std::string& run_dir, const std::string& which, torch::Device dev) {
-  SLM_CHECK(which == "latest" || which == "best", "--checkpoint must be latest or best, got '", which, "'");
+  const bool numeric = !which.empty() && which.find_first_not_of("0123456789") == std::string::npos;
+  SLM_CHECK(which == "latest" || which == "best" || numeric, "--checkpoint must be latest, best or a step, got '", which,
+            "'");
   LoadedRun r;
   r.dir = run_dir;
   const std::string cfg = fs::join(run_dir, "config.json");
   SLM_CHECK(fs::exists(cfg), "[run] ", run_dir, " has no config.json; pass a run folder written by slmlab train");
   r.config = json::parse(fs::read_file(cfg));
   r.model_cfg = model_config_from(r.config);
-  r.checkpoint = fs::join(run_dir, "ckpt_" + which + ".safetensors");
-  SLM_CHECK(fs::exists(r.checkpoint), "[run] ", run_dir, " has no ", which, " checkpoint; train it first");
+  r.checkpoint = fs::join(run_dir, numeric ? snapshot_name(std::stoll(which)) : "ckpt_" + which + ".safetensors");
+  SLM_CHECK(fs::exists(r.checkpoint), "[run] ", run_dir, " has no ", which, " checkpoint",
+            numeric ? " (step snapshots exist only for runs trained with --keep-checkpoints, at checkpoint steps)"
+                    : "; train it first");
   st::File ck = st::read(r.checkpoint);
   r.model = GPT(r.model_cfg);
   {

@@ -169,12 +169,15 @@ struct State {
 // JSON cannot hold inf; the state stores null for "no eval yet".
 json finite_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
+// weights_only: a snapshot for evaluation (`--keep-checkpoints`), without optimizer and RNG state.
 void save_checkpoint(const std::string& path, GPT& model, const Optimizer& opt, const RunConfig& rc, const State& st,
-                     bool in_spike) {
+                     bool in_spike, bool weights_only = false) {
   st::File f;
   for (auto& p : model->named_parameters()) f.tensors.push_back({"model." + p.key(), p.value().detach().cpu()});
-  for (auto& [k, v] : opt.state()) f.tensors.push_back({"optim." + k, v.detach().cpu()});
-  f.tensors.push_back({"rng.cpu", at::detail::getDefaultCPUGenerator().get_state()});
+  if (!weights_only) {
+    for (auto& [k, v] : opt.state()) f.tensors.push_back({"optim." + k, v.detach().cpu()});
+    f.tensors.push_back({"rng.cpu", at::detail::getDefaultCPUGenerator().get_state()});
+  }
   json sj = st.to_json();
   sj["best_val"] = finite_or_null(st.best_val);
   sj["last_val"] = finite_or_null(st.last_val);
@@ -627,6 +630,8 @@ int train(const TrainOptions& opt) {
     if (last || (sub.eval_every > 0 && st.step % sub.eval_every == 0)) do_eval();
     if (last || (sub.ckpt_every > 0 && st.step % sub.ckpt_every == 0)) {
       save_checkpoint(latest, model, optim, rc, st, in_spike());
+      if (opt.keep_checkpoints)
+        save_checkpoint(fs::join(dir, snapshot_name(st.step)), model, optim, rc, st, in_spike(), /*weights_only=*/true);
       write_summary(last ? "done" : "running", "");
     }
   }

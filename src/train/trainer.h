@@ -16,7 +16,11 @@ struct TrainOptions {
   bool resume = false;               // continue from RUN_DIR's latest checkpoint if any
   bool dry_run = false;              // validate, build, time one micro-batch, print the ETA, exit
   bool quiet = false;                // no per-step line
+  bool keep_checkpoints = false;     // also keep a weights-only snapshot at every checkpoint step
 };
+
+// The file of the weights-only snapshot of `step` inside a run folder: "ckpt_step000150.safetensors".
+std::string snapshot_name(int64_t step);
 
 // Exit status: 0 done, 3 INVALID (non-finite loss). Bad input throws slm::Error before any step.
 int train(const TrainOptions& opt);

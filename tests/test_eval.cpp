@@ -1,0 +1,111 @@
+// Evaluation end to end, through the binary: a model trained on a corpus of small C++ files that
+// compile is scored by `slmlab eval compile` in both modes (a rate with its Wilson interval, per-prompt
+// records, the ledger row), and the report shows the compile rate next to val_bpb.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/fs.h"
+#include "data/dataset.h"
+#include "engine/ledger.h"
+#include "engine/report.h"
+#include "test_paths.h"
+#include "test_util.h"
+
+using namespace slm;
+
+namespace {
+
+// Files that compile on their own: a few documented free functions each.
+void write_corpus(const std::string& dir, int n_files) {
+  fs::mkdirs(dir);
+  for (int f = 0; f < n_files; ++f) {
+    std::string s = "#include <vector>\n#include <string>\n\nnamespace lib" + std::to_string(f) + " {\n\n";
+    for (int k = 0; k < 4; ++k) {
+      const std::string n = std::to_string(f * 10 + k);
+      s += "/// Adds " + n + " to every element.\nint add_" + n + "(std::vector<int>& v) {\n  int total = 0;\n"
+           "  for (auto& x : v) {\n    x += " + n + ";\n    total += x;\n  }\n  return total;\n}\n\n";
+      s += "// Joins the words with a separator.\nstd::string join_" + n +
+           "(const std::vector<std::string>& w) {\n  std::string out;\n  for (const auto& x : w) out += x + \",\";\n"
+           "  return out;\n}\n\n";
+    }
+    s += "}  // namespace lib" + std::to_string(f) + "\n";
+    test::write(dir + "/f" + std::to_string(f) + ".cpp", s);
+  }
+}
+
+}  // namespace
+
+TEST(EvalCompile, RateIntervalRecordsLedgerAndReport) {
+  test::TempDir t;
+  write_corpus(t / "src", 60);
+  const std::string bin = SLMLAB_BIN;
+  auto b = test::run(bin + " data build --src " + (t / "src") + " --out " + (t / "ds") +
+                     " --vocab 600 --val-frac 0.1 --val-min-bytes 2000 --threads 1");
+  ASSERT_EQ(b.status, 0) << b.out;
+  const std::string sub = t / "tiny.toml";
+  test::write(sub,
+              "name = \"eval-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 160\ntotal_batch = 1280\n"
+              "device_batch = 8\nsteps = 40\neval_every = 20\neval_tokens = 640\nckpt_every = 20\nthreads = 1\n"
+              "lr_matrix = 0.05\nlr_embed = 0.5\nlr_head = 0.02\n");
+  const std::string run = t / "run";
+  auto tr = test::run(bin + " train --quiet --data " + (t / "ds") + " --substrate " + sub + " --out " + run +
+                      " --module ifim.rate=0.5 --keep-checkpoints");
+  ASSERT_EQ(tr.status, 0) << tr.out;
+  EXPECT_TRUE(fs::exists(run + "/ckpt_step000020.safetensors"));
+  // The run in a ledger, as ablate would leave it.
+  const std::string db = t / "ledger.sqlite";
+  {
+    engine::Ledger l(db);
+    engine::RunRow r;
+    r.run_id = "p/ifim/s1";
+    r.plan = "p";
+    r.phase = "x";
+    r.experiment = "ifim";
+    r.seed = 1;
+    r.run_dir = run;
+    r.status = engine::Status::Done;
+    r.has_summary = true;
+    r.best_val_bpb = r.final_val_bpb = 2.0;
+    r.best_step = 40;
+    r.substrate_id = "s";
+    l.upsert(r);
+    l.set_evals(r.run_id, {{40, 2.0, false}});
+  }
+  for (const char* mode : {"complete", "fim"}) {
+    auto e = test::run(bin + " eval compile " + run + " --n 4 --max-tokens 64 --mode " + mode + " --ledger " + db +
+                       " --threads 1");
+    ASSERT_EQ(e.status, 0) << e.out;
+    EXPECT_NE(e.out.find("compile rate "), std::string::npos) << e.out;
+    EXPECT_NE(e.out.find("95% Wilson"), std::string::npos) << e.out;
+    EXPECT_NE(e.out.find("0 rejected"), std::string::npos) << e.out;  // every held-out file compiles as written
+    const std::string rec = run + "/compile_" + mode + "_step40.jsonl";
+    ASSERT_TRUE(fs::exists(rec));
+    EXPECT_EQ(test::count_lines(fs::read_file(rec)), 4);
+    auto first = nlohmann::json::parse(fs::read_file(rec).substr(0, fs::read_file(rec).find('\n')));
+    EXPECT_TRUE(first.contains("status") && first.contains("function") && first.contains("completion"));
+  }
+  // An earlier checkpoint, kept by --keep-checkpoints, is evaluated as itself.
+  auto early = test::run(bin + " eval compile " + run + " --checkpoint 20 --n 2 --max-tokens 64 --ledger " + db);
+  ASSERT_EQ(early.status, 0) << early.out;
+  EXPECT_NE(early.out.find("step 20"), std::string::npos) << early.out;
+  engine::Ledger l(db);
+  auto ce = l.compile_evals("p/ifim/s1");
+  ASSERT_EQ(ce.size(), 3u);
+  for (auto& c : ce) {
+    EXPECT_LE(c.lo, static_cast<double>(c.k) / c.n);
+    EXPECT_GE(c.hi, static_cast<double>(c.k) / c.n);
+  }
+  auto rep = test::run(bin + " report --ledger " + db);
+  ASSERT_EQ(rep.status, 0) << rep.out;
+  EXPECT_NE(rep.out.find("compile rate"), std::string::npos) << rep.out;
+  EXPECT_NE(rep.out.find("compile complete @ 40"), std::string::npos) << rep.out;
+  // Bad input: one line, non-zero.
+  auto bad = test::run(bin + " eval compile " + run + " --mode sideways --ledger " + db);
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_EQ(test::count_lines(bad.out), 1) << bad.out;
+  auto missing = test::run(bin + " eval compile " + run + " --checkpoint 7");
+  EXPECT_EQ(missing.status, 2);
+  EXPECT_NE(missing.out.find("--keep-checkpoints"), std::string::npos) << missing.out;
+}
