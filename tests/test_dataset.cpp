@@ -261,7 +261,8 @@ TEST(DataSetCli, CommandsWorkEndToEnd) {
   auto typo = slm::test::run(bin + " data build --out x --vocb 3");
   EXPECT_EQ(typo.status, 2);
   EXPECT_NE(typo.out.find("did you mean --vocab?"), std::string::npos) << typo.out;
-  auto planned = slm::test::run(bin + " report");
-  EXPECT_EQ(planned.status, 2);
-  EXPECT_NE(planned.out.find("not built yet"), std::string::npos) << planned.out;
+  auto no_ledger = slm::test::run(bin + " report --ledger " + (t / "none.sqlite"));
+  EXPECT_EQ(no_ledger.status, 2);
+  EXPECT_EQ(slm::test::count_lines(no_ledger.out), 1) << no_ledger.out;
+  EXPECT_NE(no_ledger.out.find("--ledger"), std::string::npos) << no_ledger.out;
 }
