@@ -198,3 +198,19 @@ TEST(Plan, DemoPlanCoversEveryTrainableModule) {
     if (m.tier != catalog::Tier::Inference)
       EXPECT_TRUE(used.count(m.name)) << m.name << " is missing from plans/demo.toml";
 }
+
+// The article's Phase-1 bug: Engram on layers 0,5,10 under Mamba-3 AAM at depth 16. Refused before a
+// step runs, with the rule and the corrected layer list.
+TEST(Plan, SeedEngramBugIsRefusedWithTheAttentionLayers) {
+  std::vector<std::string> errs;
+  load_plan(std::string(SLMLAB_SOURCE_DIR) + "/plans/seed-phase1-engram-bug.toml", &errs);
+  bool found = false;
+  for (auto& e : errs)
+    found |= e.find("engram goes on attention layers only") != std::string::npos &&
+             e.find("layer 5 is Mamba") != std::string::npos &&
+             e.find("attention layers are 0,1,3,4,6,7,9,10,12,13,15") != std::string::npos;
+  EXPECT_TRUE(found) << ::testing::PrintToString(errs);
+  auto r = slm::test::run(std::string(SLMLAB_BIN) + " plan check " + SLMLAB_SOURCE_DIR + "/plans/seed-phase1-engram-bug.toml");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.out.find("0,1,3,4,6,7,9,10,12,13,15"), std::string::npos) << r.out;
+}

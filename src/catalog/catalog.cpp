@@ -2,6 +2,7 @@
 #include "catalog/modules.h"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <iomanip>
 #include <nlohmann/json.hpp>
@@ -18,6 +19,7 @@ namespace slm::catalog {
 const std::vector<ModuleSpec>& modules() {
   static const std::vector<ModuleSpec> t = {
       spec_mamba3(),
+      spec_engram(),
       spec_fim(),
       spec_ifim(),
       spec_sri(),
@@ -50,9 +52,13 @@ std::string value_text(const Value& v) {
         using T = std::decay_t<decltype(x)>;
         if constexpr (std::is_same_v<T, int64_t>) return std::to_string(x);
         else if constexpr (std::is_same_v<T, double>) {
-          std::ostringstream os;
-          os << std::setprecision(17) << x;
-          return os.str();
+          // The shortest text that reads back as the same double: 0.3, not 0.29999999999999999.
+          char buf[32];
+          for (int prec = 6; prec <= 17; ++prec) {
+            std::snprintf(buf, sizeof buf, "%.*g", prec, x);
+            if (std::strtod(buf, nullptr) == x) break;
+          }
+          return std::string(buf);
         } else if constexpr (std::is_same_v<T, bool>) return x ? "true" : "false";
         else if constexpr (std::is_same_v<T, std::string>) return x;
         else {

@@ -98,6 +98,8 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+std::string value_text(double x) { return catalog::value_text(catalog::Value(x)); }
+
 std::string fmt(double x, int prec = 4) {
   if (!std::isfinite(x)) return "-";
   std::ostringstream os;
@@ -161,7 +163,7 @@ void verdict(Card& c, const Card& base, const Group& g, const DecisionRule& rule
   const double bar = rule.k_noise * sd_diff;
   const double gain = -c.delta, rel = gain / base.mean;
   ev << "delta " << std::showpos << std::fixed << std::setprecision(4) << c.delta << std::noshowpos << " ("
-     << pct(c.delta_pct) << ") vs " << base.id << "; bar k x noise = " << rule.k_noise << " x " << fmt(sd_diff)
+     << pct(c.delta_pct) << ") vs " << base.id << "; bar k x noise = " << value_text(rule.k_noise) << " x " << fmt(sd_diff)
      << " = " << fmt(bar) << " (pooled sd " << fmt(g.noise_sd) << ", n " << c.n << " vs " << base.n
      << "); min delta " << fmt(100 * rule.min_rel_delta, 2) << "%";
   if (gain > bar && rel >= rule.min_rel_delta) c.verdict = "keep";

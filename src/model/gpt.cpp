@@ -299,7 +299,8 @@ torch::Tensor GPTImpl::loss(const torch::Tensor& idx, const torch::Tensor& targe
 std::vector<std::string> GPTImpl::matrix_params() const {
   std::vector<std::string> out;
   for (auto& p : named_parameters())
-    if (p.key().rfind("blocks.", 0) == 0 && p.value().dim() == 2) out.push_back(p.key());
+    if (p.key().rfind("blocks.", 0) == 0 && p.value().dim() == 2 && p.key().find(".ngram_table") == std::string::npos)
+      out.push_back(p.key());  // lookup tables are not matrices that multiply
   return out;
 }
 

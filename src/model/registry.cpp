@@ -3,6 +3,7 @@
 // data transform has exactly one entry here, and runs the registry-wide checks on each.
 #include "model/module.h"
 
+#include "model/engram.h"
 #include "model/mamba3.h"
 
 namespace slm {
@@ -10,6 +11,7 @@ namespace slm {
 const std::vector<ModelModule>& model_modules() {
   static const std::vector<ModelModule> t = {
       {"mamba3", apply_mamba3},
+      {"engram", apply_engram},
   };
   return t;
 }

@@ -401,7 +401,9 @@ int train(const TrainOptions& opt) {
     auto mats = model->matrix_params();
     for (auto& p : model->named_parameters()) {
       ParamGroup* g = &scalar;
-      if (p.key() == "wte.weight") g = &embed;
+      // Embedding-like tables (the token embedding, Engram's n-gram tables) take AdamW at the embedding
+      // rate: rows are looked up, not multiplied, so Muon's orthogonalization means nothing for them.
+      if (p.key() == "wte.weight" || p.key().find(".ngram_table") != std::string::npos) g = &embed;
       else if (p.key() == "lm_head.weight") g = &head;
       else if (std::find(mats.begin(), mats.end(), p.key()) != mats.end()) g = &matrix;
       g->names.push_back(p.key());
