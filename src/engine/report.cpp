@@ -691,6 +691,7 @@ std::string render_html(const Scorecard& s) {
      << ".reference{background:#e4ecf7}.pending{background:#fff}.INVALID{color:#b00;font-weight:bold}.muted{color:#777}\n"
      << ".ev{font-size:12px;color:#444;max-width:520px}.ax{font-size:11px;fill:#555}.lg{font-size:12px;fill:#222}\n"
      << ".inv{font-size:11px;fill:#b00;font-weight:bold}code{font-size:12px}\n"
+     << "code.args{display:block;max-width:360px;white-space:normal;overflow-wrap:anywhere;color:#444}\n"
      << "</style></head><body>\n";
   os << "<h1>Plan " << html_escape(s.plan.name) << "</h1>\n";
   if (!s.plan.description.empty()) os << "<p>" << html_escape(s.plan.description) << "</p>\n";
@@ -704,7 +705,11 @@ std::string render_html(const Scorecard& s) {
           "<th>delta</th><th>verdict</th><th>compile rate</th><th>evidence</th></tr>\n";
     for (auto& c : g.cards) {
       std::string mods;
-      for (auto& m : c.modules) mods += (mods.empty() ? "" : "<br>") + ("<code>" + html_escape(m) + "</code>");
+      for (auto& m : c.modules) {  // the name, with every resolved argument folded under it (no script needed)
+        const auto dot = m.find('.');
+        mods += "<details><summary><code>" + html_escape(m.substr(0, dot)) + "</code></summary><code class=\"args\">" +
+                html_escape(dot == std::string::npos ? "(defaults)" : m.substr(dot + 1)) + "</code></details>";
+      }
       os << "<tr><td>" << html_escape(c.phase) << "</td><td>" << html_escape(c.id) << "</td><td>"
          << html_escape(c.base.empty() ? "-" : c.base) << "</td><td>" << (mods.empty() ? "(baseline)" : mods)
          << "</td><td class=\"num\">" << c.n << "</td><td class=\"num\">" << html_escape(mean_text(c))
