@@ -19,6 +19,7 @@ namespace slm::catalog {
 const std::vector<ModuleSpec>& modules() {
   static const std::vector<ModuleSpec> t = {
       spec_mamba3(),
+      spec_dsa(),
       spec_engram(),
       spec_fim(),
       spec_ifim(),

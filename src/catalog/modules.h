@@ -6,6 +6,7 @@
 namespace slm::catalog {
 
 const ModuleSpec& spec_mamba3();  // mixers
+const ModuleSpec& spec_dsa();
 const ModuleSpec& spec_engram();  // memory
 const ModuleSpec& spec_fim();      // data transforms (catalog/modules/fim.cpp)
 const ModuleSpec& spec_ifim();

@@ -61,6 +61,7 @@ std::vector<int32_t> generate(GPTImpl& model, const std::vector<int32_t>& prompt
   size_t done = 0;  // tokens already in the caches
   while (static_cast<int64_t>(out.size()) < opt.max_tokens) {
     Ctx ctx;
+    ctx.step = model.step;
     if (opt.use_cache) {
       ctx.caches = &caches;
       ctx.pos = static_cast<int64_t>(done);

@@ -227,6 +227,7 @@ torch::Tensor GPTImpl::hidden(const torch::Tensor& idx, const torch::Tensor& doc
   ctx.idx = idx;
   ctx.doc_ids = doc_ids;
   ctx.training = is_training();
+  ctx.step = step;
   return hidden(ctx);
 }
 
@@ -279,6 +280,7 @@ torch::Tensor GPTImpl::loss(const torch::Tensor& idx, const torch::Tensor& targe
   ctx.targets = targets;
   ctx.doc_ids = doc_ids;
   ctx.step = step;
+  this->step = step;
   ctx.training = is_training();
   auto h = hidden(ctx);
   for (auto& o : objectives) o->add_loss(h, *this, ctx);

@@ -127,6 +127,7 @@ struct GPTImpl : torch::nn::Module {
   ModelPlan plan;
   double attn_logit_scale = 1.0;  // YaRN's temperature once set_context() applied it
   int64_t trained_context = 0;    // the context the model was built for
+  int64_t step = 0;               // the optimizer step it was trained to (schedules such as DSA's warm-up)
   torch::nn::Embedding wte{nullptr};
   torch::nn::ModuleList blocks{nullptr};
   std::vector<Objective> objectives;

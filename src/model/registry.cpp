@@ -3,6 +3,7 @@
 // data transform has exactly one entry here, and runs the registry-wide checks on each.
 #include "model/module.h"
 
+#include "model/dsa.h"
 #include "model/engram.h"
 #include "model/mamba3.h"
 
@@ -11,6 +12,7 @@ namespace slm {
 const std::vector<ModelModule>& model_modules() {
   static const std::vector<ModelModule> t = {
       {"mamba3", apply_mamba3},
+      {"dsa", apply_dsa},
       {"engram", apply_engram},
   };
   return t;

@@ -76,6 +76,7 @@ LoadedRun load_run(const std::string& run_dir, const std::string& which, torch::
     }
   }
   r.step = std::stoll(ck.metadata["step"]);
+  r.model->step = r.step;  // schedules that depend on it (DSA's warm-up) evaluate as trained
   r.in_spike = ck.metadata["in_spike"] == "true";
   r.model->to(dev);
   r.model->eval();

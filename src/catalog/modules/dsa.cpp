@@ -105,6 +105,10 @@ const ModuleSpec& spec_dsa() {
           {"path", ParamType::String, "auto", 0, 0, "auto | sparse (gather) | dense_masked (reference)"},
       },
       &check_dsa,
+      nullptr,
+      // At context 32: k = 8 of up to 32 keys, the sparse stage from step 0 (evaluation and generation
+      // included), and the gather path, which auto would not take at T = 32.
+      "topk=8,window=2,path=sparse,warmup_steps=0",
   };
   return s;
 }
