@@ -88,7 +88,7 @@ TEST(Options, HelpEverywhereShowsDefaults) {
 TEST(Options, FlagNamesAreLongKebabCase) {
   for (auto& o : option_table()) {
     std::string n = o.name;
-    EXPECT_GE(n.size(), 2u) << n;
+    EXPECT_TRUE(n.size() >= 2u || n == "n") << n;  // `eval compile --n N`: the issue's own spelling
     for (char c : n) EXPECT_TRUE((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-') << n;
   }
 }

@@ -134,7 +134,7 @@ TEST(Trainer, RunLearnsAndLeavesEverything) {
   auto s1 = slm::test::run(gen + " --temperature 1 --top-k 50 --seed 4"), s2 = slm::test::run(gen + " --temperature 1 --top-k 50 --seed 4");
   EXPECT_EQ(s1.out, s2.out);
   EXPECT_EQ(slm::test::run(gen + " --suffix '}'").status, 0);
-  auto too_long = slm::test::run(gen + " --max-tokens 1000");
+  auto too_long = slm::test::run(std::string(SLMLAB_BIN) + " generate " + run + " --prompt 'int f(int x) {' --max-tokens 1000");
   EXPECT_EQ(too_long.status, 2);
   EXPECT_NE(too_long.out.find("context"), std::string::npos) << too_long.out;
 }
@@ -232,7 +232,10 @@ TEST(Trainer, BadInputIsRefusedBeforeAnyStep) {
   expect("--set device_batch=3", "not a multiple of device_batch x context");
   expect("--set context=100000000 --set total_batch=400000000 --set device_batch=4", "context");
   expect("--set eval_tokens=100000000", "exceeds the validation split");
-  expect("--module engram", "unknown module 'engram'");
+  expect("--module flashmem", "unknown module 'flashmem'");
+  expect("--module engram.layers=5", "layer 5");                    // beyond depth 2: the guard, before a step
+  expect("--set depth=3 --module mamba3.pattern=AAM --module engram.layers=2", "attention layers are 0,1");
+  expect("--module yarn", "Tier 3");                                 // inference lane only
   expect("--set vocab=999", "expects vocab 999");
   expect("--set data_fingerprint=0123", "pins data fingerprint");
   expect("--set tp=2", "distributed");
