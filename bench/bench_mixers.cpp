@@ -1,5 +1,7 @@
 // Token mixers against attention on this CPU: forward + backward tokens/s of one layer, side by
-// side in one run, at contexts 256 to 4096 (the same tokens per batch at every context).
+// side in one run, at contexts 256 to 4096 (the same tokens per batch at every context): Mamba-3
+// against attention, and DSA (sparse stage, k = T/8, window 128, indexer and its KL included)
+// against dense attention at 1024 to 4096.
 //   build/bench/bench_mixers [--threads N] [--tokens N]
 #include <chrono>
 #include <cstdio>
@@ -10,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "model/dsa.h"
 #include "model/gpt.h"
 #include "model/mamba3.h"
 
@@ -72,6 +75,36 @@ int main(int argc, char** argv) {
     const double ta = time_fb([&] { return attn.forward(x, ctx); }, reps);
     const double tm = time_fb([&] { return mamba.forward(x, ctx); }, reps);
     std::printf("%-8lld %-6lld %14.0f %14.0f %7.2fx\n", (long long)T, (long long)B, B * T / ta, B * T / tm, ta / tm);
+    std::fflush(stdout);
+  }
+  std::printf("\n%-8s %-6s %-6s %14s %14s %10s\n", "context", "batch", "k", "dense ms", "dsa ms", "dsa/dense");
+  for (int64_t T : {1024, 2048, 4096}) {
+    const int64_t B = std::max<int64_t>(1, tokens / T);
+    DsaOptions o;
+    o.topk = T / 8;
+    o.window = 128;
+    o.path = "sparse";
+    DsaAttentionImpl dsa(c, o);
+    {
+      torch::NoGradGuard ng;
+      dsa.c_proj->weight.normal_(0, 0.02);
+    }
+    auto x = torch::randn({B, T, c.d_model}, torch::requires_grad());
+    Ctx ctx;
+    ctx.cos = cos;
+    ctx.sin = sin;
+    ctx.training = true;
+    ctx.step = 1;  // past the (zero) warm-up: the sparse stage
+    const int reps = 3;
+    const double td = time_fb([&] { return attn.forward(x, ctx); }, reps);
+    const double ts = time_fb([&] {
+      Ctx c2 = ctx;
+      auto y = dsa.forward(x, c2);
+      for (auto& a : c2.aux) y = y + 0 * a.value;  // the indexer's KL is part of the step
+      return y;
+    }, reps);
+    std::printf("%-8lld %-6lld %-6lld %14.0f %14.0f %9.2fx\n", (long long)T, (long long)B, (long long)o.topk, 1000 * td,
+                1000 * ts, ts / td);
     std::fflush(stdout);
   }
   return 0;
