@@ -11,36 +11,22 @@
 #include <string>
 
 #include "catalog/catalog.h"
+#include "catalog/modules.h"
 #include "common/device.h"
 #include "common/error.h"
 #include "model/dsa.h"
 #include "model/gpt.h"
+#include "test_util.h"
 
-namespace slm::catalog {
-const ModuleSpec& spec_dsa();  // catalog/modules/dsa.cpp (the lead moves this to a shared header)
-}
 
 using namespace slm;
 using torch::indexing::Slice;
 
 namespace {
 
-// Catalog arguments as resolve() would give them: every parameter at its default unless given.
+// The catalog's arguments for dsa: defaults plus overrides given as text.
 catalog::ModuleArgs dsa_args(const std::map<std::string, std::string>& given = {}) {
-  catalog::ModuleArgs a;
-  a.name = "dsa";
-  for (auto& p : catalog::spec_dsa().params) {
-    auto it = given.find(p.name);
-    const std::string t = it != given.end() ? it->second : p.def;
-    switch (p.type) {
-      case catalog::ParamType::Int: a.values[p.name] = static_cast<int64_t>(std::stoll(t)); break;
-      case catalog::ParamType::Float: a.values[p.name] = std::stod(t); break;
-      case catalog::ParamType::Bool: a.values[p.name] = t == "true"; break;
-      case catalog::ParamType::String: a.values[p.name] = t; break;
-      case catalog::ParamType::IntList: a.values[p.name] = std::vector<int64_t>{}; break;
-    }
-  }
-  return a;
+  return slm::test::module_args("dsa", given);
 }
 
 ModelConfig tiny() {

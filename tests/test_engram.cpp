@@ -15,44 +15,23 @@
 #include <vector>
 
 #include "catalog/catalog.h"
+#include "catalog/modules.h"
 #include "common/device.h"
 #include "common/error.h"
 #include "model/engram.h"
 #include "model/generate.h"
 #include "model/gpt.h"
+#include "test_util.h"
 
-namespace slm::catalog {
-const ModuleSpec& spec_engram();
-}
 
 using namespace slm;
 using torch::indexing::Slice;
 
 namespace {
 
-// ModuleArgs from the row's defaults plus overrides given as text (the catalog table does not list
-// engram yet, so catalog::resolve cannot build them).
+// The catalog's arguments for engram: defaults plus overrides given as text.
 catalog::ModuleArgs engram_args(const std::map<std::string, std::string>& over = {}) {
-  catalog::ModuleArgs a;
-  a.name = "engram";
-  for (auto& p : catalog::spec_engram().params) {
-    auto it = over.find(p.name);
-    const std::string t = it != over.end() ? it->second : p.def;
-    switch (p.type) {
-      case catalog::ParamType::Int: a.values[p.name] = static_cast<int64_t>(std::stoll(t)); break;
-      case catalog::ParamType::IntList: {
-        std::vector<int64_t> v;
-        std::stringstream ss(t);
-        std::string item;
-        while (std::getline(ss, item, ',')) v.push_back(std::stoll(item));
-        a.values[p.name] = v;
-        break;
-      }
-      default: ADD_FAILURE() << "unexpected parameter type for " << p.name;
-    }
-  }
-  for (auto& [k, v] : over) EXPECT_TRUE(a.values.count(k)) << "no parameter " << k;
-  return a;
+  return slm::test::module_args("engram", over);
 }
 
 // "layers=0,2,table_size=257" -> overrides, a piece without '=' continuing the previous list (as

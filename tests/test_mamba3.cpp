@@ -11,14 +11,13 @@
 #include <vector>
 
 #include "catalog/catalog.h"
+#include "catalog/modules.h"
 #include "common/device.h"
 #include "common/error.h"
 #include "model/gpt.h"
 #include "model/mamba3.h"
+#include "test_util.h"
 
-namespace slm::catalog {
-const ModuleSpec& spec_mamba3();
-}
 
 using namespace slm;
 using torch::indexing::Slice;
@@ -28,24 +27,9 @@ namespace {
 namespace F = torch::nn::functional;
 const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
 
-// ModuleArgs from the row's defaults plus overrides given as text (the catalog table does not list
-// mamba3 yet, so catalog::resolve cannot build them).
+// The catalog's arguments for mamba3: defaults plus overrides given as text.
 catalog::ModuleArgs mamba3_args(const std::map<std::string, std::string>& over = {}) {
-  catalog::ModuleArgs a;
-  a.name = "mamba3";
-  for (auto& p : catalog::spec_mamba3().params) {
-    auto it = over.find(p.name);
-    const std::string t = it != over.end() ? it->second : p.def;
-    switch (p.type) {
-      case catalog::ParamType::Int: a.values[p.name] = static_cast<int64_t>(std::stoll(t)); break;
-      case catalog::ParamType::Float: a.values[p.name] = std::stod(t); break;
-      case catalog::ParamType::Bool: a.values[p.name] = t == "true"; break;
-      case catalog::ParamType::String: a.values[p.name] = t; break;
-      default: ADD_FAILURE() << "unexpected parameter type for " << p.name;
-    }
-  }
-  for (auto& [k, v] : over) EXPECT_TRUE(a.values.count(k)) << "no parameter " << k;
-  return a;
+  return slm::test::module_args("mamba3", over);
 }
 
 // h_t = exp(la_t) h_{t-1} + sum_r b x^T, y = c^T h, reset where seg changes: one step at a time.
@@ -458,20 +442,10 @@ ModelConfig aam(int64_t depth) {
 }
 catalog::ModuleArgs tiny_args() { return mamba3_args({{"d_state", "8"}, {"headdim", "16"}, {"chunk", "8"}}); }
 
-// A GPT whose M layers run Mamba-3: through the registry once it lists mamba3, else the plan's mixers
-// are swapped in here.
+// A GPT whose M layers run Mamba-3, built through the registry as the trainer builds it.
 GPT gpt_with_mamba(ModelConfig c) {
   c.modules = {tiny_args()};
-  GPT m(c);
-  ModelPlan plan = model_plan(c);
-  if (!find_model_module("mamba3")) apply_mamba3(c.modules[0], c, plan);
-  for (int64_t i = 0; i < c.n_layer; ++i) {
-    auto& blk = *m->blocks->ptr(i)->as<BlockImpl>();
-    if (plan.layers[i].kind != 'M' || dynamic_cast<Mamba3MixerImpl*>(blk.mixer.get())) continue;
-    blk.mixer = blk.replace_module("mixer", plan.layers[i].mixer());
-  }
-  m->plan = plan;
-  return m;
+  return GPT(c);
 }
 }  // namespace
 

@@ -137,8 +137,9 @@ TEST(Catalog, UnknownModulesAndTheTable) {
     auto r = catalog::resolve(m.name, {}, e);
     EXPECT_TRUE(e.empty()) << m.name << ": " << ::testing::PrintToString(e);
     EXPECT_EQ(r.values.size(), m.params.size()) << m.name;
-    if (m.tier == catalog::Tier::Inference)
+    if (m.tier == catalog::Tier::Inference) {
       EXPECT_FALSE(catalog::check({r}, catalog::ModelView{}, /*training=*/true).empty()) << m.name;
+    }
   }
   catalog::ModelView v;
   v.depth = 16;
@@ -195,8 +196,9 @@ TEST(Plan, DemoPlanCoversEveryTrainableModule) {
     for (auto& m : e.effective) used.insert(m.name);
   }
   for (auto& m : catalog::modules())
-    if (m.tier != catalog::Tier::Inference)
+    if (m.tier != catalog::Tier::Inference) {
       EXPECT_TRUE(used.count(m.name)) << m.name << " is missing from plans/demo.toml";
+    }
 }
 
 // The article's Phase-1 bug: Engram on layers 0,5,10 under Mamba-3 AAM at depth 16. Refused before a

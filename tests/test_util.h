@@ -9,6 +9,11 @@
 #include <random>
 #include <string>
 
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "catalog/catalog.h"
 #include "data/dataset.h"
 #include "test_paths.h"
 
@@ -112,6 +117,17 @@ inline int count_lines(const std::string& s) {
   int n = 0;
   for (char c : s) n += c == '\n';
   return n;
+}
+
+// A module's catalog arguments: defaults, overridden by `given` (as text). An unknown module or
+// parameter, or a value of the wrong type, fails the test; a value outside its range is kept, so
+// tests can hand the constraint checks what a user might.
+inline catalog::ModuleArgs module_args(const std::string& name, const std::map<std::string, std::string>& given = {}) {
+  std::vector<std::string> errors;
+  catalog::ModuleArgs a = catalog::resolve(name, given, errors);
+  for (auto& e : errors)
+    if (e.find("is outside") == std::string::npos) ADD_FAILURE() << e;
+  return a;
 }
 
 }  // namespace slm::test

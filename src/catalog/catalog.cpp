@@ -164,8 +164,7 @@ ModuleArgs resolve(const std::string& name, const std::map<std::string, std::str
   if (!m) {
     std::string n = cli::nearest(name, module_names());
     errors.push_back("unknown module '" + name + "'" + (n.empty() ? "" : "; did you mean '" + n + "'?") +
-                     (modules().empty() ? " (the catalog is empty in this build: modules arrive with issues 5-8)"
-                                        : " (slmlab catalog lists them)"));
+                     " (slmlab catalog lists them)");
     return a;
   }
   std::vector<std::string> pnames;
@@ -272,8 +271,6 @@ std::string table(bool as_json) {
          << (*p.def ? p.def : "\"\"") << "range [" << p.lo << ", " << p.hi << "]  " << p.help << "\n";
     os << "    cost: " << m.cost << "\n";
   }
-  if (modules().empty())
-    os << "(no modules yet: the catalog issues 5-8 add them; every module is off by default)\n";
   return os.str();
 }
 

@@ -70,10 +70,7 @@ int cmd_invalidate(const Args& a) {
   // RUN is a run id, or a run folder as the ledger recorded it.
   std::string id = a.positional[0];
   if (!ledger.get(id)) {
-    std::string want = id;
-    while (want.size() > 1 && want.back() == '/') want.pop_back();
-    for (auto& r : ledger.runs())
-      if (r.run_dir == want) id = r.run_id;
+    if (auto in_dir = ledger.run_in_dir(id)) id = *in_dir;
     SLM_CHECK(ledger.get(id), "invalidate: no run '", a.positional[0], "' in ", ledger_path,
               "; pass a run id (plan/experiment/sN, see `slmlab report --format csv`) or its run folder");
   }

@@ -157,15 +157,10 @@ int cmd_eval_compile(const Args& a) {
   const std::string ledger_path = a.str("ledger");
   if (fs::exists(ledger_path)) {
     engine::Ledger ledger(ledger_path);
-    std::string want = run_dir;
-    while (want.size() > 1 && want.back() == '/') want.pop_back();
-    std::string id;
-    for (auto& r : ledger.runs())
-      if (r.run_dir == want) id = r.run_id;
-    if (!id.empty()) {
-      ledger.add_compile_eval({id, a.str("checkpoint"), o.mode, run.step, run.in_spike, res.n, res.k, res.ci.lo, res.ci.hi,
+    if (auto id = ledger.run_in_dir(run_dir)) {
+      ledger.add_compile_eval({*id, a.str("checkpoint"), o.mode, run.step, run.in_spike, res.n, res.k, res.ci.lo, res.ci.hi,
                                records});
-      std::printf("recorded against %s in %s\n", id.c_str(), ledger_path.c_str());
+      std::printf("recorded against %s in %s\n", id->c_str(), ledger_path.c_str());
     } else {
       std::printf("not in %s: the result stays in the run folder only\n", ledger_path.c_str());
     }

@@ -4,28 +4,15 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "common/rng.h"
 
 namespace slm::data {
-
-namespace {
-// splitmix64: a well-mixed 64-bit stream from any seed.
-uint64_t splitmix(uint64_t& x) {
-  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-}  // namespace
 
 std::vector<uint32_t> permutation(uint32_t n, uint64_t seed) {
   std::vector<uint32_t> p(n);
   std::iota(p.begin(), p.end(), 0u);
-  uint64_t s = seed;
-  for (uint32_t i = n; i > 1; --i) {
-    // Lemire's multiply-shift: a uniform value in [0, i) without modulo bias worth caring about here.
-    uint64_t j = static_cast<uint64_t>((static_cast<unsigned __int128>(splitmix(s)) * i) >> 64);
-    std::swap(p[i - 1], p[j]);
-  }
+  SplitMix64 rng{seed};
+  for (uint32_t i = n; i > 1; --i) std::swap(p[i - 1], p[rng.below(i)]);
   return p;
 }
 
@@ -69,7 +56,7 @@ void Loader::set_transforms(const TransformSet& t) {
 const std::vector<int32_t>& Loader::transformed_doc() {
   if (cur_epoch_ != st_.epoch || cur_doc_ != st_.doc) {
     uint64_t x = seed_ ^ 0x5bd1e9955bd1e995ull;
-    const uint64_t key = splitmix(x) ^ (st_.epoch * 0x9e3779b97f4a7c15ull) ^ (st_.doc * 0xc2b2ae3d27d4eb4full);
+    const uint64_t key = splitmix64(x) ^ (st_.epoch * 0x9e3779b97f4a7c15ull) ^ (st_.doc * 0xc2b2ae3d27d4eb4full);
     cur_ = transform_tokens(ds_.tokenizer(), ds_.doc_tokens(split_, order_[st_.doc]), tf_, key);
     cur_epoch_ = st_.epoch;
     cur_doc_ = st_.doc;

@@ -336,6 +336,14 @@ std::vector<std::string> Ledger::plan_names() const {
   return out;
 }
 
+std::optional<std::string> Ledger::run_in_dir(std::string run_dir) const {
+  while (run_dir.size() > 1 && run_dir.back() == '/') run_dir.pop_back();
+  Stmt st(db_, "SELECT run_id FROM runs WHERE run_dir=?1");
+  st.text(1, run_dir);
+  if (!st.step(db_)) return std::nullopt;
+  return st.col_text(0);
+}
+
 std::vector<EvalPoint> Ledger::evals(const std::string& run_id) const {
   Stmt st(db_, "SELECT step, val_bpb, in_spike FROM evals WHERE run_id=?1 ORDER BY step");
   st.text(1, run_id);

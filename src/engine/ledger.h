@@ -73,6 +73,8 @@ class Ledger {
   // All runs, or those of one plan, ordered by run_id.
   std::vector<RunRow> runs(const std::string& plan = "") const;
   std::vector<EvalPoint> evals(const std::string& run_id) const;
+  // The run recorded in `run_dir` (trailing slashes ignored), if any.
+  std::optional<std::string> run_in_dir(std::string run_dir) const;
   // The plan a ledger's runs came from (its experiments, bases and rule, as JSON), so reports need
   // only the ledger. Saved by `slmlab ablate` at every start.
   void save_plan(const std::string& name, const std::string& spec_json);

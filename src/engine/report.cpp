@@ -411,6 +411,14 @@ std::string run_compiles(const RunView& v) {
   return s;
 }
 
+// Everything said about a run beyond its numbers: status reason, the spike note, compile rates.
+std::string run_reason(const RunView& v) {
+  std::string why = v.row.reason;
+  for (const std::string& part : {v.note, run_compiles(v)})
+    if (!part.empty()) why += (why.empty() ? "" : "; ") + part;
+  return why;
+}
+
 std::string stack_text(const Card& c) {
   if (!std::isfinite(c.predicted_pct)) return "";
   return "stacking: predicted " + pct(c.predicted_pct) + " (sum of " + c.predicted_from + "), measured " +
@@ -481,8 +489,7 @@ std::string render_text(const Scorecard& s) {
         std::vector<std::string> row = {"s" + std::to_string(v.row.seed), run_status_text(v),
                                          "best " + run_value_text(v), "final " + fmt(v.row.final_val_bpb),
                                          std::isfinite(v.row.step_ms) && v.row.step_ms > 0 ? fmt(v.row.step_ms, 0) + " ms/step" : ""};
-        std::string why = v.row.reason.empty() ? v.note : v.row.reason + (v.note.empty() ? "" : "; " + v.note);
-        if (!run_compiles(v).empty()) why += (why.empty() ? "" : "; ") + run_compiles(v);
+        const std::string why = run_reason(v);
         if (!why.empty()) row.push_back(one_line(why));
         rt.rows.push_back(row);
       }
@@ -544,8 +551,7 @@ std::string render_markdown(const Scorecard& s) {
     os << "\n| run | status | best val_bpb @ step | final | ms/step | reason |\n|---|---|---:|---:|---:|---|\n";
     for (auto& c : g.cards)
       for (auto& v : c.runs) {
-        std::string why = v.row.reason.empty() ? v.note : v.row.reason + (v.note.empty() ? "" : "; " + v.note);
-        if (!run_compiles(v).empty()) why += (why.empty() ? "" : "; ") + run_compiles(v);
+        const std::string why = run_reason(v);
         os << "| " << md_escape(v.row.run_id) << " | " << md_escape(run_status_text(v)) << " | " << run_value_text(v)
            << " | " << fmt(v.row.final_val_bpb) << " | " << fmt(v.row.step_ms, 0) << " | " << md_escape(why) << " |\n";
       }
@@ -726,8 +732,7 @@ std::string render_html(const Scorecard& s) {
           "<th>ms/step</th><th>substrate</th><th>commit</th><th>reason</th></tr>\n";
     for (auto& c : g.cards)
       for (auto& v : c.runs) {
-        std::string why = v.row.reason.empty() ? v.note : v.row.reason + (v.note.empty() ? "" : "; " + v.note);
-        if (!run_compiles(v).empty()) why += (why.empty() ? "" : "; ") + run_compiles(v);
+        const std::string why = run_reason(v);
         const bool inv = v.row.status == Status::Invalid;
         os << "<tr><td>" << html_escape(v.row.run_id) << "</td><td" << (inv ? " class=\"INVALID\"" : "") << ">"
            << html_escape(run_status_text(v)) << "</td><td class=\"num\">" << run_value_text(v) << "</td><td class=\"num\">"

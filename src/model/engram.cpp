@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/rng.h"
 #include "model/gpt.h"
 
 namespace slm {
@@ -24,12 +25,6 @@ bool is_prime(int64_t n) {
   return true;
 }
 
-uint64_t splitmix(uint64_t& x) {
-  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 // Segment ids (B, T): 0 at t = 0, +1 wherever the document id changes. Comparing segments (not raw
 // ids) keeps a repeated document id after another document from joining the earlier one.
@@ -102,7 +97,7 @@ std::vector<int64_t> engram_multipliers(int64_t layer, int64_t n, int64_t compre
                          static_cast<uint64_t>(compressed_vocab + 1);
   uint64_t state = 10007ull * static_cast<uint64_t>(layer);  // the demo's seed 0 + 10007 x layer
   std::vector<int64_t> m;
-  for (int64_t k = 0; k < n; ++k) m.push_back(static_cast<int64_t>((splitmix(state) % bound) | 1ull));
+  for (int64_t k = 0; k < n; ++k) m.push_back(static_cast<int64_t>((splitmix64(state) % bound) | 1ull));
   return m;
 }
 

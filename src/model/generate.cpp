@@ -5,21 +5,16 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "common/rng.h"
 
 namespace slm {
 
 namespace {
 
-uint64_t splitmix(uint64_t& x) {
-  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 // Picks the next token from fp32 logits (V): argmax, or a draw from the tempered top-k softmax
 // with our own generator, so a seed gives the same text on every platform.
-int32_t pick(const torch::Tensor& logits, const GenerateOptions& opt, uint64_t& rng) {
+int32_t pick(const torch::Tensor& logits, const GenerateOptions& opt, SplitMix64& rng) {
   auto l = logits.to(torch::kFloat64).contiguous();
   const double* z = l.data_ptr<double>();
   const int64_t V = l.numel();
@@ -31,7 +26,7 @@ int32_t pick(const torch::Tensor& logits, const GenerateOptions& opt, uint64_t& 
   std::vector<double> p(k);
   for (int64_t i = 0; i < k; ++i) p[i] = std::exp((z[ids[i]] - z[ids[0]]) / opt.temperature);
   const double total = std::accumulate(p.begin(), p.end(), 0.0);
-  double u = static_cast<double>(splitmix(rng) >> 11) * 0x1.0p-53 * total;
+  double u = rng.unit() * total;
   for (int64_t i = 0; i < k; ++i) {
     if (u < p[i]) return ids[i];
     u -= p[i];
@@ -56,7 +51,7 @@ std::vector<int32_t> generate(GPTImpl& model, const std::vector<int32_t>& prompt
     return torch::tensor(v, torch::kInt64).view({1, -1}).to(dev);
   };
   std::vector<int32_t> seq = prompt, out;
-  uint64_t rng = opt.seed ^ 0x2545f4914f6cdd1dull;
+  SplitMix64 rng{opt.seed ^ 0x2545f4914f6cdd1dull};
   Caches caches;
   size_t done = 0;  // tokens already in the caches
   while (static_cast<int64_t>(out.size()) < opt.max_tokens) {
