@@ -9,25 +9,24 @@
 
 namespace slm::cli {
 
-// Every command slmlab knows. `planned` names the issue that builds a command not yet built;
-// such a command is listed in help and refused with that reason, never faked.
+// Every command slmlab knows.
 const std::vector<CommandSpec>& command_table() {
   static const std::vector<CommandSpec> t = {
-      {"data build", "", "collect C/C++ sources, train the BPE tokenizer, write fingerprinted token shards", nullptr},
-      {"data verify", "DATA_DIR", "re-hash every file of a data set and round-trip its documents", nullptr},
-      {"data stats", "DATA_DIR", "files, bytes, tokens, bytes per token and the most frequent tokens", nullptr},
-      {"demo", "", "the main job: default data set (built if missing), the demo plan on cpu-tiny in parallel waves, its scorecard and HTML report", nullptr},
-      {"train", "", "train one model on a data set and substrate", nullptr},
-      {"export", "RUN_DIR", "write a run's weights as safetensors", nullptr},
-      {"bench peak", "", "measure this device's peak matmul FLOP/s (fp32 and bf16)", nullptr},
-      {"catalog", "", "list the module catalog (tier, family, parameters, ranges, cost)", nullptr},
-      {"plan check", "PLAN", "validate an ablation plan before any step runs; lists every problem", nullptr},
-      {"ablate", "PLAN", "run an ablation plan in parallel waves (resumable; skips finished runs)", nullptr},
-      {"report", "", "scorecards from the ledger: verdicts, best val_bpb with step, noise, charts (txt, md, csv, html)", nullptr},
-      {"invalidate", "RUN", "mark a run INVALID with a reason (or --undo); RUN is a run id or a run folder", nullptr},
-      {"eval bpb", "RUN_DIR", "val_bpb of a run's checkpoint on the held-out split, optionally at a longer context (YaRN)", nullptr},
-      {"eval compile", "RUN_DIR", "compile rate of generated function bodies, checked by g++ -fsyntax-only in a sandbox", nullptr},
-      {"generate", "RUN_DIR", "continue a prompt (or fill a middle, with --suffix) from a trained run", nullptr},
+      {"data build", "", "collect C/C++ sources, train the BPE tokenizer, write fingerprinted token shards"},
+      {"data verify", "DATA_DIR", "re-hash every file of a data set and round-trip its documents"},
+      {"data stats", "DATA_DIR", "files, bytes, tokens, bytes per token and the most frequent tokens"},
+      {"demo", "", "the main job: default data set (built if missing), the demo plan on cpu-tiny in parallel waves, its scorecard and HTML report"},
+      {"train", "", "train one model on a data set and substrate"},
+      {"export", "RUN_DIR", "write a run's weights as safetensors"},
+      {"bench peak", "", "measure this device's peak matmul FLOP/s (fp32 and bf16)"},
+      {"catalog", "", "list the module catalog (tier, family, parameters, ranges, cost)"},
+      {"plan check", "PLAN", "validate an ablation plan before any step runs; lists every problem"},
+      {"ablate", "PLAN", "run an ablation plan in parallel waves (resumable; skips finished runs)"},
+      {"report", "", "scorecards from the ledger: verdicts, best val_bpb with step, noise, charts (txt, md, csv, html)"},
+      {"invalidate", "RUN", "mark a run INVALID with a reason (or --undo); RUN is a run id or a run folder"},
+      {"eval bpb", "RUN_DIR", "val_bpb of a run's checkpoint on the held-out split, optionally at a longer context (YaRN)"},
+      {"eval compile", "RUN_DIR", "compile rate of generated function bodies, checked by g++ -fsyntax-only in a sandbox"},
+      {"generate", "RUN_DIR", "continue a prompt (or fill a middle, with --suffix) from a trained run"},
   };
   return t;
 }
@@ -284,7 +283,6 @@ std::string help(const CommandSpec* cmd) {
     for (auto& c : command_table()) {
       std::string head = std::string(c.name) + (std::string(c.positional).empty() ? "" : " ") + c.positional;
       os << "  " << head << std::string(head.size() < 24 ? 24 - head.size() : 1, ' ') << c.summary;
-      if (c.planned) os << "  [not built yet: " << c.planned << "]";
       os << "\n";
     }
     return os.str();
@@ -292,7 +290,6 @@ std::string help(const CommandSpec* cmd) {
   os << "usage: slmlab " << cmd->name << (std::string(cmd->positional).empty() ? "" : " ") << cmd->positional
      << " [options]\n\n"
      << cmd->summary << "\n";
-  if (cmd->planned) os << "not built yet: " << cmd->planned << "\n";
   os << "\noptions:\n";
   for (auto& o : option_table()) {
     if (!takes(o, cmd->name)) continue;

@@ -24,7 +24,6 @@ struct CommandSpec {
   const char* name;        // "data build"
   const char* positional;  // "DATA_DIR", "" for none; "[X]" when optional
   const char* summary;
-  const char* planned;     // non-null while not built yet: the issue that delivers it
 };
 
 const std::vector<OptionSpec>& option_table();
