@@ -24,18 +24,12 @@ void set_threads(const Args& a) {
   SLM_CHECK(threads >= 0 && threads <= 1024, "--threads ", threads, " is outside [0, 1024]");
   at::set_num_threads(threads > 0 ? static_cast<int>(threads) : std::max(1u, std::thread::hardware_concurrency()));
 }
-
-torch::Device run_device(const std::string& run_dir) {
-  const std::string cfg_path = fs::join(run_dir, "config.json");
-  SLM_CHECK(fs::exists(cfg_path), run_dir, " has no config.json; pass a run folder written by slmlab train");
-  return device::resolve(nlohmann::json::parse(fs::read_file(cfg_path)).value("device", "cpu"));
-}
 }  // namespace
 
 int cmd_generate(const Args& a) {
   set_threads(a);
   const std::string run_dir = a.positional[0];
-  LoadedRun run = load_run(run_dir, a.str("checkpoint"), run_device(run_dir));
+  LoadedRun run = load_run(run_dir, a.str("checkpoint"));
   data::DataSet ds(run.config.at("data").at("dir").get<std::string>());
   const Tokenizer& tok = ds.tokenizer();
   SLM_CHECK(tok.hash() == run.config.at("data").at("tokenizer_hash").get<std::string>(), "generate: the data set ",
@@ -79,8 +73,8 @@ int cmd_eval_bpb(const Args& a) {
   if (errors.empty()) errors = catalog::check(mods, catalog::ModelView{}, /*training=*/false);
   if (!errors.empty()) fail("eval bpb: ", errors[0]);
 
-  const torch::Device dev = run_device(run_dir);
-  LoadedRun run = load_run(run_dir, a.str("checkpoint"), dev);
+  LoadedRun run = load_run(run_dir, a.str("checkpoint"));
+  const torch::Device dev = run.device;
   const std::string data_dir = a.str("data").empty() ? run.config.at("data").at("dir").get<std::string>() : a.str("data");
   data::DataSet ds(data_dir);
   SLM_CHECK(ds.fingerprint() == run.config.at("data").at("fingerprint").get<std::string>(), "eval bpb: ", data_dir,
@@ -118,7 +112,7 @@ int cmd_eval_bpb(const Args& a) {
 int cmd_eval_compile(const Args& a) {
   set_threads(a);
   const std::string run_dir = a.positional[0];
-  LoadedRun run = load_run(run_dir, a.str("checkpoint"), run_device(run_dir));
+  LoadedRun run = load_run(run_dir, a.str("checkpoint"));
   data::DataSet ds(run.config.at("data").at("dir").get<std::string>());
   SLM_CHECK(ds.fingerprint() == run.config.at("data").at("fingerprint").get<std::string>(), "eval compile: the data set ",
             ds.dir(), " changed since ", run_dir, " was trained on it");

@@ -16,6 +16,13 @@ namespace slm {
 
 using json = nlohmann::json;
 
+json model_config_json(const ModelConfig& c) {
+  return {{"vocab", c.vocab},         {"n_layer", c.n_layer},   {"d_model", c.d_model},
+          {"n_head", c.n_head},       {"head_dim", c.head_dim}, {"context", c.context},
+          {"layer_pattern", c.layer_pattern}, {"softcap", c.softcap}, {"doc_mask", c.doc_mask},
+          {"rope_base", c.rope_base}, {"seed", c.seed}};
+}
+
 ModelConfig model_config_from(const json& config) {
   try {
     const json& m = config.at("model");
@@ -47,7 +54,7 @@ std::string snapshot_name(int64_t step) {
   return buf;
 }
 
-LoadedRun load_run(const std::string& run_dir, const std::string& which, torch::Device dev) {
+LoadedRun load_run(const std::string& run_dir, const std::string& which) {
   const bool numeric = !which.empty() && which.find_first_not_of("0123456789") == std::string::npos;
   SLM_CHECK(which == "latest" || which == "best" || numeric, "--checkpoint must be latest, best or a step, got '", which,
             "'");
@@ -57,6 +64,7 @@ LoadedRun load_run(const std::string& run_dir, const std::string& which, torch::
   SLM_CHECK(fs::exists(cfg), "[run] ", run_dir, " has no config.json; pass a run folder written by slmlab train");
   r.config = json::parse(fs::read_file(cfg));
   r.model_cfg = model_config_from(r.config);
+  r.device = device::resolve(r.config.value("device", "cpu"));
   r.checkpoint = fs::join(run_dir, numeric ? snapshot_name(std::stoll(which)) : "ckpt_" + which + ".safetensors");
   SLM_CHECK(fs::exists(r.checkpoint), "[run] ", run_dir, " has no ", which, " checkpoint",
             numeric ? " (step snapshots exist only for runs trained with --keep-checkpoints, at checkpoint steps)"
@@ -78,7 +86,7 @@ LoadedRun load_run(const std::string& run_dir, const std::string& which, torch::
   r.step = std::stoll(ck.metadata["step"]);
   r.model->step = r.step;  // schedules that depend on it (DSA's warm-up) evaluate as trained
   r.in_spike = ck.metadata["in_spike"] == "true";
-  r.model->to(dev);
+  r.model->to(r.device);
   r.model->eval();
   return r;
 }

@@ -18,12 +18,16 @@ struct LoadedRun {
   GPT model{nullptr};
   int64_t step = 0;             // the checkpoint's step
   bool in_spike = false;        // saved inside a detected loss spike
+  torch::Device device{torch::kCPU};  // where it runs: the run's own device
 };
 
-// The model configuration a run's config.json describes, modules re-resolved through the catalog.
+// The model geometry as config.json's "model" holds it (modules are stored beside it, as text), and
+// back: the configuration a run's config.json describes, modules re-resolved through the catalog.
+nlohmann::json model_config_json(const ModelConfig& c);
 ModelConfig model_config_from(const nlohmann::json& config);
-// Loads RUN_DIR's "latest" or "best" checkpoint onto `dev`, in evaluation mode.
-LoadedRun load_run(const std::string& run_dir, const std::string& which, torch::Device dev);
+// Loads RUN_DIR's "latest" or "best" checkpoint (or a kept step) onto the device the run trained
+// on, in evaluation mode.
+LoadedRun load_run(const std::string& run_dir, const std::string& which);
 
 // val_bpb: nats summed over targets that carry bytes / (ln 2 x their bytes), over the first
 // `tokens` tokens of the validation split in rows of `context` (fixed rows, fixed order, never

@@ -74,10 +74,7 @@ struct RunConfig {
     j["substrate_id"] = substrate_id;
     j["substrate"] = sub.to_toml();
     j["substrate_canonical"] = sub.canonical();
-    j["model"] = {{"vocab", model.vocab},     {"n_layer", model.n_layer},     {"d_model", model.d_model},
-                  {"n_head", model.n_head},   {"head_dim", model.head_dim},   {"context", model.context},
-                  {"layer_pattern", model.layer_pattern}, {"softcap", model.softcap}, {"doc_mask", model.doc_mask},
-                  {"rope_base", model.rope_base}, {"seed", model.seed}};
+    j["model"] = model_config_json(model);
     j["data"] = {{"dir", data_dir}, {"fingerprint", data_fingerprint}, {"tokenizer_hash", tokenizer_hash}};
     j["precision"] = precision;
     j["precision_reason"] = precision_reason;
@@ -217,8 +214,7 @@ data::TransformSet transform_set(const std::vector<catalog::ModuleArgs>& mods) {
       t.sri = o;
     }
   }
-  data::validate(t);
-  return t;
+  return t;  // Loader::set_transforms validates it
 }
 
 }  // namespace
@@ -382,10 +378,11 @@ int train(const TrainOptions& opt) {
       if (c == '\n') c = ' ';
     std::printf("config: %s\n", flat.c_str());
   }
+  const std::string plan_text = layer_plan(*model);
+  cfg_json["layer_plan"] = plan_text;
   std::printf("batch: %lld tokens/step = %lld rows x %lld context x %lld accum x dp %lld; %lld steps\n%s",
               (long long)sub.total_batch, (long long)sub.device_batch, (long long)sub.context, (long long)accum,
-              (long long)sub.dp, (long long)sub.steps, layer_plan(*model).c_str());
-  cfg_json["layer_plan"] = layer_plan(*model);
+              (long long)sub.dp, (long long)sub.steps, plan_text.c_str());
 
   const double flops_tok = model->flops_per_token(sub.context);
   const double peak = device::peak_flops(dev, bf16 ? torch::kBFloat16 : torch::kFloat32);

@@ -15,15 +15,9 @@ const ModuleSpec& spec_engram();  // until catalog/modules.h lists it
 
 namespace {
 
-std::string join(const std::vector<int64_t>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s;
-}
-
 // "layer 5 is" / "layers 5,8 are"
 std::string layers_are(const std::vector<int64_t>& v) {
-  return (v.size() == 1 ? "layer " : "layers ") + join(v) + (v.size() == 1 ? " is" : " are");
+  return (v.size() == 1 ? "layer " : "layers ") + value_text(v) + (v.size() == 1 ? " is" : " are");
 }
 
 std::string kind_name(char k) {
@@ -46,10 +40,10 @@ std::vector<std::string> check_engram(const ModuleArgs& a, const ModelView& m) {
   const auto& orders = a.list("orders");
   if (layers.empty()) e.push_back("layers is empty; list the attention layers that get memory, e.g. layers=0");
   if (auto r = repeated(layers); !r.empty())
-    e.push_back("layers lists " + join(r) + " more than once; list each layer once");
+    e.push_back("layers lists " + value_text(r) + " more than once; list each layer once");
   if (orders.empty()) e.push_back("orders is empty; use the paper's orders=2,3");
   if (auto r = repeated(orders); !r.empty())
-    e.push_back("orders lists " + join(r) + " more than once; list each n-gram order once, e.g. orders=2,3");
+    e.push_back("orders lists " + value_text(r) + " more than once; list each n-gram order once, e.g. orders=2,3");
   if (m.depth <= 0) return e;  // geometry unknown: the rules below need it
 
   std::vector<int64_t> beyond;
@@ -67,7 +61,7 @@ std::vector<std::string> check_engram(const ModuleArgs& a, const ModelView& m) {
     const auto attn = m.layers_of('A');
     e.push_back("engram goes on attention layers only; " + what + " under layer_pattern " + m.layer_pattern +
                 (attn.empty() ? "; the pattern has no attention layer, so drop engram or add A to the pattern"
-                              : "; attention layers are " + join(attn) + "; pick engram.layers from them"));
+                              : "; attention layers are " + value_text(attn) + "; pick engram.layers from them"));
   }
   return e;
 }
