@@ -216,3 +216,26 @@ TEST(Plan, SeedEngramBugIsRefusedWithTheAttentionLayers) {
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.out.find("0,1,3,4,6,7,9,10,12,13,15"), std::string::npos) << r.out;
 }
+
+// The data transforms' and YaRN's rows refuse bad parameters with a message naming the fix.
+TEST(Catalog, DataTransformsAndYarnRefuseBadParameters) {
+  auto errors_of = [](const std::vector<std::string>& args) {
+    std::vector<std::string> errs;
+    std::vector<catalog::ModuleArgs> mods;
+    for (auto& a : args) mods.push_back(catalog::resolve_arg(a, errs));
+    if (errs.empty()) errs = catalog::check(mods, catalog::ModelView{}, /*training=*/false);
+    return errs;
+  };
+  auto has = [](const std::vector<std::string>& errs, const std::string& needle) {
+    for (auto& e : errs)
+      if (e.find(needle) != std::string::npos) return true;
+    return false;
+  };
+  EXPECT_TRUE(errors_of({"fim", "ifim.rate=0.3", "sri.rate=0.2"}).empty());
+  auto e = errors_of({"fim.rate=0.6", "sri.rate=0.6"});
+  EXPECT_TRUE(has(e, "fim + sri have rates summing to 1.2 > 1")) << ::testing::PrintToString(e);
+  EXPECT_TRUE(has(errors_of({"fim.split=words"}), "split 'words' is not chars or lines"));
+  EXPECT_TRUE(has(errors_of({"ifim.rate=1.5"}), "rate is outside [0, 1]"));
+  EXPECT_TRUE(has(errors_of({"sri.context_lines=x"}), "expects an integer"));
+  EXPECT_TRUE(has(errors_of({"yarn.beta_fast=1,beta_slow=2"}), "beta_fast (1) must exceed beta_slow (2)"));
+}
