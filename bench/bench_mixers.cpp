@@ -2,7 +2,7 @@
 // side in one run, at contexts 256 to 4096 (the same tokens per batch at every context): Mamba-3
 // against attention, and DSA (sparse stage, k = T/8, window 128, indexer and its KL included)
 // against dense attention at 1024 to 4096.
-//   build/bench/bench_mixers [--threads N] [--tokens N]
+//   build/bench/bench_mixers [--threads N] [--tokens N] [--only mamba3|dsa]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -41,9 +41,11 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   int threads = 2;
   int64_t tokens = 8192;
+  std::string only;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--tokens")) tokens = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
   }
   at::set_num_threads(threads);
   torch::manual_seed(0);
@@ -66,6 +68,7 @@ int main(int argc, char** argv) {
   }
   auto [cos, sin] = rope_tables(c.context, c.head_dim, c.rope_base);
   for (int64_t T : {256, 512, 1024, 2048, 4096}) {
+    if (only == "dsa") break;
     const int64_t B = std::max<int64_t>(1, tokens / T);
     auto x = torch::randn({B, T, c.d_model}, torch::requires_grad());
     Ctx ctx;
@@ -79,6 +82,7 @@ int main(int argc, char** argv) {
   }
   std::printf("\n%-8s %-6s %-6s %14s %14s %10s\n", "context", "batch", "k", "dense ms", "dsa ms", "dsa/dense");
   for (int64_t T : {1024, 2048, 4096}) {
+    if (only == "mamba3") break;
     const int64_t B = std::max<int64_t>(1, tokens / T);
     DsaOptions o;
     o.topk = T / 8;

@@ -326,18 +326,20 @@ TEST(Dsa, TrainingTheIndexerRaisesRecall) {
 }
 
 TEST(Dsa, SparsePathEqualsDenseMaskedPath) {
-  // Same selection, two computations: outputs, KL and every gradient agree; the sparse path is
-  // bitwise deterministic.
+  // Same selection, three computations (the CPU loop kernels, the chunked gather other devices
+  // run, dense scores under the selection mask): outputs, KL and every gradient agree; the sparse
+  // path is bitwise deterministic.
   const auto c = tiny();
   const int64_t B = 2, T = 40;
   for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
     // rms_norm (the model's QK-norm) runs in fp32 even for fp64 inputs, so gradients agree to fp32
     // precision, relative to their size.
     const double tol = dtype == torch::kFloat64 ? 1e-6 : 1e-5;
-    auto run = [&](const char* path) {
+    auto run = [&](const char* path, bool cpu_kernels = true) {
       torch::manual_seed(1);
       auto o = opts(8, 3, path);
       o.chunk_values = 7 * 8 * 16;  // 7 queries per chunk: many chunks and a ragged last one
+      o.cpu_kernels = cpu_kernels;
       DsaAttention d(c, o);
       randomize(*d, 2, 0.3);
       d->to(dtype);
@@ -357,41 +359,47 @@ TEST(Dsa, SparsePathEqualsDenseMaskedPath) {
       EXPECT_DOUBLE_EQ(ctx.stats.at("dsa.L0.sparse"), std::string(path) == "sparse" ? 1.0 : 0.0);
       return g;
     };
-    auto a = run("sparse"), b = run("dense_masked"), again = run("sparse");
+    auto a = run("sparse"), b = run("dense_masked"), again = run("sparse"), gathered = run("sparse", false);
     for (auto& [name, t] : a) EXPECT_TRUE(torch::equal(t, again.at(name))) << "deterministic: " << name;
-    for (auto& [name, t] : a)
+    for (auto& [name, t] : a) {
       EXPECT_LT(max_abs(t - b.at(name)), tol * std::max(1.0, max_abs(t))) << name << " " << dtype;
+      EXPECT_LT(max_abs(t - gathered.at(name)), tol * std::max(1.0, max_abs(t))) << name << " " << dtype;
+    }
     EXPECT_GT(max_abs(a.at("indexer_q.weight")), 0);
   }
 }
 
 TEST(Dsa, SelectedIndexScoresMatchFullScores) {
-  // The sparse-stage KL scores only the selected keys, by a chunked custom autograd function:
-  // values and indexer gradients equal those of the full scores gathered at the same keys.
+  // The sparse-stage KL scores only the selected keys, by a custom autograd function (CPU loop
+  // kernels, or the chunked gather of other devices): values and indexer gradients equal those of
+  // the full scores gathered at the same keys.
   const auto c = tiny();
   const int64_t B = 2, T = 24, K = 6;
-  auto o = opts(K, 2);
-  o.chunk_values = 5 * o.index_heads * K * o.index_dim;  // 5 queries per chunk, the last one short
-  torch::manual_seed(1);
-  DsaAttention d(c, o);
-  randomize(*d, 2, 0.3);
-  d->to(torch::kFloat64);
-  torch::manual_seed(3);
-  auto x = torch::randn({B, T, c.d_model}, torch::kFloat64);
-  auto visible = document_causal_mask(two_docs(B, T, 7)).select(1, 0);
-  auto idx = d->select(d->index_scores(x), visible).first;
-  auto a = d->index_scores_at(x, idx);
-  auto b = d->index_scores(x).gather(2, idx);
-  EXPECT_LT(max_abs(a - b), 1e-12);
-  std::vector<torch::Tensor> params;
-  for (auto& p : d->named_parameters())
-    if (is_indexer(p.key())) params.push_back(p.value());
-  auto g = torch::randn_like(a);
-  auto ga = torch::autograd::grad({(a * g).sum()}, params);
-  auto gb = torch::autograd::grad({(b * g).sum()}, params);
-  for (size_t i = 0; i < params.size(); ++i) {
-    EXPECT_GT(max_abs(gb[i]), 0) << i;
-    EXPECT_LT(max_abs(ga[i] - gb[i]), 1e-10 * std::max(1.0, max_abs(gb[i]))) << i;
+  for (bool cpu_kernels : {true, false}) {
+    auto o = opts(K, 2);
+    o.chunk_values = 5 * o.index_heads * K * o.index_dim;  // 5 queries per chunk, the last one short
+    o.cpu_kernels = cpu_kernels;
+    torch::manual_seed(1);
+    DsaAttention d(c, o);
+    randomize(*d, 2, 0.3);
+    d->to(torch::kFloat64);
+    torch::manual_seed(3);
+    auto x = torch::randn({B, T, c.d_model}, torch::kFloat64);
+    auto visible = document_causal_mask(two_docs(B, T, 7)).select(1, 0);
+    auto idx = d->select(d->index_scores(x), visible).first;
+    auto a = d->index_scores_at(x, idx);
+    auto b = d->index_scores(x).gather(2, idx);
+    EXPECT_LT(max_abs(a - b), 1e-12);
+    std::vector<torch::Tensor> params;
+    for (auto& p : d->named_parameters())
+      if (is_indexer(p.key())) params.push_back(p.value());
+    auto g = torch::randn_like(a);
+    auto ga = torch::autograd::grad({(a * g).sum()}, params);
+    auto gb = torch::autograd::grad({(b * g).sum()}, params);
+    for (size_t i = 0; i < params.size(); ++i) {
+      EXPECT_GT(max_abs(gb[i]), 0) << i;
+      EXPECT_LT(max_abs(ga[i] - gb[i]), 1e-10 * std::max(1.0, max_abs(gb[i]))) << i << " cpu_kernels " << cpu_kernels;
+    }
   }
 }
 
@@ -416,22 +424,54 @@ TEST(Dsa, LocalWindowAlwaysSelected) {
 
 TEST(Dsa, TiesGoToTheEarliestKeys) {
   // ReLU makes exact ties common (every key at 0): they resolve by position, however the row is cut.
+  // Both selections: the CPU kernel and the top-k other devices run.
   const auto c = tiny();
   const int64_t T = 20, k = 6;
-  DsaAttention d(c, opts(k, 0));
-  auto visible = torch::ones({T, T}, torch::kBool).tril().unsqueeze(0);
-  auto [idx, valid] = d->select(torch::zeros({1, T, T}), visible);
-  auto first = std::get<0>(idx.sort(-1));  // (1, T, k)
-  for (int64_t t = k; t < T; ++t) EXPECT_TRUE(torch::equal(first[0][t], torch::arange(k))) << t;
-  // A row cut at t + 1 keys (generation) selects the same keys.
-  auto [cut, cut_valid] = d->select(torch::zeros({1, 1, 12}), torch::ones({1, 1, 12}, torch::kBool), 11);
-  EXPECT_TRUE(torch::equal(std::get<0>(cut.sort(-1))[0][0], torch::arange(k)));
-  // Only the tie at the cut is resolved by position; higher scores win wherever they are.
-  auto scores = torch::zeros({1, 1, T});
-  scores[0][0][15] = 2.0;
-  scores[0][0][17] = 1.0;
-  auto [mixed, mixed_valid] = d->select(scores, torch::ones({1, 1, T}, torch::kBool), T - 1);
-  EXPECT_TRUE(torch::equal(std::get<0>(mixed.sort(-1))[0][0], torch::tensor({0, 1, 2, 3, 15, 17})));
+  for (bool cpu_kernels : {true, false}) {
+    auto o = opts(k, 0);
+    o.cpu_kernels = cpu_kernels;
+    DsaAttention d(c, o);
+    auto visible = torch::ones({T, T}, torch::kBool).tril().unsqueeze(0);
+    auto [idx, valid] = d->select(torch::zeros({1, T, T}), visible);
+    auto first = std::get<0>(idx.sort(-1));  // (1, T, k)
+    for (int64_t t = k; t < T; ++t) EXPECT_TRUE(torch::equal(first[0][t], torch::arange(k))) << t;
+    // A row cut at t + 1 keys (generation) selects the same keys.
+    auto [cut, cut_valid] = d->select(torch::zeros({1, 1, 12}), torch::ones({1, 1, 12}, torch::kBool), 11);
+    EXPECT_TRUE(torch::equal(std::get<0>(cut.sort(-1))[0][0], torch::arange(k)));
+    // Only the tie at the cut is resolved by position; higher scores win wherever they are.
+    auto scores = torch::zeros({1, 1, T});
+    scores[0][0][15] = 2.0;
+    scores[0][0][17] = 1.0;
+    auto [mixed, mixed_valid] = d->select(scores, torch::ones({1, 1, T}, torch::kBool), T - 1);
+    EXPECT_TRUE(torch::equal(std::get<0>(mixed.sort(-1))[0][0], torch::tensor({0, 1, 2, 3, 15, 17})));
+  }
+}
+
+TEST(Dsa, CpuSelectionEqualsTopK) {
+  // The CPU selection kernel picks the same visible keys as the top-k path, on scores with many
+  // exact ties, document masks and a window, for queries at an offset (as in blockwise selection).
+  const auto c = tiny();
+  const int64_t B = 2, T = 48, k = 12;
+  auto visible = document_causal_mask(two_docs(B, T, 17)).select(1, 0);
+  torch::manual_seed(5);
+  auto scores = torch::randint(0, 4, {B, T, T}).to(torch::kFloat32);  // 4 levels: ties everywhere
+  for (int64_t window : {0, 3}) {
+    auto o = opts(k, window);
+    DsaAttention kern(c, o);
+    o.cpu_kernels = false;
+    DsaAttention topk(c, o);
+    for (int64_t t0 : {0, 20}) {
+      auto s = scores.slice(1, t0, T), v = visible.slice(1, t0, T);
+      auto [i0, v0] = kern->select(s, v, t0);
+      auto [i1, v1] = topk->select(s, v, t0);
+      EXPECT_TRUE(torch::equal(std::get<0>(i0.sort(-1)), i0)) << "ascending";
+      auto chosen = [&](const torch::Tensor& i, const torch::Tensor& ok) {
+        return torch::zeros({B, T - t0, T}, torch::kBool).scatter_(2, i, ok);
+      };
+      EXPECT_TRUE(torch::equal(chosen(i0, v0), chosen(i1, v1))) << "window " << window << " t0 " << t0;
+      EXPECT_TRUE(torch::equal(v0, visible.slice(1, t0, T).gather(2, i0)));
+    }
+  }
 }
 
 TEST(Dsa, MaskedKeysNeverSelectedWhenFewerThanKVisible) {
@@ -489,21 +529,30 @@ TEST(Dsa, StatsReportPathAndDensity) {
 }
 
 TEST(Dsa, BlockwiseSelectionEqualsWholeSelection) {
+  // The forward's selection (CPU: scores and top-k fused per row; elsewhere: blocks of rows) picks
+  // what select() picks from the whole score matrix. fp64, so the two score computations agree.
   const auto c = tiny();
   const int64_t B = 2, T = 32;
-  auto o = opts(8, 2);
-  o.chunk_values = 5 * B * o.index_heads * T;  // 5 queries per block: 7 blocks, the last one short
-  torch::manual_seed(1);
-  DsaAttention d(c, o);
-  randomize(*d, 2);
-  torch::manual_seed(3);
-  auto x = torch::randn({B, T, c.d_model});
-  auto visible = document_causal_mask(two_docs(B, T, 9)).select(1, 0);
-  auto [i0, v0] = d->select(d->index_scores(x), visible);
-  auto [i1, v1] = d->select_keys(x, visible);
-  auto sorted = [](const torch::Tensor& i) { return std::get<0>(i.sort(-1)); };
-  EXPECT_TRUE(torch::equal(sorted(i0), sorted(i1)));
-  EXPECT_TRUE(torch::equal(v0.sum(-1), v1.sum(-1)));
+  for (bool cpu_kernels : {true, false}) {
+    auto o = opts(8, 2);
+    o.chunk_values = 5 * B * o.index_heads * T;  // 5 queries per block: 7 blocks, the last one short
+    o.cpu_kernels = cpu_kernels;
+    torch::manual_seed(1);
+    DsaAttention d(c, o);
+    randomize(*d, 2);
+    d->to(torch::kFloat64);
+    torch::manual_seed(3);
+    auto x = torch::randn({B, T, c.d_model}, torch::kFloat64);
+    auto visible = document_causal_mask(two_docs(B, T, 9)).select(1, 0);
+    auto [i0, v0] = d->select(d->index_scores(x), visible);
+    auto [i1, v1] = d->select_keys(x, visible);
+    auto chosen = [&](const torch::Tensor& i, const torch::Tensor& ok) {
+      return torch::zeros({B, T, T}, torch::kBool).scatter_(2, i, ok);
+    };
+    EXPECT_TRUE(torch::equal(chosen(i0, v0), chosen(i1, v1))) << "cpu_kernels " << cpu_kernels;
+    EXPECT_TRUE(torch::equal(v0.sum(-1), v1.sum(-1)));
+    EXPECT_GT(v1.sum().item<int64_t>(), B * T) << "rows select several keys";
+  }
 }
 
 TEST(Dsa, WarmupRunsDenseThenSparse) {

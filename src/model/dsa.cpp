@@ -11,6 +11,7 @@
 
 #include "common/device.h"
 #include "common/error.h"
+#include "model/dsa_cpu.h"
 
 namespace slm {
 
@@ -57,7 +58,9 @@ std::pair<torch::Tensor, torch::Tensor> attention_with_probs(const torch::Tensor
 // A custom autograd function that gathers the selected keys and values a chunk of queries at a time
 // and gathers them again in backward (as flash attention recomputes), so the (B, H, T, K, D)
 // gathered tensors never exist whole: materialized, the gather path ran 2-4x slower than dense
-// attention on CPU at T = 256-1024; chunked, it is 6x faster at T = 1024 (see sparse_path).
+// attention on CPU at T = 256-1024; chunked, it is 6x faster at T = 1024 (see sparse_path). CPU
+// runs the loop kernels of model/dsa_cpu.h instead (SparseAttentionCpuFn); this is the path of
+// other devices, and tests compare the two on CPU.
 // q: (B, H, Tq, D); k, v: (B, H, Tk, D) (Tk > Tq in cached generation); rows: (B*H*Tq, K) int64
 // rows of the flattened keys; ok: (B*H*Tq, K) bool; chunk: gathered values per chunk (about 256K
 // keeps a chunk's keys and values in cache).
@@ -125,11 +128,36 @@ struct SparseAttentionFn : torch::autograd::Function<SparseAttentionFn> {
   }
 };
 
+// The CPU kernels of model/dsa_cpu.h, in the (B, T, H, D) layout; probs are returned, not differentiated.
+struct SparseAttentionCpuFn : torch::autograd::Function<SparseAttentionCpuFn> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
+                                                const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& idx,
+                                                const torch::Tensor& ok) {
+    const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+    auto [y, p] = dsa_cpu::attention_forward(q, k, v, idx, ok, scale);
+    ctx->save_for_backward({q, k, v, idx, ok, p});
+    ctx->mark_non_differentiable({p});
+    return {y, p};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const double scale = 1.0 / std::sqrt(static_cast<double>(s[0].size(-1)));
+    auto [dq, dk, dv] = dsa_cpu::attention_backward(grads[0], s[0], s[1], s[2], s[3], s[4], s[5], scale);
+    return {dq, dk, dv, torch::Tensor(), torch::Tensor()};
+  }
+};
+
 // q: (B, H, Tq, D); k, v: (B, H, Tk, D); idx: (B, Tq, K) int64; valid: (B, Tq, K) bool; chunk as above.
-// Returns y: (B, H, Tq, D) and probs: (B, H, Tq, K).
+// Returns y: (B, H, Tq, D) and probs: (B, H, Tq, K). On CPU the loop kernels run (no gathered
+// tensors at all); elsewhere the chunked gather of SparseAttentionFn.
 std::pair<torch::Tensor, torch::Tensor> sparse_attention(const torch::Tensor& q, const torch::Tensor& k,
                                                          const torch::Tensor& v, const torch::Tensor& idx,
-                                                         const torch::Tensor& valid, int64_t chunk) {
+                                                         const torch::Tensor& valid, int64_t chunk, bool cpu_kernels) {
+  if (cpu_kernels && q.is_cpu()) {
+    auto out = SparseAttentionCpuFn::apply(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), idx, valid);
+    return {out[0].transpose(1, 2), out[1].permute({0, 2, 1, 3})};
+  }
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), Tk = k.size(2), K = idx.size(2);
   // Row of key s of head h in batch row b among the flattened (B*H*Tk, D) keys; the selection is
   // shared by the heads.
@@ -238,8 +266,24 @@ struct IndexerScoresFn : torch::autograd::Function<IndexerScoresFn> {
   }
 };
 
+// The CPU kernels of model/dsa_cpu.h for the same scores.
+struct IndexerScoresCpuFn : torch::autograd::Function<IndexerScoresCpuFn> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& w, const torch::Tensor& idx) {
+    ctx->save_for_backward({q, k, w, idx});
+    return dsa_cpu::index_forward(q, k, w, idx);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    auto [dq, dk, dw] = dsa_cpu::index_backward(grads[0], s[0], s[1], s[2], s[3]);
+    return {dq, dk, dw, torch::Tensor()};
+  }
+};
+
 // I at idx: (B, Tq, K) int64 -> (B, Tq, K) fp32, with gradient into the indexer.
-torch::Tensor selected_scores(const IndexerProj& p, const torch::Tensor& idx, int64_t chunk) {
+torch::Tensor selected_scores(const IndexerProj& p, const torch::Tensor& idx, int64_t chunk, bool cpu_kernels) {
+  if (cpu_kernels && p.q.is_cpu()) return IndexerScoresCpuFn::apply(p.q, p.k, p.w, idx);
   const int64_t B = p.q.size(0), T = p.q.size(1), HI = p.q.size(2), DI = p.q.size(3), K = idx.size(2);
   const int64_t Tk = p.k.size(1);
   auto rows = (torch::arange(B, idx.options()).view({B, 1, 1}) * Tk + idx).reshape({B * T, K});
@@ -256,14 +300,16 @@ torch::Tensor row_scores(const IndexerProj& p, int64_t t0, int64_t t1) {
   return (torch::relu(s) * p.w.slice(1, t0, t1).unsqueeze(-1)).sum(2);
 }
 
-// Top-k selection a block of queries at a time, without gradient, so the (B, T, HI, T) per-head
-// scores never exist whole (at T = 1024 they made the indexer cost more than the attention it
-// sparsifies). visible: (B, Tq, Tk) -> indices (B, Tq, K), valid (B, Tq, K). The queries are the
-// last Tq of the Tk positions.
+// Top-k selection without gradient, so the (B, T, HI, T) per-head scores never exist whole (at
+// T = 1024 they made the indexer cost more than the attention it sparsifies): on CPU fused per
+// query row (model/dsa_cpu.h), elsewhere a block of queries at a time. visible: (B, Tq, Tk) ->
+// indices (B, Tq, K), valid (B, Tq, K). The queries are the last Tq of the Tk positions.
 std::pair<torch::Tensor, torch::Tensor> select_blockwise(const DsaAttentionImpl& m, const IndexerProj& p,
                                                          const torch::Tensor& visible) {
   torch::NoGradGuard ng;
   const int64_t B = p.q.size(0), T = p.q.size(1), HI = p.q.size(2), Tk = p.k.size(1);
+  if (m.opt.cpu_kernels && p.q.is_cpu())  // scores and top-k fused per query row
+    return dsa_cpu::index_select_topk(p.q, p.k, p.w, visible, std::min(m.opt.topk, Tk), m.opt.window, Tk - T);
   const int64_t rows = std::max<int64_t>(1, m.opt.chunk_values / (B * HI * Tk));
   std::vector<torch::Tensor> idx, valid;
   for (int64_t t0 = 0; t0 < T; t0 += rows) {
@@ -352,7 +398,7 @@ torch::Tensor DsaAttentionImpl::index_scores(const torch::Tensor& xi) {
 }
 
 torch::Tensor DsaAttentionImpl::index_scores_at(const torch::Tensor& xi, const torch::Tensor& idx) {
-  return selected_scores(project(*this, xi), idx, opt.chunk_values);
+  return selected_scores(project(*this, xi), idx, opt.chunk_values, opt.cpu_kernels);
 }
 
 std::pair<torch::Tensor, torch::Tensor> DsaAttentionImpl::select_keys(const torch::Tensor& xi,
@@ -364,6 +410,8 @@ std::pair<torch::Tensor, torch::Tensor> DsaAttentionImpl::select_keys(const torc
 std::pair<torch::Tensor, torch::Tensor> DsaAttentionImpl::select(const torch::Tensor& scores, const torch::Tensor& visible,
                                                                  int64_t t0) const {
   const int64_t n = scores.size(1), T = scores.size(2), K = std::min(opt.topk, T);
+  if (opt.cpu_kernels && scores.is_cpu())
+    return dsa_cpu::select_topk(at_least_fp32(scores.detach()), visible.expand(scores.sizes()), K, opt.window, t0);
   auto s = at_least_fp32(scores.detach()).masked_fill(visible.logical_not(), -kInf);
   if (opt.window > 0) {
     // The window wins every comparison: +inf on the latest `window` visible keys (window <= k).
@@ -395,8 +443,9 @@ bool DsaAttentionImpl::sparse_path(int64_t T) const {
   if (opt.path == "dense_masked") return false;
   // auto: gathering costs several times more per attended key than dense scores do, which stay
   // cache-friendly until the T x T scores outgrow the cache. Attention alone, forward + backward,
-  // B=4 H=4 D=32 k=T/8, one thread of this project's 2-core EPYC: T=256 dense 9-10 ms vs gather
-  // 15-18; T=512 88-116 vs 61-67; T=1024 1360-1550 vs 240-260.
+  // B=4 H=4 D=32 k=T/8, one thread of this project's 2-core EPYC, with the chunked gather (before
+  // the CPU kernels of model/dsa_cpu.h, which are faster; the threshold was not re-measured):
+  // T=256 dense 9-10 ms vs gather 15-18; T=512 88-116 vs 61-67; T=1024 1360-1550 vs 240-260.
   return T >= kGatherMinT && 4 * std::min(opt.topk, T) <= T;
 }
 
@@ -454,7 +503,7 @@ torch::Tensor DsaAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
     const bool gathered = sparse_path(Tk);
     torch::Tensor p_sel;  // KL target over the selected keys: (B, T, K)
     if (gathered) {
-      auto [ys, probs] = sparse_attention(q, k, v, idx, valid, opt.chunk_values);
+      auto [ys, probs] = sparse_attention(q, k, v, idx, valid, opt.chunk_values, opt.cpu_kernels);
       y = ys;
       if (kl) p_sel = kl_target(probs);
     } else {
@@ -468,7 +517,7 @@ torch::Tensor DsaAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
       }
     }
     if (kl) {
-      auto loss = kl_loss(p_sel, selected_scores(ip, idx, opt.chunk_values), valid);
+      auto loss = kl_loss(p_sel, selected_scores(ip, idx, opt.chunk_values, opt.cpu_kernels), valid);
       ctx.aux.push_back({"dsa_kl.L" + std::to_string(opt.layer), loss, opt.kl_weight});
     }
     const double density = valid.sum().item<double>() / std::max(1.0, visible.sum().item<double>());

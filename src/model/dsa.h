@@ -45,6 +45,9 @@ struct DsaOptions {
   double kl_weight = 1.0;     // weight of the indexer's KL loss in the total loss
   std::string path = "auto";  // auto | sparse | dense_masked
   int64_t chunk_values = int64_t{1} << 18;  // values per chunk of the gather and of the selection (cache-sized)
+  // The sparse path on CPU: true runs the loop kernels of model/dsa_cpu.h; false the chunked gather
+  // that other devices run (tests compare the two on CPU).
+  bool cpu_kernels = true;
 };
 
 // The options of layer `layer` from resolved catalog arguments, for the model's context.
@@ -66,7 +69,8 @@ struct DsaAttentionImpl : CausalSelfAttentionImpl {
   torch::Tensor index_scores_at(const torch::Tensor& xi, const torch::Tensor& idx);
   // Top-k selection for queries [t0, t0 + n) from their scores (B, n, T) and visible mask (B, n, T)
   // bool: indices (B, n, K) int64 and valid (B, n, K) bool, false where top-k returned a masked key
-  // (when fewer than K are visible). The local window is always among the indices.
+  // (when fewer than K are visible). The local window is always among the indices; ties go to the
+  // earliest keys. On CPU (cpu_kernels) the indices come in ascending order (model/dsa_cpu.h).
   std::pair<torch::Tensor, torch::Tensor> select(const torch::Tensor& scores, const torch::Tensor& visible,
                                                  int64_t t0 = 0) const;
   // The selection the forward makes, straight from the indexer input xi: (B, T, C), a block of
