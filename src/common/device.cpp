@@ -80,6 +80,16 @@ void set_autocast(const torch::Device& dev, bool on) {
 
 void clear_autocast_cache() { at::autocast::clear_cache(); }
 
+AutocastOff::AutocastOff(const torch::Tensor& like)
+    : dev_(like.device()),
+      was_on_(matmul_dtype(torch::empty({0}, like.options().dtype(torch::kFloat32))) != torch::kFloat32) {
+  if (was_on_) set_autocast(dev_, false);
+}
+
+AutocastOff::~AutocastOff() {
+  if (was_on_) set_autocast(dev_, true);
+}
+
 torch::ScalarType matmul_dtype(const torch::Tensor& like) {
   const bool on = like.is_cuda() ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
   if (!on) return like.scalar_type();

@@ -22,6 +22,19 @@ void set_autocast(const torch::Device& dev, bool on);
 torch::ScalarType matmul_dtype(const torch::Tensor& like);
 // Drops autocast's cached weight casts; call after each optimizer step.
 void clear_autocast_cache();
+// Turns autocast off on `like`'s device for a scope, and back on when the scope ends if it was on:
+// fp32 matrix products where bf16 would lose what matters (a scan's state, distances to compare).
+class AutocastOff {
+ public:
+  explicit AutocastOff(const torch::Tensor& like);
+  ~AutocastOff();
+  AutocastOff(const AutocastOff&) = delete;
+  AutocastOff& operator=(const AutocastOff&) = delete;
+
+ private:
+  torch::Device dev_;
+  bool was_on_;
+};
 
 // Attention: softmax(q k^T * scale + mask) v. q,k,v: (B, H, T, D); allowed: (B, 1, T, T) bool or undefined
 // (undefined = causal). Uses the fused kernel where the LibTorch version has one.

@@ -1,5 +1,7 @@
 #include "model/gpt.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <cmath>
 #include <sstream>
 
@@ -59,6 +61,19 @@ torch::Tensor rms_norm(const torch::Tensor& x) {
   auto xf = x.to(torch::kFloat32);
   auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + 1e-6);
   return y.to(x.scalar_type());
+}
+
+PrivateInit::PrivateInit(uint64_t seed) {
+  auto g = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(g.mutex());
+  saved_ = g.get_state();
+  g.set_current_seed(seed);
+}
+
+PrivateInit::~PrivateInit() {
+  auto g = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(g.mutex());
+  g.set_state(saved_);
 }
 
 std::pair<torch::Tensor, torch::Tensor> rope_tables(int64_t T, int64_t head_dim, double base) {
@@ -206,6 +221,9 @@ GPTImpl::GPTImpl(const ModelConfig& c) : cfg(c), trained_context(c.context) {
   torch::manual_seed(c.seed);
   wte = register_module("wte", torch::nn::Embedding(c.vocab, c.d_model));
   plan = model_plan(c);
+  for (int64_t i = 0; plan.streams && i < c.n_layer; ++i)  // a plain block cannot read (B, T, n, C) streams
+    SLM_CHECK(plan.layers[i].wrap, "[model] layer ", i, " has no block wrapper but the residual is split into "
+              "streams; the module that sets ModelPlan.streams must wrap every layer");
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.n_layer; ++i) blocks->push_back(Block(plan.layers[i]));
   for (size_t i = 0; i < plan.objectives.size(); ++i)
@@ -300,9 +318,20 @@ torch::Tensor GPTImpl::loss(const torch::Tensor& idx, const torch::Tensor& targe
 
 std::vector<std::string> GPTImpl::matrix_params() const {
   std::vector<std::string> out;
-  for (auto& p : named_parameters())
-    if (p.key().rfind("blocks.", 0) == 0 && p.value().dim() == 2 && p.key().find(".ngram_table") == std::string::npos)
+  for (auto& p : named_parameters()) {
+    // The model's blocks, and blocks a module stacks of its own (MTP's "objective0.blocks.")
+    const bool in_blocks = p.key().rfind("blocks.", 0) == 0 || p.key().find(".blocks.") != std::string::npos;
+    if (in_blocks && p.value().dim() == 2 && p.key().find(".ngram_table") == std::string::npos)
       out.push_back(p.key());  // lookup tables are not matrices that multiply
+  }
+  return out;
+}
+
+std::vector<std::string> GPTImpl::head_params() const {
+  std::vector<std::string> out = {"lm_head.weight"};
+  for (size_t i = 0; i < objectives.size(); ++i)
+    for (auto& p : objectives[i]->named_parameters(/*recurse=*/false))
+      if (p.key() == "head") out.push_back("objective" + std::to_string(i) + ".head");
   return out;
 }
 
@@ -330,6 +359,12 @@ void GPTImpl::set_context(int64_t T, const YarnConfig* yarn) {
   rope_cos.set_data(tabs.first.to(rope_cos.device()));
   rope_sin.set_data(tabs.second.to(rope_sin.device()));
   cfg.context = T;
+}
+
+void GPTImpl::after_step(StepCtx& sctx) {
+  torch::NoGradGuard ng;
+  for (auto& m : modules(/*include_self=*/false))
+    if (auto c = std::dynamic_pointer_cast<ComponentImpl>(m)) c->after_step(sctx);
 }
 
 double GPTImpl::flops_per_token(int64_t T) const {

@@ -110,14 +110,20 @@ struct GPTImpl : torch::nn::Module {
   torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids,
                      int64_t step = 0, Parts* parts = nullptr);
 
-  // Parameters that are 2-D matrices inside the blocks (Muon), and the rest by role.
+  // Parameters that are 2-D matrices inside the blocks, the model's or a module's own (Muon), and the
+  // rest by role.
   std::vector<std::string> matrix_params() const;
+  // Output heads, trained at the head's rate: lm_head and every objective's own readout, the parameter
+  // an objective registers as "head" (TOP's unembedding, NCP's concept predictor).
+  std::vector<std::string> head_params() const;
   int64_t n_params() const;
   // Parameters that take part in matmuls (all but the embedding), for FLOPs per token.
   int64_t n_matmul_params() const;
   // Model FLOPs per token of a training step (forward + backward), summed over what the model
   // runs: every block's components, the objectives and the head.
   double flops_per_token(int64_t T) const;
+  // Calls every component's after_step (model/module.h StepCtx), in registration order, gradients off.
+  void after_step(StepCtx& sctx);
 
   // Runs the model at another context: new RoPE tables, scaled by YaRN when `yarn` is given (its
   // original_context is this model's trained context), else plain RoPE extrapolated. Inference only.
@@ -143,5 +149,19 @@ std::pair<torch::Tensor, torch::Tensor> rope_tables(int64_t T, int64_t head_dim,
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 // RMSNorm over the last dim, no learned scale.
 torch::Tensor rms_norm(const torch::Tensor& x);
+
+// While alive, the global CPU generator draws from `seed`; its state is restored after. A module
+// builds its parameters (or whole blocks) inside one, so adding it leaves every other parameter's
+// initialization, the baseline's, unchanged: paired comparisons start from the same backbone.
+class PrivateInit {
+ public:
+  explicit PrivateInit(uint64_t seed);
+  ~PrivateInit();
+  PrivateInit(const PrivateInit&) = delete;
+  PrivateInit& operator=(const PrivateInit&) = delete;
+
+ private:
+  torch::Tensor saved_;
+};
 
 }  // namespace slm

@@ -23,25 +23,6 @@ torch::ScalarType scan_dtype(const torch::Tensor& like) {
   return like.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
 }
 
-// Turns autocast off for the scan's matrix products and back on when the scope ends.
-class AutocastOff {
- public:
-  explicit AutocastOff(const torch::Tensor& like)
-      : dev_(like.device()),
-        was_on_(device::matmul_dtype(torch::empty({0}, like.options().dtype(torch::kFloat32))) != torch::kFloat32) {
-    if (was_on_) device::set_autocast(dev_, false);
-  }
-  ~AutocastOff() {
-    if (was_on_) device::set_autocast(dev_, true);
-  }
-  AutocastOff(const AutocastOff&) = delete;
-  AutocastOff& operator=(const AutocastOff&) = delete;
-
- private:
-  torch::Device dev_;
-  bool was_on_;
-};
-
 // Stable segment sums: out[..., i, j] = x[..., j+1] + ... + x[..., i] for i >= j, -inf above the
 // diagonal (and on it when !diagonal). Built as a cumsum of masked repeats, never as a difference of
 // cumsums (which cancels).
@@ -137,7 +118,7 @@ std::pair<torch::Tensor, torch::Tensor> mamba3_ssd(const torch::Tensor& x_in, co
             "[mamba3] ssd expects x (B, T, R, H, P), la (B, T, H), b and c (B, T, R, H, N); got x ", x_in.sizes(),
             ", la ", la_in.sizes(), ", b ", b_in.sizes(), ", c ", c_in.sizes());
   SLM_CHECK(chunk >= 1, "[mamba3] chunk must be >= 1, got ", chunk);
-  AutocastOff no_autocast(x_in);
+  device::AutocastOff no_autocast(x_in);
   const auto dt = scan_dtype(x_in);
   const int64_t B = x_in.size(0), T = x_in.size(1), R = x_in.size(2), H = x_in.size(3), P = x_in.size(4);
   const int64_t N = b_in.size(4);
@@ -210,7 +191,7 @@ std::pair<torch::Tensor, torch::Tensor> mamba3_trapezoid(const torch::Tensor& x_
                                                          const torch::Tensor& seg, const torch::Tensor& h0,
                                                          const torch::Tensor& b_prev, const torch::Tensor& x_prev,
                                                          int64_t chunk) {
-  AutocastOff no_autocast(x_in);
+  device::AutocastOff no_autocast(x_in);
   const auto cdt = scan_dtype(x_in);
   auto x = x_in.to(cdt), dt = dt_in.to(cdt), lam = lam_in.to(cdt), b = b_in.to(cdt), c = c_in.to(cdt);
   const int64_t B = x.size(0), R = x.size(2), H = x.size(3), P = x.size(4), N = b.size(4);
@@ -397,7 +378,7 @@ torch::Tensor Mamba3MixerImpl::forward_step(const torch::Tensor& u, Mamba3State&
             "[mamba3] forward_step takes one token of shape (B, 1, ", opt.d_model, "), got ", u.sizes());
   const int64_t B = u.size(0), H = n_head, P = opt.headdim, N = opt.d_state, R = opt.mimo_rank;
   auto p = project(u, st.defined() ? st.angle : torch::Tensor());
-  AutocastOff no_autocast(u);
+  device::AutocastOff no_autocast(u);
   const auto cdt = p.x.scalar_type();
   if (!st.defined()) {
     auto o = p.x.options();

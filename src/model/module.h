@@ -68,12 +68,27 @@ struct Ctx {
 // Components are abstract, so they are held by shared_ptr (TORCH_MODULE holders need a concrete
 // type); a module file builds its own with std::make_shared<XxxImpl>(...).
 
+// What a component may read and change after an optimizer step, outside the forward pass (the
+// trainer calls GPTImpl::after_step once per step, gradients off). Work that belongs to the step and
+// not to a batch lives here: continual backprop's unit replacement, MoE's bias balancing.
+struct StepCtx {
+  int64_t step = 0;  // optimizer steps taken, this one included (1 after the first)
+  // The optimizer's live state tensors of parameter p, each shaped like p, by name: "exp_avg" and
+  // "exp_avg_sq" (AdamW) or "momentum" (Muon); empty when p is not optimized. A component that
+  // re-initializes part of p resets the same part here, so stale history does not push it.
+  std::function<std::map<std::string, torch::Tensor>(const torch::Tensor& p)> optim_state;
+  std::map<std::string, double> stats;  // logged with each eval, beside Ctx::stats
+};
+
 // Every model component reports what it costs, so MFU counts what actually ran.
 struct ComponentImpl : torch::nn::Module {
   // Forward + backward FLOPs per token at sequence length T. Default: 6 x its matrix parameters.
   virtual double flops_per_token(int64_t T) const;
   // One line for the layer plan printed at init and stored in config.json.
   virtual std::string describe() const = 0;
+  // Runs after every optimizer step (StepCtx). State it keeps across steps belongs in buffers
+  // (register_buffer): checkpoints carry every buffer, so a resumed run continues it. Default: nothing.
+  virtual void after_step(StepCtx&) {}
 };
 
 // A token mixer: (B, T, C) -> (B, T, C), causal, masked per document.
@@ -103,7 +118,8 @@ struct BlockWrapImpl : ComponentImpl {
 };
 using BlockWrap = std::shared_ptr<BlockWrapImpl>;
 
-// An auxiliary objective on the final hidden state h: (B, T, C), before the last norm.
+// An auxiliary objective on the final hidden state h: (B, T, C), before the last norm. Its own output
+// head, if it has one, is the parameter it registers as "head": it trains at lm_head's rate.
 struct ObjectiveImpl : ComponentImpl {
   virtual void add_loss(const torch::Tensor& h, GPTImpl& model, Ctx& ctx) = 0;
 };

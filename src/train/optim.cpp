@@ -163,6 +163,18 @@ void Optimizer::restore(const std::map<std::string, torch::Tensor>& state) {
   step_ = step->second.item<int64_t>();
 }
 
+// By identity (is_same), not by value or name: the caller holds the model's own parameter tensor.
+std::map<std::string, torch::Tensor> Optimizer::state_of(const torch::Tensor& p) const {
+  for (const ParamGroup& g : groups_)
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      if (!g.params[i].is_same(p)) continue;
+      const std::string& name = g.names[i];
+      if (g.kind == "muon") return {{"momentum", momentum_.at(name)}};
+      return {{"exp_avg", exp_avg_.at(name)}, {"exp_avg_sq", exp_avg_sq_.at(name)}};
+    }
+  return {};
+}
+
 // G / ||G||_F puts every singular value in (0, 1]; each quintic step p(s) = a s + b s^3 + c s^5
 // (applied to all singular values at once via X X^T) pushes them toward 1 while keeping U and V.
 torch::Tensor zeropower_newton_schulz(const torch::Tensor& g, int steps, bool use_bf16) {

@@ -35,6 +35,9 @@ class Optimizer {
   // plus "step" counters; restore() takes exactly such a map and checks names and shapes.
   std::map<std::string, torch::Tensor> state() const;
   void restore(const std::map<std::string, torch::Tensor>& state);
+  // The live state of parameter p (the same tensor, not a copy), by state name: "exp_avg" and
+  // "exp_avg_sq" (AdamW) or "momentum" (Muon); empty if p is in no group. Writes go into the optimizer.
+  std::map<std::string, torch::Tensor> state_of(const torch::Tensor& p) const;
   const std::vector<ParamGroup>& groups() const { return groups_; }
 
  private:

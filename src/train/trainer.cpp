@@ -172,6 +172,8 @@ void save_checkpoint(const std::string& path, GPT& model, const Optimizer& opt, 
   st::File f;
   for (auto& p : model->named_parameters()) f.tensors.push_back({"model." + p.key(), p.value().detach().cpu()});
   if (!weights_only) {
+    // Buffers hold what modules keep across steps (continual backprop's utilities and ages).
+    for (auto& b : model->named_buffers()) f.tensors.push_back({"buffer." + b.key(), b.value().detach().cpu()});
     for (auto& [k, v] : opt.state()) f.tensors.push_back({"optim." + k, v.detach().cpu()});
     f.tensors.push_back({"rng.cpu", at::detail::getDefaultCPUGenerator().get_state()});
   }
@@ -396,12 +398,13 @@ int train(const TrainOptions& opt) {
     ParamGroup matrix{"matrix", sub.optimizer, sub.optimizer == "muon" ? sub.lr_matrix : sub.lr_adamw, sub.weight_decay, {}, {}};
     ParamGroup scalar{"scalar", "adamw", sub.lr_scalar * dscale, 0.0, {}, {}};
     auto mats = model->matrix_params();
+    auto heads = model->head_params();
     for (auto& p : model->named_parameters()) {
       ParamGroup* g = &scalar;
       // Embedding-like tables (the token embedding, Engram's n-gram tables) take AdamW at the embedding
       // rate: rows are looked up, not multiplied, so Muon's orthogonalization means nothing for them.
       if (p.key() == "wte.weight" || p.key().find(".ngram_table") != std::string::npos) g = &embed;
-      else if (p.key() == "lm_head.weight") g = &head;
+      else if (std::find(heads.begin(), heads.end(), p.key()) != heads.end()) g = &head;
       else if (std::find(mats.begin(), mats.end(), p.key()) != mats.end()) g = &matrix;
       g->names.push_back(p.key());
       g->params.push_back(p.value());
@@ -486,10 +489,11 @@ int train(const TrainOptions& opt) {
               " was trained with another tokenizer (", ck.metadata["tokenizer_hash"], "); resume on its own data set");
     SLM_CHECK(ck.metadata["substrate_id"] == rc.substrate_id, "train: checkpoint substrate ", ck.metadata["substrate_id"],
               " differs from this run's ", rc.substrate_id);
-    std::map<std::string, torch::Tensor> params, ostate;
+    std::map<std::string, torch::Tensor> params, buffers, ostate;
     torch::Tensor rng;
     for (auto& [k, v] : ck.tensors) {
       if (k.rfind("model.", 0) == 0) params[k.substr(6)] = v;
+      else if (k.rfind("buffer.", 0) == 0) buffers[k.substr(7)] = v;
       else if (k.rfind("optim.", 0) == 0) ostate[k.substr(6)] = v;
       else if (k == "rng.cpu") rng = v;
     }
@@ -500,6 +504,13 @@ int train(const TrainOptions& opt) {
         SLM_CHECK(it != params.end() && it->second.sizes() == p.value().sizes(), "train: checkpoint ", latest,
                   " lacks or mis-shapes parameter ", p.key());
         p.value().copy_(it->second);
+      }
+      for (auto& b : model->named_buffers()) {
+        auto it = buffers.find(b.key());
+        SLM_CHECK(it != buffers.end() && it->second.sizes() == b.value().sizes(), "train: checkpoint ", latest,
+                  " lacks or mis-shapes buffer ", b.key(),
+                  " (written by a build that did not save buffers, or for another model); start the run afresh");
+        b.value().copy_(it->second);
       }
     }
     optim.restore(ostate);
@@ -600,6 +611,13 @@ int train(const TrainOptions& opt) {
     }
     optim.step(lrf);
     optim.zero_grad();
+    {
+      StepCtx sc;
+      sc.step = st.step + 1;
+      sc.optim_state = [&](const torch::Tensor& p) { return optim.state_of(p); };
+      model->after_step(sc);
+      for (auto& [k, v] : sc.stats) module_stats[k] = v;
+    }
     device::clear_autocast_cache();
     ++st.step;
     const double dt = seconds(t0);
