@@ -8,6 +8,12 @@ namespace slm::catalog {
 const ModuleSpec& spec_mamba3();  // mixers
 const ModuleSpec& spec_dsa();
 const ModuleSpec& spec_engram();  // memory
+const ModuleSpec& spec_mhc();     // residual (catalog/modules/mhc.cpp)
+const ModuleSpec& spec_mtp();     // objective (catalog/modules/mtp.cpp)
+const ModuleSpec& spec_moe();     // routing (catalog/modules/moe.cpp)
+const ModuleSpec& spec_cbp();     // plasticity (catalog/modules/cbp.cpp)
+const ModuleSpec& spec_top();     // objective (catalog/modules/top.cpp)
+const ModuleSpec& spec_ncp();     // objective (catalog/modules/ncp.cpp)
 const ModuleSpec& spec_fim();      // data transforms (catalog/modules/fim.cpp)
 const ModuleSpec& spec_ifim();
 const ModuleSpec& spec_sri();

@@ -3,9 +3,15 @@
 // data transform has exactly one entry here, and runs the registry-wide checks on each.
 #include "model/module.h"
 
+#include "model/cbp.h"
 #include "model/dsa.h"
 #include "model/engram.h"
 #include "model/mamba3.h"
+#include "model/mhc.h"
+#include "model/moe.h"
+#include "model/mtp.h"
+#include "model/ncp.h"
+#include "model/top.h"
 
 namespace slm {
 
@@ -14,6 +20,12 @@ const std::vector<ModelModule>& model_modules() {
       {"mamba3", apply_mamba3},
       {"dsa", apply_dsa},
       {"engram", apply_engram},
+      {"mhc", apply_mhc},
+      {"mtp", apply_mtp},
+      {"moe", apply_moe},
+      {"cbp", apply_cbp},
+      {"top", apply_top},
+      {"ncp", apply_ncp},
   };
   return t;
 }
