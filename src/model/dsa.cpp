@@ -197,14 +197,17 @@ struct IndexerProj {
   torch::Tensor q, k, w;
 };
 
-IndexerProj project(DsaAttentionImpl& m, const torch::Tensor& xi, int64_t pos = 0) {
+// Positions: `positions` (T) when the tokens were gathered (Ctx::positions), else pos..pos + T.
+IndexerProj project(DsaAttentionImpl& m, const torch::Tensor& xi, int64_t pos = 0,
+                    const torch::Tensor& positions = {}) {
   const int64_t B = xi.size(0), T = xi.size(1), HI = m.opt.index_heads, DI = m.opt.index_dim, R = m.opt.rope_dims;
   auto q = m.indexer_q->forward(xi).view({B, T, HI, DI});
   // LayerNorm in fp32: statistics of a bf16 key lose the small components (and 1.13's CPU kernel
   // refuses a bf16 input with fp32 weights under autocast).
   auto k = m.indexer_norm->forward(at_least_fp32(m.indexer_k->forward(xi))).view({B, T, 1, DI});
   if (R > 0) {  // RoPE on the leading R dims only, half-split like the model (not interleaved)
-    auto cs = m.indexer_cos.slice(0, pos, pos + T), sn = m.indexer_sin.slice(0, pos, pos + T);
+    auto cs = positions.defined() ? m.indexer_cos.index_select(0, positions) : m.indexer_cos.slice(0, pos, pos + T);
+    auto sn = positions.defined() ? m.indexer_sin.index_select(0, positions) : m.indexer_sin.slice(0, pos, pos + T);
     q = torch::cat({apply_rope(q.slice(3, 0, R), cs, sn), q.slice(3, R)}, 3);
     k = torch::cat({apply_rope(k.slice(3, 0, R), cs, sn), k.slice(3, R)}, 3);
   }
@@ -464,7 +467,7 @@ torch::Tensor DsaAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
   // not differentiable, so the LM loss never reaches it. With gradient in training: the KL reaches
   // the indexer through these projections.
   IndexerProj ip;
-  if (sparse || kl || ctx.caches) ip = project(*this, x.detach(), ctx.caches ? ctx.pos : 0);
+  if (sparse || kl || ctx.caches) ip = project(*this, x.detach(), ctx.caches ? ctx.pos : 0, ctx.positions);
   torch::Tensor allowed = ctx.allowed;
   if (ctx.caches) {  // generation: the queries sit at [pos, pos + T) and see the cached keys too
     auto& cache = ctx.cache<DsaCache>("dsa");

@@ -54,6 +54,12 @@ struct Ctx {
   int64_t pos = 0;
   Caches* caches = nullptr;
   int64_t layer = 0;  // the block being run (set by the model)
+  // (T) int64 absolute positions of x's tokens when a wrapper ran the block on a gathered subset
+  // (MoD: cos/sin are then gathered to match); undefined = consecutive from pos. A component with
+  // position tables of its own (DSA's indexer RoPE) reads them here.
+  torch::Tensor positions;
+  // Tensors a module carries from layer to layer within one forward (FlexiDepth's sum of gates).
+  std::map<std::string, torch::Tensor> carry;
   // This layer's cache slot for a component, created on first use.
   template <typename T>
   T& cache(const std::string& component) {

@@ -9,6 +9,9 @@
 #include "model/mamba3.h"
 #include "model/mhc.h"
 #include "model/moe.h"
+#include "model/mod.h"
+#include "model/gateskip.h"
+#include "model/flexidepth.h"
 #include "model/mtp.h"
 #include "model/ncp.h"
 #include "model/top.h"
@@ -23,6 +26,9 @@ const std::vector<ModelModule>& model_modules() {
       {"mhc", apply_mhc},
       {"mtp", apply_mtp},
       {"moe", apply_moe},
+      {"mod", apply_mod},
+      {"gateskip", apply_gateskip},
+      {"flexidepth", apply_flexidepth},
       {"cbp", apply_cbp},
       {"top", apply_top},
       {"ncp", apply_ncp},
