@@ -239,3 +239,28 @@ TEST(Catalog, DataTransformsAndYarnRefuseBadParameters) {
   EXPECT_TRUE(has(errors_of({"sri.context_lines=x"}), "expects an integer"));
   EXPECT_TRUE(has(errors_of({"yarn.beta_fast=1,beta_slow=2"}), "beta_fast (1) must exceed beta_slow (2)"));
 }
+
+// Two block wrappers on one layer are refused by the catalog, before any model is built, naming the
+// layers; disjoint layers pass.
+TEST(Catalog, OneBlockWrapperPerLayer) {
+  catalog::ModelView v;
+  v.depth = 4;
+  v.d_model = 128;
+  v.n_head = 2;
+  v.head_dim = 64;
+  v.context = 256;
+  auto errors_of = [&](const std::vector<std::string>& args) {
+    std::vector<std::string> errs;
+    std::vector<catalog::ModuleArgs> mods;
+    for (auto& a : args) mods.push_back(catalog::resolve_arg(a, errs));
+    EXPECT_TRUE(errs.empty()) << ::testing::PrintToString(errs);
+    return catalog::check(mods, v, /*training=*/true);
+  };
+  auto e = errors_of({"gateskip.layers=0,1", "flexidepth.layers=1,2"});
+  ASSERT_EQ(e.size(), 1u) << ::testing::PrintToString(e);
+  EXPECT_NE(e[0].find("modules gateskip and flexidepth both wrap layer 1;"), std::string::npos) << e[0];
+  e = errors_of({"mhc", "mod"});  // mod routes layers 1 and 3 by default, mhc wraps every layer
+  ASSERT_EQ(e.size(), 1u) << ::testing::PrintToString(e);
+  EXPECT_NE(e[0].find("modules mhc and mod both wrap layers 1,3"), std::string::npos) << e[0];
+  EXPECT_TRUE(errors_of({"gateskip.layers=0", "mod.layers=1,3", "flexidepth.layers=2"}).empty());
+}

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <iomanip>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -229,6 +230,17 @@ ModelView adjusted(const std::vector<ModuleArgs>& mods, ModelView model) {
   return model;
 }
 
+std::vector<int64_t> every_layer(const ModuleArgs&, const ModelView& model) {
+  std::vector<int64_t> out(static_cast<size_t>(std::max<int64_t>(model.depth, 0)));
+  for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<int64_t>(i);
+  return out;
+}
+
+std::vector<int64_t> listed_or_every_layer(const ModuleArgs& args, const ModelView& model) {
+  const auto& listed = args.list("layers");
+  return listed.empty() ? every_layer(args, model) : listed;
+}
+
 std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelView& base, bool training) {
   const ModelView model = adjusted(mods, base);
   std::vector<std::string> errors;
@@ -253,6 +265,20 @@ std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelV
                        " is Tier 3 (inference-only) and never part of a training ablation; evaluate it in its own lane");
     if (m->check && a.values.size() == m->params.size())
       for (auto& e : m->check(a, model)) errors.push_back("module " + a.name + ": " + e);
+  }
+  // One block wrapper per layer: each decides how its block meets the residual.
+  std::map<int64_t, std::string> wrapped_by;
+  for (auto& a : mods) {
+    const ModuleSpec* m = find(a.name);
+    if (!m || !m->wraps || a.values.size() != m->params.size()) continue;
+    std::map<std::string, std::vector<int64_t>> clashes;  // earlier module -> shared layers
+    for (int64_t l : m->wraps(a, model)) {
+      auto [it, fresh] = wrapped_by.emplace(l, a.name);
+      if (!fresh && it->second != a.name) clashes[it->second].push_back(l);
+    }
+    for (auto& [other, layers] : clashes)
+      errors.push_back("modules " + other + " and " + a.name + " both wrap layer" + (layers.size() > 1 ? "s " : " ") +
+                       value_text(layers) + "; a layer takes one block wrapper, so give them disjoint layers");
   }
   return errors;
 }

@@ -65,7 +65,14 @@ struct ModuleSpec {
   // Arguments for the registry-wide tests at their tiny geometry (depth 3, d_model 32, 2 heads of
   // 16, context 32), e.g. "window=4,topk=8"; "" = the defaults fit.
   const char* tiny = "";
+  // A block wrapper (mHC, MoD, GateSkip, FlexiDepth) says which layers it wraps: a layer takes one
+  // wrapper, and check() refuses two on the same layer before any model is built. nullptr = none.
+  std::vector<int64_t> (*wraps)(const ModuleArgs& args, const ModelView& model) = nullptr;
 };
+
+// For `wraps`: every layer of the model, or the module's `layers` list when it is not empty.
+std::vector<int64_t> every_layer(const ModuleArgs& args, const ModelView& model);
+std::vector<int64_t> listed_or_every_layer(const ModuleArgs& args, const ModelView& model);
 
 const std::vector<ModuleSpec>& modules();
 const ModuleSpec* find(const std::string& name);

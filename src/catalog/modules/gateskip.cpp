@@ -63,6 +63,7 @@ const ModuleSpec& spec_gateskip() {
       &check_gateskip,
       nullptr,
       "layers=0,2,skip_final=0.2,ramp_steps=10",
+      &listed_or_every_layer,  // the layers it wraps: one wrapper per layer (catalog::check)
   };
   return s;
 }

@@ -22,6 +22,7 @@ const ModuleSpec& spec_mhc() {
       nullptr,  // the ranges are the constraints; apply_mhc refuses a layer another module wraps
       nullptr,
       "",  // the defaults fit the tiny geometry
+      &every_layer,  // the layers it wraps: one wrapper per layer (catalog::check)
   };
   return s;
 }

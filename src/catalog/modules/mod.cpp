@@ -98,6 +98,7 @@ const ModuleSpec& spec_mod() {
       // At depth 3, context 32: layer 1 routed, 8 of 32 tokens per row, both causal criteria trained
       // (the predictor decides in evaluation, so its path is the one the contract tests exercise).
       "capacity=0.25,predictor=true,predictor_hidden=16",
+      &mod_layers,  // the layers it wraps: one wrapper per layer (catalog::check)
   };
   return s;
 }
