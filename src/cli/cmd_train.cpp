@@ -5,6 +5,7 @@
 #include "common/device.h"
 #include "common/error.h"
 #include "common/fs.h"
+#include "train/dist.h"
 #include "train/trainer.h"
 
 namespace slm::cli {
@@ -21,6 +22,10 @@ int cmd_train(const Args& a) {
   o.quiet = a.flag("quiet");
   o.keep_checkpoints = a.flag("keep-checkpoints");
   if (a.has("threads")) o.sets.push_back("threads=" + std::to_string(a.i64("threads")));
+  // --nproc N: this process becomes the launcher of N ranks (a dry run measures in one process).
+  const int64_t nproc = a.i64("nproc");
+  SLM_CHECK(nproc >= 1 && nproc <= 256, "train: --nproc ", nproc, " is outside [1, 256]");
+  if (nproc > 1 && !o.dry_run) return dist::launch_local(static_cast<int>(nproc));
   return train(o);
 }
 

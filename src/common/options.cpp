@@ -68,6 +68,8 @@ const std::vector<OptionSpec>& option_table() {
       {"dry-run", "train", OptType::Flag, "", "", "validate, build, time one micro-batch and print the ETA; train nothing"},
       {"quiet", "train", OptType::Flag, "", "", "no per-step line (metrics.jsonl is still written)"},
       {"keep-checkpoints", "train", OptType::Flag, "", "", "keep a weights-only snapshot at every checkpoint step (for eval)"},
+      {"nproc", "train", OptType::Int, "1", "N",
+       "data-parallel ranks on this machine (child processes; gradients all-reduced over Gloo; same total batch)"},
       {"format", "export", OptType::String, "safetensors", "FMT", "export format (safetensors)"},
       {"n", "eval compile", OptType::Int, "32", "N", "prompts to score"},
       {"mode", "eval compile", OptType::String, "complete", "MODE", "complete (left to right) or fim (infill between prefix and suffix)"},

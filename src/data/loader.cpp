@@ -108,4 +108,8 @@ void Loader::next(int32_t* tokens, int32_t* doc_ids) {
   fill(tokens, doc_ids);
 }
 
+void Loader::align() {
+  while (st_.rows % world_ != 0) fill(scratch_tok_.data(), scratch_doc_.data());
+}
+
 }  // namespace slm::data

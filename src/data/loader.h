@@ -31,6 +31,9 @@ class Loader {
   int64_t row_len() const { return row_len_; }  // context + 1
   // Writes this rank's next row: tokens[row_len] and doc_ids[row_len].
   void next(int32_t* tokens, int32_t* doc_ids);
+  // Skips the other ranks' rows up to the next multiple of world rows: at a step's end every rank's
+  // state is then the same, the state a one-rank loader has after those rows (what a checkpoint keeps).
+  void align();
   const LoaderState& state() const { return st_; }
   void restore(const LoaderState& s);
   // Data-side objectives (FIM, IFIM, SRI): each document is transformed, seeded by (seed, epoch,

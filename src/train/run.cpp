@@ -91,8 +91,8 @@ LoadedRun load_run(const std::string& run_dir, const std::string& which) {
   return r;
 }
 
-double val_bpb(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens, int64_t batch_rows, bool bf16,
-               torch::Device dev) {
+std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens,
+                                  int64_t batch_rows, bool bf16, torch::Device dev, int rank, int world) {
   torch::NoGradGuard ng;
   const bool was_training = model.is_training();
   model.eval();
@@ -102,9 +102,12 @@ double val_bpb(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t
   const int64_t row = context + 1;
   const int64_t rows_needed = (tokens + context - 1) / context;
   std::vector<int32_t> tok(batch_rows * row), doc(batch_rows * row);
-  double nats = 0, bytes = 0;
-  for (int64_t done = 0; done < rows_needed; done += batch_rows) {
-    for (int64_t b = 0; b < batch_rows; ++b) vl.next(tok.data() + b * row, doc.data() + b * row);
+  std::vector<double> parts;
+  for (int64_t done = 0, b = 0; done < rows_needed; done += batch_rows, ++b) {
+    for (int64_t r = 0; r < batch_rows; ++r) vl.next(tok.data() + r * row, doc.data() + r * row);
+    parts.push_back(0);
+    parts.push_back(0);
+    if (b % world != rank) continue;  // another rank's batch
     auto t = torch::from_blob(tok.data(), {batch_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
     auto d = torch::from_blob(doc.data(), {batch_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
     auto x = t.slice(1, 0, context), y = t.slice(1, 1, row), dd = d.slice(1, 0, context);
@@ -115,13 +118,27 @@ double val_bpb(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t
       n = n.slice(0, 0, keep);
       nb = nb.slice(0, 0, keep);
     }
-    nats += n.masked_select(nb > 0).to(torch::kFloat64).sum().item<double>();
-    bytes += nb.sum().item<double>();
+    parts[2 * b] = n.masked_select(nb > 0).to(torch::kFloat64).sum().item<double>();
+    parts[2 * b + 1] = nb.sum().item<double>();
   }
   device::set_autocast(dev, false);
   device::clear_autocast_cache();
   if (was_training) model.train();
+  return parts;
+}
+
+double val_bpb_total(const std::vector<double>& parts) {
+  double nats = 0, bytes = 0;
+  for (size_t i = 0; i + 1 < parts.size(); i += 2) {
+    nats += parts[i];
+    bytes += parts[i + 1];
+  }
   return bytes > 0 ? nats / (std::log(2.0) * bytes) : std::numeric_limits<double>::infinity();
+}
+
+double val_bpb(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens, int64_t batch_rows, bool bf16,
+               torch::Device dev) {
+  return val_bpb_total(val_bpb_parts(model, ds, context, tokens, batch_rows, bf16, dev));
 }
 
 }  // namespace slm

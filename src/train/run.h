@@ -34,5 +34,12 @@ LoadedRun load_run(const std::string& run_dir, const std::string& which);
 // transformed), `batch_rows` rows per forward pass.
 double val_bpb(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens, int64_t batch_rows, bool bf16,
                torch::Device dev);
+// The same evaluation split between data-parallel ranks: {nats, bytes} of each batch of batch_rows,
+// in order, where rank `rank` of `world` computes batches b with b % world == rank and leaves the
+// others 0. Summed over the ranks (x + 0 is exact) and folded by val_bpb_total in batch order, it
+// gives val_bpb's figure bit for bit.
+std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens,
+                                  int64_t batch_rows, bool bf16, torch::Device dev, int rank = 0, int world = 1);
+double val_bpb_total(const std::vector<double>& parts);
 
 }  // namespace slm

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <numeric>
 
 #include <algorithm>
 #include <chrono>
@@ -26,6 +27,7 @@
 #include "data/loader.h"
 #include "engine/plan.h"
 #include "model/gpt.h"
+#include "train/dist.h"
 #include "train/optim.h"
 #include "train/run.h"
 #include "train/safetensors.h"
@@ -67,6 +69,9 @@ struct RunConfig {
   ModelConfig model;
   std::string substrate_id, data_dir, data_fingerprint, tokenizer_hash, precision, precision_reason, device;
   int threads = 1;
+  int world_size = 1;                // data-parallel ranks (an execution setting: not in the id)
+  int64_t rank_batch = 0;            // rows per micro-batch on each rank
+  int64_t grad_accum = 0;            // micro-batches per step on each rank
   std::vector<std::string> modules;
 
   json to_json() const {
@@ -81,7 +86,9 @@ struct RunConfig {
     j["device"] = device;
     j["threads"] = threads;
     j["modules"] = modules;
-    j["grad_accum"] = sub.grad_accum();
+    j["world_size"] = world_size;
+    j["rank_device_batch"] = rank_batch;
+    j["grad_accum"] = grad_accum;
     j["eval_tokens"] = sub.eval_tokens;    // what `slmlab eval bpb` scores by default
     j["device_batch"] = sub.device_batch;  // its rows per forward, so it reproduces training's evals
     return j;
@@ -114,6 +121,7 @@ struct Metrics {
     SLM_CHECK(f, "cannot append to ", path);
   }
   void write(const json& j) {
+    if (!f) return;  // a data-parallel rank other than 0: rank 0 keeps the record
     std::string s = j.dump() + "\n";
     std::fwrite(s.data(), 1, s.size(), f);
     std::fflush(f);
@@ -167,15 +175,17 @@ struct State {
 json finite_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 // weights_only: a snapshot for evaluation (`--keep-checkpoints`), without optimizer and RNG state.
+// rngs: every data-parallel rank's CPU generator state, rank order (empty: this process's own).
 void save_checkpoint(const std::string& path, GPT& model, const Optimizer& opt, const RunConfig& rc, const State& st,
-                     bool in_spike, bool weights_only = false) {
+                     bool in_spike, bool weights_only = false, const std::vector<torch::Tensor>& rngs = {}) {
   st::File f;
   for (auto& p : model->named_parameters()) f.tensors.push_back({"model." + p.key(), p.value().detach().cpu()});
   if (!weights_only) {
     // Buffers hold what modules keep across steps (continual backprop's utilities and ages).
     for (auto& b : model->named_buffers()) f.tensors.push_back({"buffer." + b.key(), b.value().detach().cpu()});
     for (auto& [k, v] : opt.state()) f.tensors.push_back({"optim." + k, v.detach().cpu()});
-    f.tensors.push_back({"rng.cpu", at::detail::getDefaultCPUGenerator().get_state()});
+    f.tensors.push_back({"rng.cpu", rngs.empty() ? at::detail::getDefaultCPUGenerator().get_state() : rngs[0]});
+    for (size_t r = 1; r < rngs.size(); ++r) f.tensors.push_back({"rng.cpu.rank" + std::to_string(r), rngs[r]});
   }
   json sj = st.to_json();
   sj["best_val"] = finite_or_null(st.best_val);
@@ -186,6 +196,7 @@ void save_checkpoint(const std::string& path, GPT& model, const Optimizer& opt, 
                 {"data_fingerprint", rc.data_fingerprint},
                 {"tokenizer_hash", rc.tokenizer_hash},
                 {"step", std::to_string(st.step)},
+                {"world_size", std::to_string(rc.world_size)},
                 {"state", sj.dump()},
                 {"in_spike", in_spike ? "true" : "false"}};
   st::write(path, f);
@@ -270,14 +281,33 @@ int train(const TrainOptions& opt) {
           "train: eval_tokens " + std::to_string(sub.eval_tokens) + " exceeds the validation split (" +
               std::to_string(val_tokens) + " tokens); lower --set eval_tokens= or build with a larger --val-frac");
 
-  require(sub.tp * sub.dp == 1, "train: topology tp=" + std::to_string(sub.tp) + " x dp=" + std::to_string(sub.dp) +
-                                    " needs distributed training, which this build does not have (issue 9); use --dry-run for "
-                                    "the ETA or --set tp=1 --set dp=1");
+  // Data parallelism: this process is rank `world.rank` of `world.size` (the launcher environment).
+  // The total batch stays the substrate's; each rank takes 1/size of its rows.
+  const dist::World world = opt.dry_run ? dist::World{} : dist::world_from_env();
+  require(sub.tp == 1, "train: tp=" + std::to_string(sub.tp) +
+                           " needs tensor-parallel distributed training, which this build does not have "
+                           "(it has data parallelism: --nproc N); use --set tp=1");
+  require(sub.dp == 1 || sub.dp == world.size || opt.dry_run,
+          "train: substrate " + sub.name + " sets dp=" + std::to_string(sub.dp) + " but this run has " +
+              std::to_string(world.size) + " rank(s); run it with --nproc " + std::to_string(sub.dp) + " or --set dp=1");
+  const int64_t rows_per_step = sub.total_batch / sub.context;
+  require(rows_per_step % world.size == 0, "train: the " + std::to_string(rows_per_step) + " rows of a step (total_batch / context) do not split over " +
+                                               std::to_string(world.size) + " ranks; use a --nproc that divides " + std::to_string(rows_per_step));
+  const int64_t rank_rows = rows_per_step / world.size;
+  // rows per forward on a rank: device_batch, or fewer when a rank's share of the step is smaller
+  const int64_t rank_batch = std::gcd(rank_rows, sub.device_batch);
+  // Rank 0 speaks for the run: the others print nothing (their errors still reach stderr).
+  if (!world.is_main() && !std::freopen("/dev/null", "w", stdout)) fail("train: rank ", world.rank, " cannot silence stdout");
 
   RunConfig rc;
   const torch::Device dev = device::resolve(sub.device);
+  std::unique_ptr<dist::Comm> comm;  // null: one process
+  if (world.size > 1) comm = std::make_unique<dist::Comm>(world, dev);
   rc.device = sub.device;
-  rc.threads = sub.threads > 0 ? static_cast<int>(sub.threads) : std::max(1u, std::thread::hardware_concurrency());
+  rc.world_size = world.size;
+  // threads = 0 shares the cores between the ranks on this machine
+  rc.threads = sub.threads > 0 ? static_cast<int>(sub.threads)
+                               : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / world.local_size);
   at::set_num_threads(rc.threads);
   std::string why;
   const bool bf16_ok = device::bf16_fast(dev, &why);
@@ -309,7 +339,9 @@ int train(const TrainOptions& opt) {
   rc.model.rope_base = sub.rope_base;
   rc.model.seed = static_cast<uint64_t>(sub.seed);
   const bool bf16 = rc.precision == "bf16";
-  const int64_t accum = sub.grad_accum();
+  const int64_t accum = rank_rows / rank_batch;  // micro-batches per step on this rank
+  rc.rank_batch = rank_batch;
+  rc.grad_accum = accum;
 
   // ---- run folder: refuse to mix runs
   const std::string dir = opt.out_dir;
@@ -333,6 +365,11 @@ int train(const TrainOptions& opt) {
                 "; resuming it with ", cfg_json["modules"].dump(), " would mix two experiments; use a new --out");
       SLM_CHECK(old["substrate_id"] == cfg_json["substrate_id"], "train: --resume with a different configuration (substrate ",
                 old["substrate_id"].get<std::string>(), " vs ", rc.substrate_id, "); use a new --out for a new configuration");
+      // config.json is rewritten at every start, so it tells the world size of the latest checkpoint's run.
+      const int old_world = old.value("world_size", 1);
+      SLM_CHECK(!fs::exists(latest) || old_world == world.size, "train: ", latest, " was written by a run with ", old_world,
+                " data-parallel rank(s) and this one has ", world.size, "; resume it with --nproc ", old_world,
+                " (or WORLD_SIZE=", old_world, ") or start a new --out");
     } else {
       SLM_CHECK(!fs::exists(dir) || fs::is_dir(dir), "train: --out ", dir, " is not a directory");
       fs::mkdirs(dir);
@@ -341,7 +378,7 @@ int train(const TrainOptions& opt) {
   // One writer per run folder: a second trainer (a restarted runner, a stray command) is refused
   // instead of interleaving checkpoints. The lock dies with the process, kill -9 included.
   int lock_fd = -1;
-  if (!opt.dry_run) {
+  if (!opt.dry_run && world.is_main()) {
     const std::string lock_path = fs::join(dir, ".lock");
     lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     SLM_CHECK(lock_fd >= 0, "train: cannot open ", lock_path, ": ", std::strerror(errno));
@@ -382,9 +419,12 @@ int train(const TrainOptions& opt) {
   }
   const std::string plan_text = layer_plan(*model);
   cfg_json["layer_plan"] = plan_text;
-  std::printf("batch: %lld tokens/step = %lld rows x %lld context x %lld accum x dp %lld; %lld steps\n%s",
-              (long long)sub.total_batch, (long long)sub.device_batch, (long long)sub.context, (long long)accum,
-              (long long)sub.dp, (long long)sub.steps, plan_text.c_str());
+  std::printf("batch: %lld tokens/step = %lld rows x %lld context x %lld accum x %d rank(s); %lld steps\n%s",
+              (long long)sub.total_batch, (long long)rank_batch, (long long)sub.context, (long long)accum, world.size,
+              (long long)sub.steps, plan_text.c_str());
+  if (comm)
+    std::printf("data parallel: %d ranks over c10d %s, threads %d each; rank r takes rows r, r+%d, ... of every step\n",
+                world.size, comm->backend().c_str(), rc.threads, world.size);
 
   const double flops_tok = model->flops_per_token(sub.context);
   const double peak = device::peak_flops(dev, bf16 ? torch::kBFloat16 : torch::kFloat32);
@@ -419,17 +459,25 @@ int train(const TrainOptions& opt) {
   Optimizer optim(groups, oo);
 
   const int64_t row = sub.context + 1;
-  std::vector<int32_t> tok_buf(sub.device_batch * row), doc_buf(sub.device_batch * row);
+  std::vector<int32_t> tok_buf(rank_batch * row), doc_buf(rank_batch * row);
   // Rows -> (inputs, targets, doc ids) on the device.
   auto make_batch = [&](data::Loader& L) {
-    for (int64_t b = 0; b < sub.device_batch; ++b) L.next(tok_buf.data() + b * row, doc_buf.data() + b * row);
-    auto t = torch::from_blob(tok_buf.data(), {sub.device_batch, row}, torch::kInt32).to(torch::kInt64).to(dev);
-    auto d = torch::from_blob(doc_buf.data(), {sub.device_batch, row}, torch::kInt32).to(torch::kInt64).to(dev);
+    for (int64_t b = 0; b < rank_batch; ++b) L.next(tok_buf.data() + b * row, doc_buf.data() + b * row);
+    auto t = torch::from_blob(tok_buf.data(), {rank_batch, row}, torch::kInt32).to(torch::kInt64).to(dev);
+    auto d = torch::from_blob(doc_buf.data(), {rank_batch, row}, torch::kInt32).to(torch::kInt64).to(dev);
     return std::make_tuple(t.slice(1, 0, sub.context), t.slice(1, 1, row), d.slice(1, 0, sub.context));
   };
 
   // val_bpb over the fixed validation rows (train/run.h).
-  auto evaluate = [&]() { return val_bpb(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev); };
+  // With ranks, each scores every world.size-th batch; the per-batch sums are added up in batch order,
+  // so the figure is the single-process one bit for bit.
+  auto evaluate = [&]() {
+    if (!comm) return val_bpb(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev);
+    auto parts = val_bpb_parts(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev, world.rank, world.size);
+    auto t = torch::from_blob(parts.data(), {static_cast<int64_t>(parts.size())}, torch::kFloat64);
+    comm->all_reduce_sum(t);
+    return val_bpb_total(parts);
+  };
 
   // ---- dry run: an honest ETA from measurement. One row through models of depth 1 and 2 (same width
   // and context) gives the fixed cost and the per-layer cost of a forward+backward; a step is that,
@@ -478,7 +526,7 @@ int train(const TrainOptions& opt) {
 
   // ---- resume or start
   State st;
-  data::Loader loader(ds, data::Split::Train, sub.context, sub.data_order_seed(), true);
+  data::Loader loader(ds, data::Split::Train, sub.context, sub.data_order_seed(), true, world.rank, world.size);
   loader.set_transforms(transforms);  // before a restore: positions count transformed tokens
   bool resumed = false;
   if (opt.resume && fs::exists(latest)) {
@@ -489,13 +537,20 @@ int train(const TrainOptions& opt) {
               " was trained with another tokenizer (", ck.metadata["tokenizer_hash"], "); resume on its own data set");
     SLM_CHECK(ck.metadata["substrate_id"] == rc.substrate_id, "train: checkpoint substrate ", ck.metadata["substrate_id"],
               " differs from this run's ", rc.substrate_id);
+    // Same-size resumes only: the ranks' generator states and data slices are per world size.
+    const std::string ck_world = ck.metadata.count("world_size") ? ck.metadata["world_size"] : "1";
+    SLM_CHECK(ck_world == std::to_string(world.size), "train: ", latest, " was written by a run with ", ck_world,
+              " data-parallel rank(s) and this one has ", world.size, "; resume it with --nproc ", ck_world,
+              " (or WORLD_SIZE=", ck_world, ") or start a new --out");
     std::map<std::string, torch::Tensor> params, buffers, ostate;
     torch::Tensor rng;
+    const std::string own_rng = "rng.cpu.rank" + std::to_string(world.rank);
     for (auto& [k, v] : ck.tensors) {
       if (k.rfind("model.", 0) == 0) params[k.substr(6)] = v;
       else if (k.rfind("buffer.", 0) == 0) buffers[k.substr(7)] = v;
       else if (k.rfind("optim.", 0) == 0) ostate[k.substr(6)] = v;
-      else if (k == "rng.cpu") rng = v;
+      else if (k == "rng.cpu" && world.rank == 0) rng = v;
+      else if (k == own_rng) rng = v;
     }
     {
       torch::NoGradGuard ng;
@@ -522,11 +577,23 @@ int train(const TrainOptions& opt) {
     loader.restore(st.loader);
     std::printf("resumed from %s at step %lld\n", latest.c_str(), (long long)st.step);
   }
-  fs::write_atomic(cfg_path, cfg_json.dump(1) + "\n");
+  if (comm) {
+    // Every rank starts from rank 0's weights (they are built from the same seed; this makes sure),
+    // and only after every rank has checked the run folder does rank 0 write to it.
+    std::vector<torch::Tensor> ts;
+    for (auto& p : model->parameters()) ts.push_back(p.data());
+    for (auto& b : model->buffers()) ts.push_back(b.data());
+    comm->broadcast(ts);
+    comm->barrier();
+  }
   Metrics metrics{fs::join(dir, "metrics.jsonl")};
-  metrics.open(resumed ? st.step : -1);  // a fresh start (even after a kill) keeps no old records
+  if (world.is_main()) {
+    fs::write_atomic(cfg_path, cfg_json.dump(1) + "\n");
+    metrics.open(resumed ? st.step : -1);  // a fresh start (even after a kill) keeps no old records
+  }
 
   auto write_summary = [&](const std::string& status, const std::string& reason) {
+    if (!world.is_main()) return;
     json s;
     s["status"] = status;
     s["reason"] = reason;
@@ -548,9 +615,16 @@ int train(const TrainOptions& opt) {
     s["n_params"] = model->n_params();
     s["flops_per_token"] = flops_tok;
     s["loss_spikes"] = st.spikes.n_spikes;
+    s["world_size"] = world.size;
     fs::write_atomic(fs::join(dir, "summary.json"), s.dump(1) + "\n");
   };
   auto in_spike = [&] { return st.spikes.in_spike(st.step); };
+  // Collective: every rank calls it (rank 0 gathers the generator states and writes, atomically).
+  auto checkpoint = [&](const std::string& path, bool weights_only) {
+    std::vector<torch::Tensor> rngs;
+    if (comm && !weights_only) rngs = comm->all_gather(at::detail::getDefaultCPUGenerator().get_state());
+    if (world.is_main()) save_checkpoint(path, model, optim, rc, st, in_spike(), weights_only, rngs);
+  };
   std::map<std::string, double> module_stats;  // what modules report (expert load, codebook use, ...)
   auto do_eval = [&] {
     auto t0 = clk::now();
@@ -563,7 +637,7 @@ int train(const TrainOptions& opt) {
     if (st.last_val < st.best_val) {
       st.best_val = st.last_val;
       st.best_step = st.step;
-      save_checkpoint(best, model, optim, rc, st, in_spike());
+      checkpoint(best, false);
     }
   };
 
@@ -586,6 +660,19 @@ int train(const TrainOptions& opt) {
       for (auto& [k, v] : parts.stats) module_stats[k] = v;
     }
     double loss = loss_sum / accum;
+    double comm_s = 0;
+    if (comm) {
+      comm_s = comm->all_reduce_mean(model->parameters());
+      // The logged losses are the means over every rank's rows, as one process would have them.
+      std::vector<double> v{loss};
+      for (auto& [k, a] : aux_sum) v.push_back(a);
+      auto t = torch::from_blob(v.data(), {static_cast<int64_t>(v.size())}, torch::kFloat64);
+      comm->all_reduce_sum(t);
+      loss = v[0] / world.size;
+      size_t i = 1;
+      for (auto& [k, a] : aux_sum) a = v[i++] / world.size;
+    }
+    loader.align();  // every rank's loader at the step's end: the state a checkpoint keeps
     for (auto& [k, v] : aux_sum)
       if (!std::isfinite(v)) loss = NAN;  // a non-finite auxiliary loss poisons the step just the same
     double gnorm = 0;
@@ -635,6 +722,7 @@ int train(const TrainOptions& opt) {
       rec["spike_start"] = st.spikes.spike_start;  // evals written since then were inside it
     }
     if (!aux_sum.empty()) rec["aux"] = aux_sum;
+    if (comm) rec["comm_ms"] = 1000 * comm_s;
     metrics.write(rec);
     if (!opt.quiet) {
       const double eta = (sub.steps - st.step) * (st.train_seconds / std::max<int64_t>(1, st.step));
@@ -646,13 +734,13 @@ int train(const TrainOptions& opt) {
     const bool last = st.step == sub.steps;
     if (last || (sub.eval_every > 0 && st.step % sub.eval_every == 0)) do_eval();
     if (last || (sub.ckpt_every > 0 && st.step % sub.ckpt_every == 0)) {
-      save_checkpoint(latest, model, optim, rc, st, in_spike());
-      if (opt.keep_checkpoints)
-        save_checkpoint(fs::join(dir, snapshot_name(st.step)), model, optim, rc, st, in_spike(), /*weights_only=*/true);
+      checkpoint(latest, false);
+      if (opt.keep_checkpoints) checkpoint(fs::join(dir, snapshot_name(st.step)), /*weights_only=*/true);
       write_summary(last ? "done" : "running", "");
     }
   }
   write_summary("done", "");
+  if (comm) comm->barrier();  // rank 0's last checkpoint and summary are written before any rank exits
   std::printf("done: best val_bpb %.4f @ step %lld, final %.4f, %s tokens in %s (%.0f tok/s)\n", st.best_val,
               (long long)st.best_step, st.last_val, human_count(st.tokens).c_str(), human_duration(st.train_seconds).c_str(),
               st.tokens / std::max(1e-9, st.train_seconds));
