@@ -105,12 +105,7 @@ std::string CbpMlpImpl::describe() const {
 
 void apply_cbp(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
   // The catalog's checks again, for a ModelConfig assembled by hand; same messages.
-  catalog::ModelView v;
-  v.depth = static_cast<int64_t>(plan.layers.size());
-  auto errors = catalog::spec_cbp().check(args, v);
-  std::string all;
-  for (auto& e : errors) all += (all.empty() ? "" : "; ") + e;
-  SLM_CHECK(errors.empty(), "[cbp] ", all);
+  const catalog::ModelView v = check_module(catalog::spec_cbp(), args, cfg, plan);
 
   CbpOptions base;
   base.rate = args.f64("rate");

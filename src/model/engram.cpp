@@ -238,23 +238,7 @@ std::string EngramImpl::describe() const {
 void apply_engram(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
   // The init guard again, over the plan as built (the catalog ran it on the plan's view already;
   // this catches a ModelConfig assembled by hand). Same rule, same message.
-  catalog::ModelView v;
-  v.depth = static_cast<int64_t>(plan.layers.size());
-  v.d_model = cfg.d_model;
-  v.n_head = cfg.n_head;
-  v.head_dim = cfg.head_dim;
-  v.context = cfg.context;
-  v.layer_pattern = cfg.layer_pattern;
-  bool agrees = !v.layer_pattern.empty();
-  for (int64_t i = 0; agrees && i < v.depth; ++i) agrees = plan.layers[i].kind == v.kind(i);
-  if (!agrees) {  // a module changed kinds in the plan: spell the pattern out per layer
-    v.layer_pattern.clear();
-    for (auto& lp : plan.layers) v.layer_pattern += lp.kind;
-  }
-  auto errors = catalog::spec_engram().check(args, v);
-  std::string all;
-  for (auto& e : errors) all += (all.empty() ? "" : "; ") + e;
-  SLM_CHECK(errors.empty(), "[engram] ", all);
+  const catalog::ModelView v = check_module(catalog::spec_engram(), args, cfg, plan);
 
   EngramOptions base;
   base.d_model = cfg.d_model;

@@ -36,6 +36,33 @@ ModelPlan model_plan(const ModelConfig& c) {
   return plan;
 }
 
+catalog::ModelView plan_view(const ModelConfig& c, const ModelPlan& plan) {
+  catalog::ModelView v;
+  v.depth = static_cast<int64_t>(plan.layers.size());
+  v.d_model = c.d_model;
+  v.n_head = c.n_head;
+  v.head_dim = c.head_dim;
+  v.context = c.context;
+  v.layer_pattern = c.layer_pattern;
+  bool agrees = !v.layer_pattern.empty();
+  for (int64_t i = 0; agrees && i < v.depth; ++i) agrees = plan.layers[i].kind == v.kind(i);
+  if (!agrees) {  // a module changed kinds in the plan: spell the pattern out per layer
+    v.layer_pattern.clear();
+    for (auto& lp : plan.layers) v.layer_pattern += lp.kind;
+  }
+  return v;
+}
+
+catalog::ModelView check_module(const catalog::ModuleSpec& spec, const catalog::ModuleArgs& args,
+                                const ModelConfig& c, const ModelPlan& plan) {
+  catalog::ModelView v = plan_view(c, plan);
+  auto errors = spec.check(args, v);
+  std::string all;
+  for (auto& e : errors) all += (all.empty() ? "" : "; ") + e;
+  SLM_CHECK(errors.empty(), "[", spec.name, "] ", all);
+  return v;
+}
+
 std::string layer_plan(const GPTImpl& m) {
   std::ostringstream os;
   for (int64_t i = 0; i < m.cfg.n_layer; ++i) {

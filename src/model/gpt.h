@@ -36,6 +36,12 @@ struct ModelConfig {
 
 // The layer plan: the default blocks, then every module's apply in order (model/module.h).
 ModelPlan model_plan(const ModelConfig& c);
+// A module's apply runs its catalog check again, for a ModelConfig assembled by hand (same rules,
+// same messages): the view of `plan` as built so far (its pattern spelled out per layer when a
+// module changed kinds), and the check itself, failing with "[name] " and every message.
+catalog::ModelView plan_view(const ModelConfig& c, const ModelPlan& plan);
+catalog::ModelView check_module(const catalog::ModuleSpec& spec, const catalog::ModuleArgs& args,
+                                const ModelConfig& c, const ModelPlan& plan);
 struct GPTImpl;
 // One line per layer: "layer 0: A attention (H=4, D=64, ...) + relu2 mlp (1024) [engram]", then
 // objectives, streams and notes. Printed at init and stored in config.json.

@@ -203,19 +203,7 @@ std::string ModWrapImpl::describe() const {
 
 void apply_mod(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
   // The catalog's checks again, on the plan's own kinds (a hand-assembled ModelConfig meets them too).
-  catalog::ModelView v;
-  v.depth = static_cast<int64_t>(plan.layers.size());
-  v.d_model = cfg.d_model;
-  v.n_head = cfg.n_head;
-  v.head_dim = cfg.head_dim;
-  v.context = cfg.context;
-  v.layer_pattern.clear();
-  for (auto& lp : plan.layers) v.layer_pattern += lp.kind;
-  if (v.layer_pattern.empty()) v.layer_pattern = "A";
-  auto errors = catalog::spec_mod().check(args, v);
-  std::string all;
-  for (auto& e : errors) all += (all.empty() ? "" : "; ") + e;
-  SLM_CHECK(errors.empty(), "[mod] ", all);
+  const catalog::ModelView v = check_module(catalog::spec_mod(), args, cfg, plan);
 
   ModOptions base;
   base.d_model = cfg.d_model;

@@ -246,18 +246,7 @@ std::string MoeImpl::describe() const {
 }
 
 void apply_moe(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
-  // The catalog's check again, for a ModelConfig assembled by hand: same rules, same messages.
-  catalog::ModelView v;
-  v.depth = static_cast<int64_t>(plan.layers.size());
-  v.d_model = cfg.d_model;
-  v.n_head = cfg.n_head;
-  v.head_dim = cfg.head_dim;
-  v.context = cfg.context;
-  v.layer_pattern = cfg.layer_pattern;
-  auto errors = catalog::spec_moe().check(args, v);
-  std::string all;
-  for (auto& e : errors) all += (all.empty() ? "" : "; ") + e;
-  SLM_CHECK(errors.empty(), "[moe] ", all);
+  const catalog::ModelView v = check_module(catalog::spec_moe(), args, cfg, plan);
   auto layers = args.list("layers");
   if (layers.empty())
     for (int64_t i = 0; i < v.depth; ++i) layers.push_back(i);
