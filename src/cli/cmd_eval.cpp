@@ -102,10 +102,13 @@ int cmd_eval_bpb(const Args& a) {
 
   const int64_t tokens = a.i64("tokens") > 0 ? a.i64("tokens") : run.config.value("eval_tokens", int64_t(32768));
   const bool bf16 = run.config.value("precision", std::string("fp32")) == "bf16";
-  const double bpb = val_bpb(*run.model, ds, context, tokens, run.config.value("device_batch", int64_t(16)), bf16, dev);
+  std::map<std::string, double> stats;
+  const double bpb =
+      val_bpb(*run.model, ds, context, tokens, run.config.value("device_batch", int64_t(16)), bf16, dev, &stats);
   std::printf("val_bpb %.4f | %s checkpoint step %lld%s | context %lld (trained %lld, %s) | %lld tokens | %s\n", bpb,
               a.str("checkpoint").c_str(), (long long)run.step, run.in_spike ? " (saved inside a loss spike)" : "",
               (long long)context, (long long)trained, how.c_str(), (long long)tokens, run.config.value("precision", std::string("fp32")).c_str());
+  for (auto& [k, v] : stats) std::printf("  %s %.4g\n", k.c_str(), v);  // what modules did in evaluation
   return 0;
 }
 

@@ -309,9 +309,16 @@ torch::Tensor GPTImpl::logits(const torch::Tensor& h) {
   return z;
 }
 
-torch::Tensor GPTImpl::token_nats(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids) {
+torch::Tensor GPTImpl::token_nats(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids,
+                                  std::map<std::string, double>* stats) {
   torch::NoGradGuard ng;
-  auto h = rms_norm(hidden(idx, doc_ids));
+  Ctx ctx;
+  ctx.idx = idx;
+  ctx.doc_ids = doc_ids;
+  ctx.training = is_training();
+  ctx.step = step;
+  auto h = rms_norm(hidden(ctx));
+  if (stats) *stats = ctx.stats;
   const int64_t B = h.size(0), T = h.size(1);
   auto n = linear_ce_nats(h.reshape({B * T, -1}), lm_head->weight, targets.reshape({B * T}), cfg.softcap,
                           device::matmul_dtype(h));

@@ -104,7 +104,10 @@ struct GPTImpl : torch::nn::Module {
   // Logits in fp32, softcapped: (B, T, V).
   torch::Tensor logits(const torch::Tensor& h);
   // Per-target cross entropy in nats: (B, T), fp32, no gradient (evaluation), through the fused head.
-  torch::Tensor token_nats(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids);
+  // Per-token nats, no gradient. `stats`, when given, receives what modules report in evaluation
+  // (GateSkip's and MoD's eval-time skip fractions, ...).
+  torch::Tensor token_nats(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids,
+                           std::map<std::string, double>* stats = nullptr);
   // Training loss: mean nats over all targets, with gradient, through the fused head (model/fused_ce.h),
   // plus every module's auxiliary losses with their weights. `parts`, when given, receives the main
   // loss and the auxiliary ones separately (for logging) and the modules' statistics.

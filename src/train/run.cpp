@@ -73,14 +73,30 @@ LoadedRun load_run(const std::string& run_dir, const std::string& which) {
   r.model = GPT(r.model_cfg);
   {
     torch::NoGradGuard ng;
-    std::map<std::string, torch::Tensor> params;
-    for (auto& [k, v] : ck.tensors)
+    std::map<std::string, torch::Tensor> params, buffers;
+    for (auto& [k, v] : ck.tensors) {
       if (k.rfind("model.", 0) == 0) params[k.substr(6)] = v;
+      else if (k.rfind("buffer.", 0) == 0) buffers[k.substr(7)] = v;
+    }
     for (auto& p : r.model->named_parameters()) {
       auto it = params.find(p.key());
       SLM_CHECK(it != params.end() && it->second.sizes() == p.value().sizes(), "[run] checkpoint ", r.checkpoint,
                 " lacks or mis-shapes parameter ", p.key(), "; was it written by another build?");
       p.value().copy_(it->second);
+    }
+    // Buffers are state the model evaluates with (GateSkip's calibrated thresholds, NCP's codebook):
+    // the checkpoint's, never the freshly built ones. Checkpoints from builds that saved none (before
+    // buffers were saved) load with the built buffers, and say so.
+    if (buffers.empty() && !r.model->named_buffers().is_empty()) {
+      std::fprintf(stderr, "[run] warning: %s holds no module buffers (written before they were saved); "
+                   "evaluating with freshly built ones\n", r.checkpoint.c_str());
+    } else {
+      for (auto& b : r.model->named_buffers()) {
+        auto it = buffers.find(b.key());
+        SLM_CHECK(it != buffers.end() && it->second.sizes() == b.value().sizes(), "[run] checkpoint ", r.checkpoint,
+                  " lacks or mis-shapes buffer ", b.key(), "; was it written by another build?");
+        b.value().copy_(it->second);
+      }
     }
   }
   r.step = std::stoll(ck.metadata["step"]);
@@ -92,8 +108,10 @@ LoadedRun load_run(const std::string& run_dir, const std::string& which) {
 }
 
 std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens,
-                                  int64_t batch_rows, bool bf16, torch::Device dev, int rank, int world) {
+                                  int64_t batch_rows, bool bf16, torch::Device dev, int rank, int world,
+                                  std::map<std::string, double>* stats) {
   torch::NoGradGuard ng;
+  if (stats) stats->clear();
   const bool was_training = model.is_training();
   model.eval();
   device::set_autocast(dev, bf16);
@@ -111,7 +129,12 @@ std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64
     auto t = torch::from_blob(tok.data(), {batch_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
     auto d = torch::from_blob(doc.data(), {batch_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
     auto x = t.slice(1, 0, context), y = t.slice(1, 1, row), dd = d.slice(1, 0, context);
-    auto n = model.token_nats(x, y, dd);
+    std::map<std::string, double> batch_stats;
+    auto n = model.token_nats(x, y, dd, stats ? &batch_stats : nullptr);
+    if (stats) {
+      for (auto& [k, v] : batch_stats) (*stats)[k] += v;
+      (*stats)["eval.batches"] += 1;
+    }
     auto nb = token_bytes.index({y});
     if (done + batch_rows > rows_needed) {  // the budget ends inside this batch
       const int64_t keep = rows_needed - done;
@@ -137,8 +160,20 @@ double val_bpb_total(const std::vector<double>& parts) {
 }
 
 double val_bpb(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens, int64_t batch_rows, bool bf16,
-               torch::Device dev) {
-  return val_bpb_total(val_bpb_parts(model, ds, context, tokens, batch_rows, bf16, dev));
+               torch::Device dev, std::map<std::string, double>* stats) {
+  auto parts = val_bpb_parts(model, ds, context, tokens, batch_rows, bf16, dev, 0, 1, stats);
+  if (stats) *stats = eval_stat_means(*stats);
+  return val_bpb_total(parts);
+}
+
+std::map<std::string, double> eval_stat_means(const std::map<std::string, double>& sums) {
+  std::map<std::string, double> out;
+  auto it = sums.find("eval.batches");
+  const double n = it == sums.end() ? 0.0 : it->second;
+  if (n <= 0) return out;
+  for (auto& [k, v] : sums)
+    if (k != "eval.batches") out[k] = v / n;
+  return out;
 }
 
 }  // namespace slm

@@ -471,11 +471,28 @@ int train(const TrainOptions& opt) {
   // val_bpb over the fixed validation rows (train/run.h).
   // With ranks, each scores every world.size-th batch; the per-batch sums are added up in batch order,
   // so the figure is the single-process one bit for bit.
+  // eval_stats: the means over the validation batches of what modules report in evaluation (every
+  // rank reports the same keys, the model's, so their sums reduce in key order).
+  std::map<std::string, double> eval_stats;
   auto evaluate = [&]() {
-    if (!comm) return val_bpb(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev);
-    auto parts = val_bpb_parts(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev, world.rank, world.size);
+    if (!comm) return val_bpb(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev, &eval_stats);
+    std::map<std::string, double> sums;
+    auto parts = val_bpb_parts(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev, world.rank,
+                               world.size, &sums);
     auto t = torch::from_blob(parts.data(), {static_cast<int64_t>(parts.size())}, torch::kFloat64);
     comm->all_reduce_sum(t);
+    std::vector<double> v;
+    for (auto& kv : sums) v.push_back(kv.second);
+    std::vector<double> n{static_cast<double>(v.size())}, lo = n;
+    auto tn = torch::from_blob(n.data(), {1}, torch::kFloat64);
+    comm->all_reduce_sum(tn);
+    if (n[0] == lo[0] * world.size && !v.empty()) {  // the same keys everywhere (a rank without batches has none)
+      auto tv = torch::from_blob(v.data(), {static_cast<int64_t>(v.size())}, torch::kFloat64);
+      comm->all_reduce_sum(tv);
+      size_t i = 0;
+      for (auto& kv : sums) kv.second = v[i++];
+    }
+    eval_stats = eval_stat_means(sums);
     return val_bpb_total(parts);
   };
 
@@ -632,6 +649,7 @@ int train(const TrainOptions& opt) {
     json e = {{"step", st.step}, {"val_bpb", st.last_val}, {"eval_ms", 1000 * seconds(t0)}};
     if (in_spike()) e["in_spike"] = true;
     if (!module_stats.empty()) e["modules"] = module_stats;  // from the last training step
+    if (!eval_stats.empty()) e["eval_modules"] = eval_stats;  // from this evaluation
     metrics.write(e);
     if (!opt.quiet) std::printf("eval step %lld | val_bpb %.4f\n", (long long)st.step, st.last_val);
     if (st.last_val < st.best_val) {

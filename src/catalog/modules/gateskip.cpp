@@ -57,8 +57,10 @@ const ModuleSpec& spec_gateskip() {
           {"ramp_steps", ParamType::Int, "5000", 0, 1e9, "steps of the linear ramp (the paper: 5000); 0 = skip_final at once"},
           {"eval_skip", ParamType::Float, "0.1", 0, 0.99,
            "skip budget at evaluation and generation, applied as a causal per-token threshold; 0 = skip nothing"},
-          {"threshold_ema", ParamType::Float, "0.99", 0, 1,
-           "decay of the eval threshold's running estimate over training batches"},
+          {"threshold_ema", ParamType::Float, "0.5", 0, 0.999,
+           "decay of the eval threshold's running estimate over training batches: a memory of about "
+           "1/(1 - decay) steps, kept short because the gates move as they train and a lagging threshold "
+           "skips far more than eval_skip (0.99 made a 100-step run skip 97% at eval); 0 = the last batch's"},
       },
       &check_gateskip,
       nullptr,
