@@ -162,6 +162,35 @@ TEST(Trainer, KillNineAndResumeReproduceTheCurveBitwise) {
   }
 }
 
+// SIGTERM (Slurm's preemption or requeue) between checkpoints: the trainer finishes its step, writes
+// the latest checkpoint there, says "preempted" and exits 143; the same command resumes bitwise.
+TEST(Trainer, SigtermCheckpointsTheStepAndResumesBitwise) {
+  const auto& f = fx();
+  std::string ref = f.t / "ref_term";
+  ASSERT_EQ(slm::test::run(f.train_cmd(ref)).status, 0);
+  std::string run = f.t / "termed";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", ("exec " + f.train_cmd(run) + " >/dev/null 2>&1").c_str(), (char*)nullptr);
+    ::_exit(127);
+  }
+  while (last_step(run) < 7) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ::kill(pid, SIGTERM);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st)) << "killed by signal " << WTERMSIG(st) << " instead of stopping";
+  EXPECT_EQ(WEXITSTATUS(st), 143);
+  auto summary = json::parse(slm::fs::read_file(run + "/summary.json"));
+  EXPECT_EQ(summary["status"], "preempted") << summary.dump();
+  const int64_t stopped = last_step(run);
+  EXPECT_LT(stopped, 30);
+  EXPECT_EQ(summary["step"].get<int64_t>(), stopped) << "the checkpoint is not the last step written";
+  auto r = slm::test::run(f.train_cmd(run, "--resume"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("resumed from"), std::string::npos) << r.out;
+  EXPECT_EQ(curve(run), curve(ref));
+}
+
 TEST(Trainer, ExportReadsBackWithAnIndependentReader) {
   const auto& f = fx();
   std::string run = f.t / "exp";

@@ -244,6 +244,21 @@ int launch_local(int nproc) {
     child_args.push_back(args[i]);
   }
   const std::string port = std::to_string(free_port()), world = std::to_string(nproc);
+  // SIGTERM or SIGINT to the launcher (Slurm's preemption, a requeue, Ctrl-C) goes to every rank,
+  // each of which checkpoints at the same step and exits; the launcher waits for them.
+  static std::vector<pid_t> live;  // read by the handler: sized before any child exists
+  live.assign(nproc, -1);
+  {
+    struct sigaction sa {};
+    sa.sa_handler = [](int sig) {
+      for (pid_t p : live)
+        if (p > 0) ::kill(p, sig == SIGINT ? SIGINT : SIGTERM);
+    };
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    ::sigaction(SIGTERM, &sa, nullptr);
+    ::sigaction(SIGINT, &sa, nullptr);
+  }
   std::vector<pid_t> pids(nproc, -1);
   std::vector<int> err_fd(nproc, -1);  // ranks > 0: stderr kept, shown only if that rank fails first
   for (int r = 0; r < nproc; ++r) {
@@ -277,6 +292,7 @@ int launch_local(int nproc) {
       ::_exit(127);
     }
     pids[r] = pid;
+    live[r] = pid;
   }
   // Wait for all; on the first failure give the others a moment to fail on their own (the same bad
   // input fails every rank), then stop the rest: they would wait for the failed rank forever.
@@ -290,6 +306,7 @@ int launch_local(int nproc) {
     for (int r = 0; r < nproc; ++r)
       if (pids[r] == pid && !done[r]) {
         done[r] = true;
+        live[r] = -1;
         status[r] = st;
         --left;
         const bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;

@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include <numeric>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -231,6 +233,13 @@ data::TransformSet transform_set(const std::vector<catalog::ModuleArgs>& mods) {
 }
 
 }  // namespace
+
+// SIGTERM (Slurm's preemption and `scontrol requeue`, a launcher stopping its ranks) or SIGINT: the
+// trainer finishes the step it is in, writes its latest checkpoint and exits with kPreempted; the
+// same command resumes it. Every rank stops at the same step: the flag travels with the step's
+// all-reduce of the losses.
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
 
 int train(const TrainOptions& opt) {
   const auto t_start = clk::now();
@@ -661,6 +670,14 @@ int train(const TrainOptions& opt) {
 
   if (st.step == 0) do_eval();  // the untrained model: every curve starts at a known point
   write_summary("running", "");
+  {
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;  // a collective or a write in flight continues; the step's end stops
+    ::sigaction(SIGTERM, &sa, nullptr);
+    ::sigaction(SIGINT, &sa, nullptr);
+  }
   model->train();
   while (st.step < sub.steps) {
     auto t0 = clk::now();
@@ -678,16 +695,18 @@ int train(const TrainOptions& opt) {
       for (auto& [k, v] : parts.stats) module_stats[k] = v;
     }
     double loss = loss_sum / accum;
+    bool stop_now = g_stop_signal.load() != 0;  // with ranks: any rank's, after the all-reduce below
     double comm_s = 0;
     if (comm) {
       comm_s = comm->all_reduce_mean(model->parameters());
       // The logged losses are the means over every rank's rows, as one process would have them.
-      std::vector<double> v{loss};
+      std::vector<double> v{loss, g_stop_signal.load() ? 1.0 : 0.0};
       for (auto& [k, a] : aux_sum) v.push_back(a);
       auto t = torch::from_blob(v.data(), {static_cast<int64_t>(v.size())}, torch::kFloat64);
       comm->all_reduce_sum(t);
       loss = v[0] / world.size;
-      size_t i = 1;
+      stop_now = v[1] > 0;
+      size_t i = 2;
       for (auto& [k, a] : aux_sum) a = v[i++] / world.size;
     }
     loader.align();  // every rank's loader at the step's end: the state a checkpoint keeps
@@ -755,6 +774,15 @@ int train(const TrainOptions& opt) {
       checkpoint(latest, false);
       if (opt.keep_checkpoints) checkpoint(fs::join(dir, snapshot_name(st.step)), /*weights_only=*/true);
       write_summary(last ? "done" : "running", "");
+    }
+    if (stop_now && !last) {
+      checkpoint(latest, false);
+      const std::string why = "stopped by a signal at step " + std::to_string(st.step) +
+                              "; the latest checkpoint is this step, and the same command resumes";
+      write_summary("preempted", why);
+      if (comm) comm->barrier();
+      std::fprintf(stderr, "[train] %s\n", why.c_str());
+      return kPreempted;
     }
   }
   write_summary("done", "");

@@ -22,7 +22,10 @@ struct TrainOptions {
 // The file of the weights-only snapshot of `step` inside a run folder: "ckpt_step000150.safetensors".
 std::string snapshot_name(int64_t step);
 
-// Exit status: 0 done, 3 INVALID (non-finite loss). Bad input throws slm::Error before any step.
+// Exit status: 0 done, 3 INVALID (non-finite loss), kPreempted when SIGTERM or SIGINT stopped it
+// (after the step in flight, with its checkpoint written: the same command resumes). Bad input
+// throws slm::Error before any step.
+constexpr int kPreempted = 143;  // 128 + SIGTERM, as a shell reports a terminated process
 int train(const TrainOptions& opt);
 
 // Writes a run's model weights (no optimizer state) as safetensors; `which` is "latest" or "best".
