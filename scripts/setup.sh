@@ -13,6 +13,7 @@ pkgs=(
   libsentencepiece-dev      # the tokenizer benchmark's peer
   python3                   # the safetensors reader in the tests (standard library only)
   bubblewrap                # the sandbox that compile-rate evaluation runs g++ in
+  slurm-wlm munge           # ablate --backend slurm and its test cluster (scripts/slurm-local.sh)
 )
 if [[ "${1:-}" == "--bench" ]]; then pkgs+=(python3-torch); fi
 
