@@ -118,3 +118,49 @@ TEST(Ablate, KilledRunnerRestartsWithoutLossOrDuplicates) {
     EXPECT_EQ(curve(x.run_dir), curve(ref + "/noise/baseline/s" + std::to_string(x.seed))) << x.run_id;
   }
 }
+
+TEST(Ablate, SigtermCheckpointsTheRunsAndTheyResumeWithoutAFailedAttempt) {
+  const auto& f = fx();
+  const std::string ref = f.t / "a";
+  if (!fs::exists(ref + "/ledger.sqlite")) {
+    ASSERT_EQ(slm::test::run(f.cmd(ref)).status, 0);
+  }
+  const std::string root = f.t / "term";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", ("exec " + f.cmd(root) + " >/dev/null 2>&1").c_str(), (char*)nullptr);
+    ::_exit(127);
+  }
+  const std::string m1 = root + "/noise/baseline/s1/metrics.jsonl";
+  for (int i = 0; i < 6000; ++i) {
+    if (fs::exists(m1) && slm::test::count_lines(fs::read_file(m1)) >= 9) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ::kill(pid, SIGTERM);  // ablate passes it on; the trainers checkpoint the step in flight and stop
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 143);
+  {
+    engine::Ledger l(root + "/ledger.sqlite");
+    auto s1 = l.get("noise/baseline/s1");
+    ASSERT_TRUE(s1);
+    if (s1->status != engine::Status::Done) {  // it may have finished before the signal
+      EXPECT_EQ(s1->status, engine::Status::Queued) << s1->reason;
+      EXPECT_NE(s1->reason.find("preempted"), std::string::npos) << s1->reason;
+      EXPECT_EQ(s1->attempts, 0);
+      auto summary = json::parse(fs::read_file(root + "/noise/baseline/s1/summary.json"));
+      EXPECT_EQ(summary.value("status", ""), "preempted");
+    }
+    for (auto& x : l.runs("noise")) EXPECT_NE(x.status, engine::Status::Running) << x.run_id;  // none left "running"
+  }
+  auto r = slm::test::run(f.cmd(root));
+  ASSERT_EQ(r.status, 0) << r.out;
+  engine::Ledger l(root + "/ledger.sqlite");
+  for (auto& x : l.runs("noise")) {
+    EXPECT_EQ(x.status, engine::Status::Done) << x.run_id;
+    EXPECT_EQ(x.attempts, 1) << x.run_id;
+    EXPECT_EQ(curve(x.run_dir), curve(ref + "/noise/baseline/s" + std::to_string(x.seed))) << x.run_id;
+  }
+  EXPECT_NE(fs::read_file(root + "/noise/baseline/s1/train.log").find("resumed from"), std::string::npos);
+}

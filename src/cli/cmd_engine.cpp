@@ -51,6 +51,9 @@ int cmd_ablate(const Args& a) {
   int64_t t = a.i64("threads");
   SLM_CHECK(t >= 0 && t <= 1024, "ablate: --threads ", t, " is outside [0, 1024]");
   o.threads = static_cast<int>(t);
+  o.backend = a.str("backend");
+  o.poll_s = a.f64("poll");
+  o.sbatch = a.str("sbatch");
   return engine::ablate(o);
 }
 

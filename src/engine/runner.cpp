@@ -10,18 +10,24 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "common/error.h"
 #include "common/format.h"
 #include "common/fs.h"
 #include "common/version.h"
+#include "engine/backend.h"
 #include "engine/ledger.h"
 #include "engine/plan.h"
 #include "engine/report.h"
+#include "engine/slurm.h"
 #include "train/spike.h"
 
 namespace slm::engine {
@@ -99,11 +105,105 @@ std::string last_line(const std::string& path) {
   return last;
 }
 
+
+// Local backend: each run is a child process of ablate. Children die with ablate (PDEATHSIG);
+// when ablate is asked to stop (SIGTERM/SIGINT) it passes SIGTERM on, and the trainers checkpoint.
+constexpr int kMaxChildren = 256;  // = the --jobs limit
+volatile pid_t children[kMaxChildren];
+
+void on_stop_signal(int) {
+  stop_requested = 1;
+  for (int i = 0; i < kMaxChildren; ++i)
+    if (children[i] > 0) ::kill(children[i], SIGTERM);  // async-signal-safe
+}
+
+class LocalBackend : public Backend {
+ public:
+  bool start(const Job& job) override {
+    const std::string log = fs::join(job.dir, "train.log");
+    pid_t pid = ::fork();
+    SLM_CHECK(pid >= 0, "ablate: cannot start a run: fork failed");
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // die with the runner: a restart resumes from checkpoints
+      if (::getppid() == 1) ::_exit(125);  // the runner is already gone
+      ::signal(SIGTERM, SIG_DFL);
+      ::signal(SIGINT, SIG_DFL);
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (fd >= 0) {
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+      }
+      std::vector<char*> argv;
+      for (auto& a : job.argv) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(job.argv[0].c_str(), argv.data());
+      ::_exit(127);
+    }
+    live_[pid] = job.run_id;
+    for (auto& c : children)
+      if (c == 0) {
+        c = pid;
+        break;
+      }
+    if (stop_requested) ::kill(pid, SIGTERM);  // the signal came while forking
+    return false;
+  }
+
+  std::optional<Ended> wait_any() override {
+    while (!live_.empty()) {
+      int st = 0;
+      pid_t pid = ::waitpid(-1, &st, 0);
+      if (pid < 0) {
+        if (errno == EINTR) continue;  // a stop request: the handler has passed SIGTERM on
+        break;
+      }
+      auto it = live_.find(pid);
+      if (it == live_.end()) continue;
+      for (auto& c : children)
+        if (c == pid) c = 0;
+      Ended e{it->second, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), ""};
+      live_.erase(it);
+      return e;
+    }
+    return std::nullopt;
+  }
+
+  size_t n_live() const override { return live_.size(); }
+
+ private:
+  std::map<pid_t, std::string> live_;  // pid -> run id
+};
+
+std::string summary_status(const std::string& dir) {
+  const std::string f = fs::join(dir, "summary.json");
+  if (!fs::exists(f)) return "";
+  try {
+    return json::parse(fs::read_file(f)).value("status", "");
+  } catch (const json::exception&) {
+    return "";
+  }
+}
+
+std::vector<std::string> split_words(const std::string& s) {
+  std::vector<std::string> w;
+  std::istringstream in(s);
+  std::string x;
+  while (in >> x) w.push_back(x);
+  return w;
+}
+
 }  // namespace
+
+volatile std::sig_atomic_t stop_requested = 0;
 
 int ablate(const AblateOptions& opt) {
   SLM_CHECK(opt.jobs >= 1 && opt.jobs <= 256, "ablate: --jobs ", opt.jobs, " is outside [1, 256]");
+  SLM_CHECK(opt.backend == "local" || opt.backend == "slurm", "ablate: --backend '", opt.backend,
+            "' is not a backend; use local (processes on this machine) or slurm (one sbatch job per run)");
+  SLM_CHECK(opt.poll_s > 0 && opt.poll_s <= 600, "ablate: --poll ", opt.poll_s, " is outside (0, 600] seconds");
+  const bool on_slurm = opt.backend == "slurm";
   Plan plan = load_plan(opt.plan);  // every problem at once, before anything runs
+  if (on_slurm) slurm::check_available();  // before the ledger is touched
   const int total_threads = opt.threads > 0 ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
   const int per_job = std::max(1, total_threads / opt.jobs);
   fs::mkdirs(fs::parent(opt.ledger));
@@ -112,6 +212,24 @@ int ablate(const AblateOptions& opt) {
   const std::string bin = self_exe();
   std::string substrate = plan.substrate_ref;
   if (substrate.find(".toml") != std::string::npos && substrate[0] != '/') substrate = fs::join(fs::parent(opt.plan), substrate);
+  // A Slurm job runs elsewhere, in its run folder: it gets absolute paths (on the shared filesystem).
+  auto path_arg = [&](const std::string& p) {
+    return on_slurm && fs::exists(p) ? std::filesystem::absolute(p).lexically_normal().string() : p;
+  };
+  std::unique_ptr<Backend> backend;
+  if (on_slurm) {
+    slurm::Options so;
+    so.poll_s = opt.poll_s;
+    so.extra = split_words(opt.sbatch);
+    backend = slurm::make_backend(so);
+  } else {
+    backend = std::make_unique<LocalBackend>();
+  }
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;  // no SA_RESTART: waitpid returns EINTR
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
 
   // Expand and register. Finished (done, INVALID) and exhausted (failed too often) runs stay as they are.
   std::vector<Run> pending;
@@ -143,67 +261,48 @@ int ablate(const AblateOptions& opt) {
       pending.push_back(r);
     }
   const size_t n_waves_est = (pending.size() + opt.jobs - 1) / opt.jobs;
-  std::printf("[ablate] plan %s: %zu runs, %zu finished, %zu to run in ~%zu waves of %d (%d threads each); ledger %s\n",
-              plan.name.c_str(), n_total, n_final, pending.size(), n_waves_est, opt.jobs, per_job, opt.ledger.c_str());
+  std::printf("[ablate] plan %s: %zu runs, %zu finished, %zu to run in ~%zu waves of %d (%d threads each%s); ledger %s\n",
+              plan.name.c_str(), n_total, n_final, pending.size(), n_waves_est, opt.jobs, per_job,
+              on_slurm ? ", Slurm jobs" : "", opt.ledger.c_str());
   std::fflush(stdout);
 
   const auto t0 = clk::now();
   double run_seconds = 0;
-  size_t runs_timed = 0, wave = 0;
+  size_t runs_timed = 0, wave = 0, n_preempted = 0;
   bool any_failed = false;
-  while (!pending.empty()) {
+  while (!pending.empty() && !stop_requested) {
     ++wave;
     std::vector<Run> batch(pending.begin(), pending.begin() + std::min<size_t>(opt.jobs, pending.size()));
     pending.erase(pending.begin(), pending.begin() + batch.size());
-    std::map<pid_t, Run> live;
-    std::map<pid_t, clk::time_point> started;
+    std::map<std::string, Run> live;
+    std::map<std::string, clk::time_point> started;
     for (auto& r : batch) {
       fs::mkdirs(r.dir);
-      std::vector<std::string> args = {bin, "train", "--quiet", "--resume", "--data", opt.data, "--substrate", substrate,
-                                       "--out", r.dir, "--threads", std::to_string(per_job), "--set",
-                                       "seed=" + std::to_string(r.seed)};
-      for (auto& m : r.exp->effective) args.insert(args.end(), {"--module", catalog::arg_text(m)});
-      const std::string log = fs::join(r.dir, "train.log");
-      ledger.set_status(r.id, Status::Running, "", /*count_attempt=*/true);
-      pid_t pid = ::fork();
-      SLM_CHECK(pid >= 0, "ablate: cannot start a run: fork failed");
-      if (pid == 0) {
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // die with the runner: a restart resumes from checkpoints
-        if (::getppid() == 1) ::_exit(125);  // the runner is already gone
-        int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-        if (fd >= 0) {
-          ::dup2(fd, 1);
-          ::dup2(fd, 2);
-        }
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-        argv.push_back(nullptr);
-        ::execv(bin.c_str(), argv.data());
-        ::_exit(127);
-      }
-      live[pid] = r;
-      started[pid] = clk::now();
+      Job job{r.id, path_arg(r.dir), {}, per_job};
+      job.argv = {bin, "train", "--quiet", "--resume", "--data", path_arg(opt.data), "--substrate", path_arg(substrate),
+                  "--out", job.dir, "--threads", std::to_string(per_job), "--set", "seed=" + std::to_string(r.seed)};
+      for (auto& m : r.exp->effective) job.argv.insert(job.argv.end(), {"--module", catalog::arg_text(m)});
+      const bool attached = backend->start(job);
+      ledger.set_status(r.id, Status::Running, "", /*count_attempt=*/!attached);
+      live[r.id] = r;
+      started[r.id] = clk::now();
     }
     std::printf("[ablate] wave %zu: %zu running (%s%s)\n", wave, live.size(), batch[0].id.c_str(),
                 batch.size() > 1 ? ", ..." : "");
     std::fflush(stdout);
     while (!live.empty()) {
-      int st = 0;
-      pid_t pid = ::waitpid(-1, &st, 0);
-      if (pid < 0) {
-        if (errno == EINTR) continue;
-        break;
-      }
-      auto it = live.find(pid);
+      auto ended = backend->wait_any();
+      if (!ended) break;  // stopped; the backend left its runs running (Slurm)
+      auto it = live.find(ended->run_id);
       if (it == live.end()) continue;
       Run r = it->second;
       live.erase(it);
-      const double secs = std::chrono::duration<double>(clk::now() - started[pid]).count();
+      const double secs = std::chrono::duration<double>(clk::now() - started[r.id]).count();
       RunRow row = *ledger.get(r.id);
       std::vector<EvalPoint> evals;
       row = ingest(row, evals);
       ledger.set_evals(r.id, evals);
-      const int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      const int code = ended->code;
       if (code == 0) {
         row.status = Status::Done;
         row.reason = "";
@@ -213,14 +312,22 @@ int ablate(const AblateOptions& opt) {
         row.status = Status::Invalid;  // the trainer's own verdict (non-finite loss), with its reason
         auto s = json::parse(fs::read_file(fs::join(r.dir, "summary.json")));
         row.reason = s.value("reason", "INVALID");
+      } else if (code == 128 + SIGTERM && summary_status(r.dir) == "preempted") {
+        // Stopped by a signal after checkpointing (ablate stopping, a preemption): not a failure.
+        row.status = Status::Queued;
+        row.reason = "preempted: " + last_line(fs::join(r.dir, "train.log"));
+        row.attempts = std::max<int64_t>(0, row.attempts - 1);
+        ++n_preempted;
+        if (!stop_requested) pending.push_back(r);  // resumes in a later wave
       } else {
         row.status = Status::Failed;
-        row.reason = "exit " + std::to_string(code) + ": " + last_line(fs::join(r.dir, "train.log"));
+        row.reason = ended->note.empty() ? "exit " + std::to_string(code) + ": " + last_line(fs::join(r.dir, "train.log"))
+                                         : ended->note;
         if (row.attempts <= plan.rule.max_retries) pending.push_back(r);  // retried in a later wave
         else any_failed = true;
       }
       ledger.upsert(row);
-      ++n_final;
+      if (row.status != Status::Queued) ++n_final;
       const double avg = runs_timed ? run_seconds / runs_timed : NAN;
       const double left_waves = std::ceil(double(pending.size() + live.size()) / opt.jobs);
       std::printf("[ablate] %s %s%s | done %zu/%zu | wave %zu | elapsed %s | eta %s\n", r.id.c_str(),
@@ -228,6 +335,14 @@ int ablate(const AblateOptions& opt) {
                   std::min(n_final, n_total), n_total, wave,
                   human_duration(std::chrono::duration<double>(clk::now() - t0).count()).c_str(), human_duration(avg * left_waves).c_str());
       std::fflush(stdout);
+    }
+    if (stop_requested) {
+      for (auto& [id, r] : live) ledger.set_status(id, Status::Running, "ablate stopped; its Slurm job stays queued and the next ablate re-attaches");
+      std::printf("[ablate] stopped by a signal: %zu runs checkpointed%s; run the same command again to %s\n",
+                  n_preempted, live.empty() ? "" : (", " + std::to_string(live.size()) + " Slurm jobs left running").c_str(),
+                  live.empty() ? "resume" : "re-attach and resume");
+      std::fflush(stdout);
+      return 128 + SIGTERM;
     }
   }
   return any_failed ? 1 : 0;

@@ -3,7 +3,10 @@
 // records every state change. Running the same command again skips finished runs and resumes the
 // rest from their checkpoints; children die with the runner (PR_SET_PDEATHSIG), so a killed runner
 // loses at most the steps since each run's last checkpoint, and the per-folder lock keeps a run
-// from ever having two writers.
+// from ever having two writers. A run stopped by a signal after its checkpoint (exit 143, summary
+// "preempted") goes back to the queue without counting as a failed attempt; SIGTERM or SIGINT to
+// ablate is passed on to the trainers, which checkpoint, and ablate exits 143.
+// --backend slurm submits each run as a Slurm job instead (engine/slurm.h).
 #pragma once
 #include <string>
 
@@ -17,9 +20,13 @@ struct AblateOptions {
   int jobs = 1;
   int threads = 0;            // total threads, 0 = all cores
   bool quiet = false;
+  std::string backend = "local";  // local | slurm
+  double poll_s = 2;              // slurm: seconds between squeue calls
+  std::string sbatch;             // slurm: extra sbatch arguments, space separated
 };
 
-// Returns 0 when every run ended done or INVALID, 1 when some run FAILED after its retries.
+// Returns 0 when every run ended done or INVALID, 1 when some run FAILED after its retries, 143
+// when a signal stopped ablate (nothing lost: the same command resumes).
 int ablate(const AblateOptions& opt);
 
 }  // namespace slm::engine

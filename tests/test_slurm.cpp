@@ -1,0 +1,129 @@
+// ablate --backend slurm against a real controller and node (scripts/slurm-local.sh start; CI starts
+// one): a small plan runs to the end while one of its jobs is requeued mid-run; the job resumes
+// from its checkpoint, nothing is lost, nothing counts as a failed attempt, and the requeued run's
+// curve equals the same run under the local backend bitwise. Skipped when no controller answers,
+// unless SLMLAB_REQUIRE_SLURM=1 (CI), where that is a failure.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/fs.h"
+#include "engine/ledger.h"
+#include "test_util.h"
+
+using namespace slm;
+using json = nlohmann::json;
+
+namespace {
+
+// Steps and evals, without timing fields (step_ms, tok_s, mfu, eval_ms, ...): what must be bitwise equal.
+std::vector<std::string> curve(const std::string& run) {
+  std::vector<std::string> c;
+  std::ifstream in(run + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    auto r = json::parse(line);
+    if (r.contains("loss")) c.push_back(r["step"].dump() + " loss " + r["loss"].dump());
+    if (r.contains("val_bpb")) c.push_back(r["step"].dump() + " val " + r["val_bpb"].dump());
+  }
+  return c;
+}
+
+bool controller_answers() { return slm::test::run("timeout 20 sinfo --noheader --format %t").status == 0; }
+
+std::string plan_text(const std::string& experiments) {
+  return "name = \"sl\"\nsubstrate = \"tiny.toml\"\n[[phases]]\nname = \"p\"\n" + experiments;
+}
+
+}  // namespace
+
+TEST(Slurm, PlanRunsToTheEndThroughARequeue) {
+  if (!controller_answers()) {
+    const char* req = std::getenv("SLMLAB_REQUIRE_SLURM");
+    if (req && std::string(req) == "1") FAIL() << "SLMLAB_REQUIRE_SLURM=1 but no Slurm controller answers (sinfo)";
+    GTEST_SKIP() << "no Slurm controller answers (sinfo); start one with scripts/slurm-local.sh start";
+  }
+  slm::test::TempDir t;
+  const std::string data = slm::test::small_dataset(t.path, 50, 5, 16, 400, 8192);
+  slm::test::write(t / "tiny.toml",
+                   "name = \"slurm-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
+                   "total_batch = 256\ndevice_batch = 8\nsteps = 120\neval_every = 20\neval_tokens = 512\n"
+                   "ckpt_every = 5\nprecision = \"auto\"\n");
+  const std::string plan = t / "plan.toml";
+  slm::test::write(plan, plan_text("[[phases.experiments]]\nid = \"baseline\"\nseeds = [1, 2]\n"
+                                   "[[phases.experiments]]\nid = \"twin\"\nbase = \"baseline\"\nseeds = [1, 2]\n"));
+  const std::string root = t / "slurm";
+  auto ablate = [&](const std::string& plan_file, const std::string& dir, const std::string& backend) {
+    return std::string(SLMLAB_BIN) + " ablate " + plan_file + " --jobs 2 --threads 2 --data " + data + " --runs " + dir +
+           " --ledger " + dir + "/ledger.sqlite --backend " + backend + " --poll 0.5";
+  };
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string out = t / "ablate.out";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", ("exec " + ablate(plan, root, "slurm") + " >" + out + " 2>&1").c_str(), (char*)nullptr);
+    ::_exit(127);
+  }
+  // Requeue baseline/s1's job once its metrics show a few steps past a checkpoint.
+  const std::string run = root + "/sl/baseline/s1";
+  bool requeued = false;
+  for (int i = 0; i < 1200 && !requeued; ++i) {
+    if (fs::exists(run + "/slurm.job") && fs::exists(run + "/metrics.jsonl") &&
+        slm::test::count_lines(fs::read_file(run + "/metrics.jsonl")) >= 12) {
+      const std::string id = fs::read_file(run + "/slurm.job");
+      auto r = slm::test::run("scontrol requeue " + id);
+      ASSERT_EQ(r.status, 0) << "scontrol requeue " << id << ": " << r.out;
+      requeued = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  const double slurm_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string log = fs::exists(out) ? fs::read_file(out) : "";
+  ASSERT_TRUE(requeued) << "baseline/s1 never showed 12 metric lines\n" << log;
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << log;
+  EXPECT_NE(log.find("sl/baseline/s1: Slurm job"), std::string::npos) << log;
+  EXPECT_NE(log.find("requeued; it resumes from its checkpoint"), std::string::npos) << log;
+
+  engine::Ledger l(root + "/ledger.sqlite");
+  auto runs = l.runs("sl");
+  ASSERT_EQ(runs.size(), 4u);
+  for (auto& x : runs) {
+    EXPECT_EQ(x.status, engine::Status::Done) << x.run_id << ": " << x.reason;
+    EXPECT_EQ(x.attempts, 1) << x.run_id;  // the requeue is not a failed attempt
+    EXPECT_TRUE(x.has_summary) << x.run_id;
+    EXPECT_EQ(l.evals(x.run_id).size(), 7u) << x.run_id;  // steps 0, 20, ..., 120
+  }
+  const std::string train_log = fs::read_file(run + "/train.log");
+  EXPECT_NE(train_log.find("resumed from"), std::string::npos) << train_log;
+  EXPECT_NE(train_log.find("restart 1"), std::string::npos) << train_log;
+
+  // The same run under the local backend: same command, so the same curve, bitwise.
+  const std::string local_plan = t / "local.toml";
+  slm::test::write(local_plan, plan_text("[[phases.experiments]]\nid = \"baseline\"\nseeds = [1]\n"));
+  const auto t1 = std::chrono::steady_clock::now();
+  auto lr = slm::test::run(ablate(local_plan, t / "local", "local"));
+  const double local_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  ASSERT_EQ(lr.status, 0) << lr.out;
+  auto want = curve(t / "local/sl/baseline/s1");
+  EXPECT_EQ(want.size(), 127u);  // 120 steps + 7 evals
+  EXPECT_EQ(curve(run), want);
+
+  // A complete scorecard: every experiment with its two counted seeds, nothing pending.
+  auto rep = slm::test::run(std::string(SLMLAB_BIN) + " report --ledger " + root + "/ledger.sqlite --plan sl");
+  ASSERT_EQ(rep.status, 0) << rep.out;
+  EXPECT_EQ(rep.out.find("pending"), std::string::npos) << rep.out;
+  EXPECT_EQ(rep.out.find("running"), std::string::npos) << rep.out;
+  for (const char* e : {"baseline", "twin"}) EXPECT_NE(rep.out.find(e), std::string::npos) << rep.out;
+  std::printf("[slurm test] plan of 4 runs with one requeue: %.1f s under Slurm; one run alone, local backend: %.1f s\n",
+              slurm_s, local_s);
+}
