@@ -121,6 +121,7 @@ class SlurmBackend : public Backend {
       }
       if (auto code = exit_code(job.dir, id)) {
         ready_.push_back({job.run_id, *code, ""});
+        fs::remove_all(id_file);  // taken: a retry is a new job
         std::printf("[ablate] %s: Slurm job %s ended while ablate was away (exit %d)\n", job.run_id.c_str(),
                     id.c_str(), *code);
         return true;
