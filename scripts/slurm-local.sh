@@ -23,8 +23,9 @@ write_conf() {
   fi
   cat >"$conf" <<EOF
 # written by slmlab scripts/slurm-local.sh: one host, controller and node, for tests
+# (addresses pinned to 127.0.0.1: a container's hostname need not resolve)
 ClusterName=slmlab-local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -50,7 +51,7 @@ SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 }
