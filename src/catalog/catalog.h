@@ -68,6 +68,11 @@ struct ModuleSpec {
   // A block wrapper (mHC, MoD, GateSkip, FlexiDepth) says which layers it wraps: a layer takes one
   // wrapper, and check() refuses two on the same layer before any model is built. nullptr = none.
   std::vector<int64_t> (*wraps)(const ModuleArgs& args, const ModelView& model) = nullptr;
+  // Tensor parallelism (model/tp.h splits attention and the relu2 MLP): the largest tp the module
+  // runs at; 0 = no limit here (its check decides). Data transforms and the inference lane touch no
+  // weights and are never limited. Every other module stays at 1 until it splits its own weights and
+  // a test shows it matching one process, so check() refuses it at tp > 1 with the reason.
+  int max_tp = 1;
 };
 
 // For `wraps`: every layer of the model, or the module's `layers` list when it is not empty.

@@ -160,10 +160,11 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& c)
 }
 
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
-  const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
-  auto q = c_q(x).view({B, T, n_head, head_dim});
-  auto k = c_k(x).view({B, T, n_head, head_dim});
-  auto v = c_v(x).view({B, T, n_head, head_dim});
+  const int64_t B = x.size(0), T = x.size(1);
+  const torch::Tensor xin = tp_copy_in(x, tp);  // one gradient all-reduce for q, k and v together
+  auto q = c_q(xin).view({B, T, n_head, head_dim});
+  auto k = c_k(xin).view({B, T, n_head, head_dim});
+  auto v = c_v(xin).view({B, T, n_head, head_dim});
   q = rms_norm(apply_rope(q, ctx.cos, ctx.sin));  // QK-norm after RoPE, as nanochat
   k = rms_norm(apply_rope(k, ctx.cos, ctx.sin));
   if (ctx.attn_logit_scale != 1.0) q = q * ctx.attn_logit_scale;  // YaRN's temperature on q.k
@@ -179,8 +180,8 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx)
     allowed = cached_causal_mask(T, k.size(1), x.device());
   }
   auto y = device::attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), allowed);  // (B, H, T, D)
-  y = y.transpose(1, 2).contiguous().view({B, T, C});
-  return c_proj(y);
+  y = y.transpose(1, 2).contiguous().view({B, T, n_head * head_dim});
+  return tp_reduce_out(c_proj(y), tp);
 }
 
 double CausalSelfAttentionImpl::flops_per_token(int64_t T) const {
@@ -203,8 +204,8 @@ MLPImpl::MLPImpl(const ModelConfig& c) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x, Ctx&) {
-  auto h = torch::relu(c_fc(x));
-  return c_proj(h * h);  // ReLU^2
+  auto h = torch::relu(c_fc(tp_copy_in(x, tp)));
+  return tp_reduce_out(c_proj(h * h), tp);  // ReLU^2
 }
 
 std::string MLPImpl::describe() const { return "relu2 mlp (" + std::to_string(c_fc->weight.size(0)) + ")"; }
@@ -301,6 +302,42 @@ torch::Tensor GPTImpl::hidden(Ctx& ctx) {
   }
   if (streams) x = streams->collapse(x);
   return x;
+}
+
+void GPTImpl::shard_tensor_parallel(const TpGroupPtr& g) {
+  SLM_CHECK(g && g->size >= 1 && g->rank >= 0 && g->rank < g->size, "[tp] invalid tensor-parallel group");
+  SLM_CHECK(!tp, "[tp] the model is already split across ranks");
+  if (g->size == 1) return;
+  torch::NoGradGuard ng;
+  auto split = [&](torch::nn::Linear& lin, int64_t dim, const std::string& name) {
+    lin->weight.set_data(tp_shard(lin->weight.detach(), dim, *g));
+    tp_dims[name + ".weight"] = dim;
+  };
+  for (size_t i = 0; i < blocks->size(); ++i) {
+    auto b = blocks[i]->as<BlockImpl>();
+    const std::string at = "blocks." + std::to_string(i);
+    auto attn = std::dynamic_pointer_cast<CausalSelfAttentionImpl>(b->mixer);
+    auto mlp = std::dynamic_pointer_cast<MLPImpl>(b->ffn);
+    SLM_CHECK(attn && mlp && b->branches.empty(), "[tp] layer ", i, " is ", b->mixer->describe(), " + ",
+              b->ffn->describe(), (b->branches.empty() ? "" : " with branches"),
+              "; tensor parallelism splits attention and the relu2 MLP only, so use tp=1 for this model");
+    SLM_CHECK(attn->n_head % g->size == 0, "[tp] layer ", i, " has ", attn->n_head, " heads, which do not split over tp ",
+              g->size, "; use a tp that divides the heads");
+    split(attn->c_q, 0, at + ".mixer.c_q");  // rows are heads: rank r keeps heads [r H/tp, (r+1) H/tp)
+    split(attn->c_k, 0, at + ".mixer.c_k");
+    split(attn->c_v, 0, at + ".mixer.c_v");
+    split(attn->c_proj, 1, at + ".mixer.c_proj");
+    attn->n_head /= g->size;
+    attn->tp = g;
+    split(mlp->c_fc, 0, at + ".ffn.c_fc");
+    split(mlp->c_proj, 1, at + ".ffn.c_proj");
+    mlp->tp = g;
+  }
+  tp = g;
+  // Every name above must be a parameter of this model (a rename would silently unshard a checkpoint).
+  auto params = named_parameters();
+  for (auto& [name, dim] : tp_dims)
+    SLM_CHECK(params.contains(name), "[tp] internal: ", name, " is not a parameter of the model");
 }
 
 torch::Tensor GPTImpl::logits(const torch::Tensor& h) {

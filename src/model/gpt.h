@@ -12,6 +12,7 @@
 
 #include "catalog/catalog.h"
 #include "model/module.h"
+#include "model/tp.h"
 #include "model/yarn.h"
 
 namespace slm {
@@ -64,9 +65,10 @@ struct CausalSelfAttentionImpl : MixerImpl {
   torch::Tensor forward(const torch::Tensor& x, Ctx& ctx) override;
   double flops_per_token(int64_t T) const override;  // matmuls + 12 H D T for scores and values
   std::string describe() const override;
-  int64_t n_head, head_dim;
+  int64_t n_head, head_dim;  // n_head: this rank's heads under tensor parallelism
   bool doc_mask;
   torch::nn::Linear c_q{nullptr}, c_k{nullptr}, c_v{nullptr}, c_proj{nullptr};
+  TpGroupPtr tp;  // set by GPTImpl::shard_tensor_parallel: q, k, v by heads, c_proj by its input
 };
 TORCH_MODULE(CausalSelfAttention);
 
@@ -75,6 +77,7 @@ struct MLPImpl : FfnImpl {
   torch::Tensor forward(const torch::Tensor& x, Ctx& ctx) override;  // (B, T, C) -> (B, T, C)
   std::string describe() const override;
   torch::nn::Linear c_fc{nullptr}, c_proj{nullptr};
+  TpGroupPtr tp;  // set by GPTImpl::shard_tensor_parallel: c_fc by hidden units, c_proj by its input
 };
 TORCH_MODULE(MLP);
 
@@ -137,6 +140,15 @@ struct GPTImpl : torch::nn::Module {
   // Runs the model at another context: new RoPE tables, scaled by YaRN when `yarn` is given (its
   // original_context is this model's trained context), else plain RoPE extrapolated. Inference only.
   void set_context(int64_t T, const YarnConfig* yarn = nullptr);
+
+  // Splits every block's attention (by heads) and MLP (by hidden units) across the tensor-parallel
+  // group `g` (model/tp.h), keeping this rank's shard of each weight. Called once, on a model built
+  // whole from the same seed on every rank, so the shards together are the single-process model.
+  // Fails, naming the layer, on a block it cannot split (another mixer or feed-forward, a module in
+  // the block) or heads and hidden units that do not divide by the group's size.
+  void shard_tensor_parallel(const TpGroupPtr& g);
+  TpGroupPtr tp;                             // null: not split
+  std::map<std::string, int64_t> tp_dims;    // sharded parameter -> the dim it is split on
 
   ModelConfig cfg;
   ModelPlan plan;

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -76,9 +77,9 @@ c10::intrusive_ptr<c10d::ProcessGroup> make_group(const c10::intrusive_ptr<c10d:
 }
 
 Comm::Comm(const c10::intrusive_ptr<c10d::Store>& store, const World& w, const torch::Device& dev)
-    : w_(w), pg_(make_group(store, w, dev)) {}
+    : w_(w), dev_(dev), store_(store), pg_(make_group(store, w, dev)) {}
 
-Comm::Comm(const World& w, const torch::Device& dev) : w_(w) {
+Comm::Comm(const World& w, const torch::Device& dev) : w_(w), dev_(dev) {
   const std::string addr = env_str("MASTER_ADDR");
   const int port = env_int("MASTER_PORT", 0);
   SLM_CHECK(!addr.empty() && port > 0 && port < 65536, "[dist] WORLD_SIZE is ", w.size,
@@ -98,7 +99,43 @@ Comm::Comm(const World& w, const torch::Device& dev) : w_(w) {
     fail("[dist] rank ", w.rank, " could not meet the others at ", addr, ":", port, " (", m,
          "); check MASTER_ADDR/MASTER_PORT and that every rank started");
   }
+  store_ = store;
   pg_ = make_group(store, w, dev);
+}
+
+std::unique_ptr<Comm> Comm::subgroup(const std::string& name, const std::vector<int>& ranks) {
+  World sub;
+  sub.size = static_cast<int>(ranks.size());
+  sub.rank = -1;
+  for (int i = 0; i < sub.size; ++i)
+    if (ranks[i] == w_.rank) sub.rank = i;
+  SLM_CHECK(sub.rank >= 0, "[dist] rank ", w_.rank, " is not a member of group ", name);
+  sub.local_rank = w_.local_rank;
+  sub.local_size = w_.local_size;
+  c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::PrefixStore>(name, store_);
+  return std::make_unique<Comm>(store, sub, dev_);
+}
+
+TpGroupPtr Comm::as_tp_group() {
+  auto g = std::make_shared<TpGroup>();
+  g->rank = w_.rank;
+  g->size = w_.size;
+  g->all_reduce_sum = [this](torch::Tensor& t) { all_reduce_sum(t); };
+  g->all_gather = [this](const torch::Tensor& t) { return all_gather(t); };
+  return g;
+}
+
+Mesh mesh_of(const World& w, int tp) {
+  SLM_CHECK(tp >= 1 && w.size % tp == 0, "[dist] tp ", tp, " does not divide the world of ", w.size,
+            " ranks; run tp x dp ranks (--nproc a multiple of tp)");
+  Mesh m;
+  m.tp = tp;
+  m.dp = w.size / tp;
+  m.tp_rank = w.rank % tp;
+  m.dp_rank = w.rank / tp;
+  for (int t = 0; t < tp; ++t) m.tp_ranks.push_back(m.dp_rank * tp + t);
+  for (int d = 0; d < m.dp; ++d) m.dp_ranks.push_back(d * tp + m.tp_rank);
+  return m;
 }
 
 Comm::~Comm() = default;

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "model/tp.h"
+
 namespace slm::dist {
 
 // Where this process stands. size 1 (no launcher variables) is the single-process run.
@@ -51,11 +53,28 @@ class Comm {
   // Rank `root`'s values into every rank's tensors, in place.
   void broadcast(std::vector<torch::Tensor>& ts, int root = 0);
   void barrier();
+  // A group of some of this world's ranks (this one among them), met through this group's store under
+  // `name`: every member calls it with the same name and ranks, in the same order; others do not.
+  // Its World numbers the members 0.. in the order of `ranks`.
+  std::unique_ptr<Comm> subgroup(const std::string& name, const std::vector<int>& ranks);
+  // This group as the model's tensor-parallel group (model/tp.h). The Comm must outlive it.
+  TpGroupPtr as_tp_group();
 
  private:
   World w_;
+  torch::Device dev_;
+  c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<c10d::ProcessGroup> pg_;
 };
+
+// Where a rank sits in a TP x DP mesh of world.size = tp x dp ranks. As Megatron lays it out, the
+// ranks of one tensor-parallel group are consecutive (they share a machine's fast links first):
+// rank = dp_rank * tp + tp_rank.
+struct Mesh {
+  int tp = 1, dp = 1, tp_rank = 0, dp_rank = 0;
+  std::vector<int> tp_ranks, dp_ranks;  // the world ranks of this rank's TP group and DP group
+};
+Mesh mesh_of(const World& w, int tp);
 
 // The process group for a device: Gloo on CPU. NCCL would be CUDA's; this LibTorch build has none.
 c10::intrusive_ptr<c10d::ProcessGroup> make_group(const c10::intrusive_ptr<c10d::Store>& store, const World& w,

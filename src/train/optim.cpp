@@ -94,10 +94,14 @@ void Optimizer::step(double lr_factor) {
         // bf16 Newton-Schulz is what GPU Muon uses (fast tensor cores, accuracy is ample for a band
         // around 1). On CPU we stay in fp32: bf16 matmul there is slow or emulated, and fp32 keeps
         // CPU runs reproducible against the fp32 reference in the tests.
-        const torch::Tensor x = zeropower_newton_schulz(update, opt_.ns_steps, p.is_cuda());
+        auto shard = tp_ ? tp_dims_.find(g.names[i]) : tp_dims_.end();
+        const bool split = shard != tp_dims_.end();
+        const torch::Tensor whole = split ? tp_unshard(update, shard->second, *tp_) : update;
+        torch::Tensor x = zeropower_newton_schulz(whole, opt_.ns_steps, p.is_cuda());
         // Orthogonalized updates have unit spectral norm; tall matrices get a larger step so their
         // per-element update RMS matches that of square ones.
-        const double scale = std::sqrt(std::max(1.0, static_cast<double>(p.size(0)) / p.size(1)));
+        const double scale = std::sqrt(std::max(1.0, static_cast<double>(whole.size(0)) / whole.size(1)));
+        if (split) x = tp_shard(x, shard->second, *tp_);
         if (g.weight_decay > 0) p.mul_(1 - lr * g.weight_decay);
         p.add_(x, -lr * scale);
       } else {
@@ -194,6 +198,11 @@ torch::Tensor zeropower_newton_schulz(const torch::Tensor& g, int steps, bool us
   }
   if (tall) x = x.t();
   return x.to(g.scalar_type());
+}
+
+void Optimizer::set_tensor_parallel(TpGroupPtr g, std::map<std::string, int64_t> dims) {
+  tp_ = std::move(g);
+  tp_dims_ = std::move(dims);
 }
 
 }  // namespace slm

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "model/tp.h"
+
 namespace slm {
 
 // A group of parameters sharing one optimizer rule and one base learning rate.
@@ -39,8 +41,14 @@ class Optimizer {
   // "exp_avg_sq" (AdamW) or "momentum" (Muon); empty if p is in no group. Writes go into the optimizer.
   std::map<std::string, torch::Tensor> state_of(const torch::Tensor& p) const;
   const std::vector<ParamGroup>& groups() const { return groups_; }
+  // Tensor parallelism: the parameters in `dims` are this rank's shards (model/tp.h). AdamW is
+  // elementwise and runs on shards as is; Muon orthogonalizes the whole matrix, so its update is
+  // gathered over the group, orthogonalized whole (the same on every rank) and sliced back.
+  void set_tensor_parallel(TpGroupPtr g, std::map<std::string, int64_t> dims);
 
  private:
+  TpGroupPtr tp_;
+  std::map<std::string, int64_t> tp_dims_;
   std::vector<ParamGroup> groups_;
   OptimOptions opt_;
   int64_t step_ = 0;

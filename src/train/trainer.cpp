@@ -178,14 +178,20 @@ json finite_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr
 
 // weights_only: a snapshot for evaluation (`--keep-checkpoints`), without optimizer and RNG state.
 // rngs: every data-parallel rank's CPU generator state, rank order (empty: this process's own).
-void save_checkpoint(const std::string& path, GPT& model, const Optimizer& opt, const RunConfig& rc, const State& st,
-                     bool in_spike, bool weights_only = false, const std::vector<torch::Tensor>& rngs = {}) {
+// With tensor parallelism the file holds whole tensors, as one process would have them (so that
+// eval, export and generate read it unchanged): `whole` gathers a shard (collective over the TP group,
+// so every rank builds the file and rank 0 writes it).
+using Whole = std::function<torch::Tensor(const std::string& name, const torch::Tensor& t)>;
+st::File checkpoint_file(GPT& model, const Optimizer& opt, const RunConfig& rc, const State& st, bool in_spike,
+                         bool weights_only, const std::vector<torch::Tensor>& rngs, const Whole& whole) {
+  auto w = [&](const std::string& name, const torch::Tensor& t) { return whole ? whole(name, t) : t; };
   st::File f;
-  for (auto& p : model->named_parameters()) f.tensors.push_back({"model." + p.key(), p.value().detach().cpu()});
+  for (auto& p : model->named_parameters())
+    f.tensors.push_back({"model." + p.key(), w(p.key(), p.value().detach()).cpu()});
   if (!weights_only) {
     // Buffers hold what modules keep across steps (continual backprop's utilities and ages).
     for (auto& b : model->named_buffers()) f.tensors.push_back({"buffer." + b.key(), b.value().detach().cpu()});
-    for (auto& [k, v] : opt.state()) f.tensors.push_back({"optim." + k, v.detach().cpu()});
+    for (auto& [k, v] : opt.state()) f.tensors.push_back({"optim." + k, w(k, v.detach()).cpu()});
     f.tensors.push_back({"rng.cpu", rngs.empty() ? at::detail::getDefaultCPUGenerator().get_state() : rngs[0]});
     for (size_t r = 1; r < rngs.size(); ++r) f.tensors.push_back({"rng.cpu.rank" + std::to_string(r), rngs[r]});
   }
@@ -201,7 +207,7 @@ void save_checkpoint(const std::string& path, GPT& model, const Optimizer& opt, 
                 {"world_size", std::to_string(rc.world_size)},
                 {"state", sj.dump()},
                 {"in_spike", in_spike ? "true" : "false"}};
-  st::write(path, f);
+  return f;
 }
 
 // The data-side modules (FIM, IFIM, SRI) as the loader's transforms.
@@ -292,17 +298,23 @@ int train(const TrainOptions& opt) {
 
   // Data parallelism: this process is rank `world.rank` of `world.size` (the launcher environment).
   // The total batch stays the substrate's; each rank takes 1/size of its rows.
+  // Tensor parallelism: the substrate's tp ranks split each block (model/tp.h); the world is tp x dp
+  // ranks, the ranks of a TP group consecutive (dist::mesh_of). A dry run times one process.
   const dist::World world = opt.dry_run ? dist::World{} : dist::world_from_env();
-  require(sub.tp == 1, "train: tp=" + std::to_string(sub.tp) +
-                           " needs tensor-parallel distributed training, which this build does not have "
-                           "(it has data parallelism: --nproc N); use --set tp=1");
-  require(sub.dp == 1 || sub.dp == world.size || opt.dry_run,
+  const int tp = opt.dry_run ? 1 : static_cast<int>(sub.tp);
+  require(tp >= 1 && world.size % tp == 0,
+          "train: substrate " + sub.name + " sets tp=" + std::to_string(sub.tp) + " but this run has " +
+              std::to_string(world.size) + " rank(s); run tp x dp ranks (--nproc " + std::to_string(sub.tp * std::max<int64_t>(1, sub.dp)) +
+              ") or --set tp=1");
+  const dist::Mesh mesh = dist::mesh_of(world, tp);
+  require(sub.dp == 1 || sub.dp == mesh.dp || opt.dry_run,
           "train: substrate " + sub.name + " sets dp=" + std::to_string(sub.dp) + " but this run has " +
-              std::to_string(world.size) + " rank(s); run it with --nproc " + std::to_string(sub.dp) + " or --set dp=1");
+              std::to_string(mesh.dp) + " data-parallel rank(s) (" + std::to_string(world.size) + " ranks / tp " +
+              std::to_string(tp) + "); run it with --nproc " + std::to_string(sub.dp * tp) + " or --set dp=1");
   const int64_t rows_per_step = sub.total_batch / sub.context;
-  require(rows_per_step % world.size == 0, "train: the " + std::to_string(rows_per_step) + " rows of a step (total_batch / context) do not split over " +
-                                               std::to_string(world.size) + " ranks; use a --nproc that divides " + std::to_string(rows_per_step));
-  const int64_t rank_rows = rows_per_step / world.size;
+  require(rows_per_step % mesh.dp == 0, "train: the " + std::to_string(rows_per_step) + " rows of a step (total_batch / context) do not split over " +
+                                               std::to_string(mesh.dp) + " data-parallel ranks; use a --nproc that divides " + std::to_string(rows_per_step * tp));
+  const int64_t rank_rows = rows_per_step / mesh.dp;
   // rows per forward on a rank: device_batch, or fewer when a rank's share of the step is smaller
   const int64_t rank_batch = std::gcd(rank_rows, sub.device_batch);
   // Rank 0 speaks for the run: the others print nothing (their errors still reach stderr).
@@ -312,6 +324,12 @@ int train(const TrainOptions& opt) {
   const torch::Device dev = device::resolve(sub.device);
   std::unique_ptr<dist::Comm> comm;  // null: one process
   if (world.size > 1) comm = std::make_unique<dist::Comm>(world, dev);
+  // The groups inside the world: tp_comm splits the blocks, dpc averages gradients (the world itself
+  // when there is no tensor parallelism; null when one data-parallel rank).
+  std::unique_ptr<dist::Comm> tp_comm, dp_comm;
+  if (tp > 1) tp_comm = comm->subgroup("tp" + std::to_string(mesh.dp_rank), mesh.tp_ranks);
+  if (tp > 1 && mesh.dp > 1) dp_comm = comm->subgroup("dp" + std::to_string(mesh.tp_rank), mesh.dp_ranks);
+  dist::Comm* dpc = tp > 1 ? dp_comm.get() : comm.get();
   rc.device = sub.device;
   rc.world_size = world.size;
   // threads = 0 shares the cores between the ranks on this machine
@@ -438,6 +456,12 @@ int train(const TrainOptions& opt) {
   const double flops_tok = model->flops_per_token(sub.context);
   const double peak = device::peak_flops(dev, bf16 ? torch::kBFloat16 : torch::kFloat32);
 
+  if (tp_comm) {
+    model->shard_tensor_parallel(tp_comm->as_tp_group());
+    std::printf("tensor parallel: tp %d x dp %d over c10d %s; this rank holds heads and hidden units %d/%d of each block\n",
+                tp, mesh.dp, tp_comm->backend().c_str(), mesh.tp_rank + 1, tp);
+  }
+
   // ---- optimizer: Muon for block matrices, AdamW for embedding, head and the rest
   std::vector<ParamGroup> groups;
   {
@@ -466,6 +490,24 @@ int train(const TrainOptions& opt) {
   oo.beta2 = sub.adam_beta2;
   oo.momentum = sub.muon_momentum;
   Optimizer optim(groups, oo);
+  if (model->tp) optim.set_tensor_parallel(model->tp, model->tp_dims);
+  // A checkpoint tensor by name: the whole of a sharded parameter (or of its optimizer state,
+  // "<param>.<state>"), gathered over the TP group; anything else as it is.
+  auto sharded_dim = [&](const std::string& name) -> int64_t {
+    for (auto& [p, dim] : model->tp_dims)
+      if (name == p || (name.size() > p.size() && name.compare(0, p.size(), p) == 0 && name[p.size()] == '.')) return dim;
+    return -1;
+  };
+  Whole whole;
+  if (model->tp)
+    whole = [&](const std::string& name, const torch::Tensor& t) {
+      const int64_t d = sharded_dim(name);
+      return d < 0 ? t : tp_unshard(t, d, *model->tp);
+    };
+  auto own_part = [&](const std::string& name, const torch::Tensor& t) {
+    const int64_t d = model->tp ? sharded_dim(name) : -1;
+    return d < 0 ? t : tp_shard(t, d, *model->tp);
+  };
 
   const int64_t row = sub.context + 1;
   std::vector<int32_t> tok_buf(rank_batch * row), doc_buf(rank_batch * row);
@@ -484,20 +526,21 @@ int train(const TrainOptions& opt) {
   // rank reports the same keys, the model's, so their sums reduce in key order).
   std::map<std::string, double> eval_stats;
   auto evaluate = [&]() {
-    if (!comm) return val_bpb(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev, &eval_stats);
+    // The ranks of a TP group score the same batches together; data-parallel groups split them.
+    if (!dpc) return val_bpb(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev, &eval_stats);
     std::map<std::string, double> sums;
-    auto parts = val_bpb_parts(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev, world.rank,
-                               world.size, &sums);
+    auto parts = val_bpb_parts(*model, ds, sub.context, sub.eval_tokens, sub.device_batch, bf16, dev, mesh.dp_rank,
+                               mesh.dp, &sums);
     auto t = torch::from_blob(parts.data(), {static_cast<int64_t>(parts.size())}, torch::kFloat64);
-    comm->all_reduce_sum(t);
+    dpc->all_reduce_sum(t);
     std::vector<double> v;
     for (auto& kv : sums) v.push_back(kv.second);
     std::vector<double> n{static_cast<double>(v.size())}, lo = n;
     auto tn = torch::from_blob(n.data(), {1}, torch::kFloat64);
-    comm->all_reduce_sum(tn);
-    if (n[0] == lo[0] * world.size && !v.empty()) {  // the same keys everywhere (a rank without batches has none)
+    dpc->all_reduce_sum(tn);
+    if (n[0] == lo[0] * mesh.dp && !v.empty()) {  // the same keys everywhere (a rank without batches has none)
       auto tv = torch::from_blob(v.data(), {static_cast<int64_t>(v.size())}, torch::kFloat64);
-      comm->all_reduce_sum(tv);
+      dpc->all_reduce_sum(tv);
       size_t i = 0;
       for (auto& kv : sums) kv.second = v[i++];
     }
@@ -552,7 +595,7 @@ int train(const TrainOptions& opt) {
 
   // ---- resume or start
   State st;
-  data::Loader loader(ds, data::Split::Train, sub.context, sub.data_order_seed(), true, world.rank, world.size);
+  data::Loader loader(ds, data::Split::Train, sub.context, sub.data_order_seed(), true, mesh.dp_rank, mesh.dp);
   loader.set_transforms(transforms);  // before a restore: positions count transformed tokens
   bool resumed = false;
   if (opt.resume && fs::exists(latest)) {
@@ -582,9 +625,10 @@ int train(const TrainOptions& opt) {
       torch::NoGradGuard ng;
       for (auto& p : model->named_parameters()) {
         auto it = params.find(p.key());
-        SLM_CHECK(it != params.end() && it->second.sizes() == p.value().sizes(), "train: checkpoint ", latest,
+        const torch::Tensor v = it == params.end() ? torch::Tensor() : own_part(p.key(), it->second);
+        SLM_CHECK(v.defined() && v.sizes() == p.value().sizes(), "train: checkpoint ", latest,
                   " lacks or mis-shapes parameter ", p.key());
-        p.value().copy_(it->second);
+        p.value().copy_(v);
       }
       for (auto& b : model->named_buffers()) {
         auto it = buffers.find(b.key());
@@ -594,6 +638,7 @@ int train(const TrainOptions& opt) {
         b.value().copy_(it->second);
       }
     }
+    for (auto& [k, v] : ostate) v = own_part(k, v);
     optim.restore(ostate);
     if (rng.defined()) {
       at::Generator gen = at::detail::getDefaultCPUGenerator();  // a handle to the global generator
@@ -604,12 +649,15 @@ int train(const TrainOptions& opt) {
     std::printf("resumed from %s at step %lld\n", latest.c_str(), (long long)st.step);
   }
   if (comm) {
-    // Every rank starts from rank 0's weights (they are built from the same seed; this makes sure),
-    // and only after every rank has checked the run folder does rank 0 write to it.
-    std::vector<torch::Tensor> ts;
-    for (auto& p : model->parameters()) ts.push_back(p.data());
-    for (auto& b : model->buffers()) ts.push_back(b.data());
-    comm->broadcast(ts);
+    // Every rank starts from its data-parallel group's first rank's weights (they are built from the
+    // same seed; this makes sure: the ranks of a DP group hold the same shards), and only after every
+    // rank has checked the run folder does rank 0 write to it.
+    if (dpc) {
+      std::vector<torch::Tensor> ts;
+      for (auto& p : model->parameters()) ts.push_back(p.data());
+      for (auto& b : model->buffers()) ts.push_back(b.data());
+      dpc->broadcast(ts);
+    }
     comm->barrier();
   }
   Metrics metrics{fs::join(dir, "metrics.jsonl")};
@@ -649,7 +697,10 @@ int train(const TrainOptions& opt) {
   auto checkpoint = [&](const std::string& path, bool weights_only) {
     std::vector<torch::Tensor> rngs;
     if (comm && !weights_only) rngs = comm->all_gather(at::detail::getDefaultCPUGenerator().get_state());
-    if (world.is_main()) save_checkpoint(path, model, optim, rc, st, in_spike(), weights_only, rngs);
+    if (world.is_main() || model->tp) {  // with TP every rank gathers its shards for rank 0
+      st::File f = checkpoint_file(model, optim, rc, st, in_spike(), weights_only, rngs, whole);
+      if (world.is_main()) st::write(path, f);
+    }
   };
   std::map<std::string, double> module_stats;  // what modules report (expert load, codebook use, ...)
   auto do_eval = [&] {
@@ -698,7 +749,7 @@ int train(const TrainOptions& opt) {
     bool stop_now = g_stop_signal.load() != 0;  // with ranks: any rank's, after the all-reduce below
     double comm_s = 0;
     if (comm) {
-      comm_s = comm->all_reduce_mean(model->parameters());
+      if (dpc) comm_s = dpc->all_reduce_mean(model->parameters());
       // The logged losses are the means over every rank's rows, as one process would have them.
       std::vector<double> v{loss, g_stop_signal.load() ? 1.0 : 0.0};
       for (auto& [k, a] : aux_sum) v.push_back(a);
@@ -715,10 +766,19 @@ int train(const TrainOptions& opt) {
     double gnorm = 0;
     {
       torch::NoGradGuard ng;
-      std::vector<torch::Tensor> sq;
-      for (auto& p : model->parameters())
-        if (p.grad().defined()) sq.push_back(p.grad().to(torch::kFloat32).pow(2).sum());
-      gnorm = std::sqrt(torch::stack(sq).sum().item<double>());
+      // The norm of the whole model's gradient: under tensor parallelism, the shards' squares summed
+      // over the TP group, the replicated parameters' counted once.
+      std::vector<torch::Tensor> sq, sq_shards;
+      for (auto& p : model->named_parameters())
+        if (p.value().grad().defined())
+          (model->tp_dims.count(p.key()) ? sq_shards : sq).push_back(p.value().grad().to(torch::kFloat32).pow(2).sum());
+      double total = torch::stack(sq).sum().item<double>();
+      if (tp_comm) {
+        auto t = (sq_shards.empty() ? torch::zeros({}) : torch::stack(sq_shards).sum()).to(torch::kFloat64).reshape({1}).contiguous();
+        tp_comm->all_reduce_sum(t);
+        total += t.item<double>();
+      }
+      gnorm = std::sqrt(total);
       if (sub.grad_clip > 0 && gnorm > sub.grad_clip)
         for (auto& p : model->parameters())
           if (p.grad().defined()) p.mutable_grad().mul_(sub.grad_clip / (gnorm + 1e-6));

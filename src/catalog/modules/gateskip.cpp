@@ -66,6 +66,7 @@ const ModuleSpec& spec_gateskip() {
       nullptr,
       "layers=0,2,skip_final=0.2,ramp_steps=10",
       &listed_or_every_layer,  // the layers it wraps: one wrapper per layer (catalog::check)
+      0,  // tensor parallel: its gates read the replicated residual; check_gateskip keeps the article's tp <= 2
   };
   return s;
 }
