@@ -285,6 +285,67 @@ TEST(Dist, SigtermedTwoRankRunStopsTogetherAndResumesBitwise) {
   EXPECT_EQ(curve(run), curve(ref));
 }
 
+// Tensor parallelism (model/tp.h): TP=2 x DP=2 as four CPU processes follows the single-process
+// curve (same substrate but tp, same total batch); only summation orders differ (partial matmuls
+// summed by the all-reduce, Muon's update gathered whole). The checkpoint holds whole tensors, so
+// `eval bpb` on it gives the trainer's figure.
+TEST(Dist, TensorTimesDataParallelFollowsTheSingleProcessCurve) {
+  const auto& f = fx();
+  const std::string one = f.t / "tp_one", mesh = f.t / "tp2dp2";
+  auto r1 = slm::test::run(f.train_cmd(one));
+  ASSERT_EQ(r1.status, 0) << r1.out;
+  auto r4 = slm::test::run(f.train_cmd(mesh, "--nproc 4 --set tp=2"));
+  ASSERT_EQ(r4.status, 0) << r4.out;
+  EXPECT_NE(r4.out.find("tensor parallel: tp 2 x dp 2"), std::string::npos) << r4.out;
+  auto l1 = series(one, "loss"), l4 = series(mesh, "loss");
+  ASSERT_EQ(l1.size(), 10u);
+  ASSERT_EQ(l4.size(), 10u);
+  double worst = 0;
+  for (auto& [step, v] : l1) {
+    EXPECT_NEAR(l4[step], v, kLossTol) << "step " << step;
+    worst = std::max(worst, std::abs(l4[step] - v));
+  }
+  std::printf("tp2 x dp2 vs one process: largest loss difference %.3g over %zu steps\n", worst, l1.size());
+  EXPECT_GT(l1.begin()->second - l1.rbegin()->second, 0.1) << "the curve must move for the comparison to mean anything";
+  auto v1 = series(one, "val_bpb"), v4 = series(mesh, "val_bpb");
+  ASSERT_EQ(v1.size(), v4.size());
+  for (auto& [step, v] : v1) EXPECT_NEAR(v4[step], v, kValTol) << "step " << step;
+  auto e = slm::test::run(std::string(SLMLAB_BIN) + " eval bpb " + mesh + " --threads 1");
+  ASSERT_EQ(e.status, 0) << e.out;
+  char want[32];
+  std::snprintf(want, sizeof want, "val_bpb %.4f ", v4.rbegin()->second);
+  EXPECT_NE(e.out.find(want), std::string::npos) << want << " vs " << e.out;
+}
+
+// GateSkip at TP=2 (the article's limit): its gates read the replicated residual and its branches
+// are the split blocks, so two TP ranks follow one process with the module too.
+TEST(Dist, GateSkipAtTensorParallelTwoFollowsOneProcess) {
+  const auto& f = fx();
+  const std::string mod = " --module gateskip.ramp_steps=4,skip_final=0.2";
+  const std::string one = f.t / "gs_one", two = f.t / "gs_tp2";
+  auto r1 = slm::test::run(f.train_cmd(one, mod));
+  ASSERT_EQ(r1.status, 0) << r1.out;
+  auto r2 = slm::test::run(f.train_cmd(two, "--nproc 2 --set tp=2" + mod));
+  ASSERT_EQ(r2.status, 0) << r2.out;
+  auto l1 = series(one, "loss"), l2 = series(two, "loss");
+  ASSERT_EQ(l1.size(), 10u);
+  ASSERT_EQ(l2.size(), 10u);
+  for (auto& [step, v] : l1) EXPECT_NEAR(l2[step], v, kLossTol) << "step " << step;
+  auto v1 = series(one, "val_bpb"), v2 = series(two, "val_bpb");
+  for (auto& [step, v] : v1) EXPECT_NEAR(v2[step], v, kValTol) << "step " << step;
+  auto r3 = slm::test::run(f.train_cmd(f.t / "gs_tp4", "--nproc 4 --set tp=4" + mod));
+  EXPECT_NE(r3.status, 0);
+  EXPECT_NE(r3.out.find("gateskip was only validated at tp <= 2"), std::string::npos) << r3.out;
+}
+
+// A module that does not split its weights is refused at tp > 1, with the reason, before any step.
+TEST(Dist, ModuleWithoutTensorParallelIsRefused) {
+  const auto& f = fx();
+  auto r = slm::test::run(f.train_cmd(f.t / "tp_moe", "--nproc 2 --set tp=2 --module moe"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("module moe runs at tp <= 1"), std::string::npos) << r.out;
+}
+
 TEST(Dist, ResumeWithAnotherWorldSizeIsRefused) {
   const auto& f = fx();
   const std::string two = f.t / "refuse2", one = f.t / "refuse1";

@@ -267,7 +267,7 @@ TEST(Trainer, BadInputIsRefusedBeforeAnyStep) {
   expect("--module yarn", "Tier 3");                                 // inference lane only
   expect("--set vocab=999", "expects vocab 999");
   expect("--set data_fingerprint=0123", "pins data fingerprint");
-  expect("--set tp=2", "distributed");
+  expect("--set tp=2", "run tp x dp ranks (--nproc 2)");
 }
 
 TEST(Trainer, OneTrainerPerRunFolder) {
