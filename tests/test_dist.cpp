@@ -338,6 +338,29 @@ TEST(Dist, GateSkipAtTensorParallelTwoFollowsOneProcess) {
   EXPECT_NE(r3.out.find("gateskip was only validated at tp <= 2"), std::string::npos) << r3.out;
 }
 
+// A TP=2 run stopped by SIGTERM resumes from its whole-tensor checkpoint (sliced again per rank)
+// and reproduces the uninterrupted TP=2 curve bitwise.
+TEST(Dist, TensorParallelRunResumesBitwise) {
+  const auto& f = fx();
+  const std::string ref = f.t / "tp_ref", run = f.t / "tp_termed";
+  ASSERT_EQ(slm::test::run(f.train_cmd(ref, "--nproc 2 --set tp=2")).status, 0);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", ("exec " + f.train_cmd(run, "--nproc 2 --set tp=2") + " >/dev/null 2>&1").c_str(),
+            (char*)nullptr);
+    ::_exit(127);
+  }
+  while (series(run, "loss").size() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ::kill(pid, SIGTERM);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 143) << st;
+  ASSERT_LT(series(run, "loss").size(), 10u);
+  auto r = slm::test::run(f.train_cmd(run, "--nproc 2 --set tp=2 --resume"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(curve(run), curve(ref));
+}
+
 // A module that does not split its weights is refused at tp > 1, with the reason, before any step.
 TEST(Dist, ModuleWithoutTensorParallelIsRefused) {
   const auto& f = fx();
