@@ -93,20 +93,14 @@ TEST(Ablate, KilledRunnerRestartsWithoutLossOrDuplicates) {
     ASSERT_EQ(slm::test::run(f.cmd(ref)).status, 0);
   }
   const std::string root = f.t / "k";
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execl("/bin/sh", "sh", "-c", ("exec " + f.cmd(root) + " >/dev/null 2>&1").c_str(), (char*)nullptr);
-    ::_exit(127);
-  }
+  pid_t pid = slm::test::start(f.cmd(root));
   // Kill the runner once the first wave is past a checkpoint.
   const std::string m1 = root + "/noise/baseline/s1/metrics.jsonl";
   for (int i = 0; i < 6000; ++i) {
     if (fs::exists(m1) && slm::test::count_lines(fs::read_file(m1)) >= 9) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  ::kill(pid, SIGKILL);
-  int st = 0;
-  ::waitpid(pid, &st, 0);
+  slm::test::stop(pid, SIGKILL);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the children die with the runner
   auto r = slm::test::run(f.cmd(root));
   ASSERT_EQ(r.status, 0) << r.out;
@@ -126,19 +120,13 @@ TEST(Ablate, SigtermCheckpointsTheRunsAndTheyResumeWithoutAFailedAttempt) {
     ASSERT_EQ(slm::test::run(f.cmd(ref)).status, 0);
   }
   const std::string root = f.t / "term";
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execl("/bin/sh", "sh", "-c", ("exec " + f.cmd(root) + " >/dev/null 2>&1").c_str(), (char*)nullptr);
-    ::_exit(127);
-  }
+  pid_t pid = slm::test::start(f.cmd(root));
   const std::string m1 = root + "/noise/baseline/s1/metrics.jsonl";
   for (int i = 0; i < 6000; ++i) {
     if (fs::exists(m1) && slm::test::count_lines(fs::read_file(m1)) >= 9) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  ::kill(pid, SIGTERM);  // ablate passes it on; the trainers checkpoint the step in flight and stop
-  int st = 0;
-  ::waitpid(pid, &st, 0);
+  const int st = slm::test::stop(pid, SIGTERM);  // ablate passes it on; the trainers checkpoint the step in flight and stop
   ASSERT_TRUE(WIFEXITED(st));
   EXPECT_EQ(WEXITSTATUS(st), 143);
   {

@@ -55,16 +55,10 @@ TEST(CbpResume, KilledAndResumedRunEqualsTheUninterruptedOne) {
   ASSERT_TRUE(last_eval.contains("modules")) << expect.back();
   EXPECT_GT(last_eval["modules"]["cbp.replaced"].get<double>(), 20.0) << "too few replacements to test a resume";
 
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execl("/bin/sh", "sh", "-c", ("exec " + cmd(killed) + " >/dev/null 2>&1").c_str(), (char*)nullptr);
-    ::_exit(127);
-  }
+  pid_t pid = slm::test::start(cmd(killed));
   auto reached = [&] { return fs::exists(killed + "/metrics.jsonl") && lines(killed).size() >= 14; };  // step 12
   while (!reached()) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  ::kill(pid, SIGKILL);
-  int st = 0;
-  ::waitpid(pid, &st, 0);
+  slm::test::stop(pid, SIGKILL);
   ASSERT_LT(lines(killed).size(), expect.size()) << "the run finished before the kill; nothing was resumed";
   r = slm::test::run(cmd(killed, "--resume"));
   ASSERT_EQ(r.status, 0) << r.out;

@@ -225,11 +225,7 @@ TEST(Dist, KilledTwoRankRunResumesBitwise) {
   const auto& f = fx();
   const std::string ref = f.t / "ref2", run = f.t / "killed2";
   ASSERT_EQ(slm::test::run(f.train_cmd(ref, "--nproc 2")).status, 0);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execl("/bin/sh", "sh", "-c", ("exec " + f.train_cmd(run, "--nproc 2") + " >/dev/null 2>&1").c_str(), (char*)nullptr);
-    ::_exit(127);
-  }
+  pid_t pid = slm::test::start(f.train_cmd(run, "--nproc 2"));
   // Kill the launcher after step 5 (a checkpoint at 4): its ranks die with it.
   for (;;) {
     int64_t s = 0;
@@ -244,9 +240,7 @@ TEST(Dist, KilledTwoRankRunResumesBitwise) {
     if (s >= 5) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  ::kill(pid, SIGKILL);
-  int st = 0;
-  ::waitpid(pid, &st, 0);
+  slm::test::stop(pid, SIGKILL);
   // Rank 0 holds the run folder's lock until it has died.
   for (int i = 0; i < 500; ++i) {
     int fd = ::open((run + "/.lock").c_str(), O_RDWR);
@@ -266,15 +260,9 @@ TEST(Dist, SigtermedTwoRankRunStopsTogetherAndResumesBitwise) {
   const auto& f = fx();
   const std::string ref = f.t / "ref3", run = f.t / "termed3";
   ASSERT_EQ(slm::test::run(f.train_cmd(ref, "--nproc 2")).status, 0);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execl("/bin/sh", "sh", "-c", ("exec " + f.train_cmd(run, "--nproc 2") + " >/dev/null 2>&1").c_str(), (char*)nullptr);
-    ::_exit(127);
-  }
+  pid_t pid = slm::test::start(f.train_cmd(run, "--nproc 2"));
   while (series(run, "loss").size() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  ::kill(pid, SIGTERM);
-  int st = 0;
-  ::waitpid(pid, &st, 0);
+  const int st = slm::test::stop(pid, SIGTERM);
   ASSERT_TRUE(WIFEXITED(st)) << "killed by signal " << WTERMSIG(st);
   EXPECT_EQ(WEXITSTATUS(st), 143);
   auto summary = json::parse(fs::read_file(run + "/summary.json"));
@@ -344,16 +332,9 @@ TEST(Dist, TensorParallelRunResumesBitwise) {
   const auto& f = fx();
   const std::string ref = f.t / "tp_ref", run = f.t / "tp_termed";
   ASSERT_EQ(slm::test::run(f.train_cmd(ref, "--nproc 2 --set tp=2")).status, 0);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execl("/bin/sh", "sh", "-c", ("exec " + f.train_cmd(run, "--nproc 2 --set tp=2") + " >/dev/null 2>&1").c_str(),
-            (char*)nullptr);
-    ::_exit(127);
-  }
+  pid_t pid = slm::test::start(f.train_cmd(run, "--nproc 2 --set tp=2"));
   while (series(run, "loss").size() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  ::kill(pid, SIGTERM);
-  int st = 0;
-  ::waitpid(pid, &st, 0);
+  const int st = slm::test::stop(pid, SIGTERM);
   ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 143) << st;
   ASSERT_LT(series(run, "loss").size(), 10u);
   auto r = slm::test::run(f.train_cmd(run, "--nproc 2 --set tp=2 --resume"));

@@ -147,15 +147,9 @@ TEST(Trainer, KillNineAndResumeReproduceTheCurveBitwise) {
   // Kill at a few different instants, then resume until done.
   for (int64_t kill_at : {3, 12, 21}) {
     std::string run = f.t / ("killed" + std::to_string(kill_at));
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      ::execl("/bin/sh", "sh", "-c", ("exec " + f.train_cmd(run) + " >/dev/null 2>&1").c_str(), (char*)nullptr);
-      ::_exit(127);
-    }
+    pid_t pid = slm::test::start(f.train_cmd(run));
     while (last_step(run) < kill_at) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    ::kill(pid, SIGKILL);
-    int st = 0;
-    ::waitpid(pid, &st, 0);
+    slm::test::stop(pid, SIGKILL);
     auto r = slm::test::run(f.train_cmd(run, "--resume"));
     ASSERT_EQ(r.status, 0) << r.out;
     EXPECT_EQ(curve(run), expect) << "killed at step " << kill_at;
@@ -169,15 +163,9 @@ TEST(Trainer, SigtermCheckpointsTheStepAndResumesBitwise) {
   std::string ref = f.t / "ref_term";
   ASSERT_EQ(slm::test::run(f.train_cmd(ref)).status, 0);
   std::string run = f.t / "termed";
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execl("/bin/sh", "sh", "-c", ("exec " + f.train_cmd(run) + " >/dev/null 2>&1").c_str(), (char*)nullptr);
-    ::_exit(127);
-  }
+  pid_t pid = slm::test::start(f.train_cmd(run));
   while (last_step(run) < 7) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  ::kill(pid, SIGTERM);
-  int st = 0;
-  ::waitpid(pid, &st, 0);
+  const int st = slm::test::stop(pid, SIGTERM);
   ASSERT_TRUE(WIFEXITED(st)) << "killed by signal " << WTERMSIG(st) << " instead of stopping";
   EXPECT_EQ(WEXITSTATUS(st), 143);
   auto summary = json::parse(slm::fs::read_file(run + "/summary.json"));
@@ -273,19 +261,13 @@ TEST(Trainer, BadInputIsRefusedBeforeAnyStep) {
 TEST(Trainer, OneTrainerPerRunFolder) {
   const auto& f = fx();
   std::string run = f.t / "locked";
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execl("/bin/sh", "sh", "-c", ("exec " + f.train_cmd(run, "--set steps=200") + " >/dev/null 2>&1").c_str(), (char*)nullptr);
-    ::_exit(127);
-  }
+  pid_t pid = slm::test::start(f.train_cmd(run, "--set steps=200"));
   while (last_step(run) < 1) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   auto second = slm::test::run(f.train_cmd(run, "--set steps=200 --resume"));
   EXPECT_EQ(second.status, 2) << second.out;
   EXPECT_NE(second.out.find("is in use by another slmlab train (pid " + std::to_string(pid) + ")"), std::string::npos)
       << second.out;
-  ::kill(pid, SIGKILL);
-  int st = 0;
-  ::waitpid(pid, &st, 0);
+  slm::test::stop(pid, SIGKILL);
   // The lock died with the killed process: the run resumes.
   auto third = slm::test::run(f.train_cmd(run, "--set steps=200 --set eval_every=0 --resume"));
   EXPECT_EQ(third.status, 2) << "a different substrate (eval_every) is refused: " << third.out;

@@ -1,5 +1,6 @@
 // Helpers shared by tests: temporary directories, a synthetic C++ corpus, running the binary.
 #pragma once
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -111,6 +112,24 @@ inline RunResult run(const std::string& cmd) {
   int st = ::pclose(p);
   r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
   return r;
+}
+
+// Starts a shell command in the background (output discarded), for tests that stop it mid-run.
+inline pid_t start(const std::string& cmd) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", ("exec " + cmd + " >/dev/null 2>&1").c_str(), (char*)nullptr);
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Sends `sig` to a process from start() and waits for it; returns its wait status.
+inline int stop(pid_t pid, int sig) {
+  ::kill(pid, sig);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return st;
 }
 
 inline int count_lines(const std::string& s) {
