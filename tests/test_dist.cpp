@@ -67,7 +67,7 @@ TEST(Dist, BucketedAllReduceAveragesGradients) {
     std::vector<std::vector<torch::Tensor>> got(2);
     with_group(2, [&](dist::Comm& c) {
       auto ps = params_for(c.world().rank);
-      c.all_reduce_mean(ps, bucket);
+      dist::GradReducer(c, ps, bucket).finish();  // unarmed: gradients already in .grad
       for (auto& p : ps) got[c.world().rank].push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
     });
     for (int r = 0; r < 2; ++r) {
@@ -80,6 +80,80 @@ TEST(Dist, BucketedAllReduceAveragesGradients) {
       }
       EXPECT_FALSE(got[r][3].defined()) << "a gradient undefined on every rank stays undefined";
     }
+  }
+}
+
+namespace {
+
+// A three-layer net whose last term uses `extra` on rank 0 only; `never` is used by nobody. Values
+// from linspace, not the global generator (the ranks here are threads of one process).
+std::vector<torch::Tensor> net_params() {
+  std::vector<torch::Tensor> ps;
+  for (auto shape : std::vector<std::vector<int64_t>>{{24, 8}, {24, 24}, {6, 24}, {6}, {6}}) {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    ps.push_back(torch::linspace(-0.5, 0.5, n).view(shape).clone().requires_grad_());
+  }
+  return ps;
+}
+
+torch::Tensor net_loss(const std::vector<torch::Tensor>& ps, int rank, int micro) {
+  auto x = torch::linspace(-1, 1, 5 * 8).view({5, 8}) * (1 + rank) + 0.25 * micro;
+  auto h = torch::tanh(x.mm(ps[0].t()));
+  h = torch::tanh(h.mm(ps[1].t()));
+  auto out = h.mm(ps[2].t());
+  auto loss = out.pow(2).mean();
+  if (rank == 0) loss = loss + (out * ps[3]).mean();
+  return loss;  // ps[4]: never used
+}
+
+}  // namespace
+
+// Armed for the last micro-batch's backward, the reducer sends buckets before backward returns and
+// ends with the same gradients, bit for bit, as reducing after backward; both are the mean of the
+// ranks' accumulated gradients. A parameter one rank does not use gets half the other's; one
+// nobody uses keeps no gradient.
+TEST(Dist, GradientBucketsSentDuringBackwardEqualReducingAfterIt) {
+  std::vector<std::vector<torch::Tensor>> got(4);  // [rank * 2 + armed]
+  std::vector<int64_t> early(4), buckets(4);
+  for (int armed = 0; armed < 2; ++armed)
+    with_group(2, [&](dist::Comm& c) {
+      const int r = c.world().rank;
+      auto ps = net_params();
+      dist::GradReducer red(c, ps, /*bucket_bytes=*/24 * 24 * 4);
+      net_loss(ps, r, 0).backward();  // the first micro-batch only accumulates
+      auto loss = net_loss(ps, r, 1);
+      if (armed) red.arm(loss);
+      loss.backward();
+      red.finish();
+      early[r * 2 + armed] = red.sent_during_backward();
+      buckets[r * 2 + armed] = red.buckets();
+      for (auto& p : ps) got[r * 2 + armed].push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
+    });
+  // The expected means, from each rank's own accumulated gradients.
+  std::vector<std::vector<torch::Tensor>> own(2);
+  for (int r = 0; r < 2; ++r) {
+    auto ps = net_params();
+    net_loss(ps, r, 0).backward();
+    net_loss(ps, r, 1).backward();
+    for (auto& p : ps) own[r].push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
+  }
+  ASSERT_TRUE(own[0][3].defined());
+  ASSERT_FALSE(own[1][3].defined());
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(buckets[r * 2], 3) << "bucket limit of one 24 x 24 matrix: {ps[4], ps[3], ps[2]}, {ps[1]}, {ps[0]}";
+    EXPECT_EQ(early[r * 2], 0) << "unarmed: nothing sent during backward";
+    EXPECT_GE(early[r * 2 + 1], 2) << "armed: buckets left before backward returned (the first despite ps[4], "
+                                      "which the loss does not reach)";
+    for (size_t i = 0; i < 4; ++i) {
+      auto expect = i == 3 ? own[0][i] / 2 : (own[0][i] + own[1][i]) / 2;
+      for (int armed = 0; armed < 2; ++armed) {
+        ASSERT_TRUE(got[r * 2 + armed][i].defined()) << "rank " << r << " param " << i;
+        EXPECT_TRUE(torch::equal(got[r * 2 + armed][i], expect)) << "rank " << r << " param " << i << " armed " << armed;
+      }
+    }
+    EXPECT_FALSE(got[r * 2][4].defined());
+    EXPECT_FALSE(got[r * 2 + 1][4].defined()) << "a gradient no rank has stays undefined";
   }
 }
 
@@ -214,11 +288,20 @@ TEST(Dist, TwoRanksFollowTheSingleProcessCurve) {
     }
   }
 
-  // The same world size reproduces itself bitwise.
+  // The same world size reproduces itself bitwise, whether the gradient buckets are sent during
+  // backward (the default) or after it.
   const std::string again = f.t / "two-again";
-  auto r3 = slm::test::run(f.train_cmd(again, "--nproc 2"));
+  auto r3 = slm::test::run(f.train_cmd(again, "--nproc 2 --grad-reduce after"));
   ASSERT_EQ(r3.status, 0) << r3.out;
   EXPECT_EQ(curve(two), curve(again));
+  int64_t sent_early = 0;
+  for (auto& r : records(two))
+    if (r.contains("buckets_in_backward")) sent_early += r["buckets_in_backward"].get<int64_t>();
+  EXPECT_GT(sent_early, 0) << "the overlapped run sent buckets during backward";
+  for (auto& r : records(again))
+    if (r.contains("buckets_in_backward")) {
+      EXPECT_EQ(r["buckets_in_backward"], 0);
+    }
 }
 
 TEST(Dist, KilledTwoRankRunResumesBitwise) {

@@ -21,6 +21,10 @@ int cmd_train(const Args& a) {
   o.dry_run = a.flag("dry-run");
   o.quiet = a.flag("quiet");
   o.keep_checkpoints = a.flag("keep-checkpoints");
+  const std::string reduce = a.str("grad-reduce");
+  SLM_CHECK(reduce == "overlap" || reduce == "after", "train: --grad-reduce '", reduce,
+            "' is not a choice; use overlap or after");
+  o.overlap_grad_reduce = reduce == "overlap";
   if (a.has("threads")) o.sets.push_back("threads=" + std::to_string(a.i64("threads")));
   // --nproc N: this process becomes the launcher of N ranks (a dry run measures in one process).
   const int64_t nproc = a.i64("nproc");

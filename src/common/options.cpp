@@ -73,6 +73,8 @@ const std::vector<OptionSpec>& option_table() {
       {"keep-checkpoints", "train", OptType::Flag, "", "", "keep a weights-only snapshot at every checkpoint step (for eval)"},
       {"nproc", "train", OptType::Int, "1", "N",
        "data-parallel ranks on this machine (child processes; gradients all-reduced over Gloo; same total batch)"},
+      {"grad-reduce", "train", OptType::String, "overlap", "WHEN",
+       "data parallel: all-reduce gradient buckets during backward (overlap) or after it (after)"},
       {"format", "export", OptType::String, "safetensors", "FMT", "export format (safetensors)"},
       {"n", "eval compile", OptType::Int, "32", "N", "prompts to score"},
       {"mode", "eval compile", OptType::String, "complete", "MODE", "complete (left to right) or fim (infill between prefix and suffix)"},

@@ -11,6 +11,10 @@
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#ifdef SLMLAB_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+#include <torch/csrc/autograd/functions/accumulate_grad.h>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <chrono>
@@ -20,6 +24,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <unordered_set>
 
 #include "common/error.h"
 
@@ -60,12 +65,18 @@ World world_from_env() {
   return w;
 }
 
-c10::intrusive_ptr<c10d::ProcessGroup> make_group(const c10::intrusive_ptr<c10d::Store>& store, const World& w,
-                                                  const torch::Device& dev) {
-  SLM_CHECK(dev.is_cpu(), "[dist] data-parallel training on ", dev.str(),
-            " needs the NCCL backend, which this LibTorch build (CPU) does not have; train on device = \"cpu\"");
+c10::intrusive_ptr<Collectives> make_group(const c10::intrusive_ptr<c10d::Store>& store, const World& w,
+                                           const torch::Device& dev) {
   // A step's all-reduce waits for the slowest rank, an evaluation included: generous, not infinite.
-  auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::minutes(30));
+  const auto timeout = std::chrono::minutes(30);
+#ifdef SLMLAB_NCCL
+  if (dev.is_cuda()) {
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = timeout;
+    return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, w.rank, w.size, opts);
+  }
+#endif
+  auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
   const std::string ifname = env_str("GLOO_SOCKET_IFNAME"), master = env_str("MASTER_ADDR");
   if (!ifname.empty()) opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
   else if (master.empty() || master == "127.0.0.1" || master == "localhost")
@@ -77,7 +88,7 @@ c10::intrusive_ptr<c10d::ProcessGroup> make_group(const c10::intrusive_ptr<c10d:
 }
 
 Comm::Comm(const c10::intrusive_ptr<c10d::Store>& store, const World& w, const torch::Device& dev)
-    : w_(w), dev_(dev), store_(store), pg_(make_group(store, w, dev)) {}
+    : w_(w), dev_(dev), store_(store), pg_(make_group(store, w, dev)), device_only_(backend() == "nccl") {}
 
 Comm::Comm(const World& w, const torch::Device& dev) : w_(w), dev_(dev) {
   const std::string addr = env_str("MASTER_ADDR");
@@ -101,6 +112,7 @@ Comm::Comm(const World& w, const torch::Device& dev) : w_(w), dev_(dev) {
   }
   store_ = store;
   pg_ = make_group(store, w, dev);
+  device_only_ = backend() == "nccl";
 }
 
 std::unique_ptr<Comm> Comm::subgroup(const std::string& name, const std::vector<int>& ranks) {
@@ -142,65 +154,176 @@ Comm::~Comm() = default;
 
 std::string Comm::backend() const { return pg_->getBackendName(); }
 
-double Comm::all_reduce_mean(const std::vector<torch::Tensor>& params, int64_t bucket_bytes) {
+c10::intrusive_ptr<c10d::Work> Comm::start_all_reduce_sum(std::vector<at::Tensor>& t) {
+  SLM_CHECK(t.size() == 1 && t[0].is_contiguous(), "[dist] start_all_reduce_sum takes one contiguous tensor");
+  return pg_->allreduce(t);
+}
+
+GradReducer::GradReducer(Comm& comm, const std::vector<torch::Tensor>& params, int64_t bucket_bytes)
+    : comm_(comm), params_(params) {
+  SLM_CHECK(bucket_bytes > 0, "[dist] gradient bucket size ", bucket_bytes, " must be positive");
+  const int64_t n = static_cast<int64_t>(params_.size());
+  bucket_of_.assign(n, -1);
+  offset_.assign(n, 0);
+  ready_.assign(n, 0);
+  std::vector<int64_t> bytes;
+  for (int64_t i = n - 1; i >= 0; --i) {
+    const auto& p = params_[i];
+    if (!p.requires_grad()) continue;  // frozen: never has a gradient
+    const int64_t nb = p.numel() * static_cast<int64_t>(p.element_size());
+    if (buckets_.empty() || bytes.back() + nb > bucket_bytes ||
+        params_[buckets_.back().idx.front()].scalar_type() != p.scalar_type()) {
+      buckets_.emplace_back();
+      bytes.push_back(0);
+    }
+    Bucket& b = buckets_.back();
+    bucket_of_[i] = static_cast<int64_t>(buckets_.size()) - 1;
+    offset_[i] = bytes.back() / static_cast<int64_t>(p.element_size());
+    b.idx.push_back(i);
+    bytes.back() += nb;
+  }
+  for (size_t k = 0; k < buckets_.size(); ++k) {
+    Bucket& b = buckets_[k];
+    const auto& first = params_[b.idx.front()];
+    b.flat = {torch::empty({bytes[k] / static_cast<int64_t>(first.element_size())}, first.options().requires_grad(false))};
+    b.pending = static_cast<int64_t>(b.idx.size());
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (bucket_of_[i] < 0) continue;
+    hooks_.push_back(params_[i].register_hook([this, i](torch::Tensor g) { on_grad(i, g); }));
+  }
+}
+
+GradReducer::~GradReducer() {
+  size_t h = 0;
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (bucket_of_[i] >= 0) params_[i].remove_hook(hooks_[h++]);
+}
+
+void GradReducer::arm(const torch::Tensor& loss) {
+  armed_ = true;
+  sent_early_ = 0;
+  // The leaves backward will reach: the variables of the AccumulateGrad nodes under loss's graph.
+  std::unordered_set<const void*> reached;
+  std::unordered_set<const torch::autograd::Node*> seen;
+  std::vector<torch::autograd::Node*> todo;
+  if (auto fn = loss.grad_fn()) todo.push_back(fn.get());
+  while (!todo.empty()) {
+    torch::autograd::Node* node = todo.back();
+    todo.pop_back();
+    if (!seen.insert(node).second) continue;
+    if (auto* acc = dynamic_cast<torch::autograd::AccumulateGrad*>(node))
+      reached.insert(acc->variable.unsafeGetTensorImpl());
+    for (const auto& e : node->next_edges())
+      if (e.function) todo.push_back(e.function.get());
+  }
+  torch::NoGradGuard ng;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (bucket_of_[i] < 0 || ready_[i] || reached.count(params_[i].unsafeGetTensorImpl())) continue;
+    const auto& p = params_[i];
+    Bucket& b = buckets_[bucket_of_[i]];
+    auto dst = b.flat[0].slice(0, offset_[i], offset_[i] + p.numel());
+    if (p.grad().defined()) dst.copy_(p.grad().reshape({-1}));
+    else dst.zero_();
+    ready_[i] = 1;
+    --b.pending;
+  }
+  send_ready();
+}
+
+// Runs inside backward, before autograd adds g into .grad: the finished gradient is what .grad
+// already holds (earlier micro-batches) plus g, the same sum autograd is about to make.
+void GradReducer::on_grad(int64_t i, const torch::Tensor& g) {
+  if (!armed_ || !g.defined()) return;
+  SLM_CHECK(!ready_[i], "[dist] a parameter's gradient arrived twice in one backward pass; "
+                        "the gradient reducer needs one backward per micro-batch");
+  torch::NoGradGuard ng;
+  const auto& p = params_[i];
+  Bucket& b = buckets_[bucket_of_[i]];
+  auto dst = b.flat[0].slice(0, offset_[i], offset_[i] + p.numel());
+  if (p.grad().defined()) torch::add_out(dst, p.grad().reshape({-1}), g.reshape({-1}));
+  else dst.copy_(g.reshape({-1}));
+  ready_[i] = 1;
+  if (--b.pending == 0) send_ready();
+}
+
+void GradReducer::send(Bucket& b) { b.work = comm_.start_all_reduce_sum(b.flat); }
+
+void GradReducer::send_ready() {
+  while (next_ < buckets_.size() && buckets_[next_].pending == 0) {
+    send(buckets_[next_++]);
+    if (armed_) ++sent_early_;
+  }
+}
+
+double GradReducer::finish() {
   const auto t0 = clk::now();
   torch::NoGradGuard ng;
-  const int64_t n = static_cast<int64_t>(params.size());
-  // Which gradients exist on some rank: all ranks must put the same tensors in the same buckets.
-  auto have = torch::zeros({n}, torch::kInt32);
-  {
-    auto h = have.accessor<int32_t, 1>();
-    for (int64_t i = 0; i < n; ++i) h[i] = params[i].grad().defined() ? 1 : 0;
-  }
-  all_reduce_sum(have);
-  struct Bucket {
-    std::vector<int64_t> idx;
-    int64_t bytes = 0;
-    std::vector<at::Tensor> flat;  // one tensor: what c10d takes
-    c10::intrusive_ptr<c10d::Work> work;
-  };
-  std::vector<Bucket> buckets;
-  auto h = have.accessor<int32_t, 1>();
-  for (int64_t i = 0; i < n; ++i) {
-    if (h[i] == 0) continue;
-    auto p = params[i];
-    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // unused here, used on another rank
-    const auto& g = p.grad();
-    const int64_t nb = g.numel() * static_cast<int64_t>(g.element_size());
-    if (buckets.empty() || buckets.back().bytes + nb > bucket_bytes ||
-        params[buckets.back().idx.front()].grad().scalar_type() != g.scalar_type())
-      buckets.emplace_back();
-    buckets.back().idx.push_back(i);
-    buckets.back().bytes += nb;
-  }
-  // Flatten and launch every bucket, then wait: Gloo's threads work on one while the next is packed.
-  for (auto& b : buckets) {
-    std::vector<torch::Tensor> parts;
-    for (auto i : b.idx) parts.push_back(params[i].grad().reshape({-1}));
-    b.flat = {torch::cat(parts)};
-    b.work = pg_->allreduce(b.flat);
-  }
-  for (auto& b : buckets) {
-    b.work->wait();
-    auto& flat = b.flat[0];
-    flat.div_(static_cast<double>(w_.size));
-    int64_t off = 0;
-    for (auto i : b.idx) {
-      auto& g = params[i].mutable_grad();
-      g.copy_(flat.slice(0, off, off + g.numel()).view(g.sizes()));
-      off += g.numel();
+  armed_ = false;
+  const int64_t n = static_cast<int64_t>(params_.size());
+  // What backward did not deliver: gradients accumulated unarmed, or none on this rank (zeros).
+  for (auto& b : buckets_) {
+    for (int64_t i : b.idx) {
+      if (ready_[i]) continue;
+      const auto& p = params_[i];
+      auto dst = b.flat[0].slice(0, offset_[i], offset_[i] + p.numel());
+      if (p.grad().defined()) dst.copy_(p.grad().reshape({-1}));
+      else dst.zero_();
+      ready_[i] = 1;
+      --b.pending;
     }
   }
+  send_ready();
+  // Which gradients exist on some rank: the others must not turn into zeros the optimizer would use.
+  auto have_host = torch::zeros({n}, torch::kInt32);
+  {
+    auto h = have_host.accessor<int32_t, 1>();
+    for (int64_t i = 0; i < n; ++i) h[i] = params_[i].grad().defined() ? 1 : 0;
+  }
+  std::vector<at::Tensor> have{have_host.to(comm_.device())};
+  auto have_work = comm_.start_all_reduce_sum(have);
+  const double world = static_cast<double>(comm_.world().size);
+  for (auto& b : buckets_) {
+    b.work->wait();
+    b.work.reset();
+    auto& flat = b.flat[0];
+    flat.div_(world);
+    for (int64_t i : b.idx) {
+      auto& p = params_[i];
+      auto src = flat.slice(0, offset_[i], offset_[i] + p.numel()).view(p.sizes());
+      if (p.grad().defined()) p.mutable_grad().copy_(src);
+      else p.mutable_grad() = src.clone();
+    }
+    b.pending = static_cast<int64_t>(b.idx.size());
+  }
+  have_work->wait();
+  have_host = have[0].to(torch::kCPU);
+  auto h = have_host.accessor<int32_t, 1>();
+  for (int64_t i = 0; i < n; ++i)
+    if (h[i] == 0) params_[i].mutable_grad() = torch::Tensor();
+  std::fill(ready_.begin(), ready_.end(), 0);
+  next_ = 0;
   return std::chrono::duration<double>(clk::now() - t0).count();
 }
 
 void Comm::all_reduce_sum(torch::Tensor& t) {
   SLM_CHECK(t.is_contiguous(), "[dist] all_reduce_sum needs a contiguous tensor");
+  if (device_only_ && t.device() != dev_) {  // NCCL reduces device memory only
+    auto d = t.to(dev_);
+    all_reduce_sum(d);
+    t.copy_(d);
+    return;
+  }
   std::vector<at::Tensor> v{t};
   pg_->allreduce(v)->wait();
 }
 
 std::vector<torch::Tensor> Comm::all_gather(const torch::Tensor& t) {
+  if (device_only_ && t.device() != dev_) {
+    auto out = all_gather(t.to(dev_));
+    for (auto& o : out) o = o.to(t.device());
+    return out;
+  }
   std::vector<at::Tensor> in{t.contiguous()};
   std::vector<std::vector<at::Tensor>> out(1);
   for (int r = 0; r < w_.size; ++r) out[0].push_back(torch::empty_like(in[0]));
@@ -213,8 +336,9 @@ void Comm::broadcast(std::vector<torch::Tensor>& ts, int root) {
   o.rootRank = root;
   for (auto& t : ts) {
     SLM_CHECK(t.is_contiguous(), "[dist] broadcast needs contiguous tensors");
-    std::vector<at::Tensor> v{t};
+    std::vector<at::Tensor> v{device_only_ && t.device() != dev_ ? t.to(dev_) : t};
     pg_->broadcast(v, o)->wait();
+    if (!v[0].is_same(t)) t.copy_(v[0]);
   }
 }
 

@@ -6,6 +6,9 @@
 #pragma once
 #include <torch/torch.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#if TORCH_VERSION_MAJOR >= 2
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#endif
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include <memory>
@@ -15,6 +18,16 @@
 #include "model/tp.h"
 
 namespace slm::dist {
+
+// c10d's interface to one backend's collectives. Up to LibTorch 1.13 a backend (Gloo, NCCL) is a
+// c10d::ProcessGroup; from 2.0 it is a c10d::Backend that a ProcessGroup wraps. Only collectives
+// are used here, so Comm holds the backend. This alias and make_group are the distributed code's
+// whole version and device seam.
+#if TORCH_VERSION_MAJOR >= 2
+using Collectives = c10d::Backend;
+#else
+using Collectives = c10d::ProcessGroup;
+#endif
 
 // Where this process stands. size 1 (no launcher variables) is the single-process run.
 struct World {
@@ -39,15 +52,13 @@ class Comm {
   Comm& operator=(const Comm&) = delete;
 
   const World& world() const { return w_; }
+  const torch::Device& device() const { return dev_; }
   std::string backend() const;
-  // Averages the parameters' gradients over the ranks, in place: grads flattened into buckets of at most
-  // bucket_bytes (one dtype each), one all-reduce per bucket (all in flight at once), then copied
-  // back. Not overlapped with backward. An undefined gradient stays undefined only where it is
-  // undefined on every rank; where some rank has one, the others contribute zeros.
-  // Returns the seconds spent (bucketing, communication and copying back).
-  double all_reduce_mean(const std::vector<torch::Tensor>& params, int64_t bucket_bytes = 4 << 20);
   // Sums a tensor over the ranks, in place.
   void all_reduce_sum(torch::Tensor& t);
+  // Starts summing one contiguous tensor (t holds exactly one) over the ranks, in place; the caller
+  // waits on the work before reading it.
+  c10::intrusive_ptr<c10d::Work> start_all_reduce_sum(std::vector<at::Tensor>& t);
   // Every rank's copy of `t` (same shape everywhere), in rank order.
   std::vector<torch::Tensor> all_gather(const torch::Tensor& t);
   // Rank `root`'s values into every rank's tensors, in place.
@@ -64,7 +75,58 @@ class Comm {
   World w_;
   torch::Device dev_;
   c10::intrusive_ptr<c10d::Store> store_;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg_;
+  c10::intrusive_ptr<Collectives> pg_;
+  bool device_only_ = false;  // NCCL: tensors elsewhere are staged through the group's device
+};
+
+// Averages parameters' gradients over a group's ranks, as DDP's reducer does: the parameters are
+// laid out once in buckets of at most bucket_bytes (one dtype each, in reverse order, roughly the
+// order backward produces their gradients), each bucket one flat buffer and one all-reduce. Armed
+// for a backward pass, a hook on each parameter copies its finished gradient into its bucket, and a
+// bucket whose gradients are all in is sent while backward goes on; buckets start strictly in
+// order, so every rank issues the same collectives in the same order whatever its timing. finish()
+// sends what backward did not reach (parameters unused on this rank contribute zeros), waits,
+// divides by the group size and writes the means back into .grad. A gradient undefined on every
+// rank stays undefined (the optimizer skips it, as it would in one process). Unarmed, finish() does
+// it all after backward. The result does not depend on arming: the same buckets, the same sums.
+class GradReducer {
+ public:
+  GradReducer(Comm& comm, const std::vector<torch::Tensor>& params, int64_t bucket_bytes = 4 << 20);
+  ~GradReducer();
+  GradReducer(const GradReducer&) = delete;
+  GradReducer& operator=(const GradReducer&) = delete;
+
+  // Sends buckets during the next backward pass, of `loss` (the last micro-batch's: earlier ones
+  // accumulate). Parameters `loss` does not reach are final already: they count as delivered now, as
+  // DDP's find_unused_parameters does, so a bucket holding one is not held back until finish().
+  void arm(const torch::Tensor& loss);
+  // Completes the averaging; returns the seconds this call took (the communication not hidden
+  // behind backward, plus copying back).
+  double finish();
+  int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  // Buckets the last armed backward sent before it returned.
+  int64_t sent_during_backward() const { return sent_early_; }
+
+ private:
+  struct Bucket {
+    std::vector<int64_t> idx;  // parameter indices, in layout order
+    std::vector<at::Tensor> flat;  // one tensor: what c10d takes
+    int64_t pending = 0;
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+  void on_grad(int64_t i, const torch::Tensor& g);
+  void send_ready();
+  void send(Bucket& b);
+
+  Comm& comm_;
+  std::vector<torch::Tensor> params_;
+  std::vector<unsigned> hooks_;
+  std::vector<int64_t> bucket_of_, offset_;
+  std::vector<char> ready_;
+  std::vector<Bucket> buckets_;
+  size_t next_ = 0;  // the first bucket not sent yet
+  bool armed_ = false;
+  int64_t sent_early_ = 0;
 };
 
 // Where a rank sits in a TP x DP mesh of world.size = tp x dp ranks. As Megatron lays it out, the
@@ -76,9 +138,10 @@ struct Mesh {
 };
 Mesh mesh_of(const World& w, int tp);
 
-// The process group for a device: Gloo on CPU. NCCL would be CUDA's; this LibTorch build has none.
-c10::intrusive_ptr<c10d::ProcessGroup> make_group(const c10::intrusive_ptr<c10d::Store>& store, const World& w,
-                                                  const torch::Device& dev);
+// The process group for a device: Gloo on CPU; on CUDA, NCCL where the build found it (CMake's
+// SLMLAB_NCCL), else Gloo, which moves CUDA tensors through host memory.
+c10::intrusive_ptr<Collectives> make_group(const c10::intrusive_ptr<c10d::Store>& store, const World& w,
+                                           const torch::Device& dev);
 
 // `slmlab train ... --nproc N`: re-runs this binary's command line (from /proc/self/cmdline, --nproc
 // removed) as N child processes with the launcher environment of a one-machine world, waits for

@@ -729,41 +729,46 @@ int train(const TrainOptions& opt) {
     ::sigaction(SIGTERM, &sa, nullptr);
     ::sigaction(SIGINT, &sa, nullptr);
   }
+  // Data parallel: gradients averaged bucket by bucket, sent during the last micro-batch's backward.
+  std::unique_ptr<dist::GradReducer> reducer;
+  if (dpc) {
+    reducer = std::make_unique<dist::GradReducer>(*dpc, model->parameters());
+    std::printf("gradients: %lld buckets of <= 4 MiB, all-reduced %s\n", (long long)reducer->buckets(),
+                opt.overlap_grad_reduce ? "during backward (--grad-reduce overlap)" : "after backward (--grad-reduce after)");
+  }
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(dev);
   model->train();
   while (st.step < sub.steps) {
     auto t0 = clk::now();
-    double loss_sum = 0;
-    std::map<std::string, double> aux_sum;
+    // Nothing in the step waits for the device (on a GPU the whole step is queued): the losses and
+    // the gradient norm stay device tensors and reach the host together, once, after the update.
+    torch::Tensor loss_sum;
+    std::map<std::string, torch::Tensor> aux_sum;  // each micro-batch's value / accum, summed
+    auto add = [](torch::Tensor& acc, const torch::Tensor& v) { acc = acc.defined() ? acc + v : v; };
     for (int64_t m = 0; m < accum; ++m) {
       auto [x, y, d] = make_batch(loader);
       device::set_autocast(dev, bf16);
       GPTImpl::Parts parts;
       auto total = model->loss(x, y, d, st.step, &parts);
       device::set_autocast(dev, false);
-      (total / static_cast<double>(accum)).backward();
-      loss_sum += parts.main.item<double>();  // the language-model loss: comparable across modules
-      for (auto& a : parts.aux) aux_sum[a.name] += a.value.item<double>() / accum;
+      auto scaled = total / static_cast<double>(accum);
+      if (reducer && opt.overlap_grad_reduce && m == accum - 1) reducer->arm(scaled);
+      scaled.backward();
+      add(loss_sum, parts.main.detach().to(torch::kFloat64));  // the language-model loss: comparable across modules
+      for (auto& a : parts.aux) add(aux_sum[a.name], a.value.detach().to(torch::kFloat64) / static_cast<double>(accum));
       for (auto& [k, v] : parts.stats) module_stats[k] = v;
     }
-    double loss = loss_sum / accum;
-    bool stop_now = g_stop_signal.load() != 0;  // with ranks: any rank's, after the all-reduce below
     double comm_s = 0;
-    if (comm) {
-      if (dpc) comm_s = dpc->all_reduce_mean(model->parameters());
-      // The logged losses are the means over every rank's rows, as one process would have them.
-      std::vector<double> v{loss, g_stop_signal.load() ? 1.0 : 0.0};
-      for (auto& [k, a] : aux_sum) v.push_back(a);
-      auto t = torch::from_blob(v.data(), {static_cast<int64_t>(v.size())}, torch::kFloat64);
-      comm->all_reduce_sum(t);
-      loss = v[0] / world.size;
-      stop_now = v[1] > 0;
-      size_t i = 2;
-      for (auto& [k, a] : aux_sum) a = v[i++] / world.size;
-    }
+    if (reducer) comm_s = reducer->finish();
+    // [loss, stop, aux...]: with ranks, summed over them (the logged losses are the means over every
+    // rank's rows, as one process would have them; any rank's stop signal stops all at this step).
+    std::vector<torch::Tensor> row{loss_sum / static_cast<double>(accum),
+                                   torch::full({}, g_stop_signal.load() ? 1.0 : 0.0, f64)};
+    for (auto& [k, a] : aux_sum) row.push_back(a);
+    auto vals = torch::stack(row);
+    if (comm) comm->all_reduce_sum(vals);
     loader.align();  // every rank's loader at the step's end: the state a checkpoint keeps
-    for (auto& [k, v] : aux_sum)
-      if (!std::isfinite(v)) loss = NAN;  // a non-finite auxiliary loss poisons the step just the same
-    double gnorm = 0;
+    torch::Tensor gnorm_t;
     {
       torch::NoGradGuard ng;
       // The norm of the whole model's gradient: under tensor parallelism, the shards' squares summed
@@ -772,18 +777,43 @@ int train(const TrainOptions& opt) {
       for (auto& p : model->named_parameters())
         if (p.value().grad().defined())
           (model->tp_dims.count(p.key()) ? sq_shards : sq).push_back(p.value().grad().to(torch::kFloat32).pow(2).sum());
-      double total = torch::stack(sq).sum().item<double>();
+      auto total = torch::stack(sq).sum().to(torch::kFloat64);
       if (tp_comm) {
-        auto t = (sq_shards.empty() ? torch::zeros({}) : torch::stack(sq_shards).sum()).to(torch::kFloat64).reshape({1}).contiguous();
+        auto t = (sq_shards.empty() ? torch::zeros({}, f64) : torch::stack(sq_shards).sum().to(torch::kFloat64))
+                     .reshape({1})
+                     .contiguous();
         tp_comm->all_reduce_sum(t);
-        total += t.item<double>();
+        total = total + t[0];
       }
-      gnorm = std::sqrt(total);
-      if (sub.grad_clip > 0 && gnorm > sub.grad_clip)
+      gnorm_t = total.sqrt();
+      if (sub.grad_clip > 0) {  // a factor of exactly 1 below the threshold (and for a non-finite norm)
+        // (a division, not Tensor's scalar / tensor, which multiplies by a reciprocal)
+        auto coef = torch::where(gnorm_t > sub.grad_clip, torch::full({}, sub.grad_clip, f64).div(gnorm_t + 1e-6),
+                                 torch::ones({}, f64));
         for (auto& p : model->parameters())
-          if (p.grad().defined()) p.mutable_grad().mul_(sub.grad_clip / (gnorm + 1e-6));
+          if (p.grad().defined()) p.mutable_grad().mul_(coef);
+      }
     }
     const double lrf = lr_factor(sub, st.step);
+    optim.step(lrf);
+    optim.zero_grad();
+    // The step's one wait: a non-finite loss or norm has updated the weights in memory, but ends the
+    // run here, before anything is checkpointed, evaluated or handed to a module.
+    auto host = torch::cat({vals, gnorm_t.reshape({1})}).to(torch::kCPU);
+    const auto hv = host.accessor<double, 1>();
+    const double ranks = comm ? world.size : 1;
+    double loss = hv[0] / ranks;
+    const bool stop_now = hv[1] > 0;
+    std::map<std::string, double> aux;
+    {
+      int64_t i = 2;
+      for (auto& [k, a] : aux_sum) {
+        const double v = hv[i++] / ranks;
+        if (!std::isfinite(v)) loss = NAN;  // a non-finite auxiliary loss poisons the step just the same
+        aux[k] = v;
+      }
+    }
+    const double gnorm = hv[host.size(0) - 1];
     if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
       ++st.step;
       const std::string reason = "non-finite " + std::string(std::isfinite(loss) ? "gradient norm" : "loss") +
@@ -793,8 +823,6 @@ int train(const TrainOptions& opt) {
       std::fprintf(stderr, "[train] INVALID: %s\n", reason.c_str());
       return 3;
     }
-    optim.step(lrf);
-    optim.zero_grad();
     {
       StepCtx sc;
       sc.step = st.step + 1;
@@ -818,8 +846,9 @@ int train(const TrainOptions& opt) {
       rec["spike"] = true;
       rec["spike_start"] = st.spikes.spike_start;  // evals written since then were inside it
     }
-    if (!aux_sum.empty()) rec["aux"] = aux_sum;
-    if (comm) rec["comm_ms"] = 1000 * comm_s;
+    if (!aux.empty()) rec["aux"] = aux;
+    if (comm) rec["comm_ms"] = 1000 * comm_s;  // the all-reduce time not hidden behind backward
+    if (reducer) rec["buckets_in_backward"] = reducer->sent_during_backward();
     metrics.write(rec);
     if (!opt.quiet) {
       const double eta = (sub.steps - st.step) * (st.train_seconds / std::max<int64_t>(1, st.step));

@@ -17,6 +17,7 @@ struct TrainOptions {
   bool dry_run = false;              // validate, build, time one micro-batch, print the ETA, exit
   bool quiet = false;                // no per-step line
   bool keep_checkpoints = false;     // also keep a weights-only snapshot at every checkpoint step
+  bool overlap_grad_reduce = true;   // data parallel: send gradient buckets during backward
 };
 
 // The file of the weights-only snapshot of `step` inside a run folder: "ckpt_step000150.safetensors".
