@@ -46,18 +46,6 @@ const Fixture& fx() {
   return f;
 }
 
-std::vector<std::string> curve(const std::string& run) {
-  std::vector<std::string> c;
-  std::ifstream in(run + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    auto r = json::parse(line);
-    if (r.contains("loss")) c.push_back(r["step"].dump() + " " + r["loss"].dump());
-    if (r.contains("val_bpb")) c.push_back(r["step"].dump() + " val " + r["val_bpb"].dump());
-  }
-  return c;
-}
-
 }  // namespace
 
 TEST(Ablate, RunsThePlanIntoTheLedgerAndSkipsFinishedRuns) {
@@ -109,7 +97,7 @@ TEST(Ablate, KilledRunnerRestartsWithoutLossOrDuplicates) {
   ASSERT_EQ(runs.size(), 3u);
   for (auto& x : runs) {
     EXPECT_EQ(x.status, engine::Status::Done) << x.run_id;
-    EXPECT_EQ(curve(x.run_dir), curve(ref + "/noise/baseline/s" + std::to_string(x.seed))) << x.run_id;
+    EXPECT_EQ(slm::test::curve(x.run_dir), slm::test::curve(ref + "/noise/baseline/s" + std::to_string(x.seed))) << x.run_id;
   }
 }
 
@@ -148,7 +136,7 @@ TEST(Ablate, SigtermCheckpointsTheRunsAndTheyResumeWithoutAFailedAttempt) {
   for (auto& x : l.runs("noise")) {
     EXPECT_EQ(x.status, engine::Status::Done) << x.run_id;
     EXPECT_EQ(x.attempts, 1) << x.run_id;
-    EXPECT_EQ(curve(x.run_dir), curve(ref + "/noise/baseline/s" + std::to_string(x.seed))) << x.run_id;
+    EXPECT_EQ(slm::test::curve(x.run_dir), slm::test::curve(ref + "/noise/baseline/s" + std::to_string(x.seed))) << x.run_id;
   }
   EXPECT_NE(fs::read_file(root + "/noise/baseline/s1/train.log").find("resumed from"), std::string::npos);
 }

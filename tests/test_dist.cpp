@@ -206,31 +206,11 @@ const Fixture& fx() {
   return f;
 }
 
-std::vector<json> records(const std::string& run) {
-  std::vector<json> out;
-  std::ifstream in(run + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_discarded()) out.push_back(j);  // a line being written while a test polls
-  }
-  return out;
-}
-
 std::map<int64_t, double> series(const std::string& run, const char* key) {
   std::map<int64_t, double> m;
-  for (auto& r : records(run))
+  for (auto& r : slm::test::metrics(run))
     if (r.contains(key)) m[r["step"]] = r[key];
   return m;
-}
-
-std::vector<std::string> curve(const std::string& run) {
-  std::vector<std::string> c;
-  for (auto& r : records(run)) {
-    if (r.contains("loss")) c.push_back("step " + r["step"].dump() + " loss " + r["loss"].dump() + " gnorm " + r["grad_norm"].dump());
-    if (r.contains("val_bpb")) c.push_back("step " + r["step"].dump() + " val " + r["val_bpb"].dump());
-  }
-  return c;
 }
 
 // Tolerances of DP=2 against one process (fp32, same total batch, same rows): only the order of
@@ -282,7 +262,7 @@ TEST(Dist, TwoRanksFollowTheSingleProcessCurve) {
   }
   std::printf("DP=2 vs 1 process: max |loss diff| %.3g (step 1: %.3g), max |val_bpb diff| %.3g\n", worst,
               std::abs(l1[1] - l2[1]), worst_val);
-  for (auto& r : records(two)) {
+  for (auto& r : slm::test::metrics(two)) {
     if (r.contains("loss")) {
       EXPECT_TRUE(r.contains("comm_ms"));
     }
@@ -293,12 +273,12 @@ TEST(Dist, TwoRanksFollowTheSingleProcessCurve) {
   const std::string again = f.t / "two-again";
   auto r3 = slm::test::run(f.train_cmd(again, "--nproc 2 --grad-reduce after"));
   ASSERT_EQ(r3.status, 0) << r3.out;
-  EXPECT_EQ(curve(two), curve(again));
+  EXPECT_EQ(slm::test::curve(two), slm::test::curve(again));
   int64_t sent_early = 0;
-  for (auto& r : records(two))
+  for (auto& r : slm::test::metrics(two))
     if (r.contains("buckets_in_backward")) sent_early += r["buckets_in_backward"].get<int64_t>();
   EXPECT_GT(sent_early, 0) << "the overlapped run sent buckets during backward";
-  for (auto& r : records(again))
+  for (auto& r : slm::test::metrics(again))
     if (r.contains("buckets_in_backward")) {
       EXPECT_EQ(r["buckets_in_backward"], 0);
     }
@@ -334,7 +314,7 @@ TEST(Dist, KilledTwoRankRunResumesBitwise) {
   }
   auto r = slm::test::run(f.train_cmd(run, "--nproc 2 --resume"));
   ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_EQ(curve(run), curve(ref));
+  EXPECT_EQ(slm::test::curve(run), slm::test::curve(ref));
 }
 
 // SIGTERM to the launcher reaches every rank; they stop at the same step, rank 0 checkpoints it, and
@@ -353,7 +333,7 @@ TEST(Dist, SigtermedTwoRankRunStopsTogetherAndResumesBitwise) {
   EXPECT_EQ(summary["step"].get<int64_t>(), series(run, "loss").rbegin()->first);
   auto r = slm::test::run(f.train_cmd(run, "--nproc 2 --resume"));
   ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_EQ(curve(run), curve(ref));
+  EXPECT_EQ(slm::test::curve(run), slm::test::curve(ref));
 }
 
 // Tensor parallelism (model/tp.h): TP=2 x DP=2 as four CPU processes follows the single-process
@@ -422,7 +402,7 @@ TEST(Dist, TensorParallelRunResumesBitwise) {
   ASSERT_LT(series(run, "loss").size(), 10u);
   auto r = slm::test::run(f.train_cmd(run, "--nproc 2 --set tp=2 --resume"));
   ASSERT_EQ(r.status, 0) << r.out;
-  EXPECT_EQ(curve(run), curve(ref));
+  EXPECT_EQ(slm::test::curve(run), slm::test::curve(ref));
 }
 
 // A module that does not split its weights is refused at tp > 1, with the reason, before any step.

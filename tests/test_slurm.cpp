@@ -23,19 +23,6 @@ using json = nlohmann::json;
 
 namespace {
 
-// Steps and evals, without timing fields (step_ms, tok_s, mfu, eval_ms, ...): what must be bitwise equal.
-std::vector<std::string> curve(const std::string& run) {
-  std::vector<std::string> c;
-  std::ifstream in(run + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    auto r = json::parse(line);
-    if (r.contains("loss")) c.push_back(r["step"].dump() + " loss " + r["loss"].dump());
-    if (r.contains("val_bpb")) c.push_back(r["step"].dump() + " val " + r["val_bpb"].dump());
-  }
-  return c;
-}
-
 bool controller_answers() { return slm::test::run("timeout 20 sinfo --noheader --format %t").status == 0; }
 
 // Skips (developer machines) or, under SLMLAB_REQUIRE_SLURM=1 (CI), fails without a controller.
@@ -147,9 +134,9 @@ TEST(Slurm, PlanRunsToTheEndThroughARequeue) {
   auto lr = slm::test::run(ablate(local_plan, t / "local", "local"));
   const double local_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   ASSERT_EQ(lr.status, 0) << lr.out;
-  auto want = curve(t / "local/sl/baseline/s1");
+  auto want = slm::test::curve(t / "local/sl/baseline/s1");
   EXPECT_EQ(want.size(), 127u);  // 120 steps + 7 evals
-  EXPECT_EQ(curve(run), want);
+  EXPECT_EQ(slm::test::curve(run), want);
 
   // A complete scorecard: every experiment with its two counted seeds, nothing pending.
   auto rep = slm::test::run(std::string(SLMLAB_BIN) + " report --ledger " + root + "/ledger.sqlite --plan sl");

@@ -44,24 +44,6 @@ const Fixture& fx() {
   return f;
 }
 
-std::vector<json> records(const std::string& run) {
-  std::vector<json> out;
-  std::ifstream in(run + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) out.push_back(json::parse(line));
-  return out;
-}
-
-// The loss curve as exact strings (bitwise comparison), one entry per step; evals too.
-std::vector<std::string> curve(const std::string& run) {
-  std::vector<std::string> c;
-  for (auto& r : records(run)) {
-    if (r.contains("loss")) c.push_back("step " + r["step"].dump() + " loss " + r["loss"].dump() + " gnorm " + r["grad_norm"].dump());
-    if (r.contains("val_bpb")) c.push_back("step " + r["step"].dump() + " val " + r["val_bpb"].dump());
-  }
-  return c;
-}
-
 int64_t last_step(const std::string& run) {
   int64_t s = 0;
   if (!fs::exists(run + "/metrics.jsonl")) return 0;
@@ -89,7 +71,7 @@ TEST(Trainer, RunLearnsAndLeavesEverything) {
   EXPECT_EQ(s["tokens"], 30 * 256);
   EXPECT_GT(s["tokens_per_second"].get<double>(), 0);
   EXPECT_GT(s["peak_rss_bytes"].get<double>(), 0);
-  auto recs = records(run);
+  auto recs = slm::test::metrics(run);
   std::vector<double> vals;
   for (auto& x : recs)
     if (x.contains("val_bpb")) vals.push_back(x["val_bpb"]);
@@ -109,7 +91,7 @@ TEST(Trainer, RunLearnsAndLeavesEverything) {
   // A finished run resumed is a no-op, and an existing run without --resume is refused.
   auto again = slm::test::run(f.train_cmd(run, "--resume"));
   EXPECT_EQ(again.status, 0) << again.out;
-  EXPECT_EQ(curve(run).size(), 34u);
+  EXPECT_EQ(slm::test::curve(run).size(), 34u);
   auto refused = slm::test::run(f.train_cmd(run));
   EXPECT_EQ(refused.status, 2);
   EXPECT_NE(refused.out.find("--resume"), std::string::npos) << refused.out;
@@ -143,7 +125,7 @@ TEST(Trainer, KillNineAndResumeReproduceTheCurveBitwise) {
   const auto& f = fx();
   std::string ref = f.t / "ref";
   ASSERT_EQ(slm::test::run(f.train_cmd(ref)).status, 0);
-  const auto expect = curve(ref);
+  const auto expect = slm::test::curve(ref);
   // Kill at a few different instants, then resume until done.
   for (int64_t kill_at : {3, 12, 21}) {
     std::string run = f.t / ("killed" + std::to_string(kill_at));
@@ -152,7 +134,7 @@ TEST(Trainer, KillNineAndResumeReproduceTheCurveBitwise) {
     slm::test::stop(pid, SIGKILL);
     auto r = slm::test::run(f.train_cmd(run, "--resume"));
     ASSERT_EQ(r.status, 0) << r.out;
-    EXPECT_EQ(curve(run), expect) << "killed at step " << kill_at;
+    EXPECT_EQ(slm::test::curve(run), expect) << "killed at step " << kill_at;
   }
 }
 
@@ -176,7 +158,7 @@ TEST(Trainer, SigtermCheckpointsTheStepAndResumesBitwise) {
   auto r = slm::test::run(f.train_cmd(run, "--resume"));
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("resumed from"), std::string::npos) << r.out;
-  EXPECT_EQ(curve(run), curve(ref));
+  EXPECT_EQ(slm::test::curve(run), slm::test::curve(ref));
 }
 
 TEST(Trainer, ExportReadsBackWithAnIndependentReader) {
@@ -227,7 +209,7 @@ TEST(Trainer, NonFiniteLossMarksTheRunInvalid) {
   EXPECT_EQ(s["status"], "INVALID");
   EXPECT_NE(s["reason"].get<std::string>().find("non-finite loss at step 6"), std::string::npos) << s.dump();
   EXPECT_EQ(fs::read_file(run + "/ckpt_latest.safetensors"), poisoned) << "the checkpoint must stay as it was";
-  auto recs = records(run);
+  auto recs = slm::test::metrics(run);
   ASSERT_FALSE(recs.empty());
   EXPECT_TRUE(recs.back().contains("invalid"));
   for (auto& x : recs) EXPECT_LE(x["step"].get<int64_t>(), 6);

@@ -13,6 +13,8 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <nlohmann/json.hpp>
+#include <vector>
 
 #include "catalog/catalog.h"
 #include "data/dataset.h"
@@ -147,6 +149,29 @@ inline catalog::ModuleArgs module_args(const std::string& name, const std::map<s
   for (auto& e : errors)
     if (e.find("is outside") == std::string::npos) ADD_FAILURE() << e;
   return a;
+}
+
+// A run's metrics.jsonl, one record per line; a line still being written while a test polls is left out.
+inline std::vector<nlohmann::json> metrics(const std::string& run) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_discarded()) out.push_back(j);
+  }
+  return out;
+}
+
+// A run's curve as exact strings, for bitwise comparison: each step's loss and gradient norm, each
+// evaluation's val_bpb.
+inline std::vector<std::string> curve(const std::string& run) {
+  std::vector<std::string> c;
+  for (auto& r : metrics(run)) {
+    if (r.contains("loss")) c.push_back("step " + r["step"].dump() + " loss " + r["loss"].dump() + " gnorm " + r["grad_norm"].dump());
+    if (r.contains("val_bpb")) c.push_back("step " + r["step"].dump() + " val " + r["val_bpb"].dump());
+  }
+  return c;
 }
 
 }  // namespace slm::test
