@@ -2,6 +2,7 @@
 
 #include <ATen/autocast_mode.h>
 #include <sys/resource.h>
+#include <torch/version.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,7 +14,60 @@
 #include "common/error.h"
 #include "common/fs.h"
 
+#ifndef TORCH_VERSION_MAJOR
+#error "torch/version.h did not define TORCH_VERSION_MAJOR: every version switch below would silently take the 1.x branch"
+#endif
+
+// LibTorch at least major.minor: the one place that reads TORCH_VERSION_*.
+#define SLM_TORCH_AT_LEAST(major, minor) \
+  (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+
 namespace slm::device {
+
+namespace {
+
+// Autocast per device type. LibTorch 2.4 made these device-typed (is_autocast_enabled(kCUDA), ...)
+// and deprecated is_enabled / is_cpu_enabled / get_autocast_gpu_dtype and the rest, which warn once
+// per call site and are due for removal; 1.13 has only the old ones.
+bool autocast_enabled(c10::DeviceType t) {
+#if SLM_TORCH_AT_LEAST(2, 4)
+  return at::autocast::is_autocast_enabled(t);
+#else
+  return t == c10::DeviceType::CUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
+#endif
+}
+
+void autocast_enable(c10::DeviceType t, bool on) {
+#if SLM_TORCH_AT_LEAST(2, 4)
+  at::autocast::set_autocast_enabled(t, on);
+#else
+  if (t == c10::DeviceType::CUDA)
+    at::autocast::set_enabled(on);
+  else
+    at::autocast::set_cpu_enabled(on);
+#endif
+}
+
+at::ScalarType autocast_dtype(c10::DeviceType t) {
+#if SLM_TORCH_AT_LEAST(2, 4)
+  return at::autocast::get_autocast_dtype(t);
+#else
+  return t == c10::DeviceType::CUDA ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
+#endif
+}
+
+void autocast_set_dtype(c10::DeviceType t, at::ScalarType dtype) {
+#if SLM_TORCH_AT_LEAST(2, 4)
+  at::autocast::set_autocast_dtype(t, dtype);
+#else
+  if (t == c10::DeviceType::CUDA)
+    at::autocast::set_autocast_gpu_dtype(dtype);
+  else
+    at::autocast::set_autocast_cpu_dtype(dtype);
+#endif
+}
+
+}  // namespace
 
 std::string torch_version() {
   std::ostringstream os;
@@ -69,13 +123,11 @@ bool bf16_fast(const torch::Device& dev, std::string* why) {
   return false;
 }
 
+// bf16 on both: CUDA autocast defaults to fp16, which would need a gradient scaler.
 void set_autocast(const torch::Device& dev, bool on) {
-  if (dev.is_cuda()) {
-    at::autocast::set_enabled(on);
-    return;
-  }
-  at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-  at::autocast::set_cpu_enabled(on);
+  const c10::DeviceType t = dev.is_cuda() ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  autocast_set_dtype(t, at::kBFloat16);
+  autocast_enable(t, on);
 }
 
 void clear_autocast_cache() { at::autocast::clear_cache(); }
@@ -91,18 +143,18 @@ AutocastOff::~AutocastOff() {
 }
 
 torch::ScalarType matmul_dtype(const torch::Tensor& like) {
-  const bool on = like.is_cuda() ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
-  if (!on) return like.scalar_type();
-  return like.is_cuda() ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
+  const c10::DeviceType t = like.is_cuda() ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  return autocast_enabled(t) ? autocast_dtype(t) : like.scalar_type();
 }
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const torch::Tensor& allowed) {
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-#if TORCH_VERSION_MAJOR >= 2
+#if SLM_TORCH_AT_LEAST(2, 0)
+  // Default scale 1/sqrt(D); a bool mask is true where a query may attend, as `allowed` is.
   if (!allowed.defined()) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
   return at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
 #else
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   // 1.13 has no public fused kernel: scores in fp32 (bf16 softmax loses too much), probabilities
   // back in v's dtype for the second matmul.
   auto scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat32).mul_(scale);

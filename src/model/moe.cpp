@@ -159,7 +159,7 @@ MoeDispatch MoeImpl::dispatch(const MoeRouting& r, int64_t groups, bool drop) co
   // a plain `true` would convert to the dim of sort(dim, descending).)
   const int64_t n = N / groups;  // tokens per row
   auto key = drop ? e * groups + torch::div(torch::arange(A, e.options()), n * K, "floor") : e;
-  auto order = std::get<1>(key.sort(c10::optional<bool>(true), 0, false));  // (A) picks grouped by expert
+  auto order = std::get<1>(key.sort(/*stable=*/true, 0, false));  // (A) picks grouped by expert
   if (drop) {
     d.capacity = static_cast<int64_t>(std::ceil(static_cast<double>(n * K) / E * opt.capacity_factor));
     auto counts = torch::bincount(key, {}, E * groups);
