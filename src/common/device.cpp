@@ -1,6 +1,7 @@
 #include "common/device.h"
 
 #include <ATen/autocast_mode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <sys/resource.h>
 #include <torch/version.h>
 #include <unistd.h>
@@ -77,6 +78,8 @@ std::string torch_version() {
 
 bool cuda_available() { return torch::cuda::is_available(); }
 
+int cuda_device_count() { return cuda_available() ? static_cast<int>(torch::cuda::device_count()) : 0; }
+
 std::string describe() {
   std::ostringstream os;
   os << "libtorch " << torch_version() << ", ";
@@ -87,13 +90,25 @@ std::string describe() {
   return os.str();
 }
 
-torch::Device resolve(const std::string& name) {
-  if (name == "cuda") {
-    SLM_CHECK(cuda_available(), "device cuda requested but this LibTorch has no usable CUDA device; use --set device=cpu");
-    return torch::Device(torch::kCUDA, 0);
-  }
-  SLM_CHECK(name == "cpu", "unknown device '", name, "'; use cpu or cuda");
-  return torch::Device(torch::kCPU);
+torch::Device resolve(const std::string& name) { return resolve(name, 0); }
+
+torch::Device resolve(const std::string& name, int local_rank) {
+  SLM_CHECK(name == "cpu" || name == "cuda", "unknown device '", name, "'; use cpu or cuda");
+  if (name == "cpu") return torch::Device(torch::kCPU);
+  SLM_CHECK(cuda_available(), "device cuda requested but this LibTorch has no usable CUDA device; use --set device=cpu");
+  const int n = cuda_device_count();
+  SLM_CHECK(local_rank >= 0 && local_rank < n, "device cuda for local rank ", local_rank, " but this machine shows ", n,
+            " CUDA device(s); start at most ", n, " ranks per machine or widen CUDA_VISIBLE_DEVICES");
+  const torch::Device dev(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+  set_current(dev);
+  return dev;
+}
+
+// Through c10's device-guard registry, which every build has: c10::cuda::set_device would need the
+// CUDA headers, absent from a CPU LibTorch.
+void set_current(const torch::Device& dev) {
+  if (!dev.is_cuda()) return;
+  c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(dev);
 }
 
 namespace {

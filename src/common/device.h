@@ -11,8 +11,17 @@ namespace slm::device {
 std::string describe();
 std::string torch_version();
 bool cuda_available();
+// CUDA devices this process can see (0 without CUDA).
+int cuda_device_count();
 // The torch device for a substrate's device string; fails clearly when CUDA is asked for and absent.
+// Same as resolve(name, 0).
 torch::Device resolve(const std::string& name);
+// The device of local rank `local_rank` (one GPU per rank on a node): "cuda" is cuda:local_rank, made
+// this thread's current CUDA device (kernels, the caching allocator and NCCL default to it); "cpu" is
+// the CPU for every rank. Fails in one line when local_rank is not below the CUDA device count.
+torch::Device resolve(const std::string& name, int local_rank);
+// Makes `dev` the current CUDA device of this thread; nothing for a CPU device.
+void set_current(const torch::Device& dev);
 
 // Whether bf16 matmuls are fast on this device; `why` says what was detected.
 bool bf16_fast(const torch::Device& dev, std::string* why);
