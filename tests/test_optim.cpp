@@ -78,6 +78,84 @@ TEST(AdamW, MatchesHandComputedReferenceForThreeSteps) {
   }
 }
 
+// The per-parameter AdamW loop the optimizer ran before its multi-tensor form, kept verbatim in
+// its arithmetic: on CPU the _foreach_ path must reproduce it bit for bit (checkpoints of runs made
+// before the change resume onto the same curve).
+struct LoopAdamW {
+  LoopAdamW(double b1, double b2, double e) : beta1(b1), beta2(b2), eps(e) {}
+  double beta1, beta2, eps;
+  int64_t step = 0;
+  std::vector<torch::Tensor> m, v;  // one pair per parameter, fp32
+  // One step over params (each with lr and weight decay); a param without grad is skipped.
+  void update(std::vector<torch::Tensor>& params, const std::vector<double>& lrs, const std::vector<double>& wds) {
+    torch::NoGradGuard no_grad;
+    if (m.empty())
+      for (auto& p : params) {
+        m.push_back(torch::zeros(p.sizes(), p.options().dtype(torch::kFloat)));
+        v.push_back(torch::zeros(p.sizes(), p.options().dtype(torch::kFloat)));
+      }
+    ++step;
+    const double bc1 = 1 - std::pow(beta1, static_cast<double>(step));
+    const double bc2 = 1 - std::pow(beta2, static_cast<double>(step));
+    for (size_t i = 0; i < params.size(); ++i) {
+      torch::Tensor& p = params[i];
+      if (!p.grad().defined()) continue;
+      const torch::Tensor grad = p.grad().to(torch::kFloat);
+      m[i].lerp_(grad, 1 - beta1);
+      v[i].mul_(beta2).addcmul_(grad, grad, 1 - beta2);
+      torch::Tensor update = v[i].sqrt().div_(std::sqrt(bc2)).add_(eps);
+      torch::div_out(update, m[i], update);
+      if (wds[i] > 0) p.mul_(1 - lrs[i] * wds[i]);
+      p.add_(update, -lrs[i] / bc1);
+    }
+  }
+};
+
+TEST(AdamW, MultiTensorStepEqualsPerParameterLoopBitwise) {
+  torch::manual_seed(11);
+  // Varied shapes (a scalar, a vector, matrices, a 3-D tensor, a size-1 dim), two groups with and
+  // without decay, a bf16 parameter among fp32 ones, and gradients missing on some steps.
+  const std::vector<std::vector<int64_t>> shapes = {{}, {7}, {3, 5}, {2, 3, 4}, {4, 1, 3}, {64, 33}, {5}};
+  const std::vector<int> group = {0, 0, 1, 1, 0, 1, 1};
+  const std::vector<double> base_lr = {0.03, 0.007}, wd = {0.0, 0.15};
+  std::vector<torch::Tensor> a, b;  // a: Optimizer, b: the loop
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    torch::Tensor init = torch::randn(shapes[i]);
+    if (i == 6) init = init.to(torch::kBFloat16);
+    a.push_back(param(init)), b.push_back(param(init));
+  }
+  std::vector<ParamGroup> groups = {{"g0", "adamw", base_lr[0], wd[0], {}, {}}, {"g1", "adamw", base_lr[1], wd[1], {}, {}}};
+  for (size_t i = 0; i < a.size(); ++i) {
+    groups[group[i]].names.push_back("p" + std::to_string(i));
+    groups[group[i]].params.push_back(a[i]);
+  }
+  OptimOptions opt;
+  opt.beta1 = 0.85, opt.beta2 = 0.97, opt.eps = 1e-8;
+  Optimizer o(groups, opt);
+  LoopAdamW loop(opt.beta1, opt.beta2, opt.eps);
+  for (int t = 0; t < 8; ++t) {
+    const double f = 1.0 - t / 10.0;
+    std::vector<double> lrs, wds;
+    for (size_t i = 0; i < a.size(); ++i) {
+      lrs.push_back(base_lr[group[i]] * f), wds.push_back(wd[group[i]]);
+      if ((t + static_cast<int>(i)) % 5 == 3) {  // no gradient this step: skipped by both
+        a[i].mutable_grad() = torch::Tensor(), b[i].mutable_grad() = torch::Tensor();
+        continue;
+      }
+      const torch::Tensor g = torch::randn(shapes[i]).to(a[i].scalar_type()) * (1 + t);
+      set_grad(a[i], g), set_grad(b[i], g);
+    }
+    o.step(f);
+    loop.update(b, lrs, wds);
+    for (size_t i = 0; i < a.size(); ++i) {
+      ASSERT_TRUE(torch::equal(a[i], b[i])) << "param " << i << " step " << t;
+      const auto st = o.state_of(a[i]);
+      ASSERT_TRUE(torch::equal(st.at("exp_avg"), loop.m[i])) << "exp_avg " << i << " step " << t;
+      ASSERT_TRUE(torch::equal(st.at("exp_avg_sq"), loop.v[i])) << "exp_avg_sq " << i << " step " << t;
+    }
+  }
+}
+
 TEST(AdamW, WeightDecayIsDecoupled) {
   torch::manual_seed(1);
   const torch::Tensor init = torch::randn({3, 5}), g1 = torch::randn({3, 5}), g2 = torch::randn({3, 5});

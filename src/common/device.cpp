@@ -227,6 +227,31 @@ double peak_flops(const torch::Device& dev, torch::ScalarType dtype, bool force_
   return best;
 }
 
+bool fused_adamw_available(const torch::Device& dev) { return SLM_TORCH_AT_LEAST(2, 0) && dev.is_cuda(); }
+
+void fused_adamw_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                  const torch::Tensor& step, double lr, double beta1, double beta2, double weight_decay, double eps) {
+  if (params.empty()) return;
+  SLM_CHECK(fused_adamw_available(params[0].device()), "[optim] fused AdamW needs CUDA tensors and LibTorch >= 2.0 (this is ",
+            torch_version(), ", tensors on ", params[0].device().str(), "); check fused_adamw_available first");
+#if SLM_TORCH_AT_LEAST(2, 0)
+  // The kernel reads one float32 step per tensor and does not advance it; one shared tensor serves all.
+  const std::vector<at::Tensor> steps(params.size(), step);
+  at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr, beta1, beta2, weight_decay,
+                    eps, /*amsgrad=*/false, /*maximize=*/false);
+#endif
+}
+
+void foreach_lerp_(at::TensorList self, at::TensorList end, double weight) {
+  if (self.empty()) return;
+#if SLM_TORCH_AT_LEAST(2, 0)
+  at::_foreach_lerp_(self, end, weight);
+#else
+  SLM_CHECK(self.size() == end.size(), "[device] foreach_lerp_ got ", self.size(), " tensors and ", end.size(), " ends; pass one end per tensor");
+  for (size_t i = 0; i < self.size(); ++i) self[i].lerp_(end[i], weight);
+#endif
+}
+
 int64_t peak_rss_bytes() {
   struct rusage ru {};
   ::getrusage(RUSAGE_SELF, &ru);

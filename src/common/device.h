@@ -54,6 +54,19 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 // short GEMM probe and cached in ~/.cache/slmlab (keyed by CPU model, threads, dtype, LibTorch version).
 double peak_flops(const torch::Device& dev, torch::ScalarType dtype, bool force_measure = false);
 
+// Whether at::_fused_adamw_ (the whole AdamW update of a list of tensors in one CUDA kernel, as
+// torch.optim.AdamW(fused=True)) exists in this LibTorch and runs on `dev`: CUDA and LibTorch >= 2.0.
+bool fused_adamw_available(const torch::Device& dev);
+// Decoupled-decay AdamW through at::_fused_adamw_ on fp32 CUDA tensors of equal shapes and strides per
+// index (params[i], grads[i], exp_avgs[i], exp_avg_sqs[i]), with t the float32 0-dim `step` on the
+// same device (read, not incremented): p *= 1 - lr wd; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+// p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). Fails where fused_adamw_available is false.
+void fused_adamw_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                  const torch::Tensor& step, double lr, double beta1, double beta2, double weight_decay, double eps);
+// self[i].lerp_(end[i], weight) for every i: one multi-tensor op where LibTorch has _foreach_lerp_
+// (>= 2.0), else one lerp_ per tensor. On CPU both are the per-tensor kernel: the same bits.
+void foreach_lerp_(at::TensorList self, at::TensorList end, double weight);
+
 // Resident set size high-water mark of this process, bytes.
 int64_t peak_rss_bytes();
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <set>
 
+#include "common/device.h"
 #include "common/error.h"
 
 namespace slm {
@@ -23,6 +24,21 @@ std::map<std::string, torch::Tensor> live_state(const std::map<std::string, torc
   for (const auto& [name, t] : exp_avg_sq) out[name + ".exp_avg_sq"] = t;
   for (const auto& [name, t] : momentum) out[name + ".momentum"] = t;
   return out;
+}
+
+// Whether PyTorch's fused AdamW kernel takes these lists: a device and LibTorch that have it, and
+// fp32 params and grads shaped and strided like their (contiguous fp32) state. Metadata only.
+bool fusable(const std::vector<torch::Tensor>& ps, const std::vector<torch::Tensor>& grads,
+             const std::vector<torch::Tensor>& ms) {
+  if (!device::fused_adamw_available(ps[0].device())) return false;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const torch::Tensor &p = ps[i], &g = grads[i], &m = ms[i];
+    if (p.scalar_type() != torch::kFloat || g.scalar_type() != torch::kFloat || p.device() != ps[0].device() ||
+        g.device() != p.device() || p.numel() == 0 || p.strides() != m.strides() || g.strides() != m.strides() ||
+        p.sizes() != g.sizes())
+      return false;
+  }
+  return true;
 }
 
 // An fp32 zero tensor shaped and placed like p: optimizer state stays fp32 whatever p's dtype.
@@ -72,55 +88,89 @@ Optimizer::Optimizer(std::vector<ParamGroup> groups, OptimOptions opt) : groups_
 
 // One update of every parameter that has a gradient. The step counter (and so Adam's bias
 // correction) is global: a parameter skipped on some steps is corrected as if it had been updated.
+// Nothing here waits for the device: learning rates and corrections are host numbers, the fused
+// kernel's step count is written into a device tensor without reading anything back.
 void Optimizer::step(double lr_factor) {
   SLM_CHECK(std::isfinite(lr_factor) && lr_factor >= 0, "[optim] lr factor ", lr_factor,
             " is not a finite non-negative number; check the lr schedule");
   torch::NoGradGuard no_grad;
   ++step_;
-  const double bc1 = 1 - std::pow(opt_.beta1, static_cast<double>(step_));
-  const double bc2 = 1 - std::pow(opt_.beta2, static_cast<double>(step_));
   for (ParamGroup& g : groups_) {
     const double lr = g.base_lr * lr_factor;
+    if (g.kind == "adamw") {
+      adamw_step(g, lr);
+      continue;
+    }
     for (size_t i = 0; i < g.params.size(); ++i) {
       torch::Tensor& p = g.params[i];
       if (!p.grad().defined()) continue;
       // State is fp32; .to() is free when the grad already is.
       const torch::Tensor grad = p.grad().to(torch::kFloat);
-      if (g.kind == "muon") {
-        torch::Tensor& buf = momentum_.at(g.names[i]);
-        buf.lerp_(grad, 1 - opt_.momentum);
-        // Nesterov: step along the gradient pushed further toward the updated momentum.
-        const torch::Tensor update = grad.lerp(buf, opt_.momentum);
-        // bf16 Newton-Schulz is what GPU Muon uses (fast tensor cores, accuracy is ample for a band
-        // around 1). On CPU we stay in fp32: bf16 matmul there is slow or emulated, and fp32 keeps
-        // CPU runs reproducible against the fp32 reference in the tests.
-        auto shard = tp_ ? tp_dims_.find(g.names[i]) : tp_dims_.end();
-        const bool split = shard != tp_dims_.end();
-        const torch::Tensor whole = split ? tp_unshard(update, shard->second, *tp_) : update;
-        torch::Tensor x = zeropower_newton_schulz(whole, opt_.ns_steps, p.is_cuda());
-        // Orthogonalized updates have unit spectral norm; tall matrices get a larger step so their
-        // per-element update RMS matches that of square ones.
-        const double scale = std::sqrt(std::max(1.0, static_cast<double>(whole.size(0)) / whole.size(1)));
-        if (split) x = tp_shard(x, shard->second, *tp_);
-        if (g.weight_decay > 0) p.mul_(1 - lr * g.weight_decay);
-        p.add_(x, -lr * scale);
-      } else {
-        torch::Tensor& m = exp_avg_.at(g.names[i]);
-        torch::Tensor& v = exp_avg_sq_.at(g.names[i]);
-        m.lerp_(grad, 1 - opt_.beta1);
-        v.mul_(opt_.beta2).addcmul_(grad, grad, 1 - opt_.beta2);
-        torch::Tensor update = v.sqrt().div_(std::sqrt(bc2)).add_(opt_.eps);
-        // m / denom into the same buffer, then add_: unlike addcdiv_, add_ accepts a p whose dtype
-        // differs from the fp32 state (addcdiv_ asserts on mixed dtypes in LibTorch 1.13 CPU).
-        torch::div_out(update, m, update);
-        // Decoupled decay: shrinks p directly, never enters the moments.
-        if (g.weight_decay > 0) p.mul_(1 - lr * g.weight_decay);
-        p.add_(update, -lr / bc1);
-      }
+      torch::Tensor& buf = momentum_.at(g.names[i]);
+      buf.lerp_(grad, 1 - opt_.momentum);
+      // Nesterov: step along the gradient pushed further toward the updated momentum.
+      const torch::Tensor update = grad.lerp(buf, opt_.momentum);
+      // bf16 Newton-Schulz is what GPU Muon uses (fast tensor cores, accuracy is ample for a band
+      // around 1). On CPU we stay in fp32: bf16 matmul there is slow or emulated, and fp32 keeps
+      // CPU runs reproducible against the fp32 reference in the tests.
+      auto shard = tp_ ? tp_dims_.find(g.names[i]) : tp_dims_.end();
+      const bool split = shard != tp_dims_.end();
+      const torch::Tensor whole = split ? tp_unshard(update, shard->second, *tp_) : update;
+      torch::Tensor x = zeropower_newton_schulz(whole, opt_.ns_steps, p.is_cuda());
+      // Orthogonalized updates have unit spectral norm; tall matrices get a larger step so their
+      // per-element update RMS matches that of square ones.
+      const double scale = std::sqrt(std::max(1.0, static_cast<double>(whole.size(0)) / whole.size(1)));
+      if (split) x = tp_shard(x, shard->second, *tp_);
+      if (g.weight_decay > 0) p.mul_(1 - lr * g.weight_decay);
+      p.add_(x, -lr * scale);
     }
   }
 }
 
+// AdamW on a whole group at once: every parameter with a gradient goes through each operation
+// together (multi-tensor _foreach_ ops: a few kernel launches per group on a GPU instead of a few per
+// parameter). On CPU the _foreach_ ops are the per-tensor kernels in a loop, so the bits are those of
+// the per-parameter formula; tests/test_optim.cpp keeps that formula and checks it. On CUDA with
+// LibTorch >= 2.0, fp32 groups take PyTorch's fused AdamW kernel instead: the same formula (decoupled
+// decay, bias corrections, eps outside the square root), one launch, other rounding.
+void Optimizer::adamw_step(ParamGroup& g, double lr) {
+  std::vector<torch::Tensor> ps, grads, ms, vs;
+  for (size_t i = 0; i < g.params.size(); ++i) {
+    const torch::Tensor& p = g.params[i];
+    if (!p.grad().defined()) continue;
+    ps.push_back(p);
+    grads.push_back(p.grad().to(torch::kFloat));  // state is fp32; free when the grad already is
+    ms.push_back(exp_avg_.at(g.names[i]));
+    vs.push_back(exp_avg_sq_.at(g.names[i]));
+  }
+  if (ps.empty()) return;
+  const double t = static_cast<double>(step_);
+  if (opt_.fused && fusable(ps, grads, ms)) {
+    // The kernel reads t from a float32 device tensor and does not advance it: fill_ writes our
+    // global count (exact below 2^24 steps) with no read back to the host.
+    if (!fused_step_.defined() || fused_step_.device() != ps[0].device())
+      fused_step_ = torch::zeros({}, ps[0].options().dtype(torch::kFloat));
+    fused_step_.fill_(t);
+    device::fused_adamw_(ps, grads, ms, vs, fused_step_, lr, opt_.beta1, opt_.beta2, g.weight_decay, opt_.eps);
+    return;
+  }
+  const double bc1 = 1 - std::pow(opt_.beta1, t), bc2 = 1 - std::pow(opt_.beta2, t);
+  device::foreach_lerp_(ms, grads, 1 - opt_.beta1);
+  at::_foreach_mul_(vs, opt_.beta2);
+  at::_foreach_addcmul_(vs, grads, grads, 1 - opt_.beta2);
+  grads.clear();
+  std::vector<torch::Tensor> denom = at::_foreach_sqrt(vs);
+  at::_foreach_div_(denom, std::sqrt(bc2));
+  at::_foreach_add_(denom, opt_.eps);
+  // m / denom, then add_: unlike addcdiv_, add_ accepts a p whose dtype differs from the fp32 state
+  // (addcdiv_ asserts on mixed dtypes in LibTorch 1.13 CPU), and it rounds as the per-parameter
+  // formula does (addcdiv_ multiplies by the step size before dividing).
+  const std::vector<torch::Tensor> update = at::_foreach_div(ms, denom);
+  denom.clear();
+  // Decoupled decay: shrinks p directly, never enters the moments.
+  if (g.weight_decay > 0) at::_foreach_mul_(ps, 1 - lr * g.weight_decay);
+  at::_foreach_add_(ps, update, -lr / bc1);
+}
 // Drops the gradients instead of zeroing them: no memset, the next backward writes fresh ones
 // (same values as accumulating into zeros), and a parameter the next backward does not reach
 // stays without grad, so step() skips it rather than decaying it on a zero gradient.

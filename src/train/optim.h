@@ -25,6 +25,7 @@ struct OptimOptions {
   double beta1 = 0.8, beta2 = 0.95, eps = 1e-10;  // adamw
   double momentum = 0.95;                          // muon (nesterov)
   int ns_steps = 5;                                // Newton-Schulz iterations
+  bool fused = true;                               // adamw: PyTorch's fused kernel where it runs (CUDA, LibTorch >= 2.0)
 };
 
 class Optimizer {
@@ -47,12 +48,16 @@ class Optimizer {
   void set_tensor_parallel(TpGroupPtr g, std::map<std::string, int64_t> dims);
 
  private:
+  // AdamW over every parameter of g that has a gradient, at learning rate lr, for step step_.
+  void adamw_step(ParamGroup& g, double lr);
+
   TpGroupPtr tp_;
   std::map<std::string, int64_t> tp_dims_;
   std::vector<ParamGroup> groups_;
   OptimOptions opt_;
   int64_t step_ = 0;
   std::map<std::string, torch::Tensor> exp_avg_, exp_avg_sq_, momentum_;
+  torch::Tensor fused_step_;  // step_ as the fused kernel reads it: float32, 0-dim, on the parameters' device
 };
 
 // Newton-Schulz quintic iteration: an approximate orthogonalization U V^T of G = U S V^T.
