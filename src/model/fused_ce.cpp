@@ -87,6 +87,23 @@ void softcap_ce_rows(float* z, int64_t n, int64_t V, const int64_t* targets, dou
   });
 }
 
+// The device's own kernels. Targets are not range-checked (that would wait for the device): gather
+// fails on a bad id instead.
+torch::Tensor softcap_ce_rows_ops(torch::Tensor& z, const torch::Tensor& y, double softcap, double grad_scale) {
+  const torch::Tensor t = softcap > 0 ? torch::tanh(z / softcap) : torch::Tensor();
+  const torch::Tensor zc = softcap > 0 ? t * softcap : z;
+  const torch::Tensor lse = torch::logsumexp(zc, 1, /*keepdim=*/true);  // (n, 1)
+  const torch::Tensor yi = y.unsqueeze(1);
+  torch::Tensor nats = (lse - zc.gather(1, yi)).squeeze(1);
+  if (grad_scale != 0) {
+    torch::Tensor g = (zc - lse).exp_();  // softmax
+    g.scatter_add_(1, yi, -torch::ones_like(yi, g.options()));  // - onehot
+    if (softcap > 0) g.mul_(1 - t * t);  // d softcap / dz
+    z.copy_(g.mul_(grad_scale));
+  }
+  return nats;
+}
+
 namespace {
 
 struct ChunkOut {
@@ -109,9 +126,13 @@ ChunkOut run_chunks(const torch::Tensor& h, const torch::Tensor& w, const torch:
     const int64_t r1 = std::min(N, r0 + kChunkRows), n = r1 - r0;
     auto hs = hc.slice(0, r0, r1);
     auto z = torch::matmul(hs, wc.t()).to(torch::kFloat32).contiguous();  // (n, V)
-    const int64_t* y = tg.data_ptr<int64_t>() + r0;
-    float* zp = z.data_ptr<float>();
-    softcap_ce_rows(zp, n, V, y, softcap, grad_scale, out.nats.data_ptr<float>() + r0);
+    if (z.is_cpu()) {
+      const int64_t* y = tg.data_ptr<int64_t>() + r0;
+      float* zp = z.data_ptr<float>();
+      softcap_ce_rows(zp, n, V, y, softcap, grad_scale, out.nats.data_ptr<float>() + r0);
+    } else {
+      out.nats.slice(0, r0, r1).copy_(softcap_ce_rows_ops(z, tg.slice(0, r0, r1), softcap, grad_scale));
+    }
     if (grad_scale != 0) {
       auto dz = z.to(compute);
       out.grad_h.slice(0, r0, r1).copy_(torch::matmul(dz, wc));

@@ -21,5 +21,8 @@ torch::Tensor linear_ce_nats(const torch::Tensor& h, const torch::Tensor& w, con
 // z is overwritten with d(loss)/dz where loss = grad_scale * sum(nats).
 void softcap_ce_rows(float* z, int64_t n, int64_t V, const int64_t* targets, double softcap, double grad_scale,
                      float* nats);
+// The row kernel in tensor ops, for memory the host cannot read (CUDA): z (n, V) fp32 and targets (n)
+// int64 on any device; returns the nats (n) and overwrites z with the gradient when grad_scale != 0.
+torch::Tensor softcap_ce_rows_ops(torch::Tensor& z, const torch::Tensor& targets, double softcap, double grad_scale);
 
 }  // namespace slm

@@ -15,7 +15,7 @@ namespace {
 // Picks the next token from fp32 logits (V): argmax, or a draw from the tempered top-k softmax
 // with our own generator, so a seed gives the same text on every platform.
 int32_t pick(const torch::Tensor& logits, const GenerateOptions& opt, SplitMix64& rng) {
-  auto l = logits.to(torch::kFloat64).contiguous();
+  auto l = logits.to(torch::kCPU, torch::kFloat64).contiguous();  // read on the host, wherever the model runs
   const double* z = l.data_ptr<double>();
   const int64_t V = l.numel();
   if (opt.temperature <= 0) return static_cast<int32_t>(std::max_element(z, z + V) - z);
