@@ -88,23 +88,11 @@ torch::Tensor GateSkipWrapImpl::forward(BlockImpl& block, const torch::Tensor& x
   auto x1 = block.with_branches(x, ctx);
   auto h = branch(0, x1, [&](const torch::Tensor& u) { return block.mixer_delta(u, ctx); }, ctx, &skip_m, &g_m);
   auto out = branch(1, h, [&](const torch::Tensor& u) { return block.ffn_delta(u, ctx); }, ctx, &skip_f, &g_f);
-  if (!ctx.training && !ctx.caches) {  // evaluation: what the causal threshold skipped
-    torch::NoGradGuard ng;
-    auto s = torch::stack({skip_m.to(torch::kFloat32).mean(), skip_f.to(torch::kFloat32).mean()})
-                 .to(torch::kCPU, torch::kFloat64);
-    auto v = s.accessor<double, 1>();
-    const std::string L = "gateskip.L" + std::to_string(opt.layer);
-    ctx.stats[L + ".skip_attn"] = v[0];
-    ctx.stats[L + ".skip_ffn"] = v[1];
-    double& n = ctx.stats["gateskip.n_layers"];
-    ctx.stats["gateskip.skipped"] = (ctx.stats["gateskip.skipped"] * n + (v[0] + v[1]) / 2) / (n + 1);
-    n += 1;
+  if (ctx.training && !ctx.caches && opt.sparsity > 0) {
+    auto l2 = (g_m.to(torch::kFloat32).pow(2).mean() + g_f.to(torch::kFloat32).pow(2).mean()) / 2;
+    ctx.aux.push_back({"gateskip.L" + std::to_string(opt.layer), l2, opt.aux_weight});
   }
-  if (ctx.training && !ctx.caches) {
-    if (opt.sparsity > 0) {
-      auto l2 = (g_m.to(torch::kFloat32).pow(2).mean() + g_f.to(torch::kFloat32).pow(2).mean()) / 2;
-      ctx.aux.push_back({"gateskip.L" + std::to_string(opt.layer), l2, opt.aux_weight});
-    }
+  if (!ctx.caches) {  // what was skipped: training's budget, or evaluation's causal threshold
     torch::NoGradGuard ng;
     auto s = torch::stack({skip_m.to(torch::kFloat32).mean(), skip_f.to(torch::kFloat32).mean(),
                            g_m.to(torch::kFloat32).mean(), g_f.to(torch::kFloat32).mean()})
