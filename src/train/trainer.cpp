@@ -321,7 +321,7 @@ int train(const TrainOptions& opt) {
   if (!world.is_main() && !std::freopen("/dev/null", "w", stdout)) fail("train: rank ", world.rank, " cannot silence stdout");
 
   RunConfig rc;
-  const torch::Device dev = device::resolve(sub.device);
+  const torch::Device dev = device::resolve(sub.device, world.local_rank);  // cuda: one GPU per local rank
   std::unique_ptr<dist::Comm> comm;  // null: one process
   if (world.size > 1) comm = std::make_unique<dist::Comm>(world, dev);
   // The groups inside the world: tp_comm splits the blocks, dpc averages gradients (the world itself
