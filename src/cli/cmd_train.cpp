@@ -46,7 +46,7 @@ int cmd_bench_peak(const Args& a) {
   int64_t t = a.i64("threads");
   SLM_CHECK(t >= 0 && t <= 1024, "bench peak: --threads ", t, " is outside [0, 1024]");
   if (t > 0) at::set_num_threads(static_cast<int>(t));
-  const torch::Device dev = device::cuda_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  const torch::Device dev = device::resolve(device::cuda_available() ? "cuda" : "cpu");
   std::printf("%s\n", device::describe().c_str());
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
     double p = device::peak_flops(dev, dt, /*force_measure=*/true);
