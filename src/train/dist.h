@@ -5,6 +5,7 @@
 // variables torchrun sets and an `srun` wrapper can set, so one binary runs under either.
 #pragma once
 #include <torch/torch.h>
+#include <torch/version.h>  // TORCH_VERSION_MAJOR, for Collectives below
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #if TORCH_VERSION_MAJOR >= 2
 #include <torch/csrc/distributed/c10d/Backend.hpp>
@@ -23,7 +24,9 @@ namespace slm::dist {
 // c10d::ProcessGroup; from 2.0 it is a c10d::Backend that a ProcessGroup wraps. Only collectives
 // are used here, so Comm holds the backend. This alias and make_group are the distributed code's
 // whole version and device seam.
-#if TORCH_VERSION_MAJOR >= 2
+#ifndef TORCH_VERSION_MAJOR
+#error "torch/version.h did not define TORCH_VERSION_MAJOR"
+#elif TORCH_VERSION_MAJOR >= 2
 using Collectives = c10d::Backend;
 #else
 using Collectives = c10d::ProcessGroup;
