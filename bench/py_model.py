@@ -7,12 +7,17 @@ Muon for block matrices and AdamW for the rest. Runs on Debian's python3-torch (
 
   /usr/bin/python3 bench/py_model.py --depth 4 --aspect 64 --head-dim 64 --context 256 \
       --device-batch 16 --total-batch 8192 --steps 20 --precision bf16 --threads 2
-prints one JSON line with tokens/s and peak RSS.
+prints one JSON line with tokens/s, step times (mean and median after the warm-up steps), the model's
+FLOPs per token (slmlab's formula) and peak RSS. --device cuda runs it on the GPU (each timed step
+ends with torch.cuda.synchronize, as slmlab's step ends by reading its loss); --compile wraps the
+model in torch.compile (PyTorch >= 2.0; the compile happens in the warm-up steps, reported apart).
 """
 import argparse
 import json
 import math
 import resource
+import statistics
+import sys
 import time
 
 import torch
@@ -98,7 +103,7 @@ class GPT(torch.nn.Module):
     def forward(self, idx, targets, doc):
         T = idx.size(1)
         same = doc.unsqueeze(2) == doc.unsqueeze(1)
-        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
         allowed = (same & causal).unsqueeze(1)
         x = rms_norm(self.wte(idx))
         for b in self.blocks:
@@ -108,9 +113,17 @@ class GPT(torch.nn.Module):
         return F.cross_entropy(z.view(-1, z.size(-1)), targets.reshape(-1))
 
 
+def flops_per_token(V, L, C, T):
+    """slmlab's count (src/model/gpt.cpp): 6 x the matmul weights (head, attention q/k/v/proj, MLP;
+    not the embedding) + 12 x layers x heads x head_dim x context for the attention scores."""
+    return 6.0 * (V * C + L * 12 * C * C) + 12.0 * L * C * T
+
+
 def zeropower(g, steps=5):
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = g / (g.norm() + 1e-7)
+    # bf16 Newton-Schulz on a GPU, fp32 on the CPU: what slmlab's Muon does (src/train/optim.cpp)
+    X = g.bfloat16() if g.is_cuda else g.float()
+    X = X / (X.norm() + 1e-7)
     tr = X.size(0) > X.size(1)
     if tr:
         X = X.T
@@ -118,7 +131,7 @@ def zeropower(g, steps=5):
         A = X @ X.T
         B = b * A + c * (A @ A)
         X = a * X + B @ X
-    return X.T if tr else X
+    return (X.T if tr else X).to(g.dtype)
 
 
 class Optim:
@@ -172,46 +185,77 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (PyTorch 2.x)")
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
+    if a.compile and not hasattr(torch, "compile"):
+        sys.exit("py_model.py: --compile needs torch.compile (PyTorch >= 2.0); this python3 has torch %s at %s"
+                 % (torch.__version__, torch.__file__))
+    if a.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("py_model.py: --device cuda but torch %s sees no CUDA device (built with CUDA %s)"
+                 % (torch.__version__, torch.version.cuda))
+    if a.total_batch % (a.device_batch * a.context):
+        sys.exit("py_model.py: --total-batch %d is not a multiple of --device-batch x --context (%d)"
+                 % (a.total_batch, a.device_batch * a.context))
+    dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(1337)
     C = (a.depth * a.aspect + a.head_dim - 1) // a.head_dim * a.head_dim
-    model = GPT(a.vocab, a.depth, C, C // a.head_dim, a.head_dim, a.context)
+    model = GPT(a.vocab, a.depth, C, C // a.head_dim, a.head_dim, a.context).to(dev)
     fwd = torch.compile(model) if a.compile else model
     opt = Optim(model, C=C)
     accum = a.total_batch // (a.device_batch * a.context)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=dev).manual_seed(0)
 
     def batch():
-        t = torch.randint(0, a.vocab, (a.device_batch, a.context + 1), generator=g)
-        d = torch.cumsum((torch.rand(a.device_batch, a.context, generator=g) < 0.002).long(), 1)
+        t = torch.randint(0, a.vocab, (a.device_batch, a.context + 1), generator=g, device=dev)
+        d = torch.cumsum((torch.rand(a.device_batch, a.context, generator=g, device=dev) < 0.002).long(), 1)
         return t[:, :-1], t[:, 1:], d
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     def step():
         for _ in range(accum):
             x, y, d = batch()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
                 loss = fwd(x, y, d)
             (loss / accum).backward()
         opt.step()
+        sync()
 
+    sync()
+    t_warm = time.time()
     for _ in range(a.warmup):
         step()
+    warm_s = time.time() - t_warm
     if a.profile:
         from torch.profiler import profile, ProfilerActivity
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=acts) as prof:
             step()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
+    times = []
     t0 = time.time()
     for _ in range(a.steps):
+        ts = time.time()
         step()
+        times.append(time.time() - ts)
     dt = time.time() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"impl": "python", "torch": torch.__version__, "precision": a.precision, "d_model": C,
-                      "depth": a.depth, "context": a.context, "tokens_per_second": a.steps * a.total_batch / dt,
-                      "step_ms": 1000 * dt / a.steps, "peak_rss_bytes": rss}))
+    out = {"impl": "python-compiled" if a.compile else "python", "torch": torch.__version__, "device": a.device,
+           "precision": a.precision, "d_model": C, "depth": a.depth, "context": a.context, "vocab": a.vocab,
+           "total_batch": a.total_batch, "steps": a.steps, "warmup": a.warmup,
+           "tokens_per_second": a.steps * a.total_batch / dt, "step_ms": 1000 * dt / a.steps,
+           "step_ms_median": 1000 * statistics.median(times), "step_ms_all": [round(1000 * t, 3) for t in times],
+           "warmup_s": warm_s, "flops_per_token": flops_per_token(a.vocab, a.depth, C, a.context),
+           "peak_rss_bytes": rss}
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+        out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(dev)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

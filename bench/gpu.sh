@@ -1,0 +1,592 @@
+#!/usr/bin/env bash
+# The CUDA benchmark of slmlab in one bounded run on a lent GPU machine (issue 9): builds slmlab
+# against the machine's CUDA LibTorch (pip torch), measures the GPU's matmul peak, trains the gpu-d12
+# substrate for a fixed number of steps in slmlab and the same model in PyTorch (bench/py_model.py,
+# eager and torch.compile), times DSA sparse attention against dense attention at 4K context, and
+# writes a markdown report with the raw logs. Every phase has its own timeout inside one overall
+# budget, so a hang in one phase still leaves the others' results.
+#
+#   bash bench/gpu.sh                 # on the GPU machine: report + logs under $OUT (else /tmp/gpu-bench)
+#   bash bench/gpu.sh --cpu-dry-run   # here: the same flow on the CPU at tiny sizes (checks the script)
+# Options: --out DIR, --budget SECONDS (default 470 on a GPU), --steps N (timed steps, default 25),
+#   --warmup N (default 5), --overlap on|off|auto (run the Python benches on cores of their own while
+#   slmlab builds, then again on the idle machine if time is left; auto = on with 8+ cores),
+#   --build-dir DIR (default build-gpu, or build-gpu-dry for the dry run), --jobs N (default nproc).
+# Env: PYTHON (default python3; /usr/bin/python3 for the dry run), GPU_DEPS=auto|always|never (use the
+#   carried .gpudeps/: when a prerequisite is missing, always, never), GPU_BENCH_DATA=DIR (a data set
+#   to use instead of building one), GPU_BENCH_WORK=DIR (scratch, default /tmp/slmlab-gpu-work).
+#
+# How to run it with the device tool (see bench/GPU.md): here, once, `bash bench/gpu_deps.sh`
+# (fills the git-ignored .gpudeps/ with the headers and static libraries our Debian packages give),
+# then one device `run` with carry [".gpudeps"], command "bash bench/gpu.sh", timeout_s 560.
+# What comes back under $OUT (8 files at most): report.md, results.json, env.log, build.log,
+# slmlab.log, slmlab-metrics.jsonl, python.log, mixers.log.
+set -uo pipefail
+# The whole script is one function, read before it runs: editing the file meanwhile cannot change a run.
+main() {
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root" || exit 1
+
+mode=gpu out="" budget="" steps="" warm="" overlap=auto build_dir="" jobs=$(nproc)
+while (($#)); do
+  case $1 in
+    --cpu-dry-run) mode=cpu ;;
+    --out) out=$2; shift ;;
+    --budget) budget=$2; shift ;;
+    --steps) steps=$2; shift ;;
+    --warmup) warm=$2; shift ;;
+    --overlap) overlap=$2; shift ;;
+    --build-dir) build_dir=$2; shift ;;
+    --jobs) jobs=$2; shift ;;
+    -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu.sh: unknown option '$1' (see bash bench/gpu.sh --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+case $overlap in on | off | auto) ;; *) echo "gpu.sh: --overlap is on, off or auto" >&2; exit 2 ;; esac
+
+out=${out:-${OUT:-/tmp/gpu-bench}}
+mkdir -p "$out" || exit 1
+out=$(cd "$out" && pwd)
+work=${GPU_BENCH_WORK:-/tmp/slmlab-gpu-work}
+rm -rf "$work"
+mkdir -p "$work"
+state="$work/state.tsv"   # phase <TAB> status <TAB> rc <TAB> seconds <TAB> note
+: >"$state"
+t_start=$(date +%s)
+
+# ---- the two modes: the GPU run, and the same flow on this CPU at tiny sizes
+if [[ $mode == gpu ]]; then
+  dev=cuda
+  PY=${PYTHON:-python3}
+  budget=${budget:-470}
+  steps=${steps:-25}
+  warm=${warm:-5}
+  build_dir=${build_dir:-$root/build-gpu}
+  # gpu-d12: 12 x 768 (6 heads of 128), context 2048, 256k tokens/step in 4 micro-batches of 32 rows
+  substrate=gpu-d12
+  depth=12 aspect=64 head_dim=128 context=2048 total_batch=262144 device_batch=32
+  vocab_build=8192
+  mixer_tokens=65536 mixer_ctx=4096 mixer_reps=10
+  peak_ref=790e12   # bf16 dense matmul measured on this workplace's H200 (device docs, KINDS.md)
+  cap_scale=1       # phase timeouts as written below
+else
+  dev=cpu
+  PY=${PYTHON:-/usr/bin/python3}
+  budget=${budget:-3600}
+  steps=${steps:-3}
+  warm=${warm:-1}
+  build_dir=${build_dir:-$root/build-gpu-dry}
+  substrate=gpu-d12
+  depth=2 aspect=32 head_dim=32 context=128 total_batch=1024 device_batch=4
+  vocab_build=2048
+  mixer_tokens=2048 mixer_ctx=1024 mixer_reps=1
+  peak_ref=0
+  cap_scale=8       # 2 shared cores: a first build takes 15-20 minutes; the budget still bounds all
+fi
+[[ $build_dir == /* ]] || build_dir="$root/$build_dir"
+# cmake and ninja may be pip packages beside the Python that holds torch, off the PATH
+pybin=$(dirname "$(command -v "$PY" 2>/dev/null || echo /nonexistent/python3)")
+for t in cmake ninja; do
+  command -v "$t" >/dev/null || { [[ -x $pybin/$t ]] && export PATH="$pybin:$PATH"; }
+done
+if [[ $overlap == auto ]]; then
+  if [[ $mode == gpu && $jobs -ge 8 ]] && command -v taskset >/dev/null; then overlap=on; else overlap=off; fi
+fi
+[[ $overlap == on ]] && ! command -v taskset >/dev/null && { echo "gpu.sh: --overlap on needs taskset" >&2; exit 2; }
+deadline=$((t_start + budget))
+bin="$build_dir/slmlab"
+mixers="$build_dir/bench/bench_mixers"
+
+log() { echo "[gpu.sh $(date +%T) +$(($(date +%s) - t_start))s] $*"; }
+left() { echo $((deadline - $(date +%s))); }
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-}" >>"$state"; }
+
+# run_phase NAME CAP LOGFILE [quiet] -- CMD...: runs CMD under `timeout` (CAP seconds, less if the
+# budget has less left), its output appended to LOGFILE (and shown, unless quiet); records the status.
+run_phase() {
+  local name=$1 cap=$2 logf=$3 quiet=0
+  shift 3
+  [[ $1 == quiet ]] && { quiet=1; shift; }
+  [[ $1 == -- ]] && shift
+  cap=$((cap * cap_scale))
+  local t=$(($(left) - 5))
+  ((t > cap)) && t=$cap
+  if ((t < 10)); then
+    log "$name: skipped, the budget is spent"
+    record "$name" skipped "" 0 "budget spent before it started"
+    return 99
+  fi
+  log "$name: start (timeout ${t}s)"
+  echo "### [$name] $(date -u +%FT%TZ) timeout ${t}s: $*" >>"$logf"
+  local s rc
+  s=$(date +%s.%N)
+  if ((quiet)); then
+    timeout -k 10 "$t" "$@" >>"$logf" 2>&1
+    rc=$?
+  else
+    timeout -k 10 "$t" "$@" 2>&1 | tee -a "$logf"
+    rc=${PIPESTATUS[0]}
+  fi
+  local dur
+  dur=$(awk -v a="$s" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b - a}')
+  echo "### [$name] rc $rc after ${dur}s" >>"$logf"
+  if ((rc == 0)); then
+    record "$name" ok 0 "$dur"
+  elif ((rc == 124 || rc == 137)); then
+    record "$name" timeout "$rc" "$dur" "killed after its ${t}s timeout"
+  else
+    # the phase's own lines: its first error-looking line, else its last line
+    local sec
+    sec=$(awk -v h="### [$name] " 'index($0, h) == 1 {on = 1; next} on && !/^### /' "$logf")
+    local note
+    note=$(grep -m1 -iE 'error|fatal|traceback|exception|not found|no such|needs ' <<<"$sec" || true)
+    [[ -n $note ]] || note=$(grep -v '^[[:space:]]*$' <<<"$sec" | tail -1)
+    record "$name" failed "$rc" "$dur" "$(tr '\t' ' ' <<<"${note:0:300}")"
+  fi
+  log "$name: rc $rc after ${dur}s"
+  return "$rc"
+}
+status_of() { awk -F'\t' -v p="$1" '$1 == p {s = $2} END {print s}' "$state"; }
+
+envlog="$out/env.log" buildlog="$out/build.log" slmlog="$out/slmlab.log" pylog="$out/python.log" mixlog="$out/mixers.log"
+: >"$envlog"; : >"$buildlog"; : >"$slmlog"; : >"$pylog"; : >"$mixlog"
+rm -f "$out/report.md" "$out/results.json" "$out/slmlab-metrics.jsonl"
+
+# ---- 0. environment and prerequisites
+log "mode $mode, device $dev, budget ${budget}s, $steps timed steps after $warm warm-up, overlap $overlap, out $out"
+{
+  echo "## machine"
+  date -u +%FT%TZ
+  uname -a
+  echo "cores: $(nproc); jobs $jobs"
+  free -g 2>/dev/null | head -2
+  df -h "$root" 2>/dev/null | tail -1
+  grep -m1 'model name' /proc/cpuinfo
+  echo "repo: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo 'no git here')"
+  git -C "$root" status --short 2>/dev/null | head -40
+  echo "## gpu"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv 2>&1
+  else
+    echo "nvidia-smi: not found"
+  fi
+  echo "## tools"
+  for t in "$PY" cmake ninja c++ g++ nvcc pkg-config ccache taskset; do
+    p=$(command -v "$t" 2>/dev/null)
+    printf '%-10s %s  %s\n' "$t" "${p:-MISSING}" "$([[ -n $p ]] && "$t" --version 2>&1 | grep -m1 -iE 'version|[0-9]+\.[0-9]+' )"
+  done
+} >>"$envlog" 2>&1
+torch_info=$("$PY" - <<'PY' 2>&1
+import json, os
+try:
+    import torch
+except Exception as e:
+    print(json.dumps({"error": "import torch failed: %s" % e}))
+    raise SystemExit
+d = {"torch": torch.__version__, "torch_file": torch.__file__, "cuda": torch.version.cuda,
+     "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+     "cmake_prefix_path": getattr(torch.utils, "cmake_prefix_path", ""),
+     "include": os.path.join(os.path.dirname(torch.__file__), "include"),
+     "compile": hasattr(torch, "compile"), "cuda_available": torch.cuda.is_available()}
+try:
+    d["cudnn"] = torch.backends.cudnn.version()
+except Exception:
+    d["cudnn"] = None
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    d.update(gpu=p.name, capability="%d.%d" % (p.major, p.minor), gpu_mem_gib=round(p.total_memory / 2**30, 1),
+             sms=p.multi_processor_count)
+try:
+    import triton
+    d["triton"] = triton.__version__
+except Exception:
+    d["triton"] = None
+print(json.dumps(d))
+PY
+)
+echo "$torch_info" >"$work/torch.json"
+{ echo "## python torch"; echo "$PY: $torch_info"; } >>"$envlog"
+tj() { "$PY" -c 'import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print("" if v is None else v)' "$work/torch.json" "$1" 2>/dev/null; }
+torch_prefix=$(tj cmake_prefix_path)
+torch_inc=$(tj include)
+log "python torch: $torch_info"
+[[ -n $torch_prefix && -d $torch_prefix/Torch ]] || torch_prefix=""   # Debian's python3-torch: LibTorch is found by the system paths
+
+# The build's prerequisites on this machine, each checked the way the build uses it.
+deps="$root/.gpudeps"
+missing=()
+cxx=$(command -v c++ || command -v g++ || true)
+have_header() { [[ -n $cxx ]] && printf '#include <%s>\nint main(){}\n' "$1" | "$cxx" -std=c++17 -fsyntax-only -x c++ - ${2:+-I"$2"} >/dev/null 2>&1; }
+have_lib() { [[ -n $cxx ]] && printf 'int main(){}\n' | "$cxx" -x c++ - -o /dev/null "-l$1" >/dev/null 2>&1; }
+[[ -n $cxx ]] || missing+=("a C++ compiler (c++/g++)")
+command -v cmake >/dev/null || missing+=("cmake")
+command -v pkg-config >/dev/null || missing+=("pkg-config")
+have_header nlohmann/json.hpp || missing+=("nlohmann/json.hpp (nlohmann-json3-dev)")
+have_cmake_pkg() {
+  local d
+  for d in /usr/share/cmake /usr/lib/cmake /usr/lib/*/cmake /usr/local/share/cmake /usr/local/lib/cmake; do
+    [[ -f $d/$1/$1Config.cmake || -f $d/$1/$1-config.cmake ]] && return 0
+  done
+  return 1
+}
+have_cmake_pkg nlohmann_json || missing+=("nlohmann_json CMake package (nlohmann-json3-dev)")
+have_header sqlite3.h || missing+=("sqlite3.h (libsqlite3-dev)")
+have_lib sqlite3 || missing+=("libsqlite3 to link (libsqlite3-dev)")
+have_header xxhash.h || missing+=("xxhash.h (libxxhash-dev)")
+{ command -v pkg-config >/dev/null && pkg-config --exists libxxhash; } || missing+=("libxxhash.pc (libxxhash-dev)")
+have_header toml++/toml.h || missing+=("toml++/toml.h (libtomlplusplus-dev)")
+{ command -v pkg-config >/dev/null && pkg-config --exists tomlplusplus; } || missing+=("tomlplusplus.pc (libtomlplusplus-dev)")
+have_header gloo/algorithm.h "$torch_inc" || missing+=("gloo/algorithm.h (libgloo-dev; the pip torch wheel ships no Gloo headers)")
+command -v ninja >/dev/null || echo "ninja: not found, the build uses make" >>"$envlog"
+nvcc=$(command -v nvcc || { [[ -x /usr/local/cuda/bin/nvcc ]] && echo /usr/local/cuda/bin/nvcc; } || true)
+[[ $mode == gpu && -z $nvcc ]] && echo "nvcc: not found (torch's CMake config needs the CUDA toolkit)" >>"$envlog"
+use_deps=0
+case ${GPU_DEPS:-auto} in
+  always) use_deps=1 ;;
+  never) use_deps=0 ;;
+  *) ((${#missing[@]})) && use_deps=1 ;;
+esac
+if ((use_deps)) && [[ ! -f $deps/MANIFEST ]]; then
+  echo "carried deps: wanted but $deps is absent (run bash bench/gpu_deps.sh here and carry .gpudeps)" >>"$envlog"
+  use_deps=0
+fi
+{
+  echo "## prerequisites"
+  if ((${#missing[@]})); then printf 'missing on this machine: %s\n' "${missing[@]}"; else echo "all found on this machine"; fi
+  if ((use_deps)); then echo "using the carried $deps:"; cat "$deps/MANIFEST"; else echo "not using .gpudeps (GPU_DEPS=${GPU_DEPS:-auto})"; fi
+} >>"$envlog"
+cmake_args=(-DCMAKE_BUILD_TYPE=Release -DSLMLAB_TESTS=OFF -DSLMLAB_BENCH=ON)
+command -v ninja >/dev/null && cmake_args+=(-G Ninja)
+prefix="$torch_prefix"
+if ((use_deps)); then
+  # pkg-config files with this folder's path; pkgconf itself only when the machine has no pkg-config
+  mkdir -p "$work/pkgconfig"
+  for f in "$deps"/pkgconfig.in/*.pc; do sed "s|@PREFIX@|$deps|" "$f" >"$work/pkgconfig/$(basename "$f")"; done
+  export PKG_CONFIG_PATH="$work/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+  if ! command -v pkg-config >/dev/null || [[ ${GPU_DEPS:-auto} == always ]]; then
+    export PATH="$deps/bin:$PATH"
+    cmake_args+=(-DPKG_CONFIG_EXECUTABLE="$deps/bin/pkg-config")
+  fi
+  prefix="${prefix:+$prefix;}$deps"
+  # Gloo's headers have no CMake target here: searched after the system's and LibTorch's own.
+  cmake_args+=(-DCMAKE_CXX_FLAGS="-idirafter $deps/include")
+fi
+[[ -n $prefix ]] && cmake_args+=(-DCMAKE_PREFIX_PATH="$prefix")
+if [[ $mode == gpu ]]; then
+  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}   # Hopper; skips torch's arch probe
+  if [[ -n $nvcc ]]; then
+    cuda_root=$(dirname "$(dirname "$(readlink -f "$nvcc")")")
+    export CUDA_HOME=${CUDA_HOME:-$cuda_root} CUDACXX=${CUDACXX:-$nvcc}
+    cmake_args+=(-DCUDAToolkit_ROOT="$cuda_root")
+  fi
+fi
+echo "cmake args: ${cmake_args[*]}" >>"$envlog"
+# A build folder configured with other arguments (with or without .gpudeps) keeps cached paths and
+# flags that the new ones would not replace: start its configuration afresh.
+if [[ -f $build_dir/CMakeCache.txt && "$(cat "$build_dir/.gpu_sh_args" 2>/dev/null)" != "${cmake_args[*]}" ]]; then
+  echo "build folder $build_dir was configured with other arguments: its CMake cache is removed" >>"$envlog"
+  rm -f "$build_dir/CMakeCache.txt"
+fi
+build_ok=1
+if ((${#missing[@]})) && ((!use_deps)); then
+  build_ok=0
+  record build skipped "" 0 "missing prerequisites: ${missing[*]}; run bash bench/gpu_deps.sh here and carry .gpudeps"
+  log "build: skipped, missing: ${missing[*]}"
+fi
+
+# ---- the Python side (bench/py_model.py), same model and step as slmlab's substrate
+py_run() {  # py_run NAME CAP COMPILE(0|1) [pin cores]
+  local name=$1 cap=$2 comp=$3 pin=${4:-}
+  local cmd=("$PY" "$root/bench/py_model.py" --device "$dev" --vocab "${vocab:-$vocab_build}" --depth "$depth"
+    --aspect "$aspect" --head-dim "$head_dim" --context "$context" --total-batch "$total_batch"
+    --device-batch "$device_batch" --steps "$steps" --warmup "$warm" --precision bf16 --threads "${py_threads:-$jobs}")
+  ((comp)) && cmd+=(--compile)
+  [[ -n $pin ]] && cmd=(taskset -c "$pin" "${cmd[@]}")
+  run_phase "$name" "$cap" "$pylog" -- env PYTHONUNBUFFERED=1 "${cmd[@]}"
+}
+
+# ---- 1. build (in the background while the Python benches run on cores of their own, with --overlap)
+build_jobs=$jobs
+pin_build="" pin_py=""
+py_cores=$((jobs / 4))
+((py_cores > 4)) && py_cores=4
+((py_cores < 1)) && py_cores=1
+if [[ $overlap == on ]]; then
+  ((jobs >= 2)) || { echo "gpu.sh: --overlap on needs 2+ cores" >&2; exit 2; }
+  build_jobs=$((jobs - py_cores))
+  pin_build="0-$((build_jobs - 1))"
+  pin_py="$build_jobs-$((jobs - 1))"
+fi
+do_build() {
+  local pre=()
+  [[ -n $pin_build ]] && pre=(taskset -c "$pin_build")
+  run_phase configure 180 "$buildlog" quiet -- "${pre[@]}" cmake -S "$root" -B "$build_dir" "${cmake_args[@]}" || return 1
+  echo "${cmake_args[*]}" >"$build_dir/.gpu_sh_args"
+  run_phase build 420 "$buildlog" quiet -- "${pre[@]}" cmake --build "$build_dir" -j "$build_jobs" --target slmlab bench_mixers
+}
+build_pid=""
+if ((build_ok)); then
+  log "build: $build_dir, ${build_jobs} jobs${pin_build:+ on cores $pin_build} (log: build.log)"
+  if [[ $overlap == on ]]; then
+    do_build &
+    build_pid=$!
+    py_threads=$py_cores
+    py_run py-eager-overlap 150 0 "$pin_py"
+    py_run py-compiled-overlap 300 1 "$pin_py"
+    py_threads=""
+    log "python (overlap) done; waiting for the build"
+    wait "$build_pid"
+  else
+    do_build
+  fi
+  [[ $(status_of build) == ok ]] || build_ok=0
+  if ((!build_ok)); then
+    log "BUILD FAILED ($(status_of configure)/$(status_of build)): see build.log; first errors:"
+    grep -m15 -E 'error|Error|CMake Error|undefined reference' "$buildlog" | cut -c1-300
+  fi
+fi
+
+# ---- 2. slmlab: peak, data, training
+vocab=""
+if ((build_ok)); then
+  run_phase peak 90 "$slmlog" -- "$bin" bench peak --threads "$jobs"
+  data=${GPU_BENCH_DATA:-}
+  if [[ -z $data ]]; then
+    data="$work/data"
+    if [[ $mode == gpu ]]; then
+      srcs=(--src "$torch_inc")
+      extra=()
+    else
+      srcs=(--src "$root/src" --src "$root/tests" --src "$root/bench")
+      extra=(--val-frac 0.05 --val-min-bytes 4096)
+    fi
+    run_phase data 120 "$slmlog" -- "$bin" data build "${srcs[@]}" --out "$data" --vocab "$vocab_build" --threads "$jobs" "${extra[@]}"
+  fi
+  if [[ -d $data ]]; then
+    vocab=$("$bin" data stats "$data" --json --top 0 2>>"$slmlog" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["vocab"])' 2>>"$slmlog")
+    "$bin" data stats "$data" --top 0 >>"$slmlog" 2>&1
+  fi
+  if [[ -n $vocab ]]; then
+    run="$work/run-slmlab"
+    sets=(depth=$depth aspect=$aspect head_dim=$head_dim context=$context total_batch=$total_batch device_batch=$device_batch
+      steps=$((steps + warm)) eval_every=0 eval_tokens=$context ckpt_every=0 precision=bf16 device=$dev)
+    [[ $mode == cpu ]] && sets+=(threads=$jobs)
+    setargs=()
+    for s in "${sets[@]}"; do setargs+=(--set "$s"); done
+    run_phase train 180 "$slmlog" -- "$bin" train --data "$data" --substrate "$substrate" --out "$run" "${setargs[@]}"
+    cp "$run/metrics.jsonl" "$out/slmlab-metrics.jsonl" 2>/dev/null
+    cp "$run/summary.json" "$work/slmlab-summary.json" 2>/dev/null
+  else
+    record train skipped "" 0 "no data set (see slmlab.log)"
+  fi
+  # ---- 3. DSA against dense attention, one layer at 4K context
+  for prec in bf16 fp32; do
+    run_phase "mixers-$prec" 90 "$mixlog" -- "$mixers" --device "$dev" --only dsa --context "$mixer_ctx" --tokens "$mixer_tokens" \
+      --reps "$mixer_reps" --precision "$prec" --threads "$jobs"
+  done
+fi
+
+# ---- 4. the Python benches on the idle machine (again, when they first ran beside the build)
+py_run py-eager 120 0
+py_run py-compiled 240 1
+
+# ---- 5. report
+log "writing the report"
+"$PY" - "$out" "$work" "$mode" "$steps" "$warm" "$peak_ref" "$budget" "$overlap" "$build_jobs" "$substrate" \
+  "$depth" "$aspect" "$head_dim" "$context" "$total_batch" "$device_batch" "$mixer_ctx" "$mixer_tokens" <<'PY'
+import json, os, re, statistics, sys
+
+(out, work, mode, steps, warm, peak_ref, budget, overlap, build_jobs, substrate,
+ depth, aspect, head_dim, context, total_batch, device_batch, mixer_ctx, mixer_tokens) = sys.argv[1:]
+steps, warm, peak_ref = int(steps), int(warm), float(peak_ref)
+total_batch = int(total_batch)
+
+def read(p):
+    try:
+        return open(p, errors="replace").read()
+    except OSError:
+        return ""
+
+phases = {}
+order = []
+for line in read(os.path.join(work, "state.tsv")).splitlines():
+    f = line.split("\t")
+    if len(f) >= 4:
+        if f[0] not in phases:
+            order.append(f[0])
+        phases[f[0]] = {"status": f[1], "rc": f[2], "seconds": float(f[3] or 0), "note": f[4] if len(f) > 4 else ""}
+try:
+    tinfo = json.loads(read(os.path.join(work, "torch.json")) or "{}")
+except ValueError:
+    tinfo = {"error": read(os.path.join(work, "torch.json"))[:300]}
+res = {"mode": mode, "phases": phases, "torch": tinfo, "steps": steps, "warmup": warm, "budget_s": int(budget)}
+
+# peak (slmlab bench peak): "peak BFloat16   771234.5 GFLOP/s"
+slog = read(os.path.join(out, "slmlab.log"))
+peaks = {m.group(1): float(m.group(2)) * 1e9 for m in re.finditer(r"^peak (\S+)\s+([0-9.]+) GFLOP/s", slog, re.M)}
+res["peak_flops"] = peaks
+peak_bf16 = peaks.get("BFloat16")
+
+# slmlab training run
+rows = []
+summ = {}
+try:
+    summ = json.loads(read(os.path.join(work, "slmlab-summary.json")) or "{}")
+except ValueError:
+    pass
+ms = []
+for line in read(os.path.join(out, "slmlab-metrics.jsonl")).splitlines():
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if "step_ms" in r and r.get("step", 0) > warm:
+        ms.append(r["step_ms"])
+fpt_slm = summ.get("flops_per_token")
+if ms:
+    med = statistics.median(ms)
+    rows.append({"impl": "slmlab", "step_ms": med, "tok_s": total_batch * 1000 / med, "fpt": fpt_slm,
+                 "n": len(ms), "peak_in_run": summ.get("peak_flops"), "note": ""})
+
+# Python runs: the last JSON line of each phase's section in python.log
+plog = read(os.path.join(out, "python.log"))
+py = {}
+for sec in re.split(r"^### \[", plog, flags=re.M):
+    name = sec.split("]", 1)[0]
+    js = [l for l in sec.splitlines() if l.startswith("{")]
+    if js:
+        try:
+            py[name] = json.loads(js[-1])
+        except ValueError:
+            pass
+res["python"] = py
+for impl, names in (("python eager", ("py-eager", "py-eager-overlap")), ("python compiled", ("py-compiled", "py-compiled-overlap"))):
+    for n in names:
+        r = py.get(n)
+        if r:
+            note = "beside the build, on cores of its own" if n.endswith("overlap") else "idle machine"
+            if "warmup_s" in r:
+                note += "; warm-up %.0f s%s" % (r["warmup_s"], " (compile included)" if "compiled" in impl else "")
+            rows.append({"impl": impl, "step_ms": r["step_ms_median"], "tok_s": total_batch * 1000 / r["step_ms_median"],
+                         "fpt": r.get("flops_per_token"), "n": len(r.get("step_ms_all", [])), "note": note, "phase": n})
+            break
+    else:
+        bad = [n for n in names if n in phases]
+        why = "; ".join("%s: %s %s" % (n, phases[n]["status"], phases[n]["note"]) for n in bad) or "not run"
+        rows.append({"impl": impl, "missing": why})
+res["train"] = rows
+
+# mixers: "4096     16     512            12.3            4.5      0.37x"
+mix = {}
+mlog = read(os.path.join(out, "mixers.log"))
+for sec in re.split(r"^### \[", mlog, flags=re.M):
+    name = sec.split("]", 1)[0]
+    for l in sec.splitlines():
+        m = re.match(r"^(\d+)\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)x\s*$", l)
+        if m:
+            mix[name] = {"context": int(m.group(1)), "batch": int(m.group(2)), "k": int(m.group(3)),
+                         "dense_ms": float(m.group(4)), "dsa_ms": float(m.group(5)), "ratio": float(m.group(6))}
+res["mixers"] = mix
+
+def pct(x):
+    return "%.1f%%" % (100 * x) if x is not None else "n/a"
+
+L = []
+gpu = tinfo.get("gpu") or ("CPU dry run" if mode == "cpu" else "no GPU seen by torch")
+L.append("# slmlab GPU benchmark (bench/gpu.sh, %s)\n" % ("GPU run" if mode == "gpu" else "CPU dry run: tiny sizes, checks the flow only"))
+L.append("%s; torch %s (CUDA %s, cuDNN %s, C++11 ABI %s, triton %s); budget %s s, %d timed steps after %d warm-up.\n" % (
+    gpu, tinfo.get("torch"), tinfo.get("cuda"), tinfo.get("cudnn"), tinfo.get("cxx11_abi"), tinfo.get("triton"), budget, steps, warm))
+b, c = phases.get("build"), phases.get("configure")
+L.append("## Build\n")
+if b and b["status"] == "ok":
+    L.append("slmlab + bench_mixers built against the machine's LibTorch: configure %.0f s + build %.0f s with %s jobs%s.\n" % (
+        c["seconds"] if c else 0, b["seconds"], build_jobs, " (Python benches ran beside it on other cores)" if overlap == "on" else ""))
+else:
+    bad = c if c and c["status"] != "ok" else b
+    L.append("**BUILD DID NOT COMPLETE** (%s: %s %s). build.log holds the whole configure + build output; "
+             "its first errors:\n" % ("configure" if bad is c else "build", bad["status"] if bad else "not run", (bad or {}).get("note", "")))
+    errs = [l for l in read(os.path.join(out, "build.log")).splitlines() if re.search(r"error|CMake Error|undefined reference", l)][:12]
+    L.append("```\n" + ("\n".join(e[:300] for e in errs) or "(none matched; read build.log)") + "\n```\n")
+
+L.append("## Matmul peak (slmlab bench peak, the MFU denominator)\n")
+if peaks:
+    for k, v in sorted(peaks.items()):
+        L.append("- %s: %.1f TFLOP/s%s" % (k, v / 1e12, " = %.0f%% of the %.0f TFLOP/s measured on an H200 here before" % (100 * v / peak_ref, peak_ref / 1e12) if peak_ref and k == "BFloat16" else ""))
+    L.append("")
+else:
+    L.append("not measured (%s)\n" % (phases.get("peak", {}).get("status") or "not run"))
+
+L.append("## Training step: slmlab against the same model in PyTorch\n")
+L.append("%s config: depth %s, d_model %s (heads of %s), context %s, %d tokens/step, %s rows per micro-batch, bf16 autocast, device %s. "
+         "Median step after %d warm-up steps; tokens/s = tokens per step / median step. MFU = tokens/s x FLOPs per token / peak; "
+         "FLOPs per token: slmlab's own count (summary.json), Python's the same formula (py_model.flops_per_token).\n" % (
+             substrate, depth, int(depth) * int(aspect), head_dim, context, total_batch, device_batch, "cuda" if mode == "gpu" else "cpu", warm))
+L.append("| impl | step ms (median) | tokens/s | MFU (measured peak) | MFU (%s) | tok/s vs python-compiled | steps timed | note |" % (
+    "790 TFLOP/s" if peak_ref else "ref n/a"))
+L.append("|---|---|---|---|---|---|---|---|")
+ref = next((r for r in rows if r["impl"] == "python compiled" and "missing" not in r), None)
+for r in rows:
+    if "missing" in r:
+        L.append("| %s | - | - | - | - | - | - | %s |" % (r["impl"], r["missing"][:200]))
+        continue
+    fpt = r["fpt"] or fpt_slm
+    mfu = r["tok_s"] * fpt / peak_bf16 if (fpt and peak_bf16) else None
+    mfu_ref = r["tok_s"] * fpt / peak_ref if (fpt and peak_ref) else None
+    r.update(mfu=mfu, mfu_ref=mfu_ref)
+    vs = "%.2fx" % (r["tok_s"] / ref["tok_s"]) if ref else "n/a"
+    L.append("| %s | %.1f | %.0f | %s | %s | %s | %d | %s |" % (r["impl"], r["step_ms"], r["tok_s"], pct(mfu), pct(mfu_ref), vs, r["n"], r["note"]))
+slm = next((r for r in rows if r["impl"] == "slmlab"), None)
+eager = next((r for r in rows if r["impl"] == "python eager" and "missing" not in r), None)
+ratios = []
+if slm and ref:
+    res["slmlab_over_python_compiled"] = slm["tok_s"] / ref["tok_s"]
+    ratios.append("**slmlab / python-compiled tokens/s: %.2fx**" % res["slmlab_over_python_compiled"])
+if slm and eager:
+    res["slmlab_over_python_eager"] = slm["tok_s"] / eager["tok_s"]
+    ratios.append("slmlab / python-eager: %.2fx" % res["slmlab_over_python_eager"])
+if ref and eager:
+    ratios.append("python-compiled / python-eager: %.2fx" % (ref["tok_s"] / eager["tok_s"]))
+if ratios:
+    L.append("\n" + "; ".join(ratios) + ".")
+if fpt_slm and py:
+    fps = {n: r.get("flops_per_token") for n, r in py.items()}
+    same = all(fp and abs(fp - fpt_slm) < 1e-6 * fpt_slm for fp in fps.values())
+    L.append("\nFLOPs per token: slmlab %.4g, Python %s (%s)." % (fpt_slm, ", ".join("%s %.4g" % (n, fp or 0) for n, fp in fps.items()),
+             "same" if same else "DIFFER: a Python run used another vocab (8192 beside the build, the data set's after it) or the formulas part"))
+if slm and slm.get("peak_in_run") and peak_bf16:
+    L[-1] += " The training run's own peak (its MFU denominator): %.1f TFLOP/s." % (slm["peak_in_run"] / 1e12)
+ov = [n for n in ("py-eager-overlap", "py-compiled-overlap") if n in py]
+if ov:
+    L.append("\nBeside the build: " + "; ".join("%s %.1f ms/step" % (n, py[n]["step_ms_median"]) for n in ov) +
+             " (the table takes the idle-machine runs when they completed).")
+L.append("")
+
+L.append("## DSA sparse attention against dense attention (one layer, d_model 256, forward + backward)\n")
+if mix:
+    L.append("| precision | context | batch | k | dense ms | DSA ms | DSA / dense |")
+    L.append("|---|---|---|---|---|---|---|")
+    for n, m in sorted(mix.items()):
+        L.append("| %s | %d | %d | %d | %.2f | %.2f | %.2fx |" % (n.replace("mixers-", ""), m["context"], m["batch"], m["k"], m["dense_ms"], m["dsa_ms"], m["ratio"]))
+    L.append("\n%s tokens per batch; dense = the baseline attention layer (fused SDPA where LibTorch has it); DSA: sparse stage, "
+             "k = T/8, window 128, indexer and its KL loss included; median of the timed repetitions.\n" % mixer_tokens)
+else:
+    L.append("not measured (%s)\n" % (", ".join("%s: %s %s" % (n, phases[n]["status"], phases[n]["note"]) for n in phases if n.startswith("mixers")) or "not run"))
+
+L.append("## Phases\n")
+L.append("| phase | status | seconds | note |")
+L.append("|---|---|---|---|")
+for n in order:
+    p = phases[n]
+    L.append("| %s | %s | %.1f | %s |" % (n, p["status"], p["seconds"], p["note"].replace("|", "/")[:250]))
+L.append("\nFiles: report.md, results.json, env.log (machine, tools, prerequisites), build.log, slmlab.log (peak, data, training), "
+         "slmlab-metrics.jsonl, python.log, mixers.log.")
+open(os.path.join(out, "report.md"), "w").write("\n".join(L) + "\n")
+json.dump(res, open(os.path.join(out, "results.json"), "w"), indent=1, default=str)
+PY
+rc=$?
+echo
+cat "$out/report.md" 2>/dev/null || echo "gpu.sh: the report could not be written (rc $rc); the logs are in $out"
+log "done in $(($(date +%s) - t_start))s; files in $out: $(ls "$out" | tr '\n' ' ')"
+}
+main "$@"
