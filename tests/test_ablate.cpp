@@ -74,6 +74,40 @@ TEST(Ablate, RunsThePlanIntoTheLedgerAndSkipsFinishedRuns) {
   for (auto& x : l.runs("noise")) EXPECT_EQ(x.attempts, 1) << x.run_id;
 }
 
+// A finished run is the experiment's only while the plan still resolves the experiment to the modules
+// the run trained with; an edit in place is refused before anything runs, a new id runs.
+TEST(Ablate, FinishedRunWithOtherModulesThanThePlanIsRefused) {
+  const auto& f = fx();
+  const std::string dir = f.t / "edit", root = dir + "/runs";
+  slm::test::write(dir + "/tiny.toml",
+                   "name = \"edit-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
+                   "total_batch = 256\ndevice_batch = 8\nsteps = 6\neval_every = 3\neval_tokens = 256\n"
+                   "ckpt_every = 3\nprecision = \"fp32\"\n");
+  auto plan = [&](const std::string& id, int depth) {
+    slm::test::write(dir + "/plan.toml", "name = \"edit\"\nsubstrate = \"tiny.toml\"\n[[phases]]\nname = \"p\"\n"
+                                         "[[phases.experiments]]\nid = \"" + id + "\"\nseeds = [1]\n"
+                                         "modules = [{ name = \"mtp\", depth = " + std::to_string(depth) + " }]\n");
+  };
+  const std::string cmd = std::string(SLMLAB_BIN) + " ablate " + dir + "/plan.toml --jobs 1 --threads 2 --data " +
+                          f.data + " --runs " + root + " --ledger " + root + "/ledger.sqlite";
+  plan("mtp", 1);
+  auto r = slm::test::run(cmd);
+  ASSERT_EQ(r.status, 0) << r.out;
+  plan("mtp", 2);  // edited in place
+  r = slm::test::run(cmd);
+  EXPECT_NE(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("ablate: edit/mtp/s1 finished with modules [mtp.depth=1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("give the changed experiment a new id"), std::string::npos) << r.out;
+  EXPECT_EQ(slm::test::count_lines(r.out), 1) << "one line, nothing started: " << r.out;
+  plan("mtp_d2", 2);  // the changed definition under a new id runs; the old run stays
+  r = slm::test::run(cmd);
+  ASSERT_EQ(r.status, 0) << r.out;
+  engine::Ledger l(root + "/ledger.sqlite");
+  auto runs = l.runs("edit");
+  ASSERT_EQ(runs.size(), 2u);
+  for (auto& x : runs) EXPECT_EQ(x.status, engine::Status::Done) << x.run_id;
+}
+
 TEST(Ablate, KilledRunnerRestartsWithoutLossOrDuplicates) {
   const auto& f = fx();
   const std::string ref = f.t / "a";

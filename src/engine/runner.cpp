@@ -192,6 +192,43 @@ std::vector<std::string> split_words(const std::string& s) {
   return w;
 }
 
+std::string list_text(const std::vector<std::string>& v) {
+  std::string out;
+  for (auto& x : v) out += (out.empty() ? "" : ", ") + x;
+  return "[" + out + "]";
+}
+
+// A finished run counts for its experiment only if it ran the modules the plan resolves to now: a
+// plan edited in place, or a module default changed since, would otherwise score old numbers under
+// a new definition. Checked before anything runs and before the plan is saved again.
+void refuse_stale_runs(const Plan& plan, Ledger& ledger) {
+  for (auto& e : plan.experiments) {
+    std::vector<std::string> want;
+    for (auto& m : e.effective) want.push_back(catalog::arg_text(m));
+    for (int64_t seed : e.seeds) {
+      const std::string id = plan.name + "/" + e.id + "/s" + std::to_string(seed);
+      auto row = ledger.get(id);
+      if (!row || row->status != Status::Done) continue;
+      const std::string cfg = fs::join(row->run_dir, "config.json");
+      if (!fs::exists(cfg)) {
+        std::printf("[ablate] warning: %s is done but %s is missing here; its modules cannot be checked against the plan\n",
+                    id.c_str(), cfg.c_str());
+        continue;
+      }
+      std::vector<std::string> had;
+      try {
+        had = nlohmann::json::parse(fs::read_file(cfg)).value("modules", std::vector<std::string>{});
+      } catch (const nlohmann::json::exception& x) {
+        fail("ablate: ", cfg, " is not a run configuration (", x.what(), "); restore it or invalidate run ", id);
+      }
+      SLM_CHECK(had == want, "ablate: ", id, " finished with modules ", list_text(had), " but the plan now resolves experiment '",
+                e.id, "' to ", list_text(want), " (an edited plan or a changed module default); give the changed "
+                "experiment a new id (the old runs stay in the ledger), restore its definition, or use a fresh --ledger "
+                "and --runs");
+    }
+  }
+}
+
 }  // namespace
 
 volatile std::sig_atomic_t stop_requested = 0;
@@ -208,6 +245,7 @@ int ablate(const AblateOptions& opt) {
   const int per_job = std::max(1, total_threads / opt.jobs);
   fs::mkdirs(fs::parent(opt.ledger));
   Ledger ledger(opt.ledger);
+  refuse_stale_runs(plan, ledger);
   ledger.save_plan(plan.name, plan_info_json(plan_info(plan)));  // reports read bases and the rule from here
   const std::string bin = self_exe();
   std::string substrate = plan.substrate_ref;
