@@ -2,32 +2,36 @@
 # The CUDA benchmark of slmlab in one bounded run on a lent GPU machine (issue 9): builds slmlab
 # against the machine's CUDA LibTorch (pip torch), measures the GPU's matmul peak, trains the gpu-d12
 # substrate for a fixed number of steps in slmlab and the same model in PyTorch (bench/py_model.py,
-# eager and torch.compile), times DSA sparse attention against dense attention at 4K context, and
-# writes a markdown report with the raw logs. Every phase has its own timeout inside one overall
+# eager and torch.compile), times DSA sparse attention against dense attention at 4K context, runs
+# the GPU correctness tests (tests/test_cuda.cpp: CUDA against CPU; built beside the benchmarks, run
+# after them on the idle GPU), and writes a markdown report with the raw logs. Every phase has its own timeout inside one overall
 # budget, so a hang in one phase still leaves the others' results.
 #
 #   bash bench/gpu.sh                 # on the GPU machine: report + logs under $OUT (else /tmp/gpu-bench)
 #   bash bench/gpu.sh --cpu-dry-run   # here: the same flow on the CPU at tiny sizes (checks the script)
-# Options: --out DIR, --budget SECONDS (default 470 on a GPU), --steps N (timed steps, default 25),
+# Options: --out DIR, --budget SECONDS (default 520 on a GPU, of which the last 50 are kept for the
+#   tests), --tests on|off (default on), --steps N (timed steps, default 25),
 #   --warmup N (default 5), --overlap on|off|auto (run the Python benches on cores of their own while
 #   slmlab builds, then again on the idle machine if time is left; auto = on with 8+ cores),
 #   --build-dir DIR (default build-gpu, or build-gpu-dry for the dry run), --jobs N (default nproc).
 # Env: PYTHON (default python3; /usr/bin/python3 for the dry run), GPU_DEPS=auto|always|never (use the
-#   carried .gpudeps/: when a prerequisite is missing, always, never), GPU_BENCH_DATA=DIR (a data set
+#   carried .gpudeps/: when a prerequisite is missing, always, never), GPU_GTEST=auto|system|carried|source
+#   (GoogleTest for the tests: the machine's own unless GPU_DEPS=always, else the carried prebuilt one,
+#   compiled from the carried sources when that does not link), GPU_BENCH_DATA=DIR (a data set
 #   to use instead of building one), GPU_BENCH_WORK=DIR (scratch, default /tmp/slmlab-gpu-work).
 #
 # How to run it with the device tool (see bench/GPU.md): here, once, `bash bench/gpu_deps.sh`
 # (fills the git-ignored .gpudeps/ with the headers and static libraries our Debian packages give),
-# then one device `run` with carry [".gpudeps"], command "bash bench/gpu.sh", timeout_s 560.
-# What comes back under $OUT (8 files at most): report.md, results.json, env.log, build.log,
-# slmlab.log, slmlab-metrics.jsonl, python.log, mixers.log.
+# then one device `run` with carry [".gpudeps"], command "bash bench/gpu.sh", timeout_s 570.
+# What comes back under $OUT (9 files at most): report.md, results.json, env.log, build.log,
+# slmlab.log, slmlab-metrics.jsonl, python.log, mixers.log, tests.log.
 set -uo pipefail
 # The whole script is one function, read before it runs: editing the file meanwhile cannot change a run.
 main() {
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
 
-mode=gpu out="" budget="" steps="" warm="" overlap=auto build_dir="" jobs=$(nproc)
+mode=gpu out="" budget="" steps="" warm="" overlap=auto build_dir="" jobs=$(nproc) tests=on
 while (($#)); do
   case $1 in
     --cpu-dry-run) mode=cpu ;;
@@ -36,6 +40,7 @@ while (($#)); do
     --steps) steps=$2; shift ;;
     --warmup) warm=$2; shift ;;
     --overlap) overlap=$2; shift ;;
+    --tests) tests=$2; shift ;;
     --build-dir) build_dir=$2; shift ;;
     --jobs) jobs=$2; shift ;;
     -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -44,6 +49,8 @@ while (($#)); do
   shift
 done
 case $overlap in on | off | auto) ;; *) echo "gpu.sh: --overlap is on, off or auto" >&2; exit 2 ;; esac
+case $tests in on | off) ;; *) echo "gpu.sh: --tests is on or off" >&2; exit 2 ;; esac
+case ${GPU_GTEST:-auto} in auto | system | carried | source) ;; *) echo "gpu.sh: GPU_GTEST is auto, system, carried or source" >&2; exit 2 ;; esac
 
 out=${out:-${OUT:-/tmp/gpu-bench}}
 mkdir -p "$out" || exit 1
@@ -59,7 +66,7 @@ t_start=$(date +%s)
 if [[ $mode == gpu ]]; then
   dev=cuda
   PY=${PYTHON:-python3}
-  budget=${budget:-470}
+  budget=${budget:-520}
   steps=${steps:-25}
   warm=${warm:-5}
   build_dir=${build_dir:-$root/build-gpu}
@@ -94,7 +101,10 @@ if [[ $overlap == auto ]]; then
   if [[ $mode == gpu && $jobs -ge 8 ]] && command -v taskset >/dev/null; then overlap=on; else overlap=off; fi
 fi
 [[ $overlap == on ]] && ! command -v taskset >/dev/null && { echo "gpu.sh: --overlap on needs taskset" >&2; exit 2; }
-deadline=$((t_start + budget))
+# The benchmark phases end by the budget less the tests' reserve; the test run (last) may use it all.
+test_reserve=0
+[[ $tests == on ]] && test_reserve=50
+deadline=$((t_start + budget - test_reserve))
 bin="$build_dir/slmlab"
 mixers="$build_dir/bench/bench_mixers"
 
@@ -150,7 +160,8 @@ run_phase() {
 status_of() { awk -F'\t' -v p="$1" '$1 == p {s = $2} END {print s}' "$state"; }
 
 envlog="$out/env.log" buildlog="$out/build.log" slmlog="$out/slmlab.log" pylog="$out/python.log" mixlog="$out/mixers.log"
-: >"$envlog"; : >"$buildlog"; : >"$slmlog"; : >"$pylog"; : >"$mixlog"
+testlog="$out/tests.log"
+: >"$envlog"; : >"$buildlog"; : >"$slmlog"; : >"$pylog"; : >"$mixlog"; : >"$testlog"
 rm -f "$out/report.md" "$out/results.json" "$out/slmlab-metrics.jsonl"
 
 # ---- 0. environment and prerequisites
@@ -295,6 +306,40 @@ if ((${#missing[@]})) && ((!use_deps)); then
   log "build: skipped, missing: ${missing[*]}"
 fi
 
+# ---- GoogleTest for the GPU correctness tests (tests/test_cuda.cpp). The main configure above keeps
+# -DSLMLAB_TESTS=OFF, so nothing test-related can stop the benchmarks; once slmlab is built, the same
+# build folder is configured again with the tests on and only test_cuda is built (in the background).
+gtest_from="" tests_why="" gtest_dir=""
+if [[ $tests == off ]]; then
+  tests_why="not asked for (--tests off)"
+else
+  gsys=0
+  have_header gtest/gtest.h && have_cmake_pkg GTest && gsys=1
+  gcarried=0
+  [[ ${GPU_DEPS:-auto} != never && -f $deps/gtest/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ]] && gcarried=1
+  case ${GPU_GTEST:-auto} in
+    system) gtest_from=system ;;
+    carried | source) gtest_from=$GPU_GTEST ;;
+    *) if ((gsys)) && [[ ${GPU_DEPS:-auto} != always ]]; then gtest_from=system; else gtest_from=carried; fi ;;
+  esac
+  if [[ $gtest_from == system ]] && ((!gsys)); then
+    tests_why="no GoogleTest on this machine (gtest/gtest.h and the GTest CMake package) and GPU_GTEST=system"
+    gtest_from=""
+  elif [[ $gtest_from == carried || $gtest_from == source ]] && ((!gcarried)); then
+    tests_why="no GoogleTest: none on this machine$( ((gsys)) && echo ' used (GPU_DEPS=always)'), and no carried $deps/gtest (run bash bench/gpu_deps.sh here and carry .gpudeps)"
+    [[ ${GPU_DEPS:-auto} == never ]] && tests_why="no GoogleTest on this machine, and GPU_DEPS=never refuses the carried one"
+    gtest_from=""
+  fi
+fi
+# LibTorch's C++ ABI: gtest must be built with the same one (Debian's libgtest.a has the new ABI)
+abi_flag=-D_GLIBCXX_USE_CXX11_ABI=1
+[[ $(tj cxx11_abi) == False ]] && abi_flag=-D_GLIBCXX_USE_CXX11_ABI=0
+{
+  echo "## GoogleTest (tests/test_cuda.cpp)"
+  echo "on this machine: $( ((${gsys:-0})) && echo found || echo 'not found') ; carried: $( ((${gcarried:-0})) && echo "$deps/gtest" || echo none); GPU_GTEST=${GPU_GTEST:-auto}"
+  if [[ -n $gtest_from ]]; then echo "using: $gtest_from ($abi_flag)"; else echo "the tests will not run: $tests_why"; fi
+} >>"$envlog"
+
 # ---- the Python side (bench/py_model.py), same model and step as slmlab's substrate
 py_run() {  # py_run NAME CAP COMPILE(0|1) [pin cores]
   local name=$1 cap=$2 comp=$3 pin=${4:-}
@@ -325,7 +370,58 @@ do_build() {
   echo "${cmake_args[*]}" >"$build_dir/.gpu_sh_args"
   run_phase build 420 "$buildlog" quiet -- "${pre[@]}" cmake --build "$build_dir" -j "$build_jobs" --target slmlab bench_mixers
 }
-build_pid=""
+
+# gtest_prepare: sets gtest_dir (GTest_DIR for cmake; empty for the machine's own GTest), or fails.
+# The carried prebuilt archives are first linked and run in a one-test program; when that fails (another
+# compiler, LibTorch's old C++ ABI) gtest is compiled from the carried sources into $work/gtest.
+gtest_prepare() {
+  [[ $gtest_from == system ]] && { echo "GoogleTest: this machine's own GTest package" >>"$testlog"; return 0; }
+  local g="$deps/gtest"
+  if [[ $gtest_from == carried ]]; then
+    if run_phase gtest-check 60 "$testlog" quiet -- bash -c 'printf "#include <gtest/gtest.h>\nTEST(Gtest, Links) { EXPECT_EQ(1, 1); }\n" |
+        "$1" -std=c++17 "$4" -DGTEST_HAS_PTHREAD=1 -isystem "$2/include" -x c++ - -x none \
+          "$2/lib/x86_64-linux-gnu/libgtest_main.a" "$2/lib/x86_64-linux-gnu/libgtest.a" -pthread -o "$3" && "$3" --gtest_brief=1' \
+        _ "$cxx" "$g" "$work/gtest-check" "$abi_flag"; then
+      gtest_dir="$g/lib/x86_64-linux-gnu/cmake/GTest"
+      return 0
+    fi
+    echo "the carried prebuilt libgtest.a did not link or run here: gtest is compiled from the carried sources" >>"$testlog"
+  fi
+  local w="$work/gtest"
+  rm -rf "$w"
+  mkdir -p "$w/lib/x86_64-linux-gnu/cmake"
+  ln -s "$g/include" "$w/include"
+  cp -a "$g/lib/x86_64-linux-gnu/cmake/GTest" "$w/lib/x86_64-linux-gnu/cmake/"
+  run_phase gtest-compile 150 "$testlog" quiet -- bash -c 'set -e; cd "$3/lib/x86_64-linux-gnu"
+      c() { "$1" -std=c++17 -O1 -fPIC "$4" -DGTEST_HAS_PTHREAD=1 -isystem "$2/include" -I"$2" -c "$2/src/$5.cc" -o "$5.o"; }
+      c "$@" gtest-all & p=$!
+      c "$@" gtest_main
+      wait $p
+      ar rcs libgtest.a gtest-all.o && ar rcs libgtest_main.a gtest_main.o && rm -f ./*.o' \
+    _ "$cxx" "$g" "$w" "$abi_flag" || return 1
+  gtest_dir="$w/lib/x86_64-linux-gnu/cmake/GTest"
+}
+# tests_build (in the background, beside the benchmark phases, at low priority on 2 jobs): gtest, the
+# configure with the tests on, and test_cuda alone. A configure that would rebuild slmlab's own objects
+# (binaries the benchmarks are running) is refused.
+tests_build() {
+  touch "$work/tests-build.start"
+  gtest_prepare || { record build-tests skipped "" 0 "GoogleTest could not be prepared (see tests.log)"; return 1; }
+  local targs=("${cmake_args[@]}" -DSLMLAB_TESTS=ON)
+  [[ -n $gtest_dir ]] && targs+=(-DGTest_DIR="$gtest_dir")
+  run_phase configure-tests 120 "$testlog" quiet -- nice -n 15 cmake -S "$root" -B "$build_dir" "${targs[@]}" || return 1
+  if [[ -f $build_dir/build.ninja ]] && command -v ninja >/dev/null; then
+    local steps_n
+    steps_n=$(ninja -C "$build_dir" -n test_cuda 2>/dev/null | grep -c '^\[')
+    ninja -C "$build_dir" -n test_cuda 2>/dev/null | sed 's/^/would run: /' >>"$testlog"
+    if ((steps_n > 6)); then
+      record build-tests skipped "" 0 "building test_cuda would take $steps_n steps, slmlab's own objects among them (see tests.log): not done beside the benchmarks"
+      return 1
+    fi
+  fi
+  run_phase build-tests 300 "$testlog" quiet -- nice -n 15 cmake --build "$build_dir" -j 2 --target test_cuda
+}
+build_pid="" tests_pid=""
 if ((build_ok)); then
   log "build: $build_dir, ${build_jobs} jobs${pin_build:+ on cores $pin_build} (log: build.log)"
   if [[ $overlap == on ]]; then
@@ -345,6 +441,13 @@ if ((build_ok)); then
     log "BUILD FAILED ($(status_of configure)/$(status_of build)): see build.log; first errors:"
     grep -m15 -E 'error|Error|CMake Error|undefined reference' "$buildlog" | cut -c1-300
   fi
+fi
+if ((build_ok)) && [[ -n $gtest_from ]]; then
+  log "tests: GoogleTest ($gtest_from), configure with the tests on and build test_cuda in the background (log: tests.log)"
+  tests_build &
+  tests_pid=$!
+elif [[ -z $tests_why ]]; then
+  tests_why="slmlab did not build"
 fi
 
 # ---- 2. slmlab: peak, data, training
@@ -391,7 +494,29 @@ fi
 py_run py-eager 120 0
 py_run py-compiled 240 1
 
-# ---- 5. report
+# ---- 5. the GPU correctness tests, on the idle machine, in the budget's last part (kept for them)
+deadline=$((t_start + budget))
+test_bin="$build_dir/tests/test_cuda"
+if [[ -n $tests_pid ]]; then
+  log "tests: waiting for the test build"
+  wait "$tests_pid"
+  if [[ $(status_of build-tests) == ok || ( -x $test_bin && $test_bin -nt $work/tests-build.start ) ]]; then
+    [[ $(status_of build-tests) == ok ]] || echo "test_cuda was linked though its build step failed (gtest_discover_tests?): it runs" >>"$testlog"
+    rm -f "$work/test_cuda.json"
+    run_phase test-cuda 120 "$testlog" quiet -- env GTEST_COLOR=no "$test_bin" --gtest_brief=0 --gtest_color=no \
+      --gtest_output="json:$work/test_cuda.json"
+  else
+    p=$(awk -F'\t' '$2 != "ok" {print $1 ": " $2 " " $5}' < <(grep -E '^(gtest-check|gtest-compile|configure-tests|build-tests)\b' "$state") | tail -1)
+    tests_why="test_cuda was not built (${p:-see tests.log})"
+  fi
+fi
+if [[ -n $tests_why ]]; then
+  record test-cuda skipped "" 0 "$tests_why"
+  log "tests: NOT RUN: $tests_why"
+  echo "tests/test_cuda did not run: $tests_why" >>"$testlog"
+fi
+
+# ---- 6. report
 log "writing the report"
 "$PY" - "$out" "$work" "$mode" "$steps" "$warm" "$peak_ref" "$budget" "$overlap" "$build_jobs" "$substrate" \
   "$depth" "$aspect" "$head_dim" "$context" "$total_batch" "$device_batch" "$mixer_ctx" "$mixer_tokens" <<'PY'
@@ -573,6 +698,101 @@ if mix:
 else:
     L.append("not measured (%s)\n" % (", ".join("%s: %s %s" % (n, phases[n]["status"], phases[n]["note"]) for n in phases if n.startswith("mixers")) or "not run"))
 
+# GPU correctness tests: gtest's JSON when the binary wrote it, else its console output in tests.log
+L.append("## GPU correctness tests (tests/test_cuda.cpp: CUDA against CPU)\n")
+tlog = read(os.path.join(out, "tests.log"))
+tsec = ""
+for sec in re.split(r"^### \[", tlog, flags=re.M):
+    if sec.startswith("test-cuda]"):
+        tsec += sec
+# the console: [ RUN ] name ... [ OK | FAILED | SKIPPED ] name (N ms); a RUN without an end crashed or hung
+con = []
+cur, body = None, []
+total_n = None
+for l in tsec.splitlines():
+    if l.startswith("test-cuda] "):
+        continue
+    n = re.match(r"^\[==========\] Running (\d+) tests?", l)
+    if n:
+        total_n = int(n.group(1))
+    m = re.match(r"^\[ RUN      \] (\S+)", l)
+    e = re.match(r"^\[\s+(OK|FAILED|SKIPPED)\s+\] (\S+\.\S+) \((\d+) ms\)", l)
+    if m:
+        cur, body = m.group(1), []
+    elif e and e.group(2) == cur:
+        r = {"OK": "passed", "FAILED": "failed", "SKIPPED": "skipped"}[e.group(1)]
+        msg = "\n".join(body).strip()
+        con.append({"name": cur, "result": r, "ms": int(e.group(3)), "messages": [msg[:600]] if r != "passed" and msg else []})
+        cur = None
+    elif cur:
+        body.append(l)
+if cur:
+    con.append({"name": cur, "result": "crashed or hung", "ms": None, "messages": ["\n".join(body[-15:]).strip()[:600]]})
+conmsg = {t["name"]: t["messages"] for t in con}
+tests = []
+tj = {}
+try:
+    tj = json.loads(read(os.path.join(work, "test_cuda.json")) or "{}")
+except ValueError:
+    tj = {}
+for suite in tj.get("testsuites", []):
+    for t in suite.get("testsuite", []):
+        res_ = {"COMPLETED": "passed", "SKIPPED": "skipped", "SUPPRESSED": "disabled"}.get(t.get("result"), t.get("result", "?").lower())
+        fails = [f.get("failure", "") for f in t.get("failures", [])]
+        if fails:
+            res_ = "failed"
+        if t.get("status") == "NOTRUN":
+            res_ = "disabled"
+        ms = t.get("time", "")
+        m = re.match(r"([0-9.]+)s", ms)
+        name = "%s.%s" % (suite.get("name"), t.get("name"))
+        msgs = [f.strip()[:600] for f in fails[:3]] or (conmsg.get(name, []) if res_ != "passed" else [])
+        tests.append({"name": name, "result": res_, "ms": round(float(m.group(1)) * 1000) if m else None, "messages": msgs})
+source = "gtest JSON"
+if not tests and con:
+    source = "console output (no JSON: the binary did not finish)"
+    tests = con
+tp = phases.get("test-cuda", {})
+count = {}
+for t in tests:
+    count[t["result"]] = count.get(t["result"], 0) + 1
+res["tests"] = {"ran": bool(tests), "phase": tp, "total": total_n, "source": source if tests else None, "counts": count, "tests": tests,
+                "build_phases": {n: phases[n] for n in ("gtest-check", "gtest-compile", "configure-tests", "build-tests") if n in phases}}
+if not tests:
+    why = tp.get("note") or "see tests.log"
+    if tp.get("status") in ("failed", "timeout"):
+        why = "test_cuda %s (rc %s) before gtest reported any test: %s" % (tp["status"], tp.get("rc"), tp.get("note", ""))
+    res["tests"]["why_not"] = why
+    L.append("**THE TESTS DID NOT RUN**: %s. tests.log has GoogleTest's preparation, the configure and the build of test_cuda.\n" % why)
+else:
+    cuda = [t for t in tests if t["name"].startswith("Cuda.")]
+    bp = ", ".join("%s %s %.0f s" % (n, p["status"], p["seconds"]) for n, p in res["tests"]["build_phases"].items())
+    L.append("%d tests (from %s): %s; test-cuda phase %s in %.1f s.%s\n" % (
+        len(tests), source, ", ".join("%d %s" % (v, k) for k, v in sorted(count.items())), tp.get("status", "?"), tp.get("seconds", 0),
+        " Built beside the benchmarks (nice 15, 2 jobs): %s." % bp if bp else ""))
+    if mode == "cpu":
+        L.append("CPU dry run: the Cuda.* tests skip themselves without a GPU, which is the correct result here.\n")
+    elif cuda and all(t["result"] == "skipped" for t in cuda):
+        L.append("**Every Cuda.* test SKIPPED on the GPU machine**: the test binary's device::cuda_available() was false "
+                 "(its skip message is below); nothing was compared.\n")
+    if tp.get("status") != "ok":
+        L.append("**test_cuda ended %s (rc %s)** after %d of %s tests: %s.\n" % (
+            "by its timeout" if tp.get("status") == "timeout" else tp.get("status", "?"), tp.get("rc"), len(tests),
+            total_n if total_n is not None else "?", tp.get("note") or "see tests.log"))
+    if count.get("failed") or count.get("crashed or hung"):
+        L.append("**FAILURES**: %s.\n" % ", ".join(t["name"] for t in tests if t["result"] in ("failed", "crashed or hung")))
+    L.append("| test | result | ms | first message |")
+    L.append("|---|---|---|---|")
+    for t in tests:
+        msg = (t["messages"][0] if t["messages"] else "").replace("|", "/").replace("\n", " <br> ")
+        L.append("| %s | %s | %s | %s |" % (t["name"], t["result"], t["ms"] if t["ms"] is not None else "-", msg[:300]))
+    fl = [t for t in tests if t["result"] in ("failed", "crashed or hung")]
+    if fl:
+        L.append("\nFirst failure messages:\n")
+        for t in fl[:4]:
+            L.append("```\n%s\n%s\n```" % (t["name"], "\n---\n".join(t["messages"])[:1500]))
+    L.append("")
+
 L.append("## Phases\n")
 L.append("| phase | status | seconds | note |")
 L.append("|---|---|---|---|")
@@ -580,7 +800,7 @@ for n in order:
     p = phases[n]
     L.append("| %s | %s | %.1f | %s |" % (n, p["status"], p["seconds"], p["note"].replace("|", "/")[:250]))
 L.append("\nFiles: report.md, results.json, env.log (machine, tools, prerequisites), build.log, slmlab.log (peak, data, training), "
-         "slmlab-metrics.jsonl, python.log, mixers.log.")
+         "slmlab-metrics.jsonl, python.log, mixers.log, tests.log (GoogleTest, the test build, test_cuda's output).")
 open(os.path.join(out, "report.md"), "w").write("\n".join(L) + "\n")
 json.dump(res, open(os.path.join(out, "results.json"), "w"), indent=1, default=str)
 PY

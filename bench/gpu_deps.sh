@@ -2,8 +2,11 @@
 # Fills .gpudeps/ (repo root, ignored by git through .git/info/exclude) with what bench/gpu.sh needs
 # to build slmlab on a lent GPU machine that lacks our Debian build packages and has no network:
 # the headers of nlohmann-json, SQLite, xxHash, toml++ and Gloo, static libsqlite3.a and libxxhash.a,
-# the nlohmann_json CMake package, pkg-config templates for xxHash and toml++ (header-only there), and
-# a pkgconf binary with its library. Run here, once, before the device call that carries ".gpudeps":
+# the nlohmann_json CMake package, pkg-config templates for xxHash and toml++ (header-only there), a
+# pkgconf binary with its library, and GoogleTest for the GPU correctness tests (tests/test_cuda.cpp):
+# gtest's headers, Debian's static libgtest.a / libgtest_main.a with their CMake package (GTest), and
+# gtest's sources, which bench/gpu.sh compiles there when the prebuilt archives do not link with that
+# machine's compiler or LibTorch's C++ ABI. Run here, once, before the device call that carries ".gpudeps":
 #   bash bench/gpu_deps.sh            # apt-get download of the .deb files (Debian 12), else this machine's files
 #   bash bench/gpu_deps.sh --system   # copy this machine's installed files (no download)
 # Prints what it took from where, and the folder's size (well under 10 MiB).
@@ -20,7 +23,7 @@ mkdir -p "$(dirname "$exclude")"
 grep -qxF '/.gpudeps/' "$exclude" 2>/dev/null || echo '/.gpudeps/' >>"$exclude"
 
 # package -> files it provides (paths under / in the package)
-pkgs=(nlohmann-json3-dev libsqlite3-dev libxxhash-dev libtomlplusplus-dev libgloo-dev pkgconf-bin libpkgconf3)
+pkgs=(nlohmann-json3-dev libsqlite3-dev libxxhash-dev libtomlplusplus-dev libgloo-dev pkgconf-bin libpkgconf3 libgtest-dev googletest)
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 src_root=/
@@ -66,6 +69,16 @@ d=$(cd "$(dirname "$0")/../pkgconf" && pwd)
 LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$d/pkgconf" "$@"
 SH
 chmod +x "$out/bin/pkg-config"
+# GoogleTest, in a prefix of its own (.gpudeps/gtest) laid out as Debian installs it, so that its CMake
+# package (GTestConfig.cmake finds include/ and lib/x86_64-linux-gnu/ four levels up) works from there,
+# and its headers stay off the main build's include path. src/ holds gtest's sources (gtest-all.cc
+# includes src/*.cc) for a compile on the GPU machine when the prebuilt archives do not link there.
+g="$out/gtest"
+mkdir -p "$g/include" "$g/lib/x86_64-linux-gnu/cmake" "$g/src"
+cp -a "$inc/gtest" "$g/include/"
+cp -L "$lib/libgtest.a" "$lib/libgtest_main.a" "$g/lib/x86_64-linux-gnu/"
+cp -a "$lib/cmake/GTest" "$g/lib/x86_64-linux-gnu/cmake/"
+cp -a "$src_root/usr/src/googletest/googletest/src/"*.cc "$src_root/usr/src/googletest/googletest/src/"*.h "$g/src/"
 # .pc templates: bench/gpu.sh writes @PREFIX@ (the folder's path there). toml++ is used header-only
 # there (its compiled library would be one more C++ binary to carry); xxHash links the static archive.
 xxv=$(sed -n 's/^Version: *//p' "$lib/pkgconfig/libxxhash.pc")
