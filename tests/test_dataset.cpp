@@ -9,6 +9,7 @@
 #include "common/fs.h"
 #include "data/corpus.h"
 #include "data/dataset.h"
+#include "data/dedup.h"
 #include "test_util.h"
 
 using namespace slm;
@@ -312,4 +313,44 @@ TEST(DataSetCli, CommandsWorkEndToEnd) {
   EXPECT_EQ(no_ledger.status, 2);
   EXPECT_EQ(slm::test::count_lines(no_ledger.out), 1) << no_ledger.out;
   EXPECT_NE(no_ledger.out.find("--ledger"), std::string::npos) << no_ledger.out;
+}
+
+// MinHash over lexer-token shingles: the same code is 1, another version of it (one changed line,
+// other whitespace and comments) is near, unrelated code is far.
+TEST(Dedup, SimilarityOfVersionsAndStrangers) {
+  const std::string a = slm::test::synthetic_cpp(1, 12), b = slm::test::synthetic_cpp(2, 12);
+  std::string a2 = a;
+  a2.replace(a2.find("namespace"), 9, "// a new comment\nnamespace   ");
+  a2 += "int added_line = 42;\n";
+  EXPECT_EQ(similarity(minhash(a), minhash(a)), 1.0);
+  EXPECT_GE(similarity(minhash(a), minhash(a2)), kNearDuplicate);
+  EXPECT_LT(similarity(minhash(a), minhash(b)), 0.3);
+}
+
+// Decontamination (issue 18 §7): versions of one file on both sides of the hash split; every
+// validation file whose near-duplicate is in training moves to training (listed in the manifest,
+// counted in stats), and afterwards no validation file has a near-duplicate in training.
+TEST(Dedup, ValidationHoldsNoNearDuplicateOfTraining) {
+  TempDir t;
+  slm::test::make_corpus(t / "src", 30);
+  const std::string base = slm::test::synthetic_cpp(99, 16);
+  for (int v = 0; v < 40; ++v)  // 40 versions: with 10% held out, some land in validation
+    slm::test::write(t / ("src/versions/v" + std::to_string(v) + ".h"),
+                     base + "\nconstexpr int version_" + std::to_string(v) + " = " + std::to_string(v) + ";\n");
+  build(small_opts(t / "src", t / "ds"));
+  const auto m = manifest(t / "ds");
+  ASSERT_GT(m["decontaminated"].size(), 0u) << "the test wants versions on both sides of the split";
+  std::vector<Signature> train, val;
+  for (auto& s : m["sources"]) {
+    const Signature sig = minhash(fs::read_file(s["path"].get<std::string>()));
+    (s["split"] == "val" ? val : train).push_back(sig);
+  }
+  EXPECT_TRUE(near_duplicates(train, val).empty());
+  for (auto& d : m["decontaminated"]) {
+    EXPECT_GE(d["similarity"].get<double>(), kNearDuplicate);
+    for (auto& s : m["sources"])
+      if (s["path"] == d["path"]) EXPECT_EQ(s["split"], "train") << d.dump();
+  }
+  EXPECT_NE(stats(t / "ds", 0, false).find("near-duplicates"), std::string::npos);
+  EXPECT_NO_THROW(verify(t / "ds", 0, 1));
 }

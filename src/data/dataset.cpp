@@ -1,4 +1,5 @@
 #include "data/dataset.h"
+#include "data/dedup.h"
 
 #include <unistd.h>
 
@@ -46,7 +47,9 @@ double split_score(const std::string& content_hash) {
 std::string split_rule(double frac, uint64_t min_bytes) {
   std::ostringstream os;
   os << "val iff xxh3_64(content_hash, salt=" << kSplitSalt << ") / 2^64 < " << std::setprecision(17) << frac
-     << "; if val bytes < " << min_bytes << ", add the lowest-scoring train documents until reached";
+     << "; if val bytes < " << min_bytes << ", add the lowest-scoring train documents until reached"
+     << "; val documents with a train near-duplicate (MinHash " << kShingle << "-token shingles x " << kMinHashes
+     << ", " << kBands << " bands, similarity >= " << kNearDuplicate << ") move to train, and the floor is refilled";
   return os.str();
 }
 
@@ -156,17 +159,55 @@ BuildResult build(const BuildOptions& opt) {
     score[i] = split_score(corpus.files[i].hash);
     if (score[i] < opt.val_frac) is_val[i] = 1, val_bytes += corpus.files[i].content.size();
   }
-  if (val_bytes < opt.val_min_bytes) {
+  std::vector<char> pinned_train(n_files, 0);  // near-duplicates of training files never return to val
+  auto refill = [&] {
+    if (val_bytes >= opt.val_min_bytes) return;
     std::vector<size_t> order;
     for (size_t i = 0; i < n_files; ++i)
-      if (!is_val[i]) order.push_back(i);
+      if (!is_val[i] && !pinned_train[i]) order.push_back(i);
     std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return score[a] < score[b]; });
     for (size_t i : order) {
       if (val_bytes >= opt.val_min_bytes) break;
       is_val[i] = 1;
       val_bytes += corpus.files[i].content.size();
     }
+  };
+  refill();
+
+  // 2b. Decontaminate: a validation file with a near-duplicate in training moves to training (never
+  // dropped), the floor is refilled, until no validation file has one.
+  std::vector<Signature> sigs(n_files);
+  {
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&] {
+        for (size_t i; (i = next++) < n_files;) sigs[i] = minhash(corpus.files[i].content);
+      });
+    for (auto& th : pool) th.join();
   }
+  json decontaminated = json::array();
+  for (;;) {
+    std::vector<size_t> train_ids, val_ids;
+    for (size_t i = 0; i < n_files; ++i) (is_val[i] ? val_ids : train_ids).push_back(i);
+    std::vector<Signature> train_sigs, val_sigs;
+    for (size_t i : train_ids) train_sigs.push_back(sigs[i]);
+    for (size_t i : val_ids) val_sigs.push_back(sigs[i]);
+    const auto dups = near_duplicates(train_sigs, val_sigs);
+    if (dups.empty()) break;
+    for (const NearDuplicate& d : dups) {
+      const size_t v = val_ids[d.query], tr = train_ids[d.match];
+      is_val[v] = 0;
+      pinned_train[v] = 1;
+      val_bytes -= corpus.files[v].content.size();
+      decontaminated.push_back({{"path", corpus.files[v].path}, {"near", corpus.files[tr].path}, {"similarity", d.similarity}});
+    }
+    refill();
+  }
+  res.val_decontaminated = decontaminated.size();
+  if (!decontaminated.empty())
+    log(opt.quiet, "[data] moved " + std::to_string(decontaminated.size()) +
+                       " validation files to training: near-duplicates of training files");
   uint64_t n_val = std::count(is_val.begin(), is_val.end(), 1);
   SLM_CHECK(val_bytes >= opt.val_min_bytes && val_bytes * 2 <= total_bytes && n_val < n_files,
             "data build: the corpus (", total_bytes, " bytes in ", n_files,
@@ -246,6 +287,7 @@ BuildResult build(const BuildOptions& opt) {
   json skipped = json::array();
   for (auto& s : corpus.skipped) skipped.push_back({{"path", s.path}, {"reason", s.reason}});
   m["skip_counts"] = corpus.skip_counts;
+  m["decontaminated"] = std::move(decontaminated);
   m["skipped"] = std::move(skipped);
 
   fs::write_atomic(fs::join(tmp.path, "tokenizer.bpe"), tok.serialize());
@@ -498,6 +540,7 @@ std::string stats(const std::string& dir, int top, bool as_json) {
   out["vocab"] = tok.vocab_size();
   out["files"] = m["sources"].size();
   out["skipped"] = m["skip_counts"];
+  out["val_decontaminated"] = m.contains("decontaminated") ? m["decontaminated"].size() : 0;
   for (const char* sp : {"train", "val"}) {
     const json& c = m["counts"][sp];
     out[sp] = {{"docs", c["docs"]}, {"bytes", c["bytes"]}, {"tokens", c["tokens"]}};
@@ -518,6 +561,8 @@ std::string stats(const std::string& dir, int top, bool as_json) {
      << tok.merges().size() << " merges)\n"
      << "files       " << m["sources"].size() << " kept";
   for (auto& [why, n] : m["skip_counts"].items()) os << ", " << n.get<uint64_t>() << " skipped " << why;
+  if (m.contains("decontaminated"))
+    os << "; " << m["decontaminated"].size() << " moved from val to train as near-duplicates of training files";
   os << "\n";
   for (const char* sp : {"train", "val"}) {
     const json& c = m["counts"][sp];

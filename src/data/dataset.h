@@ -34,6 +34,7 @@ struct BuildOptions {
 struct BuildResult {
   std::string fingerprint;
   uint64_t files = 0, train_docs = 0, val_docs = 0, train_tokens = 0, val_tokens = 0;
+  uint64_t val_decontaminated = 0;  // validation files moved to training as near-duplicates
   double seconds_collect = 0, seconds_tokenizer = 0, seconds_encode = 0;
 };
 
