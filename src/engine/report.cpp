@@ -10,7 +10,7 @@
 
 #include "common/error.h"
 #include "common/fs.h"
-#include "eval/extract.h"
+#include "common/stats.h"
 
 namespace slm::engine {
 
@@ -296,7 +296,7 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
         }
         if (c.compile_n > 0) {
           c.compile_mode = mode;
-          auto ci = eval::wilson_interval(c.compile_k, c.compile_n);
+          auto ci = wilson_interval(c.compile_k, c.compile_n);
           c.compile_lo = ci.lo;
           c.compile_hi = ci.hi;
           break;
