@@ -1,3 +1,5 @@
+// The phrases every format shares, and the three table formats: text, Markdown, CSV (HTML is
+// render_html.cpp).
 #include "engine/render.h"
 
 #include <algorithm>

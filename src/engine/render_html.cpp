@@ -1,11 +1,11 @@
 // The HTML report: the tables of the text report, one val_bpb-against-step chart per phase (inline
 // SVG), INVALID runs drawn dashed. One page, no script, no network.
+#include "engine/render.h"
+
 #include <algorithm>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
-
-#include "engine/render.h"
 
 namespace slm::engine {
 
