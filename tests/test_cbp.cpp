@@ -1,4 +1,4 @@
-// Continual backprop (spec/modules.md section 14): a GPT with cbp starts as the baseline and its
+// Continual backprop (docs/modules.md section 14): a GPT with cbp starts as the baseline and its
 // utility tracking changes neither outputs nor gradients; utility and age follow the definition
 // (gradient accumulation included); the model output is unchanged right after a replacement (the
 // new unit contributes nothing; a live unit's removal is exactly its column's contribution); only

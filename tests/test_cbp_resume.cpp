@@ -1,4 +1,4 @@
-// Continual backprop across a kill (spec/modules.md section 14), through the binary: utilities,
+// Continual backprop across a kill (docs/modules.md section 14), through the binary: utilities,
 // ages and the carried fraction are buffers that travel in the checkpoint, so a run killed with
 // SIGKILL and resumed replaces the same units at the same steps as one that never stopped, and its
 // metrics and final checkpoint equal the uninterrupted run's bitwise. Trains: labelled slow.

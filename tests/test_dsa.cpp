@@ -1,4 +1,4 @@
-// DSA (spec/modules.md section 1): the tiny tests of the spec (k >= T equals dense attention,
+// DSA (docs/modules.md section 1): the tiny tests of the spec (k >= T equals dense attention,
 // causality, gradient separation between the indexer and the main model, indexer training raises
 // recall@k), the sparse path and the chunked indexer scores against their references, the selection
 // rules (local window, masked keys, ties), generation with the cache, stats, warm-up, bf16 autocast,

@@ -1,4 +1,4 @@
-// Engram (spec/modules.md section 2): the hash (deterministic, in range for every order and head, no
+// Engram (docs/modules.md section 2): the hash (deterministic, in range for every order and head, no
 // full collision across heads, distinct primes), compression and the pad at document starts; the
 // branch's causality, document isolation, zero gate, zero-initialized value (a GPT with Engram is the
 // baseline exactly), gradients, cache-carried pieces equal to the whole, bf16 autocast, FLOPs; the

@@ -1,4 +1,4 @@
-// FlexiDepth (spec/modules.md section 8): (d) tau = 0 is the base model with each block's update
+// FlexiDepth (docs/modules.md section 8): (d) tau = 0 is the base model with each block's update
 // scaled by G; a tau no gate passes routes every token to the adapter (the identity at init); a
 // mixed batch takes each token by its own gate; the skip loss alpha mean_t (sum_l G)^2 on hand-worked
 // gates, with its gradient; the router and adapter get gradient from the LM loss; the backbone's init

@@ -1,4 +1,4 @@
-// GateSkip (spec/modules.md section 8): (a) budget 0 is exactly the gated model h + g f(h), and unit
+// GateSkip (docs/modules.md section 8): (a) budget 0 is exactly the gated model h + g f(h), and unit
 // gates without skipping are exactly the baseline; (b) a skipped token's hidden state is unchanged
 // by that branch; (c) the fraction skipped equals the budget within 1/T, in training by the ramp and
 // at eval by the calibrated threshold; eval with skipping is causal and generation with the cache

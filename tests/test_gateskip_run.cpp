@@ -1,4 +1,4 @@
-// GateSkip through the binary (spec/modules.md section 8): a trained run's evaluation skips about
+// GateSkip through the binary (docs/modules.md section 8): a trained run's evaluation skips about
 // eval_skip of the held-out tokens, whose threshold was calibrated on training batches while the gates
 // moved, and `eval bpb` on its checkpoint reproduces the trainer's own val_bpb: the calibrated
 // thresholds are buffers that the checkpoint carries and load_run restores. Trains: labelled slow.

@@ -1,4 +1,4 @@
-// Mamba-3 (spec/modules.md section 4): the chunked SSD against the naive recurrence in fp64, the
+// Mamba-3 (docs/modules.md section 4): the chunked SSD against the naive recurrence in fp64, the
 // trapezoid's SSD form against its step recurrence, the Euler (Mamba-2) limit, state carry and
 // decoding, causality, document isolation, gradients, bf16 autocast, FLOPs, the model plan and the
 // catalog row (check messages and adjust).

@@ -1,4 +1,4 @@
-// mHC (spec/modules.md section 3): Sinkhorn gives doubly stochastic matrices (non-negative, rows and
+// mHC (docs/modules.md section 3): Sinkhorn gives doubly stochastic matrices (non-negative, rows and
 // columns summing to 1) without overflow, closed under products (spectral norm <= 1); the stream
 // mean is preserved; the maps are per token (no pooling over the sequence); n = 1 with unit
 // coefficients is the baseline (loss bitwise, gradients to fp32 rounding); adding mHC leaves the backbone's

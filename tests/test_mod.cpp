@@ -1,4 +1,4 @@
-// MoD (spec/modules.md section 7): (a) in training exactly floor(C T) tokens of each row run the
+// MoD (docs/modules.md section 7): (a) in training exactly floor(C T) tokens of each row run the
 // block, and the block sees those tokens only; (b) every other token comes out bit-identical to its
 // input; the routed tokens get x + r f(x~) with attention among the routed tokens of their own row and
 // document at their original RoPE positions; (c) evaluation is causal by the router's sigmoid or by

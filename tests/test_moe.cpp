@@ -1,4 +1,4 @@
-// MoE (spec/modules.md section 6): one routed expert at top-1 without shared experts is the dense
+// MoE (docs/modules.md section 6): one routed expert at top-1 without shared experts is the dense
 // MLP; gate weights sum as defined (route_scale for sigmoid, the top-k probabilities for softmax);
 // the balancing bias changes selection but takes no gradient; z-loss and balance loss on hand
 // examples and at a uniform router (log(E)^2 and 1); capacity: no expert keeps more than its

@@ -1,4 +1,4 @@
-// MTP (spec/modules.md section 5): weight 0 gives the baseline's loss and gradients bitwise; each
+// MTP (docs/modules.md section 5): weight 0 gives the baseline's loss and gradients bitwise; each
 // depth k at position i is scored against t_{i+k+1} (checked against a reference that indexes the
 // row's tokens directly); depth k at i reads tokens <= i + k only; targets whose chain crosses a
 // document boundary are not counted and a document of a packed row is scored as if alone; the

@@ -1,4 +1,4 @@
-// NCP (spec/modules.md section 10): concept pairs on a hand-worked packed row (counted per document,
+// NCP (docs/modules.md section 10): concept pairs on a hand-worked packed row (counted per document,
 // short concepts dropped); the prediction reads the current concept only (its gradient reaches
 // positions p - k + 1 .. p and nothing after: the target is stop-gradient); the head's gradient
 // against finite differences; codebook use above the spec's floor after a short training on a toy

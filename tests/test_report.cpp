@@ -8,7 +8,9 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "engine/ledger.h"
+#include "engine/render.h"
 #include "engine/report.h"
+#include "engine/scorecard.h"
 #include "test_paths.h"
 #include "test_util.h"
 

@@ -1,4 +1,4 @@
-// TOP (spec/modules.md section 9): the target on the spec's hand-worked example, at the row's end
+// TOP (docs/modules.md section 9): the target on the spec's hand-worked example, at the row's end
 // and at a document boundary; the sparse target against a dense port of the paper's seq_to_top (so
 // computing offsets up to 32 only is exact for any window); the chunked ListNet loss and its
 // gradients against dense autograd, in fp32 and bf16; the loss's minimum at logits = scores +

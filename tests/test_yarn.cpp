@@ -1,4 +1,4 @@
-// YaRN against the spec's numbers (modules.md section 13): the ramp boundaries, s = 1 is exactly
+// YaRN against the spec's numbers (docs/modules.md section 13): the ramp boundaries, s = 1 is exactly
 // RoPE, pairs below `low` unchanged and above `high` exactly theta / s, the logit scale, relative
 // position invariance; and a model moved to a longer context keeps its outputs on the first T.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// slmlab: one binary, subcommands from the table in common/options.cpp.
+// slmlab: one binary, subcommands from the table in cli/table.cpp.
 // Errors are caught here once, printed as one line, and turned into a non-zero exit.
 #include <malloc.h>
 

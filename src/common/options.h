@@ -1,4 +1,4 @@
-// The command-line surface: one table of commands and one table of options.
+// The command-line parser: one table of commands and one table of options (both in cli/table.cpp).
 // Long kebab-case flags only ("--vocab 8192" or "--vocab=8192"); every command has --help
 // showing live defaults; an unknown flag is rejected with the nearest valid name.
 #pragma once
@@ -26,6 +26,7 @@ struct CommandSpec {
   const char* summary;
 };
 
+// The tables (cli/table.cpp): what the parser and --help read.
 const std::vector<OptionSpec>& option_table();
 const std::vector<CommandSpec>& command_table();
 

@@ -1,4 +1,4 @@
-// Code-infilling data transforms: FIM, IFIM and SRI (spec/modules.md §11, §12).
+// Code-infilling data transforms: FIM, IFIM and SRI (docs/modules.md §11, §12).
 // A transform turns one document into segments, each a special token or a text span, and is a
 // pure function of (document, options, seed): the generator is splitmix64 with integer/double
 // draws of our own, never std::*_distribution (implementation-defined).

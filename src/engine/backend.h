@@ -1,6 +1,6 @@
 // Where ablate's runs execute. The wave loop (runner.cpp) hands a backend `slmlab train` commands
 // and learns how each ended; it alone touches the ledger. Two backends: local processes (the
-// default, runner.cpp) and Slurm jobs (slurm.h).
+// default, local.h) and Slurm jobs (slurm.h).
 #pragma once
 #include <csignal>
 #include <optional>

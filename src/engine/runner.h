@@ -6,7 +6,8 @@
 // from ever having two writers. A run stopped by a signal after its checkpoint (exit 143, summary
 // "preempted") goes back to the queue without counting as a failed attempt; SIGTERM or SIGINT to
 // ablate is passed on to the trainers, which checkpoint, and ablate exits 143.
-// --backend slurm submits each run as a Slurm job instead (engine/slurm.h).
+// Runs are child processes (engine/local.h); --backend slurm submits each as a Slurm job instead
+// (engine/slurm.h).
 #pragma once
 #include <string>
 

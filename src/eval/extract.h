@@ -1,11 +1,13 @@
 // Compile-rate evaluation, text side: function prompts from a source file, cutting a generation at
-// the brace that closes the function, and the Wilson interval of a rate. Torch-free.
+// the brace that closes the function. Torch-free.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "common/stats.h"
 
 namespace slm::eval {
 
@@ -39,10 +41,8 @@ std::string splice_completion(const std::string& file_text, const FunctionPrompt
 // not count. nullopt when the depth never reaches 0.
 std::optional<std::string> cut_at_matching_brace(const std::string& generated, int depth_at_start = 1);
 
-// Wilson score interval for k successes out of n at normal quantile z (1.96: 95%); [0, 1] for n = 0.
-struct Interval {
-  double lo, hi;
-};
-Interval wilson_interval(int64_t k, int64_t n, double z = 1.96);
+// The Wilson interval of a rate lives with the other small statistics, in common/stats.h.
+using slm::Interval;
+using slm::wilson_interval;
 
 }  // namespace slm::eval

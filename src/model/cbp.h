@@ -1,4 +1,4 @@
-// Continual backprop (spec/modules.md section 14; Dohare et al., "Loss of plasticity in deep
+// Continual backprop (docs/modules.md section 14; Dohare et al., "Loss of plasticity in deep
 // continual learning", Nature 2024): the baseline ReLU^2 MLP whose least useful mature hidden units
 // are re-initialized now and then, so the layer keeps fresh units that can still learn.
 //

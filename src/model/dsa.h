@@ -1,4 +1,4 @@
-// DSA: DeepSeek Sparse Attention (spec/modules.md section 1, spec/decisions.md "DSA", "DSA top-k").
+// DSA: DeepSeek Sparse Attention (docs/modules.md section 1, docs/decisions.md "DSA", "DSA top-k").
 // The baseline attention (same q/k/v/proj, RoPE, QK-norm, document mask) plus a lightning indexer
 // per layer that scores every visible key for each query; the main attention then attends only to
 // the top-k scored keys, with a local window of the latest keys always kept.

@@ -1,4 +1,4 @@
-// Engram (spec/modules.md section 2; decisions.md): the paper's hashed n-gram memory as an extra
+// Engram (docs/modules.md section 2; docs/decisions.md): the paper's hashed n-gram memory as an extra
 // residual branch before the mixer of selected attention layers, x + engram(x).
 //
 // Per token t of one layer:

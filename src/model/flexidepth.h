@@ -1,4 +1,4 @@
-// FlexiDepth (spec/modules.md section 8; Luo, Wang, Yan, COLM 2025): a block wrapper with a per-token
+// FlexiDepth (docs/modules.md section 8; Luo, Wang, Yan, COLM 2025): a block wrapper with a per-token
 // router that sends each token through the full block or a light adapter.
 //
 //   G    = sigmoid(w . norm(x) + b)                               (B, T, 1), per token

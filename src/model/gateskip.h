@@ -1,4 +1,4 @@
-// GateSkip (spec/modules.md section 8; Thiggel/GateSkip GatedWrapper): a block wrapper that puts a
+// GateSkip (docs/modules.md section 8; Thiggel/GateSkip GatedWrapper): a block wrapper that puts a
 // vector gate on each residual branch (the mixer and the feed-forward) and skips, per token, the
 // branches whose gate is lowest.
 //

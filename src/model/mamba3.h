@@ -1,4 +1,4 @@
-// Mamba-3 token mixer (spec/modules.md section 4): a selective state-space layer with data-dependent
+// Mamba-3 token mixer (docs/modules.md section 4): a selective state-space layer with data-dependent
 // decay, trapezoidal discretization, RMSNorm + bias on B and C, and opt-in complex state (data-dependent
 // RoPE on B and C) and MIMO rank. No short convolution: the trapezoid's two-tap term plays its role.
 //

@@ -1,4 +1,4 @@
-// mHC, manifold-constrained hyper-connections (spec/modules.md section 3; decisions.md): the residual
+// mHC, manifold-constrained hyper-connections (docs/modules.md section 3; docs/decisions.md): the residual
 // becomes n streams, expanded once after the embedding (n copies) and collapsed once before the head
 // (their sum). Every sub-layer F of every block (the mixer, then the feed-forward) reads and writes
 // the streams through per-token maps:

@@ -1,4 +1,4 @@
-// MoD, Mixture-of-Depths (Raposo et al. 2024; spec/modules.md section 7): a block wrapper on the
+// MoD, Mixture-of-Depths (Raposo et al. 2024; docs/modules.md section 7): a block wrapper on the
 // routed layers. Per token a scalar router r = w.x (x the block's input); a token the router picks
 // goes through the block on a gathered sequence of the picked tokens only,
 //   x' = x + r f(x~),  f(x~) = block(x~) - x~ (branches, mixer and feed-forward),

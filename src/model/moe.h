@@ -1,4 +1,4 @@
-// MoE (spec/modules.md section 6; decisions.md "MoE"): a DeepSeekMoE feed-forward on selected
+// MoE (docs/modules.md section 6; docs/decisions.md "MoE"): a DeepSeekMoE feed-forward on selected
 // layers, in place of the dense ReLU^2 MLP.
 //
 //   y_t = sum_{i < N_s} FFN^s_i(u_t) + sum_{i in topK_t} g_{i,t} FFN^r_i(u_t)

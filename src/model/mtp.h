@@ -1,4 +1,4 @@
-// MTP, multi-token prediction (spec/modules.md section 5, DeepSeek-V3 form; decisions.md row "MTP"):
+// MTP, multi-token prediction (docs/modules.md section 5, DeepSeek-V3 form; docs/decisions.md row "MTP"):
 // D sequential modules on the main model's final hidden state h^0 (before the final norm), sharing the
 // model's embedding (wte) and output head (lm_head, with its softcap, through the fused loss). Module
 // k = 1..D at position i:

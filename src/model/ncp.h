@@ -1,4 +1,4 @@
-// NCP, next concept prediction (spec/modules.md section 10; decisions.md row "NCP"): an auxiliary
+// NCP, next concept prediction (docs/modules.md section 10; docs/decisions.md row "NCP"): an auxiliary
 // objective. Every k tokens of a document form a concept; the model predicts the next concept's code
 // from the current concept.
 //

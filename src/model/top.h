@@ -1,4 +1,4 @@
-// TOP, token order prediction (spec/modules.md section 9; decisions.md row "TOP"): an auxiliary
+// TOP, token order prediction (docs/modules.md section 9; docs/decisions.md row "TOP"): an auxiliary
 // objective that trains a separate unembedding W_top (V, C) on the final normed hidden state to rank
 // the upcoming tokens by how soon they appear.
 //

@@ -1,4 +1,4 @@
-// A substrate: everything that makes two runs comparable (decisions.md, rule 1). Loaded from a flat
+// A substrate: everything that makes two runs comparable (docs/decisions.md, rule 1). Loaded from a flat
 // TOML file, overridden with --set key=value, validated as a whole, and identified by a hash of its
 // canonical form. The data fingerprint is part of the id: when the file leaves it empty, the run binds
 // it to the data set it trains on.

@@ -1,4 +1,4 @@
-// The catalog row of continual backprop (spec/modules.md section 14; model side in
+// The catalog row of continual backprop (docs/modules.md section 14; model side in
 // model/cbp.{h,cpp}): its parameters and their constraints.
 #include <set>
 #include <string>

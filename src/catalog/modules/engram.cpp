@@ -1,5 +1,5 @@
-// The catalog row of Engram (spec/modules.md section 2; model side in model/engram.{h,cpp}): its
-// parameters and THE INIT GUARD. Engram goes on attention layers only (decisions.md): the article's
+// The catalog row of Engram (docs/modules.md section 2; model side in model/engram.{h,cpp}): its
+// parameters and THE INIT GUARD. Engram goes on attention layers only (docs/decisions.md): the article's
 // Phase-1 runs put it on Mamba layers and two experiment groups were wasted before anyone noticed,
 // so a plan that does so is refused before a step runs, with the valid layers for its pattern.
 #include <map>

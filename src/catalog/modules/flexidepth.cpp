@@ -1,4 +1,4 @@
-// The catalog row of FlexiDepth (spec/modules.md section 8; model side in model/flexidepth.{h,cpp}):
+// The catalog row of FlexiDepth (docs/modules.md section 8; model side in model/flexidepth.{h,cpp}):
 // a per-token router per layer between the full block and a light adapter.
 #include <set>
 #include <string>

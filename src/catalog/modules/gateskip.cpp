@@ -1,4 +1,4 @@
-// The catalog row of GateSkip (spec/modules.md section 8; model side in model/gateskip.{h,cpp}):
+// The catalog row of GateSkip (docs/modules.md section 8; model side in model/gateskip.{h,cpp}):
 // residual-wise vector gates on the mixer and the feed-forward, with token skipping by gate budget.
 #include <set>
 #include <string>

@@ -1,4 +1,4 @@
-// The catalog row of Mamba-3 (spec/modules.md section 4; model side in model/mamba3.{h,cpp}): its
+// The catalog row of Mamba-3 (docs/modules.md section 4; model side in model/mamba3.{h,cpp}): its
 // parameters, the constraints over the resolved model, and the layer pattern it sets.
 #include <cmath>
 #include <sstream>

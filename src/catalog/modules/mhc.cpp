@@ -1,4 +1,4 @@
-// The catalog row of mHC (spec/modules.md section 3; decisions.md row "mHC"; model side in
+// The catalog row of mHC (docs/modules.md section 3; docs/decisions.md row "mHC"; model side in
 // model/mhc.{h,cpp}): the paper's per-token form, n residual streams expanded once and collapsed once.
 #include "catalog/modules.h"
 

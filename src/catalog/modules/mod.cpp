@@ -1,4 +1,4 @@
-// The catalog row of MoD, Mixture-of-Depths (spec/modules.md section 7; model side in
+// The catalog row of MoD, Mixture-of-Depths (docs/modules.md section 7; model side in
 // model/mod.{h,cpp}): a scalar router per token on every other block; in training the top
 // capacity x T tokens of each row go through the block, the rest skip it. Evaluation and generation
 // route by a causal criterion (the router's sigmoid, or a predictor), never the top-k.

@@ -1,4 +1,4 @@
-// The catalog row of MoE (spec/modules.md section 6, decisions.md "MoE"; model side in
+// The catalog row of MoE (docs/modules.md section 6, docs/decisions.md "MoE"; model side in
 // model/moe.{h,cpp}): DeepSeekMoE shared + fine-grained routed experts, its parameters and
 // constraints. The defaults are the seed's shape (2 shared + 16 routed, top-2) with the papers'
 // coefficients: z-loss 1e-3 (ST-MoE; the seed's plans set 0.01 explicitly), Switch balance loss 0.01.

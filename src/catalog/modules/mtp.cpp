@@ -1,4 +1,4 @@
-// The catalog row of MTP (spec/modules.md section 5; decisions.md row "MTP"; model side in
+// The catalog row of MTP (docs/modules.md section 5; docs/decisions.md row "MTP"; model side in
 // model/mtp.{h,cpp}): DeepSeek-V3's D sequential prediction modules, an auxiliary loss only.
 #include <string>
 #include <vector>

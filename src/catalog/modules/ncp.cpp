@@ -1,4 +1,4 @@
-// The catalog row of NCP (spec/modules.md section 10; decisions.md row "NCP"; model side in
+// The catalog row of NCP (docs/modules.md section 10; docs/decisions.md row "NCP"; model side in
 // model/ncp.{h,cpp}): next concept prediction, an auxiliary loss over a stop-gradient VQ codebook.
 #include <cmath>
 #include <string>

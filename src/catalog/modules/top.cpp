@@ -1,4 +1,4 @@
-// The catalog row of TOP (spec/modules.md section 9; decisions.md row "TOP"; model side in
+// The catalog row of TOP (docs/modules.md section 9; docs/decisions.md row "TOP"; model side in
 // model/top.{h,cpp}): token order prediction, an auxiliary ListNet loss through its own head.
 #include <string>
 #include <vector>

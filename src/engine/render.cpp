@@ -1,0 +1,265 @@
+// The phrases every format shares, and the three table formats: text, Markdown, CSV (HTML is
+// render_html.cpp).
+#include "engine/render.h"
+
+#include <algorithm>
+#include <cmath>
+#include <iomanip>
+#include <sstream>
+
+namespace slm::engine {
+
+using namespace phrase;
+
+namespace {
+
+std::string compile_text(int64_t k, int64_t n, double lo, double hi) {
+  if (n == 0) return "-";
+  std::ostringstream os;
+  os << k << "/" << n << " (" << std::fixed << std::setprecision(0) << 100.0 * k / n << "%, 95% " << 100 * lo << "-"
+     << 100 * hi << "%)";
+  return os.str();
+}
+
+std::string run_compiles(const RunView& v) {
+  std::string s;
+  for (auto& e : v.compiles)
+    s += (s.empty() ? "" : "; ") + std::string("compile ") + e.mode + " @ " + std::to_string(e.step) +
+         (e.in_spike ? " (in a spike)" : "") + ": " + compile_text(e.k, e.n, e.lo, e.hi);
+  return s;
+}
+
+}  // namespace
+
+namespace phrase {
+
+std::string short_id(const std::string& id) { return id.empty() ? "(not reported)" : id.substr(0, 16); }
+
+std::string group_title(const Scorecard& s, size_t i) {
+  const Group& g = s.groups[i];
+  std::string t = "substrate " + short_id(g.substrate_id);
+  if (!g.data_fingerprint.empty()) t += " (data " + g.data_fingerprint.substr(0, 12) + ")";
+  if (i > 0 && !g.substrate_id.empty()) t += " -- a different substrate: compared only within this group";
+  return t;
+}
+
+std::string noise_text(const Group& g) {
+  if (!std::isfinite(g.noise_sd)) return "noise floor: not measured (no experiment has 2 counted seeds)";
+  return "noise floor: pooled seed sd " + fixed_text(g.noise_sd) + " from " + std::to_string(g.noise_runs) + " runs of " +
+         std::to_string(g.noise_experiments) + " experiment" + (g.noise_experiments > 1 ? "s" : "");
+}
+
+std::string rule_text(const DecisionRule& r) {
+  std::ostringstream os;
+  os << "rule: " << r.metric << ", lower is better; keep when the gain over the base exceeds " << r.k_noise
+     << " x noise and " << fixed_text(100 * r.min_rel_delta, 2) << "%; provisional above " << r.provisional_factor
+     << "x the phase's median step time";
+  return os.str();
+}
+
+std::string mean_text(const Card& c) {
+  if (c.n == 0) return "-";
+  return fixed_text(c.mean) + (c.n >= 2 ? " +- " + fixed_text(c.sd) : "");
+}
+
+std::string run_value_text(const RunView& v) {
+  if (!std::isfinite(v.value)) return "-";
+  return fixed_text(v.value) + " @ " + std::to_string(v.value_step);
+}
+
+std::string run_status_text(const RunView& v) {
+  std::string s = status_name(v.row.status);
+  if (v.provisional) s += ", provisional (" + fixed_text(v.step_ratio, 1) + "x median step)";
+  return s;
+}
+
+std::string card_compile(const Card& c) {
+  return c.compile_n ? compile_text(c.compile_k, c.compile_n, c.compile_lo, c.compile_hi) + (c.compile_mode == "fim" ? " fim" : "")
+                     : "-";
+}
+
+// Everything said about a run beyond its numbers: status reason, the spike note, compile rates.
+std::string run_reason(const RunView& v) {
+  std::string why = v.row.reason;
+  for (const std::string& part : {v.note, run_compiles(v)})
+    if (!part.empty()) why += (why.empty() ? "" : "; ") + part;
+  return why;
+}
+
+std::string stack_text(const Card& c) {
+  if (!std::isfinite(c.predicted_pct)) return "";
+  return "stacking: predicted " + pct_text(c.predicted_pct) + " (sum of " + c.predicted_from + "), measured " +
+         pct_text(c.measured_pct) + " vs the baseline";
+}
+
+std::string html_escape(const std::string& s) {
+  std::string o;
+  for (char ch : s) switch (ch) {
+      case '&': o += "&amp;"; break;
+      case '<': o += "&lt;"; break;
+      case '>': o += "&gt;"; break;
+      case '"': o += "&quot;"; break;
+      case '\'': o += "&#39;"; break;
+      default: o += ch;
+    }
+  return o;
+}
+
+}  // namespace phrase
+
+namespace {
+
+// Text table with padded columns.
+struct Table {
+  std::vector<std::vector<std::string>> rows;
+  std::string str(const std::string& indent = "") const {
+    std::vector<size_t> w;
+    for (auto& r : rows)
+      for (size_t i = 0; i < r.size(); ++i) {
+        if (w.size() <= i) w.push_back(0);
+        w[i] = std::max(w[i], r[i].size());
+      }
+    std::string out;
+    for (auto& r : rows) {
+      std::string line = indent;
+      for (size_t i = 0; i < r.size(); ++i) {
+        line += r[i];
+        if (i + 1 < r.size()) line += std::string(w[i] - r[i].size() + 2, ' ');
+      }
+      while (!line.empty() && line.back() == ' ') line.pop_back();
+      out += line + "\n";
+    }
+    return out;
+  }
+};
+
+std::string one_line(std::string s) {
+  for (auto& ch : s)
+    if (ch == '\n' || ch == '\r' || ch == '\t') ch = ' ';
+  return s;
+}
+
+}  // namespace
+
+std::string render_text(const Scorecard& s) {
+  std::ostringstream os;
+  os << "plan " << one_line(s.plan.name) << (s.plan.description.empty() ? "" : " -- " + one_line(s.plan.description))
+     << "\n" << rule_text(s.plan.rule) << "\n";
+  if (s.groups.empty()) os << "\nno runs in the ledger for this plan yet\n";
+  for (size_t gi = 0; gi < s.groups.size(); ++gi) {
+    const Group& g = s.groups[gi];
+    os << "\n" << group_title(s, gi) << "\n" << noise_text(g) << "\n\n";
+    Table t;
+    bool any_compile = false;
+    for (auto& c : g.cards) any_compile |= c.compile_n > 0;
+    t.rows.push_back({"phase", "experiment", "base", "n", "val_bpb mean +- sd", "delta", "verdict"});
+    if (any_compile) t.rows[0].push_back("compile rate");
+    for (auto& c : g.cards) {
+      t.rows.push_back({one_line(c.phase), one_line(c.id), c.base.empty() ? "-" : one_line(c.base), std::to_string(c.n),
+                        mean_text(c), pct_text(c.delta_pct), c.verdict});
+      if (any_compile) t.rows.back().push_back(card_compile(c));
+    }
+    os << t.str("  ") << "\n";
+    for (auto& c : g.cards) {
+      os << "  " << one_line(c.id) << ": " << one_line(c.evidence) << "\n";
+      if (!c.modules.empty()) {
+        os << "    modules:";
+        for (auto& m : c.modules) os << " " << one_line(m);
+        os << "\n";
+      }
+      if (!stack_text(c).empty()) os << "    " << stack_text(c) << "\n";
+      Table rt;
+      for (auto& v : c.runs) {
+        std::vector<std::string> row = {"s" + std::to_string(v.row.seed), run_status_text(v),
+                                         "best " + run_value_text(v), "final " + fixed_text(v.row.final_val_bpb),
+                                         std::isfinite(v.row.step_ms) && v.row.step_ms > 0 ? fixed_text(v.row.step_ms, 0) + " ms/step" : ""};
+        const std::string why = run_reason(v);
+        if (!why.empty()) row.push_back(one_line(why));
+        rt.rows.push_back(row);
+      }
+      os << rt.str("    ");
+    }
+  }
+  return os.str();
+}
+
+namespace {
+
+std::string md_escape(const std::string& s) {
+  std::string o;
+  for (char ch : one_line(s)) {
+    if (std::string("|\\`*_[]<>#").find(ch) != std::string::npos) o += '\\';
+    o += ch;
+  }
+  return o;
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string o = "\"";
+  for (char ch : s) o += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+  return o + "\"";
+}
+
+}  // namespace
+
+std::string render_markdown(const Scorecard& s) {
+  std::ostringstream os;
+  os << "# Plan " << md_escape(s.plan.name) << "\n\n";
+  if (!s.plan.description.empty()) os << md_escape(s.plan.description) << "\n\n";
+  os << md_escape(rule_text(s.plan.rule)) << "\n";
+  for (size_t gi = 0; gi < s.groups.size(); ++gi) {
+    const Group& g = s.groups[gi];
+    os << "\n## " << md_escape(group_title(s, gi)) << "\n\n" << md_escape(noise_text(g)) << "\n\n";
+    os << "| phase | experiment | base | n | val_bpb mean ± sd | delta | verdict | compile rate | evidence |\n";
+    os << "|---|---|---|---:|---:|---:|---|---|---|\n";
+    for (auto& c : g.cards) {
+      std::string ev = c.evidence + (stack_text(c).empty() ? "" : "; " + stack_text(c));
+      os << "| " << md_escape(c.phase) << " | " << md_escape(c.id) << " | " << md_escape(c.base.empty() ? "-" : c.base)
+         << " | " << c.n << " | " << md_escape(mean_text(c)) << " | " << pct_text(c.delta_pct) << " | **" << c.verdict
+         << "** | " << card_compile(c) << " | " << md_escape(ev) << " |\n";
+    }
+    os << "\n| run | status | best val_bpb @ step | final | ms/step | reason |\n|---|---|---:|---:|---:|---|\n";
+    for (auto& c : g.cards)
+      for (auto& v : c.runs) {
+        const std::string why = run_reason(v);
+        os << "| " << md_escape(v.row.run_id) << " | " << md_escape(run_status_text(v)) << " | " << run_value_text(v)
+           << " | " << fixed_text(v.row.final_val_bpb) << " | " << fixed_text(v.row.step_ms, 0) << " | " << md_escape(why) << " |\n";
+      }
+  }
+  return os.str();
+}
+
+std::string render_csv(const Scorecard& s) {
+  std::ostringstream os;
+  os << "plan,substrate_id,data_fingerprint,phase,experiment,base,modules,seed,run_id,status,reason,counted,"
+        "provisional,best_val_bpb,best_step,used_val_bpb,used_step,final_val_bpb,step_ms,tokens_per_second,"
+        "exp_n,exp_mean,exp_sd,delta_pct,verdict,noise_sd,exp_compile_k,exp_compile_n,git_commit\n";
+  auto num = [](double x) {
+    if (!std::isfinite(x)) return std::string();
+    std::ostringstream o;
+    o << std::setprecision(10) << x;
+    return o.str();
+  };
+  for (auto& g : s.groups)
+    for (auto& c : g.cards) {
+      std::string mods;
+      for (auto& m : c.modules) mods += (mods.empty() ? "" : " ") + m;
+      for (auto& v : c.runs) {
+        const RunRow& r = v.row;
+        std::vector<std::string> f = {s.plan.name, g.substrate_id, g.data_fingerprint, c.phase, c.id, c.base, mods,
+                                      std::to_string(r.seed), r.run_id, status_name(r.status), r.reason,
+                                      v.counted ? "1" : "0", v.provisional ? "1" : "0", num(r.best_val_bpb),
+                                      r.best_step >= 0 ? std::to_string(r.best_step) : "", num(v.value),
+                                      v.value_step >= 0 ? std::to_string(v.value_step) : "", num(r.final_val_bpb),
+                                      num(r.step_ms), num(r.tokens_per_second), std::to_string(c.n), num(c.mean),
+                                      num(c.sd), num(c.delta_pct), c.verdict, num(g.noise_sd),
+                                      std::to_string(c.compile_k), std::to_string(c.compile_n), r.git_commit};
+        for (size_t i = 0; i < f.size(); ++i) os << (i ? "," : "") << csv_field(f[i]);
+        os << "\n";
+      }
+    }
+  return os.str();
+}
+
+}  // namespace slm::engine

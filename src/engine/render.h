@@ -1,0 +1,31 @@
+// Scorecard renderings: terminal text, Markdown, CSV and one self-contained HTML page. Everything
+// that came from user input is escaped for the format; numbers are written the same way in all four.
+#pragma once
+#include <cstddef>
+#include <string>
+
+#include "engine/scorecard.h"
+
+namespace slm::engine {
+
+std::string render_text(const Scorecard& s);
+std::string render_markdown(const Scorecard& s);
+std::string render_csv(const Scorecard& s);
+std::string render_html(const Scorecard& s);  // render_html.cpp; self-contained: inline CSS and SVG, no script
+
+// The phrases every format shares (render.cpp), so a verdict reads the same in each.
+namespace phrase {
+std::string short_id(const std::string& id);            // a substrate id cut to 16, or "(not reported)"
+std::string group_title(const Scorecard& s, size_t i);  // "substrate ... (data ...)"
+std::string noise_text(const Group& g);                 // the noise floor and what it rests on
+std::string rule_text(const DecisionRule& r);           // the decision rule in one sentence
+std::string mean_text(const Card& c);                   // "mean +- sd"
+std::string run_value_text(const RunView& v);           // "value @ step"
+std::string run_status_text(const RunView& v);          // status, with the provisional ratio
+std::string card_compile(const Card& c);                // pooled compile rate with its interval
+std::string run_reason(const RunView& v);               // status reason, spike note, compile rates
+std::string stack_text(const Card& c);                  // stacking: predicted vs measured
+std::string html_escape(const std::string& s);          // & < > " ' as entities
+}  // namespace phrase
+
+}  // namespace slm::engine
