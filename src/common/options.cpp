@@ -1,7 +1,10 @@
 #include "common/options.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <climits>
+#include <cmath>
 #include <cstdlib>
 #include <sstream>
 
@@ -81,14 +84,14 @@ const std::vector<OptionSpec>& option_table() {
       {"max-tokens", "eval compile", OptType::Int, "96", "N", "generated tokens per prompt (bodies longer are not used)"},
       {"per-file", "eval compile", OptType::Int, "2", "N", "functions taken per held-out file at most"},
       {"temperature", "eval compile", OptType::Float, "0", "T", "0 = greedy"},
-      {"seed", "eval compile", OptType::Int, "0", "S", "sampling seed"},
+      {"seed", "eval compile", OptType::Seed, "0", "S", "sampling seed"},
       {"ledger", "eval compile", OptType::String, "runs/ledger.sqlite", "FILE", "record the result against the run here, when the run is in it"},
       {"prompt", "generate", OptType::String, "", "TEXT", "the text to continue (the prefix, with --suffix)"},
       {"suffix", "generate", OptType::String, "", "TEXT", "fill in the middle: the text after the hole (FIM sentinels)"},
       {"max-tokens", "generate", OptType::Int, "128", "N", "new tokens at most"},
       {"temperature", "generate", OptType::Float, "0", "T", "0 = greedy; > 0 samples"},
       {"top-k", "generate", OptType::Int, "0", "K", "sample from the K most likely tokens (0 = all)"},
-      {"seed", "generate", OptType::Int, "0", "S", "sampling seed"},
+      {"seed", "generate", OptType::Seed, "0", "S", "sampling seed"},
       {"no-cache", "generate", OptType::Flag, "", "", "recompute the whole sequence each token (the reference path)"},
       {"checkpoint", "export", OptType::String, "latest", "WHICH", "latest or best"},
       {"checkpoint", "eval bpb|eval compile|generate", OptType::String, "latest", "WHICH",
@@ -173,20 +176,30 @@ std::string Args::str(const std::string& name) const {
 }
 
 int64_t Args::i64(const std::string& name) const {
-  std::string s = str(name);
+  const OptionSpec& o = option_or_die(*this, name);
+  SLM_CHECK(o.type == OptType::Int || o.type == OptType::Seed, "internal: option --", name, " is not an integer");
+  const std::string s = str(name);
+  const long long hi = o.type == OptType::Int ? INT32_MAX : LLONG_MAX;
+  // Digits only: strtoll would take a sign, spaces and wrap-around hints we do not want.
+  const bool digits = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
   errno = 0;
   char* end = nullptr;
-  long long v = std::strtoll(s.c_str(), &end, 10);
-  SLM_CHECK(!s.empty() && end && *end == '\0' && errno == 0, "--", name, " expects an integer, got '", s, "'");
+  long long v = digits ? std::strtoll(s.c_str(), &end, 10) : 0;
+  SLM_CHECK(digits || (s.size() > 1 && s[0] == '-' && s.find_first_not_of("0123456789", 1) == std::string::npos),
+            "--", name, " expects a whole number, got '", s, "'");
+  SLM_CHECK(digits && errno == 0 && v <= hi, "--", name, " ", s, " is outside [0, ", hi, "]");
   return v;
 }
 
 double Args::f64(const std::string& name) const {
-  std::string s = str(name);
+  const std::string s = str(name);
   errno = 0;
   char* end = nullptr;
   double v = std::strtod(s.c_str(), &end);
-  SLM_CHECK(!s.empty() && end && *end == '\0' && errno == 0, "--", name, " expects a number, got '", s, "'");
+  SLM_CHECK(!s.empty() && end && *end == '\0' && !std::isspace(static_cast<unsigned char>(s[0])), "--", name,
+            " expects a number, got '", s, "'");
+  SLM_CHECK(std::isfinite(v) && errno != ERANGE, "--", name, " must be a finite number, got '", s, "'");
+  SLM_CHECK(v >= 0, "--", name, " must be >= 0, got ", s);
   return v;
 }
 
@@ -276,7 +289,7 @@ Args parse(const std::vector<std::string>& argv) {
   // Typed values are checked here so a bad number fails before any work starts.
   for (auto& [name, vals] : a.values) {
     const OptionSpec* o = find_option(cmd, name);
-    if (o->type == OptType::Int) a.i64(name);
+    if (o->type == OptType::Int || o->type == OptType::Seed) a.i64(name);
     if (o->type == OptType::Float) a.f64(name);
   }
   return a;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
@@ -13,6 +14,7 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "common/options.h"
+#include "common/toml_read.h"
 
 namespace slm {
 
@@ -225,35 +227,28 @@ Substrate parse_substrate(const std::string& text, const std::string& origin) {
     auto& src = e.source();
     fail(origin, ":", src.begin.line, ":", src.begin.column, ": invalid TOML: ", e.description());
   }
+  // A substrate file says what it is: an empty one would run on hidden defaults under "unnamed".
+  SLM_CHECK(t.get("name"), origin, ": 'name' is required (an empty substrate file would train on hidden defaults)");
   Substrate s;
   for (auto& [k, node] : t) {
     std::string key(k.str());
     const Field* f = find_field(key);
     if (!f) unknown_key(key, origin);
+    std::string err;
     std::visit(
         [&](auto m) {
           using T = std::decay_t<decltype(s.*m)>;
-          if constexpr (std::is_same_v<T, int64_t>) {
-            auto v = node.template value_exact<int64_t>();
-            SLM_CHECK(v.has_value(), origin, ": ", key, " must be an integer");
-            s.*m = *v;
-          } else if constexpr (std::is_same_v<T, double>) {
-            auto v = node.template value<double>();  // integers are accepted for floats
-            SLM_CHECK(v.has_value() && (node.is_floating_point() || node.is_integer()), origin, ": ", key,
-                      " must be a number");
-            s.*m = *v;
-          } else if constexpr (std::is_same_v<T, bool>) {
-            auto v = node.template value_exact<bool>();
-            SLM_CHECK(v.has_value(), origin, ": ", key, " must be true or false");
-            s.*m = *v;
-          } else {
-            auto v = node.template value_exact<std::string>();
-            SLM_CHECK(v.has_value(), origin, ": ", key, " must be a string");
-            s.*m = *v;
-          }
+          auto v = toml_read::as<T>(node, key, err);  // integers are accepted for floats; floats are finite
+          if (!v) fail(origin, ": ", err);
+          s.*m = *v;
         },
         f->member);
   }
+  // The name labels reports and terminal lines: printable and short.
+  for (unsigned char c : s.name)
+    SLM_CHECK(std::isalnum(c) || c == '.' || c == '_' || c == '-', origin, ": substrate name '",
+              toml_read::printable(s.name), "' may only use [A-Za-z0-9._-]");
+  SLM_CHECK(!s.name.empty() && s.name.size() <= 64, origin, ": substrate name must have 1 to 64 characters");
   return s;
 }
 
