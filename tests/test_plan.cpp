@@ -270,7 +270,7 @@ TEST(Catalog, OneBlockWrapperPerLayer) {
 TEST(Plan, NamesThatArePathsOrTerminalControlAreRefused) {
   slm::test::TempDir t;
   auto exp = [](const std::string& id) { return "[[phases.experiments]]\nid = \"" + id + "\"\nseeds = [1]\n"; };
-  for (std::string id : {"../../..", "baseline/.", "a/b", ".hidden", "-rf", "", "x y", "\\u001b[2J", "bell\\u0007",
+  for (const std::string& id : std::vector<std::string>{"../../..", "baseline/.", "a/b", ".hidden", "-rf", "", "x y", "\\u001b[2J", "bell\\u0007",
                          std::string(65, 'a'), "caf\\u00e9"}) {
     std::vector<std::string> errs;
     load_plan(plan_file(t, kHead + "[[phases]]\n" + exp(id)), &errs);

@@ -84,6 +84,8 @@ const std::vector<OptionSpec>& option_table() {
       {"max-tokens", "eval compile", OptType::Int, "96", "N", "generated tokens per prompt (bodies longer are not used)"},
       {"per-file", "eval compile", OptType::Int, "2", "N", "functions taken per held-out file at most"},
       {"temperature", "eval compile", OptType::Float, "0", "T", "0 = greedy"},
+      {"max-seconds", "eval compile", OptType::Float, "900", "S",
+       "stop after S seconds (or 8 x --n held-out files checked) and report what was scored"},
       {"seed", "eval compile", OptType::Seed, "0", "S", "sampling seed"},
       {"ledger", "eval compile", OptType::String, "runs/ledger.sqlite", "FILE", "record the result against the run here, when the run is in it"},
       {"prompt", "generate", OptType::String, "", "TEXT", "the text to continue (the prefix, with --suffix)"},
