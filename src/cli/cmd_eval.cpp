@@ -161,7 +161,7 @@ int cmd_eval_compile(const Args& a) {
     engine::Ledger ledger(ledger_path);
     if (auto id = ledger.run_in_dir(run_dir)) {
       ledger.add_compile_eval({*id, a.str("checkpoint"), o.mode, run.step, run.in_spike, res.n, res.k, res.ci.lo, res.ci.hi,
-                               records});
+                               records, res.trivial, res.stopped});
       std::printf("recorded against %s in %s\n", id->c_str(), ledger_path.c_str());
     } else {
       std::printf("not in %s: the result stays in the run folder only\n", ledger_path.c_str());
