@@ -168,17 +168,18 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out) {
         Experiment e;
         e.phase = pname;
         const std::string ew0 = where + " experiment #" + std::to_string(ei + 1);
-        e.id = get<std::string>(*et, "id", ew0, errors).value_or("");
         const toml::node* idn = et->get("id");
-        std::string id_problem = idn && idn->is_string() ? name_problem("experiment id", e.id) : "";
+        const auto idv = get<std::string>(*et, "id", ew0, errors);  // a wrong type is reported here
+        e.id = idv.value_or("");
+        const std::string id_problem = idv ? name_problem("experiment id", e.id) : "";
         const std::string ew = (e.id.empty() || !id_problem.empty()) ? ew0 : where + " experiment " + e.id;
         check_keys(*et, {"id", "base", "modules", "seeds", "notes"}, ew, errors);
         if (!idn) {
           errors.push_back(ew + ": 'id' is required");
         } else if (!id_problem.empty()) {
           errors.push_back(ew + ": " + id_problem);
-        } else if (e.id.empty()) {
-          // wrong type: already reported
+        } else if (!idv) {
+          // wrong type or control characters: already reported
         } else if (auto [it, fresh] = ids.emplace(name_key(e.id), e.id); !fresh) {
           errors.push_back(ew + ": duplicate id '" + e.id + "'" +
                            (it->second == e.id ? "" : " (same as '" + it->second + "' up to case)") +
