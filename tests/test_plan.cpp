@@ -349,5 +349,6 @@ TEST(Plan, SubstrateFilesAreTypedAndNamed) {
   check("name = \"s\"\ndepth = \"4\"\n", "'depth' must be an integer, got a string");
   check("name = \"s\"\nsoftcap = inf\n", "'softcap' must be a number, got inf");
   check("name = \"s\"\ndoc_mask = 1\n", "'doc_mask' must be true or false, got an integer");
-  check("name = \"../s\"\n", "may only use [A-Za-z0-9._-]");
+  check("name = \"../s\"\n", "name must be 1 to 64 characters of [A-Za-z0-9._-]");
+  check("depht = 4\n", "unknown substrate key 'depht'");  // unknown keys before the missing name
 }

@@ -151,6 +151,10 @@ int64_t Substrate::grad_accum() const {
 void Substrate::validate() const {
   std::vector<std::string> errs;
   auto err = [&](const std::string& e) { errs.push_back(e); };
+  // The name labels reports and terminal lines (and --set can change it): short, no control bytes.
+  bool safe_name = !name.empty() && name.size() <= 64;
+  for (unsigned char c : name) safe_name = safe_name && (std::isalnum(c) || c == '.' || c == '_' || c == '-');
+  if (!safe_name) err("name must be 1 to 64 characters of [A-Za-z0-9._-]");
   for (auto& f : fields()) {
     if (f.lo == 0 && f.hi == 0) continue;
     double v = std::visit(
@@ -179,7 +183,7 @@ void Substrate::validate() const {
     err("tp " + std::to_string(tp) + " does not divide the " + std::to_string(n_head()) + " attention heads");
   if (warmup_steps >= steps && warmup_steps > 0) err("warmup_steps must be smaller than steps");
   if (!errs.empty()) {
-    std::string all = "substrate " + name + ": ";
+    std::string all = "substrate " + toml_read::printable(name) + ": ";
     for (size_t i = 0; i < errs.size(); ++i) all += (i ? "; " : "") + errs[i];
     throw Error(all);
   }
@@ -227,8 +231,6 @@ Substrate parse_substrate(const std::string& text, const std::string& origin) {
     auto& src = e.source();
     fail(origin, ":", src.begin.line, ":", src.begin.column, ": invalid TOML: ", e.description());
   }
-  // A substrate file says what it is: an empty one would run on hidden defaults under "unnamed".
-  SLM_CHECK(t.get("name"), origin, ": 'name' is required (an empty substrate file would train on hidden defaults)");
   Substrate s;
   for (auto& [k, node] : t) {
     std::string key(k.str());
@@ -244,11 +246,8 @@ Substrate parse_substrate(const std::string& text, const std::string& origin) {
         },
         f->member);
   }
-  // The name labels reports and terminal lines: printable and short.
-  for (unsigned char c : s.name)
-    SLM_CHECK(std::isalnum(c) || c == '.' || c == '_' || c == '-', origin, ": substrate name '",
-              toml_read::printable(s.name), "' may only use [A-Za-z0-9._-]");
-  SLM_CHECK(!s.name.empty() && s.name.size() <= 64, origin, ": substrate name must have 1 to 64 characters");
+  // A substrate file says what it is: an empty one would run on hidden defaults under "unnamed".
+  SLM_CHECK(t.get("name"), origin, ": 'name' is required (an empty substrate file would train on hidden defaults)");
   return s;
 }
 
