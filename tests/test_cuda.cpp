@@ -282,3 +282,15 @@ TEST(FusedCE, TensorOpRowsMatchTheCpuRowKernel) {
 }
 
 }  // namespace
+
+// The peak probe runs only when its cache misses, so whether it runs depends on what other processes
+// did before; it must not touch the run's global generator, or a run's checkpointed RNG state (and
+// every later draw: CBP's re-initialized units) would depend on that (issue 18: CbpResume failed
+// once under load with rng.cpu differing).
+TEST(Device, PeakProbeLeavesTheGlobalGeneratorAlone) {
+  torch::manual_seed(5);
+  at::Generator global = at::detail::getDefaultCPUGenerator();
+  const torch::Tensor before = global.get_state();
+  (void)device::peak_flops(torch::Device(torch::kCPU), torch::kFloat32, /*force_measure=*/true);
+  EXPECT_TRUE(torch::equal(global.get_state(), before));
+}

@@ -201,6 +201,53 @@ TEST(DataSet, CorruptionIsDetected) {
   EXPECT_NO_THROW(verify(t / "good", 0, 1));
 }
 
+// Opening a data set (what train and eval do) checks the manifest, tokenizer and indexes against
+// each other, cheaply: any edit of a field that decides the tokens or their identity is refused, so
+// a run never trains under a substrate id its data does not have. Every field of every source and
+// the fingerprint itself are altered one at a time.
+TEST(DataSet, OpeningRefusesAnAlteredManifest) {
+  TempDir t;
+  slm::test::make_corpus(t / "src", 30);
+  build(small_opts(t / "src", t / "good"));
+  EXPECT_NO_THROW(DataSet d(t / "good"));
+  const nlohmann::json good = manifest(t / "good");
+  int n = 0;
+  auto refused = [&](nlohmann::json m, const std::string& what) {
+    const std::string d = t / ("m" + std::to_string(n++));
+    std::filesystem::copy(t / "good", d, std::filesystem::copy_options::recursive);
+    slm::test::write(d + "/manifest.json", m.dump());
+    expect_error([&] { DataSet ds(d); }, what);
+  };
+  {  // one character of the fingerprint
+    nlohmann::json m = good;
+    std::string fp = m["fingerprint"];
+    fp[3] = fp[3] == 'a' ? 'b' : 'a';
+    m["fingerprint"] = fp;
+    refused(m, "fingerprint");
+  }
+  for (const char* key : {"hash", "tokens"}) {  // a source's identity or length
+    nlohmann::json m = good;
+    if (std::string(key) == "hash") m["sources"][0][key] = std::string(32, '0');
+    else m["sources"][0][key] = m["sources"][0][key].get<uint64_t>() + 1;
+    refused(m, "manifest");
+  }
+  {  // the document order of a split
+    nlohmann::json m = good;
+    auto& docs = m["documents"]["train"];
+    ASSERT_GE(docs.size(), 2u);
+    std::swap(docs[0], docs[1]);
+    refused(m, "manifest");
+  }
+  {  // a key missing: one line, not a JSON exception
+    nlohmann::json m = good;
+    m.erase("shards");
+    refused(m, "manifest.json");
+    nlohmann::json m2 = good;
+    m2["tokenizer"]["file"] = 7;
+    refused(m2, "manifest.json");
+  }
+}
+
 TEST(DataSet, BadInputIsOneLineError) {
   TempDir t;
   slm::test::make_corpus(t / "src", 20);

@@ -5,10 +5,13 @@
 #include <unistd.h>
 
 #include <cmath>
-#include <sqlite3.h>
 
 #include "common/error.h"
 #include "engine/ledger.h"
+
+#include <sqlite3.h>
+
+#include <filesystem>
 #include "test_util.h"
 
 using namespace slm::engine;
@@ -176,4 +179,84 @@ TEST(Ledger, CompileEvalsKeepTrivialCountAndStopReason) {
   EXPECT_EQ(all[1].mode, "fim");
   EXPECT_EQ(all[1].trivial, 2);
   EXPECT_EQ(all[1].stopped, "the time limit of 60 s");
+}
+
+namespace {
+void sql(const std::string& path, const std::string& statement) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  char* err = nullptr;
+  EXPECT_EQ(sqlite3_exec(db, statement.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
+  sqlite3_free(err);
+  sqlite3_close(db);
+}
+}  // namespace
+
+// What is read back is what was written: every column of a run row and of an eval row, altered
+// behind the ledger's back one at a time (a flipped bit in a stored val_bpb printed a wrong number
+// in `report`), reads back INVALID with the reason, and the damaged eval point is left out. Writes
+// through the ledger (status changes, invalidation and its undo) keep rows sealed.
+TEST(Ledger, RowsAlteredBehindItsBackReadAsDamaged) {
+  slm::test::TempDir t;
+  const std::string path = t / "ledger.db";
+  RunRow r = row("plan", "base", 1);
+  r.status = Status::Done;
+  r.has_summary = true;
+  r.best_val_bpb = 1.25;
+  r.best_step = 40;
+  r.final_val_bpb = 1.3;
+  r.tokens_per_second = 1000;
+  r.step_ms = 12;
+  {
+    Ledger l(path);
+    l.upsert(r);
+    l.set_evals(r.run_id, {{0, 3.8, false}, {40, 1.25, false}});
+    l.set_status(r.run_id, Status::Done, "", true);
+    l.invalidate(r.run_id, "test");
+    l.revalidate(r.run_id);
+    EXPECT_EQ(l.get(r.run_id)->status, Status::Done) << l.get(r.run_id)->reason;
+  }
+  const std::vector<std::pair<std::string, std::string>> edits = {
+      {"best_val_bpb", "1.2500000000000002"}, {"best_step", "41"}, {"final_val_bpb", "1.31"},
+      {"status", "'failed'"}, {"reason", "'x'"}, {"substrate_id", "'abd'"}, {"config_json", "'{}'"},
+      {"attempts", "7"}, {"tokens_per_second", "1001"}, {"best_in_spike", "1"}, {"manual_invalid", "'m'"},
+      {"run_dir", "'/tmp/elsewhere'"}, {"git_commit", "'deadbeef'"}};
+  for (auto& [col, value] : edits) {
+    const std::string backup = t / ("backup.db");
+    std::filesystem::copy_file(path, backup, std::filesystem::copy_options::overwrite_existing);
+    sql(path, "UPDATE runs SET " + col + "=" + value);
+    {
+      Ledger l(path);
+      auto got = l.get(r.run_id);
+      ASSERT_TRUE(got.has_value());
+      EXPECT_EQ(got->status, Status::Invalid) << col;
+      EXPECT_NE(got->reason.find("damaged"), std::string::npos) << col << ": " << got->reason;
+      EXPECT_EQ(l.runs()[0].status, Status::Invalid) << col;
+    }
+    std::filesystem::copy_file(backup, path, std::filesystem::copy_options::overwrite_existing);
+  }
+  sql(path, "UPDATE evals SET val_bpb=1.2 WHERE step=40");
+  Ledger l(path);
+  auto got = l.get(r.run_id);
+  EXPECT_EQ(got->status, Status::Invalid);
+  EXPECT_NE(got->reason.find("step 40"), std::string::npos) << got->reason;
+  ASSERT_EQ(l.evals(r.run_id).size(), 1u);
+  EXPECT_EQ(l.evals(r.run_id)[0].step, 0);
+}
+
+// A ledger written before rows carried checksums is sealed once when opened, and reads as before.
+TEST(Ledger, OldLedgerWithoutChecksumsIsSealedOnOpen) {
+  slm::test::TempDir t;
+  const std::string path = t / "old.db";
+  RunRow r = row("plan", "base", 1);
+  r.status = Status::Done;
+  {
+    Ledger l(path);
+    l.upsert(r);
+    l.set_evals(r.run_id, {{0, 3.8, false}});
+  }
+  sql(path, "ALTER TABLE runs DROP COLUMN row_sum; ALTER TABLE evals DROP COLUMN row_sum");
+  Ledger l(path);
+  EXPECT_EQ(l.get(r.run_id)->status, Status::Done);
+  EXPECT_EQ(l.evals(r.run_id).size(), 1u);
 }

@@ -156,3 +156,58 @@ TEST(Loader, TransformsAreSeededResumableAndTrainOnly) {
   Loader w(dataset(), Split::Train, 64, 3, true);
   EXPECT_THROW(w.set_transforms(too_much), Error);
 }
+
+// The rows an evaluation scores (issue 18 §7): a budget beyond the split scores every token of the
+// split's whole rows once (it used to wrap around and score the first rows twice); a partial budget
+// takes rows spread over the whole split, each once, and exactly the budget's number of targets.
+TEST(EvalRows, NoTokenTwiceAndAPartialBudgetSpreadOverTheSplit) {
+  const DataSet& ds = dataset();
+  const int64_t C = 32, row = C + 1;
+  std::vector<int32_t> split;  // the split as the loader lays it out, BOS dropped
+  for (size_t i = 0; i < ds.docs(Split::Val).size(); ++i) {
+    auto t = ds.doc_tokens(Split::Val, i);
+    split.insert(split.end(), t.begin(), t.end());
+  }
+  auto content = [&](const EvalRows& e, int64_t r) {
+    std::vector<int32_t> out;
+    for (int64_t k = 1; k < row; ++k)  // targets: positions 1..C
+      if (e.tokens[r * row + k] != TOK_BOS) out.push_back(e.tokens[r * row + k]);
+    return out;
+  };
+
+  const EvalRows all = eval_rows(ds, C, uint64_t(1) << 40);
+  ASSERT_GT(all.rows_in_split, 4);
+  EXPECT_EQ(all.n_rows, all.rows_in_split);
+  EXPECT_EQ(all.targets, uint64_t(all.rows_in_split * C));
+  EXPECT_EQ(all.last_row_targets, C);
+  std::vector<int32_t> got;
+  for (int64_t r = 0; r < all.n_rows; ++r) {
+    auto c = content(all, r);
+    got.insert(got.end(), c.begin(), c.end());
+  }
+  ASSERT_LE(got.size(), split.size());
+  EXPECT_GT(got.size() + C, split.size()) << "at most the last partial row is left out";
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), split.begin())) << "every scored token once, in order";
+  EXPECT_EQ(all.docs_covered, all.docs_total);
+
+  // A quarter of the split, not a multiple of the context: rows spread from the first to the last
+  // quarter, none twice, the last row scoring only what the budget has left.
+  const uint64_t budget = uint64_t(all.rows_in_split * C / 4) + 5;
+  const EvalRows part = eval_rows(ds, C, budget);
+  EXPECT_EQ(part.targets, budget);
+  EXPECT_EQ(part.n_rows, int64_t((budget + C - 1) / C));
+  EXPECT_EQ(part.last_row_targets, int64_t(budget) - (part.n_rows - 1) * C);
+  std::vector<int64_t> where;  // each chosen row's index in the full layout
+  for (int64_t r = 0; r < part.n_rows; ++r)
+    for (int64_t q = 0; q < all.n_rows; ++q)
+      if (std::equal(part.tokens.begin() + r * row, part.tokens.begin() + (r + 1) * row, all.tokens.begin() + q * row)) {
+        where.push_back(q);
+        break;
+      }
+  ASSERT_EQ(where.size(), size_t(part.n_rows));
+  for (size_t i = 1; i < where.size(); ++i) EXPECT_LT(where[i - 1], where[i]) << "distinct rows, in order";
+  EXPECT_EQ(where.front(), 0);
+  EXPECT_GE(where.back(), all.rows_in_split * 3 / 4) << "the budget reaches the end of the split";
+  EXPECT_GT(part.docs_covered, part.docs_total / 2) << coverage_text(part);
+  EXPECT_NE(coverage_text(part).find("of " + std::to_string(part.docs_total) + " validation documents"), std::string::npos);
+}

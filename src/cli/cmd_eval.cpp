@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "data/dataset.h"
+#include "data/loader.h"
 #include "data/tokenizer.h"
 #include "engine/ledger.h"
 #include "eval/compile_rate.h"
@@ -108,6 +109,7 @@ int cmd_eval_bpb(const Args& a) {
   std::printf("val_bpb %.4f | %s checkpoint step %lld%s | context %lld (trained %lld, %s) | %lld tokens | %s\n", bpb,
               a.str("checkpoint").c_str(), (long long)run.step, run.in_spike ? " (saved inside a loss spike)" : "",
               (long long)context, (long long)trained, how.c_str(), (long long)tokens, run.config.value("precision", std::string("fp32")).c_str());
+  std::printf("  %s\n", data::coverage_text(data::eval_rows(ds, context, static_cast<uint64_t>(tokens))).c_str());
   for (auto& [k, v] : stats) std::printf("  %s %.4g\n", k.c_str(), v);  // what modules did in evaluation
   return 0;
 }

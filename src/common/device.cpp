@@ -1,5 +1,6 @@
 #include "common/device.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <sys/resource.h>
@@ -204,8 +205,12 @@ double peak_flops(const torch::Device& dev, torch::ScalarType dtype, bool force_
   // GEMM probe: square matmuls at a size that saturates the device, best of several timed runs.
   torch::NoGradGuard ng;
   const int64_t n = dev.is_cuda() ? 8192 : 1024;
-  auto opts = torch::TensorOptions().dtype(dtype).device(dev);
-  auto a = torch::randn({n, n}, opts), b = torch::randn({n, n}, opts);
+  // Operands from a private generator: the global one belongs to the run (model init, CBP), and a
+  // probe that runs only when the cache misses would otherwise shift it, so that a run's checkpointed
+  // RNG state depended on whether another process had measured the peak first.
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(/*seed=*/0);
+  auto opts = torch::TensorOptions().dtype(dtype);
+  auto a = torch::randn({n, n}, gen, opts).to(dev), b = torch::randn({n, n}, gen, opts).to(dev);
   for (int i = 0; i < 3; ++i) torch::matmul(a, b);
   double best = 0;
   for (int rep = 0; rep < 5; ++rep) {

@@ -321,6 +321,21 @@ BuildResult build(const BuildOptions& opt) {
 
 DataSet::DataSet(const std::string& dir) : dir_(dir) {
   json m = read_manifest(dir);
+  try {
+    open(m);
+  } catch (const json::exception& e) {  // a key missing or of the wrong type: never an internal error
+    fail("[data] ", dir, "/manifest.json is damaged (", e.what(), "); rebuild the data set or run slmlab data verify ", dir);
+  }
+}
+
+// Opening checks, cheaply, that the manifest, the tokenizer, the shards and the indexes belong
+// together: the fingerprint recomputed from the manifest, the tokenizer's hash, every shard's and
+// index's checksum, and every indexed document against the manifest's list (source, token count).
+// `data verify` re-hashes payloads and decodes documents on top.
+void DataSet::open(const json& m) {
+  const std::string& dir = dir_;
+  SLM_CHECK(fingerprint_of(m) == m.value("fingerprint", ""), "[data] ", dir,
+            "/manifest.json fingerprint does not match its contents; the data set was altered, rebuild it");
   manifest_text_ = m.dump(-1, ' ', false, json::error_handler_t::replace);
   fingerprint_ = m.value("fingerprint", "");
   name_ = m.value("name", "");
@@ -350,6 +365,13 @@ DataSet::DataSet(const std::string& dir) : dir_(dir) {
       SLM_CHECK(d.shard < n_sh && d.offset + d.n_tokens <= shard(sp, d.shard).count() &&
                     d.source < m["sources"].size(),
                 "[data] ", idx.path(), " points outside its shards; rebuild the data set");
+    const json& listed = m["documents"][split_name(sp)];
+    SLM_CHECK(listed.size() == docs.size(), "[data] ", idx.path(), " holds ", docs.size(), " documents, the manifest lists ",
+              listed.size(), "; rebuild the data set");
+    for (size_t i = 0; i < docs.size(); ++i)
+      SLM_CHECK(listed[i].get<uint64_t>() == docs[i].source &&
+                    m["sources"][docs[i].source]["tokens"].get<uint64_t>() == docs[i].n_tokens,
+                "[data] ", idx.path(), " document ", i, " disagrees with the manifest (source or token count); rebuild the data set");
   }
   SLM_CHECK(!val_docs_.empty(), "[data] ", dir, " has an empty validation split; rebuild it");
 }

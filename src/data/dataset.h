@@ -5,6 +5,7 @@
 //   {train,val}_NNN.tok token shards (shard.h);  {train,val}.idx document indexes
 // Built into a temporary sibling directory and renamed into place only when complete.
 #pragma once
+#include <nlohmann/json_fwd.hpp>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -59,6 +60,7 @@ class DataSet {
   const std::string& manifest_text() const { return manifest_text_; }
 
  private:
+  void open(const nlohmann::ordered_json& manifest);
   std::string dir_, fingerprint_, name_, manifest_text_;
   Tokenizer tok_;
   std::vector<MappedFile> train_shards_, val_shards_;

@@ -112,4 +112,52 @@ void Loader::align() {
   while (st_.rows % world_ != 0) fill(scratch_tok_.data(), scratch_doc_.data());
 }
 
+EvalRows eval_rows(const DataSet& ds, int64_t context, uint64_t tokens) {
+  Loader l(ds, Split::Val, context, 0, false);
+  const int64_t row = l.row_len();
+  // One pass: where each whole row starts, and the documents it touches.
+  std::vector<LoaderState> starts;
+  std::vector<std::pair<uint64_t, uint64_t>> spans;  // first and last document of each row
+  std::vector<int32_t> tok(row), doc(row);
+  for (;;) {
+    const LoaderState s = l.state();
+    l.next(tok.data(), doc.data());
+    const LoaderState& e = l.state();
+    if (e.epoch > 0 && (e.doc > 0 || e.offset > 0)) break;  // this row wraps into a second pass
+    starts.push_back(s);
+    const uint64_t n_docs = ds.docs(Split::Val).size();
+    const uint64_t last = e.epoch > 0 ? n_docs - 1 : (e.offset > 0 ? e.doc : e.doc - 1);
+    spans.push_back({s.doc, last});
+    if (e.epoch > 0) break;  // ended exactly at the end of the split
+  }
+  EvalRows r;
+  r.context = context;
+  r.rows_in_split = static_cast<int64_t>(starts.size());
+  r.docs_total = ds.docs(Split::Val).size();
+  SLM_CHECK(r.rows_in_split > 0, "[eval] the validation split holds less than one row of context ", context,
+            "; evaluate at a shorter context or rebuild the data set with a larger --val-frac");
+  const uint64_t cap = static_cast<uint64_t>(r.rows_in_split) * static_cast<uint64_t>(context);
+  r.targets = std::min<uint64_t>(tokens, cap);
+  SLM_CHECK(r.targets > 0, "[eval] the evaluation budget is 0 tokens; give a positive number of tokens");
+  r.n_rows = static_cast<int64_t>((r.targets + context - 1) / context);
+  r.last_row_targets = static_cast<int64_t>(r.targets) - (r.n_rows - 1) * context;
+  r.tokens.resize(r.n_rows * row);
+  r.doc_ids.resize(r.n_rows * row);
+  std::vector<bool> covered(r.docs_total, false);
+  for (int64_t i = 0; i < r.n_rows; ++i) {
+    const size_t k = static_cast<size_t>(static_cast<__int128>(i) * r.rows_in_split / r.n_rows);
+    l.restore(starts[k]);
+    l.next(r.tokens.data() + i * row, r.doc_ids.data() + i * row);
+    for (uint64_t d = spans[k].first; d <= spans[k].second; ++d) covered[d] = true;
+  }
+  for (bool c : covered) r.docs_covered += c;
+  return r;
+}
+
+std::string coverage_text(const EvalRows& e) {
+  return "scored " + std::to_string(e.targets) + " targets in " + std::to_string(e.n_rows) + " of " +
+         std::to_string(e.rows_in_split) + " rows, covering " + std::to_string(e.docs_covered) + " of " +
+         std::to_string(e.docs_total) + " validation documents";
+}
+
 }  // namespace slm::data

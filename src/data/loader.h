@@ -6,6 +6,7 @@
 // saves and restores. Rank r of W takes global rows r, r+W, r+2W, ...
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "data/dataset.h"
@@ -58,6 +59,23 @@ class Loader {
   uint64_t cur_epoch_ = ~0ull, cur_doc_ = ~0ull;
   const std::vector<int32_t>& transformed_doc();
 };
+
+// The validation rows one evaluation scores. The split is laid out once, in manifest order, as the
+// loader packs it (rows_in_split whole rows; the tail that would wrap into a second pass is never
+// scored, so no token counts twice); a budget of `tokens` targets takes ceil(tokens / context) rows
+// spread evenly over the whole split (row floor(i x rows_in_split / n_rows) for i = 0, 1, ...), so a
+// partial budget sees every part of the split rather than its first files, and the last row scores
+// only the targets the budget has left. A budget beyond the split scores the whole split once.
+struct EvalRows {
+  int64_t context = 0, n_rows = 0, rows_in_split = 0;
+  std::vector<int32_t> tokens, doc_ids;  // n_rows x (context + 1)
+  int64_t last_row_targets = 0;          // targets scored in the last row (<= context)
+  uint64_t targets = 0;                  // targets scored in all (special tokens included; they carry no bytes)
+  uint64_t docs_covered = 0, docs_total = 0;
+};
+EvalRows eval_rows(const DataSet& ds, int64_t context, uint64_t tokens);
+// "scored 8192 targets in 32 of 97 rows, covering 41 of 120 validation documents"
+std::string coverage_text(const EvalRows& e);
 
 // Seeded Fisher-Yates with a portable generator (std::shuffle's algorithm is implementation-defined).
 std::vector<uint32_t> permutation(uint32_t n, uint64_t seed);

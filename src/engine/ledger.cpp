@@ -4,10 +4,12 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <cmath>
 #include <thread>
 
 #include "common/error.h"
+#include "common/hash.h"
 
 namespace slm::engine {
 
@@ -27,10 +29,12 @@ CREATE TABLE IF NOT EXISTS runs (
   has_summary INTEGER NOT NULL DEFAULT 0,
   best_val_bpb REAL, best_step INTEGER, final_val_bpb REAL, tokens_per_second REAL, step_ms REAL,
   peak_rss_bytes INTEGER, best_in_spike INTEGER NOT NULL DEFAULT 0,
+  row_sum TEXT,                   -- checksum of every column above (Ledger::seal_run)
   updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
 CREATE TABLE IF NOT EXISTS evals (
   run_id TEXT NOT NULL, step INTEGER NOT NULL, val_bpb REAL NOT NULL, in_spike INTEGER NOT NULL DEFAULT 0,
+  row_sum TEXT,
   PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS plans (
@@ -89,7 +93,30 @@ struct Stmt {
   double col_f64(int i) const { return sqlite3_column_type(s, i) == SQLITE_NULL ? NAN : sqlite3_column_double(s, i); }
   int64_t col_i64(int i) const { return sqlite3_column_int64(s, i); }
   bool col_null(int i) const { return sqlite3_column_type(s, i) == SQLITE_NULL; }
+  // Columns [from, to) as stored (type and exact value), hashed: what a row checksum covers.
+  std::string sum(int from, int to) const {
+    Hasher h;
+    for (int i = from; i < to; ++i) {
+      const int type = sqlite3_column_type(s, i);
+      h.field(static_cast<uint64_t>(type));
+      if (type == SQLITE_INTEGER) h.field(static_cast<uint64_t>(sqlite3_column_int64(s, i)));
+      else if (type == SQLITE_FLOAT) {
+        const double v = sqlite3_column_double(s, i);
+        uint64_t bits;
+        std::memcpy(&bits, &v, sizeof bits);
+        h.field(bits);
+      } else if (type != SQLITE_NULL) h.field(col_text(i));
+    }
+    return h.hex();
+  }
 };
+
+// Every stored column of a run row but row_sum and updated_at, in one order for sealing and checking.
+const char* kRunColumns =
+    "run_id, plan, phase, experiment, seed, run_dir, status, reason, manual_invalid, substrate_id, "
+    "data_fingerprint, git_commit, config_json, attempts, has_summary, best_val_bpb, best_step, final_val_bpb, "
+    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike";
+constexpr int kNRunColumns = 22;
 
 }  // namespace
 
@@ -133,7 +160,40 @@ Ledger::Ledger(const std::string& path) : path_(path) {
       exec("ALTER TABLE compile_evals ADD COLUMN trivial INTEGER NOT NULL DEFAULT 0");
       exec("ALTER TABLE compile_evals ADD COLUMN stopped TEXT NOT NULL DEFAULT ''");
     }
+    // A ledger from before row checksums: add the column and seal what is there (trusted once).
+    for (const char* table : {"runs", "evals"}) {
+      Stmt info(db_, (std::string("SELECT 1 FROM pragma_table_info('") + table + "') WHERE name='row_sum'").c_str());
+      if (info.step(db_)) continue;
+      exec(std::string("ALTER TABLE ") + table + " ADD COLUMN row_sum TEXT");
+      if (std::string(table) == "runs") {
+        Stmt all(db_, "SELECT run_id FROM runs");
+        while (all.step(db_)) seal_run(all.col_text(0));
+      } else {
+        exec("UPDATE evals SET row_sum = NULL");
+        Stmt all(db_, "SELECT run_id, step, val_bpb, in_spike FROM evals");
+        std::vector<std::pair<std::string, int64_t>> keys;
+        while (all.step(db_)) keys.push_back({all.col_text(0), all.col_i64(1)});
+        for (auto& [id, step] : keys) seal_eval(id, step);
+      }
+    }
   });
+}
+
+// Stores the checksum of a run row's columns as they now are; called inside every write to the row.
+void Ledger::seal_run(const std::string& run_id) {
+  Stmt rd(db_, (std::string("SELECT ") + kRunColumns + " FROM runs WHERE run_id=?1").c_str());
+  rd.text(1, run_id);
+  if (!rd.step(db_)) return;
+  Stmt wr(db_, "UPDATE runs SET row_sum=?2 WHERE run_id=?1");
+  wr.text(1, run_id).text(2, rd.sum(0, kNRunColumns)).step(db_);
+}
+
+void Ledger::seal_eval(const std::string& run_id, int64_t step) {
+  Stmt rd(db_, "SELECT run_id, step, val_bpb, in_spike FROM evals WHERE run_id=?1 AND step=?2");
+  rd.text(1, run_id).i64(2, step);
+  if (!rd.step(db_)) return;
+  Stmt wr(db_, "UPDATE evals SET row_sum=?3 WHERE run_id=?1 AND step=?2");
+  wr.text(1, run_id).i64(2, step).text(3, rd.sum(0, 4)).step(db_);
 }
 
 Ledger::~Ledger() { sqlite3_close(db_); }
@@ -191,6 +251,7 @@ void Ledger::upsert(const RunRow& r) {
     }
     st.i64(21, r.best_in_spike).i64(22, r.manual_invalid);  // a manual overlay is not the run's own status
     st.step(db_);
+    seal_run(r.run_id);
   });
 }
 
@@ -202,6 +263,7 @@ void Ledger::set_status(const std::string& run_id, Status s, const std::string& 
     st.text(1, run_id).text(2, status_name(s)).text(3, reason).i64(4, count_attempt ? 1 : 0);
     st.step(db_);
     SLM_CHECK(sqlite3_changes(db_) == 1, "[ledger] no run '", run_id, "' in ", path_);
+    seal_run(run_id);
   });
 }
 
@@ -214,6 +276,7 @@ void Ledger::set_evals(const std::string& run_id, const std::vector<EvalPoint>& 
       sqlite3_reset(ins.s);
       ins.text(1, run_id).i64(2, e.step).f64(3, e.val_bpb).i64(4, e.in_spike);
       ins.step(db_);
+      seal_eval(run_id, e.step);
     }
   });
 }
@@ -224,6 +287,7 @@ void Ledger::invalidate(const std::string& run_id, const std::string& reason) {
     Stmt st(db_, "UPDATE runs SET manual_invalid=?2 WHERE run_id=?1");
     st.text(1, run_id).text(2, reason).step(db_);
     SLM_CHECK(sqlite3_changes(db_) == 1, "invalidate: no run '", run_id, "' in ", path_);
+    seal_run(run_id);
     Stmt log(db_, "INSERT INTO invalidations (run_id, action, reason) VALUES (?1, 'invalidate', ?2)");
     log.text(1, run_id).text(2, reason).step(db_);
   });
@@ -234,6 +298,7 @@ void Ledger::revalidate(const std::string& run_id) {
     Stmt st(db_, "UPDATE runs SET manual_invalid=NULL WHERE run_id=?1 AND manual_invalid IS NOT NULL");
     st.text(1, run_id).step(db_);
     SLM_CHECK(sqlite3_changes(db_) == 1, "invalidate --undo: run '", run_id, "' is not manually invalidated in ", path_);
+    seal_run(run_id);
     Stmt log(db_, "INSERT INTO invalidations (run_id, action, reason) VALUES (?1, 'undo', '')");
     log.text(1, run_id).step(db_);
   });
@@ -243,7 +308,7 @@ namespace {
 const char* kSelect =
     "SELECT run_id, plan, phase, experiment, seed, run_dir, status, reason, manual_invalid, substrate_id, "
     "data_fingerprint, git_commit, config_json, attempts, has_summary, best_val_bpb, best_step, final_val_bpb, "
-    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike FROM runs ";
+    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike, row_sum FROM runs ";
 
 // A row as reports see it: a manual invalidation overrides the recorded status, with its reason.
 RunRow read_row(const Stmt& st) {
@@ -274,6 +339,13 @@ RunRow read_row(const Stmt& st) {
   r.step_ms = st.col_f64(19);
   r.peak_rss_bytes = st.col_i64(20);
   r.best_in_spike = st.col_i64(21) != 0;
+  // A row whose checksum fails was altered after it was written (a flipped bit, a hand edit): its
+  // numbers are not used, loudly.
+  if (st.col_text(22) != st.sum(0, kNRunColumns)) {
+    r.status = Status::Invalid;
+    r.reason = "ledger row damaged: its checksum does not match its contents; restore the ledger or re-run the run";
+    r.manual_invalid = false;
+  }
   return r;
 }
 }  // namespace
@@ -282,14 +354,29 @@ std::optional<RunRow> Ledger::get(const std::string& run_id) const {
   Stmt st(db_, (std::string(kSelect) + "WHERE run_id=?1").c_str());
   st.text(1, run_id);
   if (!st.step(db_)) return std::nullopt;
-  return read_row(st);
+  return checked(read_row(st));
+}
+
+// A run with a damaged eval row is shown INVALID too: its curve and best are not what was measured.
+RunRow Ledger::checked(RunRow r) const {
+  Stmt st(db_, "SELECT run_id, step, val_bpb, in_spike, row_sum FROM evals WHERE run_id=?1 ORDER BY step");
+  st.text(1, r.run_id);
+  while (st.step(db_))
+    if (st.col_text(4) != st.sum(0, 4)) {
+      r.status = Status::Invalid;
+      r.reason = "ledger eval row at step " + std::to_string(st.col_i64(1)) +
+                 " damaged: its checksum does not match its contents; restore the ledger or re-run the run";
+      r.manual_invalid = false;
+      break;
+    }
+  return r;
 }
 
 std::vector<RunRow> Ledger::runs(const std::string& plan) const {
   Stmt st(db_, (std::string(kSelect) + (plan.empty() ? "" : "WHERE plan=?1 ") + "ORDER BY run_id").c_str());
   if (!plan.empty()) st.text(1, plan);
   std::vector<RunRow> out;
-  while (st.step(db_)) out.push_back(read_row(st));
+  while (st.step(db_)) out.push_back(checked(read_row(st)));
   return out;
 }
 
@@ -361,10 +448,11 @@ std::optional<std::string> Ledger::run_in_dir(std::string run_dir) const {
 }
 
 std::vector<EvalPoint> Ledger::evals(const std::string& run_id) const {
-  Stmt st(db_, "SELECT step, val_bpb, in_spike FROM evals WHERE run_id=?1 ORDER BY step");
+  Stmt st(db_, "SELECT run_id, step, val_bpb, in_spike, row_sum FROM evals WHERE run_id=?1 ORDER BY step");
   st.text(1, run_id);
   std::vector<EvalPoint> out;
-  while (st.step(db_)) out.push_back({st.col_i64(0), st.col_f64(1), st.col_i64(2) != 0});
+  while (st.step(db_))  // a damaged point is left out; the run's row says so (checked)
+    if (st.col_text(4) == st.sum(0, 4)) out.push_back({st.col_i64(1), st.col_f64(2), st.col_i64(3) != 0});
   return out;
 }
 

@@ -2,6 +2,8 @@
 // into: configuration, status with reason, substrate id, data fingerprint, slmlab's git commit,
 // the summary numbers and every eval point. Many processes write at once and nothing is lost:
 // each write is one short IMMEDIATE transaction, retried while another writer holds the lock.
+// Every row of runs and evals carries a checksum of its columns, so a row altered after it was
+// written (a flipped bit, a hand edit) reads back as INVALID with that reason, never as a number.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -90,6 +92,10 @@ class Ledger {
 
  private:
   void exec(const std::string& sql) const;
+  // Row checksums: every write to a row stores the hash of its columns; every read checks it.
+  void seal_run(const std::string& run_id);
+  void seal_eval(const std::string& run_id, int64_t step);
+  RunRow checked(RunRow r) const;
   // Runs `body` inside BEGIN IMMEDIATE ... COMMIT, retrying while the database is busy.
   template <typename F>
   void write_txn(F&& body);

@@ -117,18 +117,18 @@ std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64
   model.eval();
   device::set_autocast(dev, bf16);
   auto token_bytes = torch::tensor(ds.tokenizer().token_bytes(), torch::kInt64).to(dev);
-  data::Loader vl(ds, data::Split::Val, context, 0, false);
+  const data::EvalRows rows = data::eval_rows(ds, context, static_cast<uint64_t>(tokens));
   const int64_t row = context + 1;
-  const int64_t rows_needed = (tokens + context - 1) / context;
-  std::vector<int32_t> tok(batch_rows * row), doc(batch_rows * row);
   std::vector<double> parts;
-  for (int64_t done = 0, b = 0; done < rows_needed; done += batch_rows, ++b) {
-    for (int64_t r = 0; r < batch_rows; ++r) vl.next(tok.data() + r * row, doc.data() + r * row);
+  for (int64_t done = 0, b = 0; done < rows.n_rows; done += batch_rows, ++b) {
     parts.push_back(0);
     parts.push_back(0);
     if (b % world != rank) continue;  // another rank's batch
-    auto t = torch::from_blob(tok.data(), {batch_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
-    auto d = torch::from_blob(doc.data(), {batch_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
+    const int64_t n_rows = std::min(batch_rows, rows.n_rows - done);
+    const int32_t* tok = rows.tokens.data() + done * row;
+    const int32_t* doc = rows.doc_ids.data() + done * row;
+    auto t = torch::from_blob(const_cast<int32_t*>(tok), {n_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
+    auto d = torch::from_blob(const_cast<int32_t*>(doc), {n_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
     auto x = t.slice(1, 0, context), y = t.slice(1, 1, row), dd = d.slice(1, 0, context);
     std::map<std::string, double> batch_stats;
     auto n = model.token_nats(x, y, dd, stats ? &batch_stats : nullptr);
@@ -137,11 +137,8 @@ std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64
       (*stats)["eval.batches"] += 1;
     }
     auto nb = token_bytes.index({y});
-    if (done + batch_rows > rows_needed) {  // the budget ends inside this batch
-      const int64_t keep = rows_needed - done;
-      n = n.slice(0, 0, keep);
-      nb = nb.slice(0, 0, keep);
-    }
+    if (done + n_rows == rows.n_rows && rows.last_row_targets < context)  // the budget ends inside the last row
+      nb.select(0, n_rows - 1).slice(0, rows.last_row_targets).zero_();
     parts[2 * b] = n.masked_select(nb > 0).to(torch::kFloat64).sum().item<double>();
     parts[2 * b + 1] = nb.sum().item<double>();
   }

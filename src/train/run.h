@@ -29,9 +29,10 @@ ModelConfig model_config_from(const nlohmann::json& config);
 // on, in evaluation mode.
 LoadedRun load_run(const std::string& run_dir, const std::string& which);
 
-// val_bpb: nats summed over targets that carry bytes / (ln 2 x their bytes), over the first
-// `tokens` tokens of the validation split in rows of `context` (fixed rows, fixed order, never
-// transformed), `batch_rows` rows per forward pass.
+// val_bpb: nats summed over targets that carry bytes / (ln 2 x their bytes), over a budget of
+// `tokens` targets in rows of `context` spread evenly over the whole validation split, no token
+// scored twice (data::eval_rows; fixed rows, fixed order, never transformed), `batch_rows` rows per
+// forward pass.
 // `stats`, when given, receives the means over the batches of what modules report in evaluation.
 double val_bpb(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens, int64_t batch_rows, bool bf16,
                torch::Device dev, std::map<std::string, double>* stats = nullptr);
