@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <thread>
 
 #include "common/error.h"
 #include "common/fs.h"
@@ -345,6 +346,68 @@ TEST_F(Sandbox, ExtractedFunctionsCompileInTheirFileContext) {
   CompileResult fail = check_compiles(splice_completion(text, add, *bad));
   EXPECT_EQ(fail.status, CompileStatus::CompileError);
   EXPECT_NE(fail.first_error.find("main.cpp:12"), std::string::npos) << fail.first_error;
+}
+
+// Issue 18 §6: RLIMIT_NPROC does not bind root, so as root the sandbox runs as nobody. A sandboxed
+// command that starts many processes must hit the limit, whoever runs slmlab (root here).
+TEST_F(Sandbox, ProcessLimitHoldsEvenForRoot) {
+  SandboxOptions o = tight();
+  o.compiler = "/bin/sh";  // stands in for a compiler that forks: sh -c SCRIPT sh -x c++ main.cpp
+  o.max_processes = 16;
+  o.flags = {"-c",
+             "echo uid=$(id -u); i=0; while [ $i -lt 200 ]; do sleep 5 & i=$((i+1)); done; echo started=$i", "sh"};
+  CompileResult r = check_compiles("", o);
+  if (::geteuid() == 0) {
+    EXPECT_NE(r.output.find("uid=65534"), std::string::npos) << r.output;
+  }
+  EXPECT_EQ(r.output.find("started=200"), std::string::npos) << "200 processes started under a limit of 16: " << r.output;
+  EXPECT_NE(r.output.find("fork"), std::string::npos) << r.output;
+  EXPECT_FALSE(r.ok);
+}
+
+// A status comes from the kernel's account (exit code, signal, CPU time, peak memory), never from
+// the text the compiler prints, which the source can write.
+TEST_F(Sandbox, StatusIsNotTakenFromTheCompilersText) {
+  for (const char* text : {"CPU time limit exceeded", "Killed signal terminated program cc1plus",
+                           "virtual memory exhausted: Cannot allocate memory", "std::bad_alloc", "out of memory"}) {
+    CompileResult r = check_compiles(std::string("#error ") + text + "\nint main() {}\n", tight());
+    EXPECT_EQ(r.status, CompileStatus::CompileError) << text << ": " << compile_status_name(r.status);
+  }
+  // Output that begins like bwrap's own complaint is still the compiler's (a sandbox that did come up).
+  SandboxOptions o = tight();
+  o.compiler = "/bin/sh";
+  o.flags = {"-c", "echo 'bwrap: Can not mount'; exit 1", "sh"};
+  EXPECT_EQ(check_compiles("", o).status, CompileStatus::CompileError);
+}
+
+// An empty body of a function that returns a value does not compile (-Werror=return-type), and a
+// body that does nothing is trivial: counted apart by compile_rate, not as a success.
+TEST_F(Sandbox, EmptyBodiesDoNotCountAsCompiling) {
+  CompileResult r = check_compiles("int f(int a) { }\n");
+  EXPECT_EQ(r.status, CompileStatus::CompileError) << r.output;
+  EXPECT_NE(r.first_error.find("return"), std::string::npos) << r.first_error;
+  EXPECT_TRUE(check_compiles("int f(int a) { return a; }\n").ok);
+}
+
+TEST(TrivialBody, NothingOrALoneLiteralIsTrivial) {
+  for (const char* b : {"}", "\n}", "  // TODO\n}", "/* nothing */ }", "return;}", "\n  return 0;\n}", "return -1; }",
+                        "return true;}", "return nullptr; }", "return {};}", "return \"\";}", "return 'x';}", "return 1.5f;}"})
+    EXPECT_TRUE(trivial_body(b)) << b;
+  for (const char* b : {"return a;}", "return a + b;}", "++count_;}", "return f(0);}", "x = 0; return 0;}",
+                        "throw std::runtime_error(\"no\");}", "return 0 + a;}"})
+    EXPECT_FALSE(trivial_body(b)) << b;
+}
+
+// eval compile stops at its time limit or its cap on held-out files, and says which.
+TEST(EvalBudget, StopsAtTheTimeLimitOrTheFileCap) {
+  EvalBudget b;
+  b.max_seconds = 60;
+  b.max_files = 3;
+  EXPECT_EQ(b.exhausted(2), "");
+  EXPECT_NE(b.exhausted(3).find("cap of 3 held-out files"), std::string::npos);
+  b.max_seconds = 0.05;
+  std::this_thread::sleep_for(std::chrono::milliseconds(80));
+  EXPECT_NE(b.exhausted(0).find("time limit of 0.05 s"), std::string::npos) << b.exhausted(0);
 }
 
 }  // namespace

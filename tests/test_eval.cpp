@@ -85,6 +85,8 @@ TEST(EvalCompile, RateIntervalRecordsLedgerAndReport) {
     EXPECT_EQ(test::count_lines(fs::read_file(rec)), 4);
     auto first = nlohmann::json::parse(fs::read_file(rec).substr(0, fs::read_file(rec).find('\n')));
     EXPECT_TRUE(first.contains("status") && first.contains("function") && first.contains("completion"));
+    EXPECT_TRUE(first.contains("trivial")) << "trivial bodies are marked per prompt (issue 18 6)";
+    EXPECT_NE(e.out.find("trivial bodies (not counted)"), std::string::npos) << e.out;
   }
   // An earlier checkpoint, kept by --keep-checkpoints, is evaluated as itself.
   auto early = test::run(bin + " eval compile " + run + " --checkpoint 20 --n 2 --max-tokens 64 --ledger " + db);
@@ -96,7 +98,14 @@ TEST(EvalCompile, RateIntervalRecordsLedgerAndReport) {
   for (auto& c : ce) {
     EXPECT_LE(c.lo, static_cast<double>(c.k) / c.n);
     EXPECT_GE(c.hi, static_cast<double>(c.k) / c.n);
+    EXPECT_LE(c.k + c.trivial, c.n) << "a trivial body is not a success";
+    EXPECT_EQ(c.stopped, "");
   }
+  // The bound (issue 18 6): held-out files that do not compile do not count toward --n, so the
+  // evaluation has a clock; reached before any prompt, it is an error that says which bound.
+  auto bounded = test::run(bin + " eval compile " + run + " --n 4 --max-tokens 64 --max-seconds 0.001 --ledger " + db);
+  EXPECT_EQ(bounded.status, 2) << bounded.out;
+  EXPECT_NE(bounded.out.find("stopped at the time limit of 0.001 s"), std::string::npos) << bounded.out;
   auto rep = test::run(bin + " report --ledger " + db);
   ASSERT_EQ(rep.status, 0) << rep.out;
   EXPECT_NE(rep.out.find("compile rate"), std::string::npos) << rep.out;

@@ -149,6 +149,38 @@ TEST(Ledger, UnwritablePathIsAClearError) {
   }
 }
 
+// Compile evaluations carry their trivial bodies and the bound that stopped them (issue 18 §6); a
+// ledger written before those columns existed gains them when opened.
+TEST(Ledger, CompileEvalsKeepTrivialCountAndStopReason) {
+  slm::test::TempDir t;
+  const std::string path = t / "old.sqlite";
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "CREATE TABLE compile_evals (run_id TEXT NOT NULL, checkpoint TEXT NOT NULL, step INTEGER NOT "
+                           "NULL, in_spike INTEGER NOT NULL, mode TEXT NOT NULL, n INTEGER NOT NULL, k INTEGER NOT NULL, "
+                           "lo REAL NOT NULL, hi REAL NOT NULL, records TEXT NOT NULL, at TEXT NOT NULL DEFAULT '', "
+                           "PRIMARY KEY (run_id, step, mode));"
+                           "INSERT INTO compile_evals VALUES ('p/a/s1', 'latest', 10, 0, 'complete', 4, 2, 0.1, 0.9, 'r', '');",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  slm::engine::Ledger l(path);
+  auto old = l.compile_evals("p/a/s1");
+  ASSERT_EQ(old.size(), 1u);
+  EXPECT_EQ(old[0].trivial, 0);
+  EXPECT_EQ(old[0].stopped, "");
+  slm::engine::CompileEval e{"p/a/s1", "latest", "fim", 10, false, 8, 3, 0.1, 0.7, "r2", 2, "the time limit of 60 s"};
+  l.add_compile_eval(e);
+  auto all = l.compile_evals("p/a/s1");
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[1].mode, "fim");
+  EXPECT_EQ(all[1].trivial, 2);
+  EXPECT_EQ(all[1].stopped, "the time limit of 60 s");
+}
+
 namespace {
 void sql(const std::string& path, const std::string& statement) {
   sqlite3* db = nullptr;

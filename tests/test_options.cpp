@@ -99,3 +99,60 @@ TEST(Options, EditDistance) {
   EXPECT_EQ(nearest("--vocabb", {"--vocab", "--out"}), "--vocab");
   EXPECT_EQ(nearest("--zzzzzzzz", {"--vocab", "--out"}), "");
 }
+
+// Issue 18 §3: every numeric option is range-checked at parse time. Nothing is cut to 32 bits (a
+// caller stores counts in an int), nothing negative or non-finite runs as if it were a default.
+TEST(Options, NumbersOutOfRangeAreRefusedNeverTruncated) {
+  auto refused = [](std::vector<std::string> argv, const std::string& needle) {
+    try {
+      parse(argv);
+      ADD_FAILURE() << "accepted: " << argv.back();
+    } catch (const slm::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  refused({"data", "build", "--vocab", "4294969344"}, "outside [0, 2147483647]");
+  refused({"demo", "--jobs", "4294967298"}, "outside [0, 2147483647]");
+  refused({"ablate", "P", "--jobs", "99999999999999999999"}, "outside");
+  refused({"eval", "bpb", "R", "--context", "-5"}, "--context -5 is outside");
+  refused({"eval", "bpb", "R", "--tokens", "-1"}, "--tokens -1 is outside");
+  refused({"generate", "R", "--top-k", "-5"}, "--top-k -5 is outside");
+  refused({"generate", "R", "--seed", "-1"}, "--seed -1 is outside");
+  refused({"generate", "R", "--max-tokens", "+5"}, "expects a whole number");
+  refused({"generate", "R", "--max-tokens", " 5"}, "expects a whole number");
+  refused({"eval", "compile", "R", "--temperature", "nan"}, "finite");
+  refused({"eval", "compile", "R", "--temperature", "inf"}, "finite");
+  refused({"eval", "compile", "R", "--temperature", "1e999"}, "finite");
+  refused({"generate", "R", "--temperature", "-0.5"}, "must be >= 0");
+  refused({"ablate", "P", "--poll", "-nan"}, "finite");
+  // In range: the widest int, and seeds wider than 32 bits.
+  EXPECT_EQ(parse({"data", "build", "--vocab", "2147483647"}).i64("vocab"), 2147483647);
+  EXPECT_EQ(parse({"generate", "R", "--seed", "9223372036854775807"}).i64("seed"), 9223372036854775807LL);
+  EXPECT_DOUBLE_EQ(parse({"generate", "R", "--temperature", "0.7"}).f64("temperature"), 0.7);
+}
+
+// Every number the table declares obeys the same rule, so a new option cannot forget it.
+TEST(Options, EveryNumericDefaultIsInRange) {
+  for (auto& o : option_table()) {
+    if (o.type != OptType::Int && o.type != OptType::Seed && o.type != OptType::Float) continue;
+    std::string cmd = o.commands;
+    cmd = cmd.substr(0, cmd.find('|'));
+    std::vector<std::string> argv;
+    for (size_t p = 0, q; p <= cmd.size(); p = q + 1) {
+      q = cmd.find(' ', p);
+      if (q == std::string::npos) q = cmd.size();
+      argv.push_back(cmd.substr(p, q - p));
+    }
+    const CommandSpec* spec = nullptr;
+    for (auto& c : command_table())
+      if (cmd == c.name) spec = &c;
+    ASSERT_NE(spec, nullptr) << cmd;
+    if (std::string(spec->positional).size() && spec->positional[0] != '[') argv.push_back("X");
+    Args a = parse(argv);
+    if (o.type == OptType::Float) EXPECT_GE(a.f64(o.name), 0) << o.name;
+    else EXPECT_GE(a.i64(o.name), 0) << o.name;
+    argv.push_back(std::string("--") + o.name);
+    argv.push_back("-1");
+    EXPECT_THROW(parse(argv), slm::Error) << o.name;
+  }
+}

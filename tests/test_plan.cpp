@@ -264,3 +264,91 @@ TEST(Catalog, OneBlockWrapperPerLayer) {
   EXPECT_NE(e[0].find("modules mhc and mod both wrap layers 1,3"), std::string::npos) << e[0];
   EXPECT_TRUE(errors_of({"gateskip.layers=0", "mod.layers=1,3", "flexidepth.layers=2"}).empty());
 }
+
+// Issue 18 §4: plan names and experiment ids become folders (runs/<plan>/<id>/s<seed>) and terminal
+// text. Each unsafe one is refused at plan check, naming it (escaped) and the allowed set.
+TEST(Plan, NamesThatArePathsOrTerminalControlAreRefused) {
+  slm::test::TempDir t;
+  auto exp = [](const std::string& id) { return "[[phases.experiments]]\nid = \"" + id + "\"\nseeds = [1]\n"; };
+  for (const std::string& id : std::vector<std::string>{"../../..", "baseline/.", "a/b", ".hidden", "-rf", "", "x y", "\\u001b[2J", "bell\\u0007",
+                         std::string(65, 'a'), "caf\\u00e9"}) {
+    std::vector<std::string> errs;
+    load_plan(plan_file(t, kHead + "[[phases]]\n" + exp(id)), &errs);
+    EXPECT_TRUE(has(errs, "is not a safe name") || has(errs, "control characters")) << id;
+    EXPECT_TRUE(id.empty() || has(errs, "[A-Za-z0-9._-]") || has(errs, "control characters")) << id;
+    for (auto& e : errs)
+      for (unsigned char c : e) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "raw byte " << int(c) << " in: " << e;
+  }
+  // The plan's own name too (runs/<plan>/...).
+  std::vector<std::string> errs;
+  load_plan(plan_file(t, "name = \"../x\"\nsubstrate = \"" + std::string(SLMLAB_SOURCE_DIR) +
+                             "/substrates/cpu-tiny.toml\"\n[[phases]]\n" + exp("a")), &errs);
+  EXPECT_TRUE(has(errs, "plan name '../x' is not a safe name")) << ::testing::PrintToString(errs);
+  // Safe names pass.
+  EXPECT_NO_THROW(load_plan(plan_file(t, kHead + "[[phases]]\n" + exp("p4_e01-top.v2") + exp("B_2"))));
+}
+
+// Two ids that would share one folder (or one on a case-insensitive file system) are one id.
+TEST(Plan, IdsAreUniqueAfterNormalization) {
+  slm::test::TempDir t;
+  std::vector<std::string> errs;
+  load_plan(plan_file(t, kHead + R"(
+[[phases]]
+[[phases.experiments]]
+id = "baseline"
+seeds = [1]
+[[phases.experiments]]
+id = "Baseline"
+seeds = [1]
+)"), &errs);
+  EXPECT_TRUE(has(errs, "duplicate id 'Baseline' (same as 'baseline' up to case)")) << ::testing::PrintToString(errs);
+}
+
+// Issue 18 §3: a value of the wrong type anywhere in a plan is an error naming the key and the
+// type it needs, never a silent default or a dropped entry.
+TEST(Plan, WrongTypesAreErrorsNamingKeyAndType) {
+  slm::test::TempDir t;
+  struct Case {
+    std::string body, needle;
+  };
+  const std::string one = "[[phases]]\n[[phases.experiments]]\nid = \"baseline\"\nseeds = [1]\n";
+  std::vector<Case> cases = {
+      {"[rule]\nk_noise = \"5\"\n" + one, "'k_noise' must be a number, got a string"},
+      {"[rule]\nmax_retries = 0.5\n" + one, "'max_retries' must be an integer, got a float"},
+      {"[rule]\nmin_rel_delta = nan\n" + one, "'min_rel_delta' must be a number, got nan"},
+      {"rule = 3\n" + one, "'rule' must be a table, got an integer"},
+      {one + "[[phases.experiments]]\nid = \"x\"\nbase = [\"baseline\"]\nseeds = [2]\n",
+       "'base' must be a string, got an array"},
+      {"[[phases]]\nname = \"p\"\nexperiments = [1, 2]\n", "experiments[0] must be a table"},
+      {one + "[[phases.experiments]]\nid = \"y\"\nseeds = [2]\nmodules = \"engram\"\n", "'modules' must be an array"},
+      {one + "[[phases.experiments]]\nid = \"z\"\nseeds = 3\n", "'seeds' must be an array"},
+      {one + "[[phases.experiments]]\nid = \"w\"\nseeds = [2]\nmodules = [{ name = \"yarn\", scale = nan }]\n",
+       "module parameter 'scale' must be a finite number, got nan"},
+      {"[[phases]]\nname = 7\n[[phases.experiments]]\nid = \"a\"\nseeds = [1]\n", "'name' must be a string, got an integer"},
+      {"description = \"\\u001b]0;pwned\\u0007\"\n" + one, "'description' holds control characters"},
+  };
+  for (auto& c : cases) {
+    std::vector<std::string> errs;
+    load_plan(plan_file(t, kHead + c.body), &errs);
+    EXPECT_TRUE(has(errs, c.needle)) << c.needle << " in " << ::testing::PrintToString(errs);
+    EXPECT_THROW(load_plan(plan_file(t, kHead + c.body)), Error) << c.needle;
+  }
+}
+
+// The substrate file is read with the same typed reads; an empty one names no substrate.
+TEST(Plan, SubstrateFilesAreTypedAndNamed) {
+  slm::test::TempDir t;
+  auto check = [&](const std::string& sub, const std::string& needle) {
+    slm::test::write(t / "s.toml", sub);
+    std::vector<std::string> errs;
+    load_plan(plan_file(t, "name = \"p\"\nsubstrate = \"s.toml\"\n[[phases]]\n[[phases.experiments]]\nid = \"a\"\nseeds = [1]\n"),
+              &errs);
+    EXPECT_TRUE(has(errs, needle)) << needle << " in " << ::testing::PrintToString(errs);
+  };
+  check("", "'name' is required");
+  check("name = \"s\"\ndepth = \"4\"\n", "'depth' must be an integer, got a string");
+  check("name = \"s\"\nsoftcap = inf\n", "'softcap' must be a number, got inf");
+  check("name = \"s\"\ndoc_mask = 1\n", "'doc_mask' must be true or false, got an integer");
+  check("name = \"../s\"\n", "name must be 1 to 64 characters of [A-Za-z0-9._-]");
+  check("depht = 4\n", "unknown substrate key 'depht'");  // unknown keys before the missing name
+}

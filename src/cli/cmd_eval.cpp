@@ -128,6 +128,8 @@ int cmd_eval_compile(const Args& a) {
   o.per_file = a.i64("per-file");
   o.temperature = a.f64("temperature");
   o.seed = static_cast<uint64_t>(a.i64("seed"));
+  o.max_seconds = a.f64("max-seconds");
+  SLM_CHECK(o.max_seconds > 0, "eval compile: --max-seconds must be > 0");
   SLM_CHECK(o.per_file >= 1, "eval compile: --per-file must be at least 1");
   SLM_CHECK(o.mode == "complete" || o.mode == "fim", "eval compile: --mode '", o.mode, "' is not complete or fim");
   std::printf("eval compile | %s | %s checkpoint step %lld%s | mode %s | %lld prompts, %lld tokens each\n", run_dir.c_str(),
@@ -143,22 +145,25 @@ int cmd_eval_compile(const Args& a) {
   nlohmann::json lines = nlohmann::json::array();
   std::string body;
   for (auto& r : res.prompts)
-    body += nlohmann::json{{"file", r.file}, {"function", r.function}, {"ok", r.ok}, {"status", r.status},
+    body += nlohmann::json{{"file", r.file}, {"function", r.function}, {"ok", r.ok}, {"trivial", r.trivial}, {"status", r.status},
                            {"closed", r.closed}, {"first_error", r.first_error}, {"prompt_tokens", r.prompt_tokens},
                            {"generated_tokens", r.generated_tokens}, {"completion", r.completion}}
                 .dump() + "\n";
   const std::string records = fs::join(run_dir, "compile_" + o.mode + "_step" + std::to_string(run.step) + ".jsonl");
   fs::write_atomic(records, body);
-  std::printf("compile rate %lld/%lld = %.1f%% (95%% Wilson %.1f-%.1f%%) | %s @ step %lld | %lld held-out files with "
-              "functions, %lld rejected (their reference does not compile) | records %s\n",
-              (long long)res.k, (long long)res.n, 100.0 * res.k / res.n, 100 * res.ci.lo, 100 * res.ci.hi, o.mode.c_str(),
-              (long long)run.step, (long long)res.files_seen, (long long)res.files_rejected, records.c_str());
+  std::printf("compile rate %lld/%lld = %.1f%% (95%% Wilson %.1f-%.1f%%) | %lld trivial bodies (not counted) | %s @ step "
+              "%lld | %lld held-out files with functions, %lld rejected (their reference does not compile) | records %s\n",
+              (long long)res.k, (long long)res.n, 100.0 * res.k / res.n, 100 * res.ci.lo, 100 * res.ci.hi,
+              (long long)res.trivial, o.mode.c_str(), (long long)run.step, (long long)res.files_seen,
+              (long long)res.files_rejected, records.c_str());
+  if (!res.stopped.empty())
+    std::printf("stopped after %lld of %lld prompts at %s\n", (long long)res.n, (long long)o.n, res.stopped.c_str());
   const std::string ledger_path = a.str("ledger");
   if (fs::exists(ledger_path)) {
     engine::Ledger ledger(ledger_path);
     if (auto id = ledger.run_in_dir(run_dir)) {
       ledger.add_compile_eval({*id, a.str("checkpoint"), o.mode, run.step, run.in_spike, res.n, res.k, res.ci.lo, res.ci.hi,
-                               records});
+                               records, res.trivial, res.stopped});
       std::printf("recorded against %s in %s\n", id->c_str(), ledger_path.c_str());
     } else {
       std::printf("not in %s: the result stays in the run folder only\n", ledger_path.c_str());

@@ -1,7 +1,10 @@
 #include "common/options.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <climits>
+#include <cmath>
 #include <cstdlib>
 #include <sstream>
 
@@ -79,20 +82,30 @@ std::string Args::str(const std::string& name) const {
 }
 
 int64_t Args::i64(const std::string& name) const {
-  std::string s = str(name);
+  const OptionSpec& o = option_or_die(*this, name);
+  SLM_CHECK(o.type == OptType::Int || o.type == OptType::Seed, "internal: option --", name, " is not an integer");
+  const std::string s = str(name);
+  const long long hi = o.type == OptType::Int ? INT32_MAX : LLONG_MAX;
+  // Digits only: strtoll would take a sign, spaces and wrap-around hints we do not want.
+  const bool digits = !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
   errno = 0;
   char* end = nullptr;
-  long long v = std::strtoll(s.c_str(), &end, 10);
-  SLM_CHECK(!s.empty() && end && *end == '\0' && errno == 0, "--", name, " expects an integer, got '", s, "'");
+  long long v = digits ? std::strtoll(s.c_str(), &end, 10) : 0;
+  SLM_CHECK(digits || (s.size() > 1 && s[0] == '-' && s.find_first_not_of("0123456789", 1) == std::string::npos),
+            "--", name, " expects a whole number, got '", s, "'");
+  SLM_CHECK(digits && errno == 0 && v <= hi, "--", name, " ", s, " is outside [0, ", hi, "]");
   return v;
 }
 
 double Args::f64(const std::string& name) const {
-  std::string s = str(name);
+  const std::string s = str(name);
   errno = 0;
   char* end = nullptr;
   double v = std::strtod(s.c_str(), &end);
-  SLM_CHECK(!s.empty() && end && *end == '\0' && errno == 0, "--", name, " expects a number, got '", s, "'");
+  SLM_CHECK(!s.empty() && end && *end == '\0' && !std::isspace(static_cast<unsigned char>(s[0])), "--", name,
+            " expects a number, got '", s, "'");
+  SLM_CHECK(std::isfinite(v) && errno != ERANGE, "--", name, " must be a finite number, got '", s, "'");
+  SLM_CHECK(v >= 0, "--", name, " must be >= 0, got ", s);
   return v;
 }
 
@@ -182,7 +195,7 @@ Args parse(const std::vector<std::string>& argv) {
   // Typed values are checked here so a bad number fails before any work starts.
   for (auto& [name, vals] : a.values) {
     const OptionSpec* o = find_option(cmd, name);
-    if (o->type == OptType::Int) a.i64(name);
+    if (o->type == OptType::Int || o->type == OptType::Seed) a.i64(name);
     if (o->type == OptType::Float) a.f64(name);
   }
   return a;

@@ -9,7 +9,10 @@
 
 namespace slm::cli {
 
-enum class OptType { Flag, Int, Float, String, List };
+// Numbers on the command line are counts, sizes, rates and seeds: never negative, never NaN or inf,
+// never silently cut to fit. Int is a count that fits an int (0 .. 2^31-1, so no caller truncates
+// it); Seed is 0 .. 2^63-1; Float is finite and >= 0. Anything else is refused at parse time.
+enum class OptType { Flag, Int, Seed, Float, String, List };
 
 struct OptionSpec {
   const char* name;      // without the leading "--"
@@ -39,7 +42,7 @@ class Args {
   bool has(const std::string& name) const;
   bool flag(const std::string& name) const;
   std::string str(const std::string& name) const;
-  int64_t i64(const std::string& name) const;
+  int64_t i64(const std::string& name) const;  // an Int or Seed option, range-checked
   double f64(const std::string& name) const;
   std::vector<std::string> list(const std::string& name) const;
 

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS plans (
 CREATE TABLE IF NOT EXISTS compile_evals (
   run_id TEXT NOT NULL, checkpoint TEXT NOT NULL, step INTEGER NOT NULL, in_spike INTEGER NOT NULL, mode TEXT NOT NULL,
   n INTEGER NOT NULL, k INTEGER NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL, records TEXT NOT NULL,
+  trivial INTEGER NOT NULL DEFAULT 0, stopped TEXT NOT NULL DEFAULT '',
   at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
   PRIMARY KEY (run_id, step, mode)
 );
@@ -149,6 +150,16 @@ Ledger::Ledger(const std::string& path) : path_(path) {
   exec("PRAGMA synchronous=NORMAL");  // WAL + NORMAL: a committed transaction survives a process kill
   write_txn([&] {
     exec(kSchema);
+    // Ledgers written before compile_evals counted trivial bodies and its bound get the columns.
+    bool has_trivial = false;
+    {
+      Stmt st(db_, "SELECT name FROM pragma_table_info('compile_evals')");
+      while (st.step(db_)) has_trivial = has_trivial || st.col_text(0) == "trivial";
+    }
+    if (!has_trivial) {
+      exec("ALTER TABLE compile_evals ADD COLUMN trivial INTEGER NOT NULL DEFAULT 0");
+      exec("ALTER TABLE compile_evals ADD COLUMN stopped TEXT NOT NULL DEFAULT ''");
+    }
     // A ledger from before row checksums: add the column and seal what is there (trusted once).
     for (const char* table : {"runs", "evals"}) {
       Stmt info(db_, (std::string("SELECT 1 FROM pragma_table_info('") + table + "') WHERE name='row_sum'").c_str());
@@ -388,16 +399,17 @@ std::optional<std::string> Ledger::plan_spec(const std::string& name) const {
 void Ledger::add_compile_eval(const CompileEval& e) {
   write_txn([&] {
     Stmt st(db_,
-            "INSERT OR REPLACE INTO compile_evals (run_id, checkpoint, step, in_spike, mode, n, k, lo, hi, records) "
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+            "INSERT OR REPLACE INTO compile_evals (run_id, checkpoint, step, in_spike, mode, n, k, lo, hi, records, "
+            "trivial, stopped) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
     st.text(1, e.run_id).text(2, e.checkpoint).i64(3, e.step).i64(4, e.in_spike).text(5, e.mode).i64(6, e.n);
-    st.i64(7, e.k).f64(8, e.lo).f64(9, e.hi).text(10, e.records).step(db_);
+    st.i64(7, e.k).f64(8, e.lo).f64(9, e.hi).text(10, e.records).i64(11, e.trivial).text(12, e.stopped).step(db_);
   });
 }
 
 std::vector<CompileEval> Ledger::compile_evals(const std::string& run_id) const {
   Stmt st(db_,
-          "SELECT run_id, checkpoint, step, in_spike, mode, n, k, lo, hi, records FROM compile_evals WHERE run_id=?1 "
+          "SELECT run_id, checkpoint, step, in_spike, mode, n, k, lo, hi, records, trivial, stopped FROM compile_evals "
+          "WHERE run_id=?1 "
           "ORDER BY mode, step");
   st.text(1, run_id);
   std::vector<CompileEval> out;
@@ -413,6 +425,8 @@ std::vector<CompileEval> Ledger::compile_evals(const std::string& run_id) const 
     e.lo = st.col_f64(7);
     e.hi = st.col_f64(8);
     e.records = st.col_text(9);
+    e.trivial = st.col_i64(10);
+    e.stopped = st.col_text(11);
     out.push_back(e);
   }
   return out;

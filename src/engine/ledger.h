@@ -51,6 +51,8 @@ struct CompileEval {
   int64_t n = 0, k = 0;
   double lo = 0, hi = 1;                 // Wilson 95%
   std::string records;                   // the per-prompt records file
+  int64_t trivial = 0;                   // prompts whose body compiled but was trivial (not in k)
+  std::string stopped;                   // "" or the bound that ended it before the prompts asked for
 };
 
 class Ledger {

@@ -1,6 +1,8 @@
 #include "engine/plan.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
 #include <functional>
 #include <map>
 #include <set>
@@ -10,6 +12,7 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/options.h"
+#include "common/toml_read.h"
 
 namespace slm::engine {
 
@@ -32,6 +35,20 @@ catalog::ModelView model_view(const Substrate& s) {
   return v;
 }
 
+std::string name_problem(const std::string& kind, const std::string& name) {
+  bool ok = !name.empty() && name.size() <= kMaxNameLength && name[0] != '.' && name[0] != '-';
+  for (unsigned char c : name) ok = ok && (std::isalnum(c) || c == '.' || c == '_' || c == '-');
+  if (ok) return "";
+  return kind + " '" + toml_read::printable(name) + "' is not a safe name: use 1 to " + std::to_string(kMaxNameLength) +
+         " characters of [A-Za-z0-9._-], not starting with '.' or '-' (it becomes a folder name)";
+}
+
+std::string name_key(const std::string& name) {
+  std::string k = name;
+  for (char& c : k) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return k;
+}
+
 namespace {
 
 // Unknown keys of a table, each with the nearest known one.
@@ -43,7 +60,7 @@ void check_keys(const toml::table& t, const std::vector<std::string>& known, con
     for (auto& n : known) ok |= n == key;
     if (!ok) {
       std::string n = cli::nearest(key, known);
-      errors.push_back(where + ": unknown key '" + key + "'" + (n.empty() ? "" : "; did you mean '" + n + "'?"));
+      errors.push_back(where + ": unknown key '" + toml_read::printable(key) + "'" + (n.empty() ? "" : "; did you mean '" + n + "'?"));
     }
   }
 }
@@ -81,14 +98,16 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out) {
     fail(path, ":", e.source().begin.line, ":", e.source().begin.column, ": invalid TOML: ", e.description());
   }
   check_keys(t, {"name", "description", "substrate", "rule", "phases"}, path, errors);
-  plan.name = t["name"].value_or(std::string());
-  plan.description = t["description"].value_or(std::string());
-  if (plan.name.empty()) errors.push_back(path + ": 'name' is required");
-  plan.substrate_ref = t["substrate"].value_or(std::string());
+  using toml_read::get;
+  plan.name = get<std::string>(t, "name", path, errors).value_or("");
+  plan.description = get<std::string>(t, "description", path, errors).value_or("");
+  if (!t.get("name")) errors.push_back(path + ": 'name' is required");
+  else if (auto p = name_problem("plan name", plan.name); t.get("name")->is_string() && !p.empty()) errors.push_back(path + ": " + p);
+  plan.substrate_ref = get<std::string>(t, "substrate", path, errors).value_or("");
   bool have_substrate = false;
-  if (plan.substrate_ref.empty()) {
+  if (!t.get("substrate")) {
     errors.push_back(path + ": 'substrate' is required (a name in substrates/ or a .toml path)");
-  } else {
+  } else if (!plan.substrate_ref.empty()) {
     try {
       std::string ref = plan.substrate_ref;
       // A relative .toml path is relative to the plan file.
@@ -100,13 +119,14 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out) {
       errors.push_back(e.what());
     }
   }
-  if (auto r = t["rule"].as_table()) {
-    check_keys(*r, {"metric", "k_noise", "min_rel_delta", "provisional_factor", "max_retries"}, path + " [rule]", errors);
-    plan.rule.metric = (*r)["metric"].value_or(plan.rule.metric);
-    plan.rule.k_noise = (*r)["k_noise"].value_or(plan.rule.k_noise);
-    plan.rule.min_rel_delta = (*r)["min_rel_delta"].value_or(plan.rule.min_rel_delta);
-    plan.rule.provisional_factor = (*r)["provisional_factor"].value_or(plan.rule.provisional_factor);
-    plan.rule.max_retries = (*r)["max_retries"].value_or(plan.rule.max_retries);
+  if (auto r = toml_read::get_table(t, "rule", path, errors)) {
+    const std::string rw = path + " [rule]";
+    check_keys(*r, {"metric", "k_noise", "min_rel_delta", "provisional_factor", "max_retries"}, rw, errors);
+    plan.rule.metric = get<std::string>(*r, "metric", rw, errors).value_or(plan.rule.metric);
+    plan.rule.k_noise = get<double>(*r, "k_noise", rw, errors).value_or(plan.rule.k_noise);
+    plan.rule.min_rel_delta = get<double>(*r, "min_rel_delta", rw, errors).value_or(plan.rule.min_rel_delta);
+    plan.rule.provisional_factor = get<double>(*r, "provisional_factor", rw, errors).value_or(plan.rule.provisional_factor);
+    plan.rule.max_retries = get<int64_t>(*r, "max_retries", rw, errors).value_or(plan.rule.max_retries);
   }
   if (plan.rule.metric != "val_bpb") errors.push_back(path + " [rule]: metric '" + plan.rule.metric + "' is not supported; use val_bpb");
   if (!(plan.rule.k_noise >= 0)) errors.push_back(path + " [rule]: k_noise must be >= 0");
@@ -114,9 +134,10 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out) {
   if (!(plan.rule.provisional_factor > 1)) errors.push_back(path + " [rule]: provisional_factor must be > 1");
   if (plan.rule.max_retries < 0 || plan.rule.max_retries > 100) errors.push_back(path + " [rule]: max_retries must be in [0, 100]");
 
-  auto phases = t["phases"].as_array();
-  if (!phases || phases->empty()) errors.push_back(path + ": no [[phases]]; a plan needs at least one phase with experiments");
-  std::set<std::string> ids;
+  auto phases = toml_read::get_array(t, "phases", path, errors);
+  if (!t.get("phases") || (phases && phases->empty()))
+    errors.push_back(path + ": no [[phases]]; a plan needs at least one phase with experiments");
+  std::map<std::string, std::string> ids;  // name_key -> id as written
   if (phases)
     for (size_t pi = 0; pi < phases->size(); ++pi) {
       auto ph = phases->get(pi)->as_table();
@@ -124,26 +145,49 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out) {
         errors.push_back(path + ": phases[" + std::to_string(pi) + "] is not a table");
         continue;
       }
-      std::string pname = (*ph)["name"].value_or("phase" + std::to_string(pi + 1));
+      const std::string pw = path + " phases[" + std::to_string(pi) + "]";
+      std::string pname = get<std::string>(*ph, "name", pw, errors).value_or("phase" + std::to_string(pi + 1));
+      if (auto p = name_problem("phase name", pname); !p.empty()) {
+        errors.push_back(pw + ": " + p);
+        pname = "phase" + std::to_string(pi + 1);
+      }
       const std::string where = path + " phase " + pname;
       check_keys(*ph, {"name", "notes", "experiments"}, where, errors);
+      get<std::string>(*ph, "notes", where, errors);
       plan.phases.push_back(pname);
-      auto exps = (*ph)["experiments"].as_array();
-      if (!exps || exps->empty()) errors.push_back(where + ": no [[phases.experiments]]");
+      auto exps = toml_read::get_array(*ph, "experiments", where, errors);
+      if (!ph->get("experiments") || (exps && exps->empty())) errors.push_back(where + ": no [[phases.experiments]]");
       if (!exps) continue;
       for (size_t ei = 0; ei < exps->size(); ++ei) {
         auto et = exps->get(ei)->as_table();
-        if (!et) continue;
+        if (!et) {
+          errors.push_back(where + ": experiments[" + std::to_string(ei) + "] must be a table ([[phases.experiments]]), got " +
+                           toml_read::found_name(*exps->get(ei)));
+          continue;
+        }
         Experiment e;
         e.phase = pname;
-        e.id = (*et)["id"].value_or(std::string());
-        const std::string ew = where + " experiment " + (e.id.empty() ? "#" + std::to_string(ei + 1) : e.id);
+        const std::string ew0 = where + " experiment #" + std::to_string(ei + 1);
+        const toml::node* idn = et->get("id");
+        const auto idv = get<std::string>(*et, "id", ew0, errors);  // a wrong type is reported here
+        e.id = idv.value_or("");
+        const std::string id_problem = idv ? name_problem("experiment id", e.id) : "";
+        const std::string ew = (e.id.empty() || !id_problem.empty()) ? ew0 : where + " experiment " + e.id;
         check_keys(*et, {"id", "base", "modules", "seeds", "notes"}, ew, errors);
-        if (e.id.empty()) errors.push_back(ew + ": 'id' is required");
-        else if (!ids.insert(e.id).second) errors.push_back(ew + ": duplicate id '" + e.id + "'; ids are unique across the plan");
-        e.base = (*et)["base"].value_or(std::string());
-        e.notes = (*et)["notes"].value_or(std::string());
-        if (auto seeds = (*et)["seeds"].as_array()) {
+        if (!idn) {
+          errors.push_back(ew + ": 'id' is required");
+        } else if (!id_problem.empty()) {
+          errors.push_back(ew + ": " + id_problem);
+        } else if (!idv) {
+          // wrong type or control characters: already reported
+        } else if (auto [it, fresh] = ids.emplace(name_key(e.id), e.id); !fresh) {
+          errors.push_back(ew + ": duplicate id '" + e.id + "'" +
+                           (it->second == e.id ? "" : " (same as '" + it->second + "' up to case)") +
+                           "; ids are unique across the plan, ignoring case");
+        }
+        e.base = get<std::string>(*et, "base", ew, errors).value_or("");
+        e.notes = get<std::string>(*et, "notes", ew, errors).value_or("");
+        if (auto seeds = toml_read::get_array(*et, "seeds", ew, errors)) {
           std::set<int64_t> uniq;
           for (auto& s : *seeds) {
             auto v = s.value_exact<int64_t>();
@@ -153,21 +197,36 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out) {
           }
         }
         if (e.seeds.empty()) errors.push_back(ew + ": 'seeds' needs at least one seed, e.g. seeds = [1, 2]");
-        if (auto mods = (*et)["modules"].as_array()) {
+        if (auto mods = toml_read::get_array(*et, "modules", ew, errors)) {
           for (auto& m : *mods) {
             std::vector<std::string> merr;
-            if (auto s = m.value_exact<std::string>()) {
-              e.modules.push_back(catalog::resolve(*s, {}, merr));
+            std::string terr;
+            if (m.is_string()) {
+              if (auto s = toml_read::as<std::string>(m, "modules", terr)) e.modules.push_back(catalog::resolve(*s, {}, merr));
             } else if (auto mt = m.as_table()) {
-              std::string name = (*mt)["name"].value_or(std::string());
+              std::string name;
               std::map<std::string, std::string> given;
-              for (auto& [k, v] : *mt)
-                if (k.str() != "name") given[std::string(k.str())] = node_text(v);
-              if (name.empty()) merr.push_back("a module table needs name = \"...\"");
+              for (auto& [k, v] : *mt) {
+                const std::string key(k.str());
+                if (toml_read::has_control(key)) {
+                  terr = "module parameter '" + toml_read::printable(key) + "' holds control characters";
+                } else if (key == "name") {
+                  name = toml_read::as<std::string>(v, "name", terr).value_or("");
+                } else if (v.is_floating_point() && !std::isfinite(*v.value_exact<double>())) {
+                  terr = "module parameter '" + key + "' must be a finite number, got " + node_text(v);
+                } else if (v.is_string() && toml_read::has_control(*v.value_exact<std::string>())) {
+                  toml_read::as<std::string>(v, key, terr);
+                } else {
+                  given[key] = node_text(v);
+                }
+              }
+              if (!terr.empty()) merr.push_back(terr);
+              else if (name.empty()) merr.push_back("a module table needs name = \"...\"");
               else e.modules.push_back(catalog::resolve(name, given, merr));
             } else {
               merr.push_back("modules entries are names or tables like { name = \"engram\", layers = [0, 1] }");
             }
+            if (!terr.empty() && merr.empty()) merr.push_back(terr);
             for (auto& x : merr) errors.push_back(ew + ": " + x);
           }
         }

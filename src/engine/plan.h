@@ -42,6 +42,16 @@ struct Plan {
 // unless `errors` is given, in which case they are appended there and a best-effort plan returned.
 Plan load_plan(const std::string& path, std::vector<std::string>* errors = nullptr);
 
+// Plan names and experiment ids become folder names (runs/<plan>/<id>/s<seed>) and terminal text:
+// "" when `name` is 1..kMaxNameLength characters of [A-Za-z0-9._-] not starting with '.' or '-',
+// else a one-line problem naming it (control bytes escaped) and the allowed set. `kind` says what it
+// is ("experiment id").
+constexpr size_t kMaxNameLength = 64;
+std::string name_problem(const std::string& kind, const std::string& name);
+// The form two names must not share: case-folded, so `Base` and `base` do not share one folder on a
+// case-insensitive file system.
+std::string name_key(const std::string& name);
+
 // The model geometry a substrate resolves to, as module constraints see it.
 catalog::ModelView model_view(const Substrate& s);
 

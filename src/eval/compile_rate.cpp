@@ -1,5 +1,6 @@
 #include "eval/compile_rate.h"
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -33,9 +34,14 @@ CompileEvalResult compile_rate(GPTImpl& model, const data::DataSet& ds, const Co
   const Tokenizer& tok = ds.tokenizer();
   const auto manifest = nlohmann::json::parse(ds.manifest_text());
   const auto& sources = manifest.at("sources");
+  SLM_CHECK(std::isfinite(o.max_seconds) && o.max_seconds > 0 && o.max_files >= 0,
+            "eval compile: --max-seconds must be > 0");
+  EvalBudget budget;
+  budget.max_seconds = o.max_seconds;
+  budget.max_files = o.max_files > 0 ? o.max_files : 8 * o.n;
   CompileEvalResult res;
   const auto& docs = ds.docs(data::Split::Val);
-  for (size_t di = 0; di < docs.size() && res.n < o.n; ++di) {
+  for (size_t di = 0; di < docs.size() && res.n < o.n && res.stopped.empty(); ++di) {
     const std::string path = docs[di].source < sources.size() ? sources[docs[di].source].value("path", "") : "";
     const std::string text = tok.decode(ds.doc_tokens(data::Split::Val, di));
     // The file's own directory joins the include path, so its relative includes resolve (read-only,
@@ -50,6 +56,7 @@ CompileEvalResult compile_rate(GPTImpl& model, const data::DataSet& ds, const Co
       if (static_cast<int64_t>(fns.size()) == o.per_file) break;
     }
     if (fns.empty()) continue;
+    if (res.stopped = budget.exhausted(res.files_seen); !res.stopped.empty()) break;
     ++res.files_seen;
     if (!check_compiles(text, sb).ok) {  // the reference itself does not compile here: no verdict possible
       ++res.files_rejected;
@@ -57,6 +64,7 @@ CompileEvalResult compile_rate(GPTImpl& model, const data::DataSet& ds, const Co
     }
     for (auto& f : fns) {
       if (res.n >= o.n) break;
+      if (res.stopped = budget.exhausted(0); !res.stopped.empty()) break;  // the clock only: this file counts
       PromptRecord r;
       r.file = path.empty() ? "val doc " + std::to_string(di) : path;
       r.function = f.name;
@@ -93,18 +101,21 @@ CompileEvalResult compile_rate(GPTImpl& model, const data::DataSet& ds, const Co
         r.closed = true;
         r.completion = *cut;
         CompileResult cr = check_compiles(splice_completion(text, f, *cut), sb);
-        r.ok = cr.ok;
-        r.status = compile_status_name(cr.status);
+        r.trivial = cr.ok && trivial_body(*cut);
+        r.ok = cr.ok && !r.trivial;
+        r.status = r.trivial ? "trivial" : compile_status_name(cr.status);
         r.first_error = cr.first_error;
       }
       ++res.n;
       res.k += r.ok;
+      res.trivial += r.trivial;
       res.prompts.push_back(r);
       if (progress) progress(res.prompts.back(), res.n);
     }
   }
   SLM_CHECK(res.n > 0, "eval compile: no usable prompt in the held-out split (", res.files_seen, " files had functions, ",
-            res.files_rejected, " of them did not compile with their reference body); raise --max-tokens or use a data "
+            res.files_rejected, " of them did not compile with their reference body",
+            res.stopped.empty() ? "" : "; stopped at " + res.stopped, "); raise --max-tokens or use a data "
             "set whose held-out files compile");
   res.ci = wilson_interval(res.k, res.n);
   return res;

@@ -23,6 +23,8 @@ struct CompileEvalOptions {
   int64_t max_tokens = 128;    // generated tokens per prompt; bodies longer than this are not used
   int64_t per_file = 2;        // functions taken per held-out file at most
   double temperature = 0;      // 0 = greedy
+  double max_seconds = 900;    // wall clock of the whole evaluation; then it reports what it has
+  int64_t max_files = 0;       // held-out files checked at most; 0 = 8 x n
   uint64_t seed = 0;
   SandboxOptions sandbox;
 };
@@ -31,20 +33,23 @@ struct PromptRecord {
   std::string file, function;
   int64_t prompt_tokens = 0, generated_tokens = 0;
   bool closed = false;         // the generation closed the function's brace
-  bool ok = false;             // it compiled
+  bool ok = false;             // it compiled, and not with a trivial body (those count apart)
+  bool trivial = false;        // it compiled with a trivial body (eval::trivial_body)
   std::string status;          // ok, compile_error, unterminated, timeout, ...
   std::string first_error;
   std::string completion;      // the cut generation as spliced in
 };
 
 struct CompileEvalResult {
-  int64_t n = 0, k = 0;        // scored prompts, compiling ones
+  int64_t n = 0, k = 0;        // scored prompts, compiling ones (trivial bodies excluded)
+  int64_t trivial = 0;         // scored prompts whose body compiled but was trivial: not in k
+  std::string stopped;         // "" or why the evaluation stopped before n prompts (EvalBudget)
   Interval ci{0, 1};           // Wilson 95%
   int64_t files_seen = 0, files_rejected = 0;  // held-out files read; those whose reference did not compile
   std::vector<PromptRecord> prompts;
 };
 
-// Scores up to o.n prompts; `progress` (may be empty) is called after each.
+// Scores up to o.n prompts within o.max_seconds and o.max_files; `progress` (may be empty) is called after each.
 CompileEvalResult compile_rate(GPTImpl& model, const data::DataSet& ds, const CompileEvalOptions& o,
                                const std::function<void(const PromptRecord&, int64_t done)>& progress = {});
 

@@ -1,7 +1,10 @@
 #include "eval/extract.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <regex>
+#include <sstream>
 #include <string_view>
 
 #include "common/error.h"
@@ -284,6 +287,38 @@ std::string splice_completion(const std::string& file_text, const FunctionPrompt
   SLM_CHECK(f.body_begin <= f.body_end && f.body_end < file_text.size(),
             "[eval] function '", f.name, "' does not fit a file of ", file_text.size(), " bytes");
   return file_text.substr(0, f.body_begin) + completion + file_text.substr(f.body_end + 1);
+}
+
+std::string EvalBudget::exhausted(int64_t files_checked) const {
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (secs >= max_seconds) {
+    std::ostringstream os;
+    os << "the time limit of " << max_seconds << " s (--max-seconds)";
+    return os.str();
+  }
+  if (files_checked >= max_files) return "the cap of " + std::to_string(max_files) + " held-out files checked";
+  return "";
+}
+
+bool trivial_body(const std::string& completion) {
+  // Comments and whitespace out (a literal holding "//" only makes the body look less trivial).
+  std::string code;
+  for (size_t i = 0; i < completion.size();) {
+    if (completion.compare(i, 2, "//") == 0) {
+      i = completion.find('\n', i);
+      if (i == std::string::npos) break;
+    } else if (completion.compare(i, 2, "/*") == 0) {
+      size_t e = completion.find("*/", i + 2);
+      i = e == std::string::npos ? completion.size() : e + 2;
+    } else {
+      if (!std::isspace(static_cast<unsigned char>(completion[i]))) code += completion[i];
+      ++i;
+    }
+  }
+  if (!code.empty() && code.back() == '}') code.pop_back();
+  static const std::regex lone_return(
+      R"(return(;|-?[0-9]([0-9a-zA-Z.']|[eEpP][+-])*;|true;|false;|nullptr;|\{\};|"";|'(\\?.)';))");
+  return code.empty() || std::regex_match(code, lone_return);
 }
 
 std::optional<std::string> cut_at_matching_brace(const std::string& generated, int depth_at_start) {

@@ -1,6 +1,7 @@
 // Compile-rate evaluation, text side: function prompts from a source file, cutting a generation at
 // the brace that closes the function. Torch-free.
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -40,6 +41,22 @@ std::string splice_completion(const std::string& file_text, const FunctionPrompt
 // braces in string and char literals (raw strings included), comments and preprocessor lines do
 // not count. nullopt when the depth never reaches 0.
 std::optional<std::string> cut_at_matching_brace(const std::string& generated, int depth_at_start = 1);
+
+// True when a completion (body text through the closing '}') does nothing a compiler could fault:
+// only comments and whitespace, `return;`, or `return` of a lone literal (0, -1, 1.5f, true, false,
+// nullptr, {}, "", 'c'). Such a body compiles almost anywhere, so it is counted apart, not as a success.
+bool trivial_body(const std::string& completion);
+
+// The bound of one compile-rate evaluation. Held-out files whose reference does not compile do not
+// count toward the prompts asked for, so without it a data set of such files keeps the evaluation
+// going for hours.
+struct EvalBudget {
+  double max_seconds = 900;  // wall clock of the whole evaluation
+  int64_t max_files = 256;   // held-out files checked (each costs a compile of the reference)
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  // "" while within the bound, else why the evaluation stops ("the time limit of 900 s", ...).
+  std::string exhausted(int64_t files_checked) const;
+};
 
 // The Wilson interval of a rate lives with the other small statistics, in common/stats.h.
 using slm::Interval;

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -34,12 +35,11 @@ bool under(const std::string& path, const std::string& dir) {
   return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 && path[dir.size()] == '/';
 }
 
-// Tasks (threads) of the real user right now: RLIMIT_NPROC counts all of them, not just ours.
-uint64_t user_tasks() {
+// Tasks (threads) of `uid` right now: RLIMIT_NPROC counts all of them, not just ours.
+uint64_t user_tasks(uid_t uid) {
   uint64_t n = 0;
   DIR* d = ::opendir("/proc");
   if (!d) return 0;
-  uid_t uid = ::getuid();
   while (dirent* e = ::readdir(d)) {
     if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
     std::string dir = std::string("/proc/") + e->d_name;
@@ -97,8 +97,13 @@ struct TempDir {
   }
 };
 
+// kStatusFd carries bwrap's JSON status ({"child-pid": N} once the sandbox is up): a set-up failure
+// is told apart from a compile error without reading the compiler's text.
+constexpr int kStatusFd = 3;
+
 std::vector<std::string> bwrap_args(const SandboxOptions& o, const std::string& src_dir, const std::string& compiler) {
   std::vector<std::string> a = {o.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+                                "--as-pid-1", "--json-status-fd", std::to_string(kStatusFd),
                                 "--clearenv", "--setenv", "PATH", "/usr/bin", "--setenv", "LC_ALL", "C"};
   for (const std::string& p : o.ro_paths) {
     if (fs::exists(p)) a.insert(a.end(), {"--ro-bind", p, p});
@@ -158,6 +163,11 @@ CompileResult check_compiles(const std::string& source, const SandboxOptions& o)
   for (const std::string& p : o.ro_paths) visible = visible || under(compiler, p);
   if (!visible) return unavailable("[sandbox] compiler " + compiler + " is outside the sandbox's read-only paths");
 
+  // As root, RLIMIT_NPROC is not enforced: the sandbox runs as an unprivileged user instead.
+  const bool drop = ::geteuid() == 0;
+  const uid_t run_uid = drop ? static_cast<uid_t>(o.root_uid) : ::getuid();
+  const gid_t run_gid = drop ? static_cast<gid_t>(o.root_gid) : ::getgid();
+  SLM_CHECK(!drop || (run_uid != 0 && run_gid != 0), "[sandbox] root_uid and root_gid must not be root");
   TempDir dir;
   if (dir.path.empty()) return unavailable(std::string("[sandbox] cannot create a temporary directory: ") + std::strerror(errno));
   {
@@ -165,22 +175,28 @@ CompileResult check_compiles(const std::string& source, const SandboxOptions& o)
     f << source;
     if (!f.flush()) return unavailable("[sandbox] cannot write the source into " + dir.path);
   }
+  if (drop && ::chown(dir.path.c_str(), run_uid, run_gid) != 0)
+    return unavailable("[sandbox] cannot hand " + dir.path + " to uid " + std::to_string(run_uid) + ": " + std::strerror(errno));
 
   std::vector<std::string> args = bwrap_args(o, dir.path, compiler);
   std::vector<char*> argv;
   for (std::string& s : args) argv.push_back(s.data());
   argv.push_back(nullptr);
-  rlim_t nproc = static_cast<rlim_t>(user_tasks() + static_cast<uint64_t>(o.max_processes));
+  rlim_t nproc = static_cast<rlim_t>(user_tasks(run_uid) + static_cast<uint64_t>(o.max_processes));
 
-  int pipefd[2];
+  int pipefd[2], statusfd[2];
   if (::pipe2(pipefd, O_CLOEXEC) != 0) return unavailable(std::string("[sandbox] pipe: ") + std::strerror(errno));
+  if (::pipe2(statusfd, O_CLOEXEC | O_NONBLOCK) != 0) {
+    ::close(pipefd[0]);
+    ::close(pipefd[1]);
+    return unavailable(std::string("[sandbox] pipe: ") + std::strerror(errno));
+  }
   int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   auto t0 = Clock::now();
   pid_t pid = ::fork();
   if (pid < 0) {
-    ::close(pipefd[0]);
-    ::close(pipefd[1]);
-    if (devnull >= 0) ::close(devnull);
+    for (int fd : {pipefd[0], pipefd[1], statusfd[0], statusfd[1], devnull})
+      if (fd >= 0) ::close(fd);
     return unavailable(std::string("[sandbox] fork: ") + std::strerror(errno));
   }
   if (pid == 0) {
@@ -189,9 +205,11 @@ CompileResult check_compiles(const std::string& source, const SandboxOptions& o)
     if (devnull >= 0) ::dup2(devnull, 0);
     ::dup2(pipefd[1], 1);
     ::dup2(pipefd[1], 2);
+    if (statusfd[1] == kStatusFd) ::fcntl(kStatusFd, F_SETFD, 0);  // dup2 onto itself would keep CLOEXEC
+    else ::dup2(statusfd[1], kStatusFd);
     // No descriptor of the parent (a ledger, a checkpoint) reaches the sandbox.
-    if (::syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {
-      for (int fd = 3; fd < 4096; ++fd) ::close(fd);
+    if (::syscall(SYS_close_range, kStatusFd + 1u, ~0u, 0u) != 0) {
+      for (int fd = kStatusFd + 1; fd < 4096; ++fd) ::close(fd);
     }
     rlim_t cpu = static_cast<rlim_t>(o.cpu_seconds);
     set_limit(RLIMIT_CPU, cpu, cpu + 1);  // SIGXCPU first, so the driver names the cause
@@ -199,6 +217,11 @@ CompileResult check_compiles(const std::string& source, const SandboxOptions& o)
     set_limit(RLIMIT_FSIZE, o.file_bytes, o.file_bytes);
     set_limit(RLIMIT_NPROC, nproc, nproc);
     set_limit(RLIMIT_CORE, 0, 0);
+    if (drop && (::setgroups(0, nullptr) != 0 || ::setgid(run_gid) != 0 || ::setuid(run_uid) != 0)) {
+      static const char msg[] = "sandbox: cannot drop root\n";
+      (void)!::write(2, msg, sizeof msg - 1);
+      ::_exit(127);
+    }
     ::execv(argv[0], argv.data());
     static const char msg[] = "bwrap: exec failed\n";
     (void)!::write(2, msg, sizeof msg - 1);
@@ -206,6 +229,7 @@ CompileResult check_compiles(const std::string& source, const SandboxOptions& o)
   }
   ::setpgid(pid, pid);  // also here: whichever of parent and child runs first
   ::close(pipefd[1]);
+  ::close(statusfd[1]);
   if (devnull >= 0) ::close(devnull);
 
   auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.wall_seconds));
@@ -238,9 +262,10 @@ CompileResult check_compiles(const std::string& source, const SandboxOptions& o)
   ::close(pipefd[0]);
   if (timed_out || too_much_output) ::kill(-pid, SIGKILL);
   int st = 0;
+  struct rusage ru{};
   // Exit is bounded by the deadline too: a sandbox that closed its output but keeps running is killed.
   for (;;) {
-    pid_t w = ::waitpid(pid, &st, WNOHANG);
+    pid_t w = ::wait4(pid, &st, WNOHANG, &ru);
     if (w == pid || (w < 0 && errno != EINTR)) break;
     if (ms_left() <= 0 && !timed_out) {
       timed_out = true;
@@ -252,24 +277,32 @@ CompileResult check_compiles(const std::string& source, const SandboxOptions& o)
   r.exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   r.signal = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
   r.first_error = first_error_line(r.output);
+  // Rusage covers bwrap and every process it (and they) waited for: the driver and cc1plus.
+  r.cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                  static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
+  r.peak_rss_bytes = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
+  std::string status_json;
+  for (ssize_t n; (n = ::read(statusfd[0], buf, sizeof buf)) > 0;) status_json.append(buf, static_cast<size_t>(n));
+  ::close(statusfd[0]);
+  const bool started = status_json.find("\"child-pid\"") != std::string::npos;
 
-  auto has = [&](const char* s) { return r.output.find(s) != std::string::npos; };
+  // From the kernel's account only. cc1plus killed by SIGXCPU makes the driver exit 4, by SIGKILL 1,
+  // and out of address space it exits 1 like a compile error: its CPU time and peak memory tell them apart.
   if (timed_out) {
     r.status = CompileStatus::Timeout;
     r.first_error = "[sandbox] killed after the wall-clock limit of " + std::to_string(o.wall_seconds) + " s";
   } else if (too_much_output) {
     r.status = CompileStatus::OutputLimit;
+  } else if (!started) {
+    r.status = CompileStatus::SandboxUnavailable;
+    r.first_error = "[sandbox] " + r.first_error + " (bwrap could not set up the sandbox)";
   } else if (r.exit_code == 0) {
     r.status = CompileStatus::Ok;
     r.ok = true;
-  } else if (r.output.compare(0, 7, "bwrap: ") == 0) {
-    r.status = CompileStatus::SandboxUnavailable;
-    r.first_error = "[sandbox] " + r.first_error + " (bwrap could not set up the sandbox)";
-  } else if (has("virtual memory exhausted") || has("out of memory") || has("std::bad_alloc") ||
-             has("Cannot allocate memory")) {
-    r.status = CompileStatus::MemoryLimit;
-  } else if (has("CPU time limit exceeded") || has("Killed signal terminated program") || r.signal == SIGXCPU) {
+  } else if (r.signal == SIGXCPU || r.signal == SIGKILL || r.cpu_seconds >= o.cpu_seconds) {
     r.status = CompileStatus::CpuLimit;  // SIGXCPU at the soft limit, SIGKILL at the hard one
+  } else if (r.peak_rss_bytes >= o.memory_bytes / 4 * 3) {
+    r.status = CompileStatus::MemoryLimit;  // RLIMIT_AS counts mappings, RSS only what was touched
   } else {
     r.status = CompileStatus::CompileError;
   }

@@ -55,8 +55,9 @@ std::string snapshot_name(int64_t step) {
 }
 
 LoadedRun load_run(const std::string& run_dir, const std::string& which) {
-  const bool numeric = !which.empty() && which.find_first_not_of("0123456789") == std::string::npos;
-  SLM_CHECK(which == "latest" || which == "best" || numeric, "--checkpoint must be latest, best or a step, got '", which,
+  // A step has at most 18 digits, so it always fits the int64 that names its snapshot.
+  const bool numeric = !which.empty() && which.size() <= 18 && which.find_first_not_of("0123456789") == std::string::npos;
+  SLM_CHECK(which == "latest" || which == "best" || numeric, "--checkpoint must be latest, best or a step of at most 18 digits, got '", which,
             "'");
   LoadedRun r;
   r.dir = run_dir;

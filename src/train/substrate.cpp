@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
@@ -13,6 +14,7 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "common/options.h"
+#include "common/toml_read.h"
 
 namespace slm {
 
@@ -149,6 +151,10 @@ int64_t Substrate::grad_accum() const {
 void Substrate::validate() const {
   std::vector<std::string> errs;
   auto err = [&](const std::string& e) { errs.push_back(e); };
+  // The name labels reports and terminal lines (and --set can change it): short, no control bytes.
+  bool safe_name = !name.empty() && name.size() <= 64;
+  for (unsigned char c : name) safe_name = safe_name && (std::isalnum(c) || c == '.' || c == '_' || c == '-');
+  if (!safe_name) err("name must be 1 to 64 characters of [A-Za-z0-9._-]");
   for (auto& f : fields()) {
     if (f.lo == 0 && f.hi == 0) continue;
     double v = std::visit(
@@ -177,7 +183,7 @@ void Substrate::validate() const {
     err("tp " + std::to_string(tp) + " does not divide the " + std::to_string(n_head()) + " attention heads");
   if (warmup_steps >= steps && warmup_steps > 0) err("warmup_steps must be smaller than steps");
   if (!errs.empty()) {
-    std::string all = "substrate " + name + ": ";
+    std::string all = "substrate " + toml_read::printable(name) + ": ";
     for (size_t i = 0; i < errs.size(); ++i) all += (i ? "; " : "") + errs[i];
     throw Error(all);
   }
@@ -230,30 +236,18 @@ Substrate parse_substrate(const std::string& text, const std::string& origin) {
     std::string key(k.str());
     const Field* f = find_field(key);
     if (!f) unknown_key(key, origin);
+    std::string err;
     std::visit(
         [&](auto m) {
           using T = std::decay_t<decltype(s.*m)>;
-          if constexpr (std::is_same_v<T, int64_t>) {
-            auto v = node.template value_exact<int64_t>();
-            SLM_CHECK(v.has_value(), origin, ": ", key, " must be an integer");
-            s.*m = *v;
-          } else if constexpr (std::is_same_v<T, double>) {
-            auto v = node.template value<double>();  // integers are accepted for floats
-            SLM_CHECK(v.has_value() && (node.is_floating_point() || node.is_integer()), origin, ": ", key,
-                      " must be a number");
-            s.*m = *v;
-          } else if constexpr (std::is_same_v<T, bool>) {
-            auto v = node.template value_exact<bool>();
-            SLM_CHECK(v.has_value(), origin, ": ", key, " must be true or false");
-            s.*m = *v;
-          } else {
-            auto v = node.template value_exact<std::string>();
-            SLM_CHECK(v.has_value(), origin, ": ", key, " must be a string");
-            s.*m = *v;
-          }
+          auto v = toml_read::as<T>(node, key, err);  // integers are accepted for floats; floats are finite
+          if (!v) fail(origin, ": ", err);
+          s.*m = *v;
         },
         f->member);
   }
+  // A substrate file says what it is: an empty one would run on hidden defaults under "unnamed".
+  SLM_CHECK(t.get("name"), origin, ": 'name' is required (an empty substrate file would train on hidden defaults)");
   return s;
 }
 
