@@ -19,18 +19,7 @@ const Experiment* Plan::find(const std::string& id) const {
   return nullptr;
 }
 
-catalog::ModelView model_view(const Substrate& s) {
-  catalog::ModelView v;
-  v.depth = s.depth;
-  v.d_model = s.model_dim();
-  v.n_head = s.n_head();
-  v.head_dim = s.head_dim;
-  v.context = s.context;
-  v.tp = s.tp;
-  v.dp = s.dp;
-  v.layer_pattern = s.layer_pattern;
-  return v;
-}
+catalog::ModelView model_view(const Substrate& s) { return s.model_view(); }
 
 namespace {
 
