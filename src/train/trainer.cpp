@@ -499,6 +499,43 @@ class Run {
     return r;
   }
 
+  // Every rank starts from its data-parallel group's first rank's weights (they are built from the
+  // same seed; this makes sure: the ranks of a DP group hold the same shards), and only after every
+  // rank has checked the run folder does rank 0 write to it. Collective.
+  void sync_ranks() {
+    if (!g_.world) return;
+    if (g_.dp) {
+      std::vector<torch::Tensor> ts;
+      for (auto& p : model->parameters()) ts.push_back(p.data());
+      for (auto& b : model->buffers()) ts.push_back(b.data());
+      g_.dp->broadcast(ts);
+    }
+    g_.world->barrier();
+  }
+
+  // A non-finite loss or gradient norm: the step is recorded as INVALID and the run ends without
+  // saving (the last good checkpoint stays). Returns the exit status, 3.
+  int invalid(const StepResult& r) {
+    ++st.step;
+    const std::string reason = "non-finite " + std::string(std::isfinite(r.loss) ? "gradient norm" : "loss") +
+                               " at step " + std::to_string(st.step) + "; last good checkpoint kept";
+    metrics.write({{"step", st.step}, {"loss", std::isfinite(r.loss) ? json(r.loss) : json(nullptr)}, {"invalid", reason}});
+    write_summary("INVALID", reason);
+    std::fprintf(stderr, "[train] INVALID: %s\n", reason.c_str());
+    return 3;
+  }
+
+  // Stopped by a signal after a step: the latest checkpoint is that step. Returns kPreempted. Collective.
+  int preempted() {
+    save(folder.latest(), false);
+    const std::string why = "stopped by a signal at step " + std::to_string(st.step) +
+                            "; the latest checkpoint is this step, and the same command resumes";
+    write_summary("preempted", why);
+    if (g_.world) g_.world->barrier();
+    std::fprintf(stderr, "[train] %s\n", why.c_str());
+    return kPreempted;
+  }
+
   // The step's record: one JSON line in metrics.jsonl, one human line on the terminal.
   void log_step(const StepResult& r, double dt, bool spike) {
     const double tok_s = sub_.total_batch / dt, mfu = tok_s * flops_tok / peak;
@@ -574,14 +611,14 @@ int train(const TrainOptions& opt) {
     std::printf("tensor parallel: tp %d x dp %d over c10d %s; this rank holds heads and hidden units %d/%d of each block\n",
                 s.tp, s.mesh.dp, groups.tp->backend().c_str(), s.mesh.tp_rank + 1, s.tp);
   }
-  const std::vector<ParamGroup> param_groups_ = param_groups(*model, sub);
-  cfg_json["param_groups"] = param_groups_json(param_groups_);
-  std::printf("%s", describe_param_groups(param_groups_, sub).c_str());
+  const std::vector<ParamGroup> lr_groups = param_groups(*model, sub);
+  cfg_json["param_groups"] = param_groups_json(lr_groups);
+  std::printf("%s", describe_param_groups(lr_groups, sub).c_str());
   OptimOptions oo;
   oo.beta1 = sub.adam_beta1;
   oo.beta2 = sub.adam_beta2;
   oo.momentum = sub.muon_momentum;
-  run.optim = std::make_unique<Optimizer>(param_groups_, oo);
+  run.optim = std::make_unique<Optimizer>(lr_groups, oo);
   if (model->tp) run.optim->set_tensor_parallel(model->tp, model->tp_dims);
   if (opt.dry_run) {
     print_dry_run_estimate({s.ds.get(), s.transforms, sub, rc.model, s.accum, rc.precision == "bf16", dev, run.flops_tok,
@@ -595,18 +632,7 @@ int train(const TrainOptions& opt) {
   run.loader->set_transforms(s.transforms);  // before a restore: positions count transformed tokens
   const bool resumed = opt.resume && fs::exists(run.folder.latest());
   if (resumed) run.resume(run.folder.latest());
-  if (groups.world) {
-    // Every rank starts from its data-parallel group's first rank's weights (they are built from the
-    // same seed; this makes sure: the ranks of a DP group hold the same shards), and only after every
-    // rank has checked the run folder does rank 0 write to it.
-    if (groups.dp) {
-      std::vector<torch::Tensor> ts;
-      for (auto& p : model->parameters()) ts.push_back(p.data());
-      for (auto& b : model->buffers()) ts.push_back(b.data());
-      groups.dp->broadcast(ts);
-    }
-    groups.world->barrier();
-  }
+  run.sync_ranks();
   if (s.world.is_main()) {
     fs::write_atomic(run.folder.config(), cfg_json.dump(1) + "\n");
     run.metrics.open(run.folder.metrics(), resumed ? run.st.step : -1);  // a fresh start (even after a kill) keeps no old records
@@ -627,15 +653,7 @@ int train(const TrainOptions& opt) {
   while (st.step < sub.steps) {
     const auto t0 = clk::now();
     const StepResult r = run.step();
-    if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) {
-      ++st.step;
-      const std::string reason = "non-finite " + std::string(std::isfinite(r.loss) ? "gradient norm" : "loss") +
-                                 " at step " + std::to_string(st.step) + "; last good checkpoint kept";
-      run.metrics.write({{"step", st.step}, {"loss", std::isfinite(r.loss) ? json(r.loss) : json(nullptr)}, {"invalid", reason}});
-      run.write_summary("INVALID", reason);
-      std::fprintf(stderr, "[train] INVALID: %s\n", reason.c_str());
-      return 3;
-    }
+    if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) return run.invalid(r);
     ++st.step;
     const double dt = seconds(t0);
     st.train_seconds += dt;
@@ -651,15 +669,7 @@ int train(const TrainOptions& opt) {
       if (opt.keep_checkpoints) run.save(fs::join(run.folder.dir, snapshot_name(st.step)), /*weights_only=*/true);
       run.write_summary(last ? "done" : "running", "");
     }
-    if (r.stop && !last) {
-      run.save(run.folder.latest(), false);
-      const std::string why = "stopped by a signal at step " + std::to_string(st.step) +
-                              "; the latest checkpoint is this step, and the same command resumes";
-      run.write_summary("preempted", why);
-      if (groups.world) groups.world->barrier();
-      std::fprintf(stderr, "[train] %s\n", why.c_str());
-      return kPreempted;
-    }
+    if (r.stop && !last) return run.preempted();
   }
   run.write_summary("done", "");
   if (groups.world) groups.world->barrier();  // rank 0's last checkpoint and summary are written before any rank exits
