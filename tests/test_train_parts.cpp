@@ -244,3 +244,31 @@ TEST(Checkpoint, RoundTripsAndRefusesWhatIsMissing) {
   EXPECT_EQ(ckpt::file_name("150"), "ckpt_step000150.safetensors");
   EXPECT_NE(error_of([] { ckpt::file_name("newest"); }).find("must be latest, best or a step"), std::string::npos);
 }
+
+TEST(Substrate, ModelConfigIsTheSubstratesGeometryAfterTheModulesAdjusts) {
+  Substrate s;
+  s.depth = 3;
+  s.aspect = 40;  // 120, rounded up to head_dim 16: 128
+  s.head_dim = 16;
+  s.context = 64;
+  s.seed = 7;
+  EXPECT_NE(error_of([&] { s.model_config({}); }).find("needs the vocabulary"), std::string::npos);
+  s.vocab = 300;
+  ModelConfig c = s.model_config({});
+  EXPECT_EQ(c.vocab, 300);
+  EXPECT_EQ(c.n_layer, 3);
+  EXPECT_EQ(c.d_model, 128);
+  EXPECT_EQ(c.n_head, 8);
+  EXPECT_EQ(c.head_dim, 16);
+  EXPECT_EQ(c.context, 64);
+  EXPECT_EQ(c.layer_pattern, "A");
+  EXPECT_EQ(c.seed, 7u);
+  const catalog::ModelView v = s.model_view();
+  EXPECT_EQ(v.d_model, 128);
+  EXPECT_EQ(v.depth, 3);
+  // Mamba-3 sets the layer pattern (its catalog adjust); the config carries it and the modules.
+  ModelConfig m = s.model_config({test::module_args("mamba3", {{"pattern", "AM"}})});
+  EXPECT_EQ(m.layer_pattern, "AM");
+  ASSERT_EQ(m.modules.size(), 1u);
+  EXPECT_EQ(m.modules[0].name, "mamba3");
+}
