@@ -5,6 +5,7 @@
 #include "common/device.h"
 #include "common/error.h"
 #include "common/fs.h"
+#include "train/checkpoint.h"
 #include "train/dist.h"
 #include "train/trainer.h"
 

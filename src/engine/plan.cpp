@@ -22,18 +22,7 @@ const Experiment* Plan::find(const std::string& id) const {
   return nullptr;
 }
 
-catalog::ModelView model_view(const Substrate& s) {
-  catalog::ModelView v;
-  v.depth = s.depth;
-  v.d_model = s.model_dim();
-  v.n_head = s.n_head();
-  v.head_dim = s.head_dim;
-  v.context = s.context;
-  v.tp = s.tp;
-  v.dp = s.dp;
-  v.layer_pattern = s.layer_pattern;
-  return v;
-}
+catalog::ModelView model_view(const Substrate& s) { return s.model_view(); }
 
 std::string name_problem(const std::string& kind, const std::string& name) {
   bool ok = !name.empty() && name.size() <= kMaxNameLength && name[0] != '.' && name[0] != '-';

@@ -96,6 +96,8 @@ struct EngramImpl : BranchImpl {
   // the hash and the table gathers are not matmuls.
   double flops_per_token(int64_t T) const override;
   std::string describe() const override;
+  // The n-gram tables are looked up, not multiplied: Muon's orthogonalization means nothing for them.
+  std::map<std::string, ParamRole> param_roles() const override { return {{"ngram_table", ParamRole::Embedding}}; }
 
   EngramOptions opt;
   int64_t vc;                          // compressed vocabulary; vc itself is the pad id

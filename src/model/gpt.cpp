@@ -387,22 +387,33 @@ torch::Tensor GPTImpl::loss(const torch::Tensor& idx, const torch::Tensor& targe
   return total;
 }
 
-std::vector<std::string> GPTImpl::matrix_params() const {
-  std::vector<std::string> out;
+std::map<std::string, ParamRole> GPTImpl::param_roles() const {
+  std::map<std::string, ParamRole> declared;
+  for (auto& m : named_modules("", /*include_self=*/false)) {
+    const auto* c = dynamic_cast<const ComponentImpl*>(m.value().get());
+    if (!c) continue;
+    for (auto& [name, role] : c->param_roles()) declared[m.key().empty() ? name : m.key() + "." + name] = role;
+  }
+  std::map<std::string, ParamRole> out;
   for (auto& p : named_parameters()) {
+    const std::string& k = p.key();
     // The model's blocks, and blocks a module stacks of its own (MTP's "objective0.blocks.")
-    const bool in_blocks = p.key().rfind("blocks.", 0) == 0 || p.key().find(".blocks.") != std::string::npos;
-    if (in_blocks && p.value().dim() == 2 && p.key().find(".ngram_table") == std::string::npos)
-      out.push_back(p.key());  // lookup tables are not matrices that multiply
+    const bool in_blocks = k.rfind("blocks.", 0) == 0 || k.find(".blocks.") != std::string::npos;
+    ParamRole role = ParamRole::Scalar;
+    if (auto it = declared.find(k); it != declared.end()) role = it->second;
+    else if (k == "wte.weight") role = ParamRole::Embedding;
+    else if (k == "lm_head.weight") role = ParamRole::Head;
+    else if (in_blocks && p.value().dim() == 2) role = ParamRole::Matrix;
+    out[k] = role;
   }
   return out;
 }
 
-std::vector<std::string> GPTImpl::head_params() const {
-  std::vector<std::string> out = {"lm_head.weight"};
-  for (size_t i = 0; i < objectives.size(); ++i)
-    for (auto& p : objectives[i]->named_parameters(/*recurse=*/false))
-      if (p.key() == "head") out.push_back("objective" + std::to_string(i) + ".head");
+std::vector<std::string> GPTImpl::params_of(ParamRole role) const {
+  const auto roles = param_roles();
+  std::vector<std::string> out;
+  for (auto& p : named_parameters())
+    if (roles.at(p.key()) == role) out.push_back(p.key());
   return out;
 }
 

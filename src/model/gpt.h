@@ -122,12 +122,17 @@ struct GPTImpl : torch::nn::Module {
   torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids,
                      int64_t step = 0, Parts* parts = nullptr);
 
-  // Parameters that are 2-D matrices inside the blocks, the model's or a module's own (Muon), and the
-  // rest by role.
-  std::vector<std::string> matrix_params() const;
+  // The role of every parameter (model/module.h ParamRole), by named_parameters key: the default rule
+  // (wte Embedding, lm_head Head, 2-D inside blocks, the model's or a module's own, Matrix, the rest
+  // Scalar), overridden by what components declare (Engram's tables, objectives' "head").
+  std::map<std::string, ParamRole> param_roles() const;
+  // The parameters of one role, in named_parameters order.
+  std::vector<std::string> params_of(ParamRole role) const;
+  // Matrix parameters (Muon).
+  std::vector<std::string> matrix_params() const { return params_of(ParamRole::Matrix); }
   // Output heads, trained at the head's rate: lm_head and every objective's own readout, the parameter
   // an objective registers as "head" (TOP's unembedding, NCP's concept predictor).
-  std::vector<std::string> head_params() const;
+  std::vector<std::string> head_params() const { return params_of(ParamRole::Head); }
   int64_t n_params() const;
   // Parameters that take part in matmuls (all but the embedding), for FLOPs per token.
   int64_t n_matmul_params() const;

@@ -86,8 +86,21 @@ struct StepCtx {
   std::map<std::string, double> stats;  // logged with each eval, beside Ctx::stats
 };
 
+// What a parameter is to the optimizer (train/param_groups.h gives each role its group and rate).
+// The model assigns the default: the token embedding Embedding, lm_head Head, 2-D matrices inside
+// blocks Matrix, everything else Scalar; a component declares a role where the default is wrong.
+enum class ParamRole {
+  Matrix,     // multiplies activations: Muon (or AdamW at lr_adamw)
+  Embedding,  // rows looked up, not multiplied: AdamW at the embedding rate
+  Head,       // an output readout: AdamW at the head rate
+  Scalar,     // norms, gains, biases and other vectors: AdamW at the scalar rate
+};
+
 // Every model component reports what it costs, so MFU counts what actually ran.
 struct ComponentImpl : torch::nn::Module {
+  // Roles of this component's own parameters (names as it registers them, "ngram_table") where the
+  // model's default rule (ParamRole) is wrong. Default: none.
+  virtual std::map<std::string, ParamRole> param_roles() const { return {}; }
   // Forward + backward FLOPs per token at sequence length T. Default: 6 x its matrix parameters.
   virtual double flops_per_token(int64_t T) const;
   // One line for the layer plan printed at init and stored in config.json.
@@ -127,6 +140,7 @@ using BlockWrap = std::shared_ptr<BlockWrapImpl>;
 // An auxiliary objective on the final hidden state h: (B, T, C), before the last norm. Its own output
 // head, if it has one, is the parameter it registers as "head": it trains at lm_head's rate.
 struct ObjectiveImpl : ComponentImpl {
+  std::map<std::string, ParamRole> param_roles() const override { return {{"head", ParamRole::Head}}; }
   virtual void add_loss(const torch::Tensor& h, GPTImpl& model, Ctx& ctx) = 0;
 };
 using Objective = std::shared_ptr<ObjectiveImpl>;

@@ -9,8 +9,8 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "data/loader.h"
-#include "train/safetensors.h"
-#include "train/trainer.h"
+#include "train/checkpoint.h"
+#include "train/substrate.h"
 
 namespace slm {
 
@@ -48,17 +48,27 @@ ModelConfig model_config_from(const json& config) {
   }
 }
 
-std::string snapshot_name(int64_t step) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "ckpt_step%06lld.safetensors", static_cast<long long>(step));
-  return buf;
+ModelConfig Substrate::model_config(const std::vector<catalog::ModuleArgs>& mods) const {
+  SLM_CHECK(vocab > 0, "[substrate] ", name, ": model_config needs the vocabulary (bind the data set first)");
+  ModelConfig c;
+  c.vocab = vocab;
+  c.n_layer = depth;
+  c.d_model = model_dim();
+  c.head_dim = head_dim;
+  c.n_head = n_head();
+  c.context = context;
+  c.layer_pattern = catalog::adjusted(mods, model_view()).layer_pattern;
+  c.modules = mods;
+  c.softcap = softcap;
+  c.doc_mask = doc_mask;
+  c.rope_base = rope_base;
+  c.seed = static_cast<uint64_t>(seed);
+  return c;
 }
 
 LoadedRun load_run(const std::string& run_dir, const std::string& which) {
-  // A step has at most 18 digits, so it always fits the int64 that names its snapshot.
-  const bool numeric = !which.empty() && which.size() <= 18 && which.find_first_not_of("0123456789") == std::string::npos;
-  SLM_CHECK(which == "latest" || which == "best" || numeric, "--checkpoint must be latest, best or a step of at most 18 digits, got '", which,
-            "'");
+  const bool numeric = !which.empty() && which.find_first_not_of("0123456789") == std::string::npos;
+  const std::string file = ckpt::file_name(which);  // checks `which`
   LoadedRun r;
   r.dir = run_dir;
   const std::string cfg = fs::join(run_dir, "config.json");
@@ -66,43 +76,16 @@ LoadedRun load_run(const std::string& run_dir, const std::string& which) {
   r.config = json::parse(fs::read_file(cfg));
   r.model_cfg = model_config_from(r.config);
   r.device = device::resolve(r.config.value("device", "cpu"));
-  r.checkpoint = fs::join(run_dir, numeric ? snapshot_name(std::stoll(which)) : "ckpt_" + which + ".safetensors");
+  r.checkpoint = fs::join(run_dir, file);
   SLM_CHECK(fs::exists(r.checkpoint), "[run] ", run_dir, " has no ", which, " checkpoint",
             numeric ? " (step snapshots exist only for runs trained with --keep-checkpoints, at checkpoint steps)"
                     : "; train it first");
-  st::File ck = st::read(r.checkpoint);
+  const ckpt::Checkpoint ck = ckpt::read(r.checkpoint);
   r.model = GPT(r.model_cfg);
-  {
-    torch::NoGradGuard ng;
-    std::map<std::string, torch::Tensor> params, buffers;
-    for (auto& [k, v] : ck.tensors) {
-      if (k.rfind("model.", 0) == 0) params[k.substr(6)] = v;
-      else if (k.rfind("buffer.", 0) == 0) buffers[k.substr(7)] = v;
-    }
-    for (auto& p : r.model->named_parameters()) {
-      auto it = params.find(p.key());
-      SLM_CHECK(it != params.end() && it->second.sizes() == p.value().sizes(), "[run] checkpoint ", r.checkpoint,
-                " lacks or mis-shapes parameter ", p.key(), "; was it written by another build?");
-      p.value().copy_(it->second);
-    }
-    // Buffers are state the model evaluates with (GateSkip's calibrated thresholds, NCP's codebook):
-    // the checkpoint's, never the freshly built ones. Checkpoints from builds that saved none (before
-    // buffers were saved) load with the built buffers, and say so.
-    if (buffers.empty() && !r.model->named_buffers().is_empty()) {
-      std::fprintf(stderr, "[run] warning: %s holds no module buffers (written before they were saved); "
-                   "evaluating with freshly built ones\n", r.checkpoint.c_str());
-    } else {
-      for (auto& b : r.model->named_buffers()) {
-        auto it = buffers.find(b.key());
-        SLM_CHECK(it != buffers.end() && it->second.sizes() == b.value().sizes(), "[run] checkpoint ", r.checkpoint,
-                  " lacks or mis-shapes buffer ", b.key(), "; was it written by another build?");
-        b.value().copy_(it->second);
-      }
-    }
-  }
-  r.step = std::stoll(ck.metadata["step"]);
+  ckpt::load_model(ck, *r.model);
+  r.step = ck.step;
   r.model->step = r.step;  // schedules that depend on it (DSA's warm-up) evaluate as trained
-  r.in_spike = ck.metadata["in_spike"] == "true";
+  r.in_spike = ck.in_spike;
   r.model->to(r.device);
   r.model->eval();
   return r;

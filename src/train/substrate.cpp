@@ -148,6 +148,19 @@ int64_t Substrate::grad_accum() const {
   return per_micro > 0 ? total_batch / per_micro : 0;
 }
 
+catalog::ModelView Substrate::model_view() const {
+  catalog::ModelView v;
+  v.depth = depth;
+  v.d_model = model_dim();
+  v.n_head = n_head();
+  v.head_dim = head_dim;
+  v.context = context;
+  v.tp = tp;
+  v.dp = dp;
+  v.layer_pattern = layer_pattern;
+  return v;
+}
+
 void Substrate::validate() const {
   std::vector<std::string> errs;
   auto err = [&](const std::string& e) { errs.push_back(e); };

@@ -7,7 +7,11 @@
 #include <string>
 #include <vector>
 
+#include "catalog/catalog.h"
+
 namespace slm {
+
+struct ModelConfig;
 
 struct Substrate {
   std::string name = "unnamed";       // label only, not part of the id
@@ -58,6 +62,12 @@ struct Substrate {
   int64_t model_dim() const;          // depth * aspect rounded up to a multiple of head_dim
   int64_t n_head() const { return model_dim() / head_dim; }
   int64_t grad_accum() const;         // micro-batches per step
+  // The model geometry as module constraints see it (catalog::check, catalog::adjusted).
+  catalog::ModelView model_view() const;
+  // The model this substrate builds with `mods` (resolved and checked against model_view()): its
+  // geometry, the layer pattern after the modules' adjusts (Mamba-3 sets it) and the seed. Needs
+  // vocab set (the data set's). Defined beside the model (train/run.cpp): it needs LibTorch.
+  ModelConfig model_config(const std::vector<catalog::ModuleArgs>& mods) const;
 
   // Throws slm::Error listing every problem at once.
   void validate() const;

@@ -1,6 +1,10 @@
 // slmlab train: one model, one data set, one substrate, one run folder.
 // RUN_DIR holds config.json (the resolved configuration), metrics.jsonl (one record per step and per
-// eval), ckpt_latest.safetensors and ckpt_best.safetensors (atomic, checksummed), and summary.json.
+// eval), ckpt_latest.safetensors and ckpt_best.safetensors (atomic, checksummed; train/checkpoint.h),
+// with --keep-checkpoints ckpt_stepNNNNNN.safetensors weights-only snapshots, and summary.json.
+// The mainline is train() in trainer.cpp; the parts it calls live beside it: run_folder.h (checks,
+// lock, metrics log), param_groups.h, schedule.h (LR schedule, gradient clipping), checkpoint.h,
+// dry_run.h, and Substrate::model_config.
 #pragma once
 #include <string>
 #include <vector>
@@ -20,16 +24,10 @@ struct TrainOptions {
   bool overlap_grad_reduce = true;   // data parallel: send gradient buckets during backward
 };
 
-// The file of the weights-only snapshot of `step` inside a run folder: "ckpt_step000150.safetensors".
-std::string snapshot_name(int64_t step);
-
 // Exit status: 0 done, 3 INVALID (non-finite loss), kPreempted when SIGTERM or SIGINT stopped it
 // (after the step in flight, with its checkpoint written: the same command resumes). Bad input
 // throws slm::Error before any step.
 constexpr int kPreempted = 143;  // 128 + SIGTERM, as a shell reports a terminated process
 int train(const TrainOptions& opt);
-
-// Writes a run's model weights (no optimizer state) as safetensors; `which` is "latest" or "best".
-void export_safetensors(const std::string& run_dir, const std::string& which, const std::string& out_path);
 
 }  // namespace slm

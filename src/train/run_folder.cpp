@@ -1,0 +1,106 @@
+#include "train/run_folder.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/fs.h"
+
+namespace slm {
+
+using json = nlohmann::ordered_json;
+
+std::string RunFolder::config() const { return fs::join(dir, "config.json"); }
+std::string RunFolder::metrics() const { return fs::join(dir, "metrics.jsonl"); }
+std::string RunFolder::summary() const { return fs::join(dir, "summary.json"); }
+std::string RunFolder::latest() const { return fs::join(dir, "ckpt_latest.safetensors"); }
+std::string RunFolder::best() const { return fs::join(dir, "ckpt_best.safetensors"); }
+
+void prepare_run_folder(const RunFolder& f, const json& cfg, bool resume) {
+  const std::string& dir = f.dir;
+  if (!fs::exists(f.config())) {
+    SLM_CHECK(!fs::exists(dir) || fs::is_dir(dir), "train: --out ", dir, " is not a directory");
+    fs::mkdirs(dir);
+    return;
+  }
+  SLM_CHECK(resume, "train: ", dir, " already holds a run; pass --resume to continue it or choose another --out");
+  json old = json::parse(fs::read_file(f.config()));
+  SLM_CHECK(old["data"]["tokenizer_hash"] == cfg["data"]["tokenizer_hash"], "train: ", dir, " was trained with tokenizer ",
+            old["data"]["tokenizer_hash"].get<std::string>(), " but ", cfg["data"]["dir"].get<std::string>(),
+            " has tokenizer ", cfg["data"]["tokenizer_hash"].get<std::string>(), "; resume on the run's own data set (",
+            old["data"]["dir"].get<std::string>(), ")");
+  SLM_CHECK(old["data"]["fingerprint"] == cfg["data"]["fingerprint"], "train: ", dir, " was trained on data ",
+            old["data"]["fingerprint"].get<std::string>(), " but ", cfg["data"]["dir"].get<std::string>(), " is ",
+            cfg["data"]["fingerprint"].get<std::string>(), "; resume on the run's own data set");
+  SLM_CHECK(old["model"]["seed"] == cfg["model"]["seed"], "train: ", dir, " is the seed ", old["model"]["seed"].dump(),
+            " replica; resuming it with seed ", cfg["model"]["seed"].dump(), " would mix two runs; use a new --out");
+  SLM_CHECK(old["modules"] == cfg["modules"], "train: ", dir, " was trained with modules ", old["modules"].dump(),
+            "; resuming it with ", cfg["modules"].dump(), " would mix two experiments; use a new --out");
+  SLM_CHECK(old["substrate_id"] == cfg["substrate_id"], "train: --resume with a different configuration (substrate ",
+            old["substrate_id"].get<std::string>(), " vs ", cfg["substrate_id"].get<std::string>(),
+            "); use a new --out for a new configuration");
+  // config.json is rewritten at every start, so it tells the world size of the latest checkpoint's run.
+  const int old_world = old.value("world_size", 1), world = cfg.value("world_size", 1);
+  SLM_CHECK(!fs::exists(f.latest()) || old_world == world, "train: ", f.latest(), " was written by a run with ", old_world,
+            " data-parallel rank(s) and this one has ", world, "; resume it with --nproc ", old_world,
+            " (or WORLD_SIZE=", old_world, ") or start a new --out");
+}
+
+RunLock::RunLock(const std::string& dir) {
+  const std::string path = fs::join(dir, ".lock");
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  SLM_CHECK(fd_ >= 0, "train: cannot open ", path, ": ", std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {0};
+    ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    fail("train: ", dir, " is in use by another slmlab train (pid ", n > 0 ? std::string(buf, n) : "?",
+         "); wait for it or stop it first");
+  }
+  const std::string pid = std::to_string(::getpid());
+  if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
+    // the pid is only for the message above; the lock itself is what matters
+  }
+}
+
+RunLock::~RunLock() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+MetricsLog::~MetricsLog() {
+  if (f_) std::fclose(f_);
+}
+
+void MetricsLog::open(const std::string& path, int64_t keep_through) {
+  std::string kept;
+  if (fs::exists(path)) {
+    std::istringstream in(fs::read_file(path));
+    std::string line;
+    while (std::getline(in, line)) {
+      try {
+        auto j = json::parse(line);
+        if (j.value("step", int64_t(-1)) <= keep_through) kept += line + "\n";
+      } catch (const json::exception&) {
+        // a line torn by a kill: the checkpoint decides what happened, not this line
+      }
+    }
+  }
+  fs::write_atomic(path, kept);
+  f_ = std::fopen(path.c_str(), "a");
+  SLM_CHECK(f_, "cannot append to ", path);
+}
+
+void MetricsLog::write(const json& record) {
+  if (!f_) return;
+  std::string s = record.dump() + "\n";
+  std::fwrite(s.data(), 1, s.size(), f_);
+  std::fflush(f_);
+}
+
+}  // namespace slm

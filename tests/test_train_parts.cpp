@@ -1,0 +1,274 @@
+// The parts train() calls, tested without running the binary: the learning-rate schedule, the
+// parameter groups (built from the roles parameters carry, module-declared ones included), gradient
+// clipping, and the checkpoint's rules (one reader, one error per problem).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/error.h"
+#include "model/gpt.h"
+#include "train/checkpoint.h"
+#include "train/param_groups.h"
+#include "train/schedule.h"
+#include "train/substrate.h"
+#include "test_util.h"
+
+using namespace slm;
+
+namespace {
+
+ModelConfig tiny_config(std::vector<catalog::ModuleArgs> mods = {}) {
+  ModelConfig c;
+  c.vocab = 300;
+  c.n_layer = 2;
+  c.d_model = 32;
+  c.n_head = 2;
+  c.head_dim = 16;
+  c.context = 32;
+  c.modules = std::move(mods);
+  return c;
+}
+
+// A substrate whose model_dim() is 32, as tiny_config's.
+Substrate tiny_substrate() {
+  Substrate s;
+  s.depth = 1;
+  s.aspect = 32;
+  s.head_dim = 16;
+  return s;
+}
+
+const ParamGroup* group_of(const std::vector<ParamGroup>& groups, const std::string& param) {
+  for (auto& g : groups)
+    if (std::find(g.names.begin(), g.names.end(), param) != g.names.end()) return &g;
+  return nullptr;
+}
+
+template <typename F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(Schedule, WarmupConstantWarmdownByHand) {
+  Substrate s;
+  s.steps = 100;
+  s.warmup_steps = 4;
+  s.warmdown_frac = 0.25;  // the last 25 steps
+  s.final_lr_frac = 0.1;
+  EXPECT_DOUBLE_EQ(lr_factor(s, 0), 0.25);  // (0 + 1) / 4
+  EXPECT_DOUBLE_EQ(lr_factor(s, 1), 0.5);
+  EXPECT_DOUBLE_EQ(lr_factor(s, 3), 1.0);
+  EXPECT_DOUBLE_EQ(lr_factor(s, 4), 1.0);
+  EXPECT_DOUBLE_EQ(lr_factor(s, 74), 1.0);                       // 26 steps left: before the warmdown
+  EXPECT_DOUBLE_EQ(lr_factor(s, 75), 0.1 + 0.9 * 25.0 / 25.0);   // 25 left: 1.0
+  EXPECT_DOUBLE_EQ(lr_factor(s, 80), 0.1 + 0.9 * 20.0 / 25.0);   // 0.82
+  EXPECT_DOUBLE_EQ(lr_factor(s, 99), 0.1 + 0.9 * 1.0 / 25.0);    // 0.136
+  s.warmup_steps = 0;
+  s.warmdown_frac = 0.0;
+  EXPECT_DOUBLE_EQ(lr_factor(s, 0), 1.0);
+  EXPECT_DOUBLE_EQ(lr_factor(s, 99), 1.0);
+  s.warmdown_frac = 0.4;  // round(0.4 x 7) = 3 steps
+  s.steps = 7;
+  s.final_lr_frac = 0.0;
+  EXPECT_DOUBLE_EQ(lr_factor(s, 3), 1.0);
+  EXPECT_DOUBLE_EQ(lr_factor(s, 4), 1.0);  // 3 left of 3
+  EXPECT_DOUBLE_EQ(lr_factor(s, 5), 2.0 / 3.0);
+  EXPECT_DOUBLE_EQ(lr_factor(s, 6), 1.0 / 3.0);
+}
+
+TEST(ParamGroups, RolesDecideGroupsRatesAndDecay) {
+  GPT m(tiny_config({test::module_args("top"), test::module_args("engram", {{"layers", "1"}, {"table_size", "257"}})}));
+  Substrate s = tiny_substrate();
+  s.weight_decay = 0.05;
+  ASSERT_EQ(s.model_dim(), 32);
+  const auto groups = param_groups(*m, s);
+  // In order embed, head, matrix (no scalar group: this model's norms carry no parameters).
+  ASSERT_EQ(groups.size(), 3u);
+  EXPECT_EQ(groups[0].name, "embed");
+  EXPECT_EQ(groups[1].name, "head");
+  EXPECT_EQ(groups[2].name, "matrix");
+  const double scale = std::pow(32.0 / 768.0, -0.5);  // AdamW rates scale as 1/sqrt(d / 768)
+  EXPECT_DOUBLE_EQ(groups[0].base_lr, s.lr_embed * scale);
+  EXPECT_DOUBLE_EQ(groups[1].base_lr, s.lr_head * scale);
+  EXPECT_DOUBLE_EQ(groups[2].base_lr, s.lr_matrix);  // Muon: not scaled
+  EXPECT_EQ(groups[2].kind, "muon");
+  for (int i : {0, 1}) {
+    EXPECT_EQ(groups[i].kind, "adamw") << groups[i].name;
+    EXPECT_EQ(groups[i].weight_decay, 0.0) << groups[i].name;
+  }
+  EXPECT_EQ(groups[2].weight_decay, 0.05);
+  EXPECT_EQ(group_of(groups, "wte.weight"), &groups[0]);
+  EXPECT_EQ(group_of(groups, "lm_head.weight"), &groups[1]);
+  EXPECT_EQ(group_of(groups, "objective0.head"), &groups[1]) << "an objective's declared head";
+  EXPECT_EQ(group_of(groups, "blocks.0.mixer.c_q.weight"), &groups[2]);
+  // Engram declares its n-gram table an Embedding: a 2-D tensor inside a block, and still not Muon's.
+  std::string table;
+  for (auto& p : m->named_parameters())
+    if (p.key().size() > 12 && p.key().compare(p.key().size() - 12, 12, ".ngram_table") == 0) table = p.key();
+  ASSERT_FALSE(table.empty());
+  EXPECT_EQ(m->named_parameters()[table].dim(), 2);
+  EXPECT_EQ(group_of(groups, table), &groups[0]) << table;
+  // Every parameter is in exactly one group, in named_parameters order within it.
+  size_t n = 0;
+  for (auto& g : groups) n += g.names.size();
+  EXPECT_EQ(n, m->named_parameters().size());
+  // What the run records: the effective rates.
+  auto j = param_groups_json(groups);
+  ASSERT_EQ(j.size(), 3u);
+  EXPECT_EQ(j[0]["group"], "embed");
+  EXPECT_DOUBLE_EQ(j[0]["lr"].get<double>(), s.lr_embed * scale);
+  EXPECT_NE(describe_param_groups(groups, s).find("width scale"), std::string::npos);
+}
+
+TEST(ParamGroups, AdamwForMatricesWhenTheSubstrateSaysSo) {
+  GPT m(tiny_config());
+  Substrate s = tiny_substrate();
+  s.optimizer = "adamw";
+  const auto groups = param_groups(*m, s);
+  const ParamGroup* g = group_of(groups, "blocks.0.mixer.c_q.weight");
+  ASSERT_NE(g, nullptr);
+  EXPECT_EQ(g->kind, "adamw");
+  EXPECT_DOUBLE_EQ(g->base_lr, s.lr_adamw);
+  EXPECT_EQ(m->head_params(), std::vector<std::string>{"lm_head.weight"});
+}
+
+TEST(GradClip, ScalesToTheThresholdAndLeavesSmallNormsAlone) {
+  GPT m(tiny_config());
+  for (auto& p : m->parameters()) p.mutable_grad() = torch::full_like(p, 0.01);
+  int64_t n = 0;
+  for (auto& p : m->parameters()) n += p.numel();
+  const double norm = std::sqrt(static_cast<double>(n) * 0.01f * 0.01f);
+  ASSERT_GT(norm, 0.5);
+  // Above the threshold: grads scaled by max / (norm + 1e-6), the norm returned as it was.
+  auto got = clip_grad_norm(*m, 0.5);
+  EXPECT_EQ(got.scalar_type(), torch::kFloat64);
+  EXPECT_NEAR(got.item<double>(), norm, 1e-4 * norm);
+  double after = 0;
+  for (auto& p : m->parameters()) after += p.grad().to(torch::kFloat64).pow(2).sum().item<double>();
+  EXPECT_NEAR(std::sqrt(after), 0.5, 1e-4);
+  // Below it: untouched, bit for bit.
+  std::vector<torch::Tensor> before;
+  for (auto& p : m->parameters()) before.push_back(p.grad().clone());
+  clip_grad_norm(*m, 10.0);
+  size_t i = 0;
+  for (auto& p : m->parameters()) EXPECT_TRUE(torch::equal(p.grad(), before[i++]));
+  // 0 = no clipping, the norm still measured.
+  EXPECT_NEAR(clip_grad_norm(*m, 0.0).item<double>(), 0.5, 1e-4);
+}
+
+TEST(Checkpoint, RoundTripsAndRefusesWhatIsMissing) {
+  test::TempDir t;
+  const std::vector<catalog::ModuleArgs> cbp = {test::module_args("cbp")};
+  GPT a(tiny_config(cbp));
+  ASSERT_FALSE(a->named_buffers().is_empty());
+  {
+    torch::NoGradGuard ng;
+    for (auto& b : a->named_buffers()) b.value().fill_(3);
+  }
+  Substrate s = tiny_substrate();
+  Optimizer opt(param_groups(*a, s), OptimOptions{});
+  ckpt::TrainState state;
+  state.step = 7;
+  state.best_val = 2.5;
+  state.best_step = 5;
+  state.loader = {1, 2, 3, 4};
+  ckpt::RunIdentity id{"{}", "sub", "fp", "tok", 1};
+  const std::string path = t / "ck.safetensors";
+  ckpt::write(path, ckpt::encode(*a, &opt, id, state, /*in_spike=*/true, {}));
+
+  ckpt::Checkpoint ck = ckpt::read(path);
+  EXPECT_EQ(ck.step, 7);
+  EXPECT_TRUE(ck.in_spike);
+  EXPECT_EQ(ck.world_size, 1);
+  EXPECT_TRUE(ck.rngs.count(0));
+  const ckpt::TrainState back = ck.state();
+  EXPECT_EQ(back.best_step, 5);
+  EXPECT_EQ(back.best_val, 2.5);
+  EXPECT_EQ(back.last_val, std::numeric_limits<double>::infinity());  // stored as null
+  EXPECT_TRUE(back.loader == state.loader);
+  ckpt::check_resumable(ck, id);
+  GPT b(tiny_config(cbp));
+  ckpt::load_model(ck, *b);
+  for (auto& p : b->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), a->named_parameters()[p.key()])) << p.key();
+  for (auto& p : b->named_buffers()) EXPECT_TRUE(torch::equal(p.value(), a->named_buffers()[p.key()])) << p.key();
+
+  // One rule for every reader: a module buffer the model has and the file lacks is refused, by name.
+  st::File f = st::read(path);
+  std::string dropped;
+  for (size_t i = 0; i < f.tensors.size(); ++i)
+    if (f.tensors[i].first.rfind("buffer.", 0) == 0) {
+      dropped = f.tensors[i].first.substr(7);
+      f.tensors.erase(f.tensors.begin() + i);
+      break;
+    }
+  ASSERT_FALSE(dropped.empty());
+  st::write(t / "no_buffer.safetensors", f);
+  const std::string e = error_of([&] { ckpt::load_model(ckpt::read(t / "no_buffer.safetensors"), *b); });
+  EXPECT_NE(e.find("lacks module buffer " + dropped), std::string::npos) << e;
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  // A mis-shaped parameter names itself and both shapes.
+  const std::string e2 = error_of([&] {
+    ModelConfig c = tiny_config();
+    c.vocab = 301;
+    GPT other(c);
+    ckpt::load_model(ck, *other);
+  });
+  EXPECT_NE(e2.find("holds parameter wte.weight as (300, 32) but the model's is (301, 32)"), std::string::npos) << e2;
+  // A weights-only snapshot carries buffers (evaluation needs them) but cannot be resumed.
+  ckpt::write(t / "snap.safetensors", ckpt::encode(*a, nullptr, id, state, false, {}));
+  ckpt::Checkpoint snap = ckpt::read(t / "snap.safetensors");
+  EXPECT_FALSE(snap.buffers.empty());
+  EXPECT_TRUE(snap.optim.empty());
+  ckpt::load_model(snap, *b);
+  EXPECT_NE(error_of([&] { ckpt::check_resumable(snap, id); }).find("weights-only snapshot"), std::string::npos);
+  // Another run's checkpoint, and a file of another format.
+  ckpt::RunIdentity other = id;
+  other.world_size = 2;
+  EXPECT_NE(error_of([&] { ckpt::check_resumable(ck, other); }).find("resume it with --nproc 1"), std::string::npos);
+  st::File w;
+  w.tensors.push_back({"x", torch::zeros({1})});
+  w.metadata = {{"format", "slmlab-weights v1"}};
+  st::write(t / "weights.safetensors", w);
+  EXPECT_NE(error_of([&] { ckpt::read(t / "weights.safetensors"); }).find("is not a slmlab-ckpt v1 checkpoint"),
+            std::string::npos);
+  EXPECT_EQ(ckpt::file_name("best"), "ckpt_best.safetensors");
+  EXPECT_EQ(ckpt::file_name("150"), "ckpt_step000150.safetensors");
+  EXPECT_NE(error_of([] { ckpt::file_name("newest"); }).find("must be latest, best or a step"), std::string::npos);
+}
+
+TEST(Substrate, ModelConfigIsTheSubstratesGeometryAfterTheModulesAdjusts) {
+  Substrate s;
+  s.depth = 3;
+  s.aspect = 40;  // 120, rounded up to head_dim 16: 128
+  s.head_dim = 16;
+  s.context = 64;
+  s.seed = 7;
+  EXPECT_NE(error_of([&] { s.model_config({}); }).find("needs the vocabulary"), std::string::npos);
+  s.vocab = 300;
+  ModelConfig c = s.model_config({});
+  EXPECT_EQ(c.vocab, 300);
+  EXPECT_EQ(c.n_layer, 3);
+  EXPECT_EQ(c.d_model, 128);
+  EXPECT_EQ(c.n_head, 8);
+  EXPECT_EQ(c.head_dim, 16);
+  EXPECT_EQ(c.context, 64);
+  EXPECT_EQ(c.layer_pattern, "A");
+  EXPECT_EQ(c.seed, 7u);
+  const catalog::ModelView v = s.model_view();
+  EXPECT_EQ(v.d_model, 128);
+  EXPECT_EQ(v.depth, 3);
+  // Mamba-3 sets the layer pattern (its catalog adjust); the config carries it and the modules.
+  ModelConfig m = s.model_config({test::module_args("mamba3", {{"pattern", "AM"}})});
+  EXPECT_EQ(m.layer_pattern, "AM");
+  ASSERT_EQ(m.modules.size(), 1u);
+  EXPECT_EQ(m.modules[0].name, "mamba3");
+}
