@@ -72,7 +72,7 @@ Ctx train_ctx(GPT& m, int64_t step) {
 }  // namespace
 
 TEST(GateSkip, Schedule) {
-  const GateSkipOptions o = GateSkipOptions::from(
+  GateSkipOptions o = GateSkipOptions::from(
       slm::test::module_args("gateskip",
                              {{"skip_start", "0.01"}, {"skip_final", "0.11"}, {"warmup", "10"}, {"ramp_steps", "100"}}),
       ModelConfig{}, /*n_gated_layers=*/1);
