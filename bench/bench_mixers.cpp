@@ -12,11 +12,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <malloc.h>
 #include <string>
 #include <vector>
 
 #include "common/device.h"
+#include "common/error.h"
 #include "model/dsa.h"
 #include "model/gpt.h"
 #include "model/mamba3.h"
@@ -25,6 +27,14 @@ using namespace slm;
 using clk = std::chrono::steady_clock;
 
 namespace {
+
+// A catalog row's resolved arguments: its defaults (the only ones) plus `given`, as texts.
+catalog::ModuleArgs row(const std::string& name, const std::map<std::string, std::string>& given = {}) {
+  std::vector<std::string> errors;
+  catalog::ModuleArgs a = catalog::resolve(name, given, errors);
+  SLM_CHECK(errors.empty(), "[bench] ", name, ": ", errors.empty() ? "" : errors.front());
+  return a;
+}
 
 // Waits for everything queued on `dev` (CUDA work is asynchronous); nothing on the CPU.
 void sync(const torch::Device& dev) {
@@ -115,9 +125,7 @@ int main(int argc, char** argv) {
               device::describe().c_str());
   std::printf("%-8s %-6s %14s %14s %8s\n", "context", "batch", "attention tok/s", "mamba3 tok/s", "ratio");
   CausalSelfAttentionImpl attn(c);
-  Mamba3Options mo;
-  mo.d_model = c.d_model;
-  Mamba3MixerImpl mamba(mo);
+  Mamba3MixerImpl mamba(Mamba3Options::from(row("mamba3"), c));
   {
     torch::NoGradGuard ng;  // non-zero output projections, so backward does real work
     attn.c_proj->weight.normal_(0, 0.02);
@@ -149,10 +157,10 @@ int main(int argc, char** argv) {
   for (int64_t T : dsa_contexts) {
     if (only == "mamba3") break;
     const int64_t B = std::max<int64_t>(1, tokens / T);
-    DsaOptions o;
-    o.topk = T / 8;
-    o.window = std::min<int64_t>(128, o.topk);  // 128 at every default context (k >= 128 from 1024 on)
-    o.path = "sparse";
+    const int64_t k = T / 8, window = std::min<int64_t>(128, k);  // 128 at every default context (k >= 128 from 1024 on)
+    const DsaOptions o = DsaOptions::from(
+        row("dsa", {{"topk", std::to_string(k)}, {"window", std::to_string(window)}, {"path", "sparse"}, {"warmup_steps", "0"}}),
+        T, /*layer=*/0);
     DsaAttentionImpl dsa(c, o);
     {
       torch::NoGradGuard ng;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/device.h"
+#include "common/error.h"
 #include "model/gpt.h"
 #include "model/moe.h"
 
@@ -46,16 +47,21 @@ void randomize(torch::nn::Module& m) {
     if (p.requires_grad()) p.normal_(0, 0.02);
 }
 
+// A catalog row's resolved arguments: its defaults (the only ones) plus `given`, as texts.
+catalog::ModuleArgs row(const std::string& name, const std::map<std::string, std::string>& given = {}) {
+  std::vector<std::string> errors;
+  catalog::ModuleArgs a = catalog::resolve(name, given, errors);
+  SLM_CHECK(errors.empty(), "[bench] ", name, ": ", errors.empty() ? "" : errors.front());
+  return a;
+}
+
 MoeOptions moe_config(const std::string& name) {
-  MoeOptions o;  // the catalog's defaults: 2 shared + 16 routed of 4C/4 = C, top-2 softmax
-  o.d_model = kWidth;
-  if (name == "moe-cap1.25") o.capacity_factor = 1.25;
-  if (name == "moe-sigmoid-bias") {
-    o.score = "sigmoid";
-    o.aux_loss = 0;
-    o.bias_rate = 1e-3;
-  }
-  return o;
+  std::map<std::string, std::string> given;  // the catalog's defaults: 2 shared + 16 routed of 4C/4 = C, top-2 softmax
+  if (name == "moe-cap1.25") given = {{"capacity_factor", "1.25"}};
+  if (name == "moe-sigmoid-bias") given = {{"score", "sigmoid"}, {"aux_loss", "0"}, {"bias_rate", "1e-3"}};
+  ModelConfig c;
+  c.d_model = kWidth;
+  return MoeOptions::from(row("moe", given), c, /*layer=*/0);
 }
 
 // One configuration, in this process: prints "tok/s params active rss_bytes".

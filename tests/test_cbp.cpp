@@ -106,7 +106,7 @@ TEST(Cbp, StartsAsTheBaselineAndTrackingChangesNothing) {
 }
 
 TEST(Cbp, UtilityAndAgeFollowTheDefinition) {
-  CbpOptions o;
+  CbpOptions o = CbpOptions::from(slm::test::module_args("cbp"), tiny_config());
   o.decay = 0.9;
   o.maturity = 1000;  // nothing replaced here
   CbpMlpImpl f(tiny_config(), o);
@@ -202,7 +202,7 @@ TEST(Cbp, OutputUnchangedRightAfterAReplacement) {
 }
 
 TEST(Cbp, OnlyMatureUnitsAreReplacedLowestUtilityFirstAtTheRate) {
-  CbpOptions o;
+  CbpOptions o = CbpOptions::from(slm::test::module_args("cbp"), tiny_config());
   o.rate = 0.1;
   o.maturity = 50;  // the young units stay young through every step below
   CbpMlpImpl f(tiny_config(), o);
@@ -337,7 +337,8 @@ TEST(Cbp, TrainingWithReplacementsIsBitwiseDeterministic) {
   EXPECT_EQ(sa.at("cbp.replaced"), sa.at("cbp.L0.replaced") + sa.at("cbp.L1.replaced") + sa.at("cbp.L2.replaced"));
 
   // The redraw depends on the step (its own generator), and leaves the global generator alone.
-  CbpMlpImpl f(tiny_config(), CbpOptions{}), g(tiny_config(), CbpOptions{});
+  const CbpOptions o = CbpOptions::from(slm::test::module_args("cbp"), tiny_config());
+  CbpMlpImpl f(tiny_config(), o), g(tiny_config(), o);
   const auto global = at::detail::getDefaultCPUGenerator().get_state();
   auto i = torch::tensor({2, 9}, torch::kInt64);
   StepCtx none;
@@ -362,7 +363,7 @@ TEST(Cbp, BadParametersAreRefusedWithTheFix) {
   };
   one({{"rate", "0"}}, "use the paper's 1e-4 or drop cbp");
   one({{"decay", "1"}}, "use the paper's 0.99");
-  one({{"layers", "1,5"}}, "layer 5 lies beyond depth 3 (layers run 0..2)");
+  one({{"layers", "1,5"}}, "layer 5 is beyond depth 3 (layers run 0..2)");
   one({{"layers", "1,1"}}, "layers lists 1 more than once");
   std::vector<std::string> range;
   catalog::resolve("cbp", {{"rate", "2"}}, range);
@@ -375,9 +376,9 @@ TEST(Cbp, BadParametersAreRefusedWithTheFix) {
     GPT m(c);
     ADD_FAILURE() << "cbp on layer 4 of 3 was built";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("[cbp] layer 4 lies beyond depth 3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("[cbp] layer 4 is beyond depth 3"), std::string::npos) << e.what();
   }
-  CbpOptions o;
+  CbpOptions o = CbpOptions::from(slm::test::module_args("cbp"), tiny_config());
   o.decay = 1.0;
   EXPECT_THROW(CbpMlpImpl(tiny_config(), o), Error);
 }

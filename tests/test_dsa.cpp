@@ -40,16 +40,12 @@ ModelConfig tiny() {
   return c;
 }
 
+// Layer 0's options through the catalog row: a small indexer, k and window as given.
 DsaOptions opts(int64_t k, int64_t window, const std::string& path = "auto", int64_t warmup = 0) {
-  DsaOptions o;
-  o.index_heads = 2;
-  o.index_dim = 8;
-  o.rope_dims = 4;
-  o.topk = k;
-  o.window = window;
-  o.path = path;
-  o.warmup_steps = warmup;
-  return o;
+  const catalog::ModuleArgs a = slm::test::module_args(
+      "dsa", {{"index_heads", "2"}, {"index_dim", "8"}, {"rope_dims", "4"}, {"topk", std::to_string(k)},
+              {"window", std::to_string(window)}, {"path", path}, {"warmup_steps", std::to_string(warmup)}});
+  return DsaOptions::from(a, /*context=*/1 << 20, /*layer=*/0);  // k and window given: no context rule
 }
 
 Ctx make_ctx(const ModelConfig& c, const torch::Tensor& doc_ids, bool training, int64_t step = 0) {

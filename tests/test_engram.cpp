@@ -65,11 +65,10 @@ ModelConfig tiny_config() {
 }
 
 EngramOptions tiny_options() {
-  EngramOptions o;
-  o.d_model = 32;
-  o.vocab = 300;
-  o.table_size = 257;
-  return o;
+  ModelConfig c;
+  c.d_model = 32;
+  c.vocab = 300;
+  return EngramOptions::from(slm::test::module_args("engram", {{"table_size", "257"}}), c);
 }
 
 catalog::ModelView view(int64_t depth, const std::string& pattern) {

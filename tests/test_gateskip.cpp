@@ -72,11 +72,10 @@ Ctx train_ctx(GPT& m, int64_t step) {
 }  // namespace
 
 TEST(GateSkip, Schedule) {
-  GateSkipOptions o;
-  o.skip_start = 0.01;
-  o.skip_final = 0.11;
-  o.warmup = 10;
-  o.ramp_steps = 100;
+  GateSkipOptions o = GateSkipOptions::from(
+      slm::test::module_args("gateskip",
+                             {{"skip_start", "0.01"}, {"skip_final", "0.11"}, {"warmup", "10"}, {"ramp_steps", "100"}}),
+      ModelConfig{}, /*n_gated_layers=*/1);
   EXPECT_EQ(gateskip_ratio(o, 0), 0.0);
   EXPECT_EQ(gateskip_ratio(o, 9), 0.0);
   EXPECT_DOUBLE_EQ(gateskip_ratio(o, 10), 0.01);

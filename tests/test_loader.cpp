@@ -115,10 +115,10 @@ TEST(Loader, PermutationIsAPermutationAndSeeded) {
 
 TEST(Loader, TransformsAreSeededResumableAndTrainOnly) {
   TransformSet t;
-  FimOptions f;
+  FimOptions f = FimOptions::from(test::module_args("fim"));
   f.rate = 0.5;
   t.fim = f;
-  SriOptions s;
+  SriOptions s = SriOptions::from(test::module_args("sri"));
   s.rate = 0.3;
   t.sri = s;
   Loader a(dataset(), Split::Train, 64, 3, true);

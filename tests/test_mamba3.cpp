@@ -105,15 +105,15 @@ double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b)
 
 // A small mixer: C = 16, H = 4, P = 8, N = 8, chunk 8 (T = 40 spans five chunks).
 Mamba3Options small(int64_t rank = 1, double rope = 0.0) {
-  Mamba3Options o;
-  o.d_model = 16;
-  o.d_state = 8;
-  o.expand = 2;
-  o.headdim = 8;
-  o.chunk = 8;
-  o.mimo_rank = rank;
-  o.rope_fraction = rope;
-  return o;
+  ModelConfig c;
+  c.d_model = 16;
+  return Mamba3Options::from(mamba3_args({{"d_state", "8"},
+                                          {"expand", "2"},
+                                          {"headdim", "8"},
+                                          {"chunk", "8"},
+                                          {"mimo_rank", std::to_string(rank)},
+                                          {"rope_fraction", std::to_string(rope)}}),
+                             c);
 }
 
 // Gives the zero out-projection random weights and moves the other parameters off their init.

@@ -123,9 +123,7 @@ TEST(ModTraining, ExactlyCapacityTokensRunAndTheRestPassBitIdentical) {
 
 TEST(ModTraining, TheBlockSeesOnlyTheRoutedTokens) {
   ModelConfig c = tiny_config();
-  ModOptions o;
-  o.d_model = c.d_model;
-  o.capacity = 0.25;
+  const ModOptions o = ModOptions::from(slm::test::module_args("mod", {{"capacity", "0.25"}}), c);
   LayerPlan lp;
   auto rec = std::make_shared<RecordingMixer>();
   lp.mixer = [rec] { return Mixer(rec); };

@@ -9,6 +9,8 @@
 #include <set>
 
 #include "catalog/catalog.h"
+#include "catalog/module_list.h"
+#include "data/transforms.h"
 #include "engine/plan.h"
 #include "model/generate.h"
 #include "model/gpt.h"
@@ -71,9 +73,26 @@ TEST(Modules, EveryTrainableCatalogModuleIsImplemented) {
   for (auto& spec : catalog::modules()) {
     if (spec.tier == catalog::Tier::Inference) continue;
     const bool model_side = find_model_module(spec.name) != nullptr;
-    const bool data_side = std::string(spec.family) == "data";
+    const bool data_side = data::find_data_module(spec.name) != nullptr;
     EXPECT_TRUE(model_side || data_side) << spec.name << " is in the catalog but neither the model registry "
                                          << "(model/registry.cpp) nor the data transforms implement it";
+  }
+  // Each entry of catalog/module_list.h: its row, and the side it is marked with.
+  ASSERT_EQ(catalog::modules().size(), static_cast<size_t>(catalog::kModuleCount));
+  EXPECT_EQ(model_modules().size(), static_cast<size_t>(catalog::kModelModuleCount));
+  EXPECT_EQ(data::data_modules().size(), static_cast<size_t>(catalog::kDataModuleCount));
+  auto side_of = [](const std::string& name) -> std::string {
+#define SLM_MODULE_SIDE(n, side) \
+  if (name == #n) return #side;
+    SLM_MODULES(SLM_MODULE_SIDE)
+#undef SLM_MODULE_SIDE
+    return "";
+  };
+  for (auto& spec : catalog::modules()) {
+    const std::string side = side_of(spec.name), family = spec.family;
+    EXPECT_EQ(side == "MODEL", find_model_module(spec.name) != nullptr) << spec.name;
+    EXPECT_EQ(side == "DATA", family == "data") << spec.name << " is marked " << side << " but its family is " << family;
+    EXPECT_EQ(side == "INFER", spec.tier == catalog::Tier::Inference) << spec.name << " is marked " << side;
   }
   std::set<std::string> names;
   for (auto& m : model_modules()) {

@@ -26,13 +26,11 @@ using torch::indexing::Slice;
 namespace {
 
 MoeOptions small_options() {
-  MoeOptions o;
-  o.d_model = 16;
-  o.n_shared = 1;
-  o.n_routed = 4;
-  o.top_k = 2;
-  o.expert_hidden = 24;
-  return o;
+  ModelConfig c;
+  c.d_model = 16;
+  const catalog::ModuleArgs a = slm::test::module_args(
+      "moe", {{"n_shared", "1"}, {"n_routed", "4"}, {"top_k", "2"}, {"expert_hidden", "24"}});
+  return MoeOptions::from(a, c, /*layer=*/0);
 }
 
 // Random weights everywhere (the experts' zero-initialized projections included).
@@ -396,7 +394,7 @@ TEST(Moe, CatalogRefusesWhatCannotRun) {
   EXPECT_EQ(errors({}), "");
   EXPECT_NE(errors({{"n_routed", "4"}, {"top_k", "6"}}).find("top_k 6 exceeds n_routed 4"), std::string::npos);
   EXPECT_NE(errors({{"score", "softmx"}}).find("did you mean 'softmax'"), std::string::npos);
-  EXPECT_NE(errors({{"layers", "1,5"}}).find("layers 5 beyond depth 3"), std::string::npos);
+  EXPECT_NE(errors({{"layers", "1,5"}}).find("layer 5 is beyond depth 3"), std::string::npos);
   EXPECT_NE(errors({{"layers", "1,1"}}).find("more than once"), std::string::npos);
   std::vector<std::string> bad;
   catalog::resolve("moe", {{"capacity_factor", "-1"}}, bad);

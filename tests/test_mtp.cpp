@@ -262,7 +262,7 @@ TEST(Mtp, WeightScheduleSwitchesAtItsStep) {
     EXPECT_DOUBLE_EQ(ctx.stats.at("mtp.weight"), w) << "step " << step;
     for (auto& a : ctx.aux) EXPECT_DOUBLE_EQ(a.weight, w / 2) << "step " << step;
   }
-  MtpOptions o;
+  const MtpOptions o = MtpOptions::from(slm::test::module_args("mtp"));
   EXPECT_EQ(o.weight_at(1000000), o.weight) << "switch_step 0 never switches";
   // GPT::loss adds it: total = main + sum of weight x value.
   GPTImpl::Parts parts;

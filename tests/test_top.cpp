@@ -225,7 +225,7 @@ TEST(Top, CatalogRefusesAZeroWindow) {
   catalog::resolve_arg("top.window=0", errors);
   ASSERT_EQ(errors.size(), 1u);
   EXPECT_NE(errors[0].find("window"), std::string::npos) << errors[0];
-  TopOptions o;
+  TopOptions o = TopOptions::from(slm::test::module_args("top"), ModelConfig{});
   o.window = 0;
   EXPECT_THROW(TopObjectiveImpl{o}, Error);  // the model's own guard, for a config built by hand
 }

@@ -74,24 +74,24 @@ struct Config {
 std::vector<Config> configs() {
   std::vector<Config> c;
   for (FimSplit split : {FimSplit::Chars, FimSplit::Lines}) {
-    FimOptions f;
+    FimOptions f = FimOptions::from(test::module_args("fim"));
     f.split = split;
     c.push_back({std::string("fim-") + fim_split_name(split), [f](const std::string& d, uint64_t s) { return fim(d, f, s); }});
-    IfimOptions i;
+    IfimOptions i = IfimOptions::from(test::module_args("ifim"));
     i.split = split;
     c.push_back({std::string("ifim-") + fim_split_name(split), [i](const std::string& d, uint64_t s) {
                    std::optional<Segments> r = ifim(d, i, s);
                    return r ? *r : Segments{};
                  }});
   }
-  IfimOptions capped;
+  IfimOptions capped = IfimOptions::from(test::module_args("ifim"));
   capped.max_middle_lines = 3;
   c.push_back({"ifim-capped", [capped](const std::string& d, uint64_t s) {
                  std::optional<Segments> r = ifim(d, capped, s);
                  return r ? *r : Segments{};
                }});
   for (int ctx : {0, 3, 10}) {
-    SriOptions o;
+    SriOptions o = SriOptions::from(test::module_args("sri"));
     o.context_lines = ctx;
     c.push_back({"sri-ctx" + std::to_string(ctx), [o](const std::string& d, uint64_t s) { return sri(d, o, s); }});
   }
@@ -113,7 +113,7 @@ TEST(Fim, PrefixMiddleSuffixConcatenateToTheDocument) {
   for (const std::string& doc : synthetic_docs()) {
     for (FimSplit split : {FimSplit::Chars, FimSplit::Lines}) {
       for (uint64_t seed = 0; seed < 50; ++seed) {
-        FimOptions o;
+        FimOptions o = FimOptions::from(test::module_args("fim"));
         o.split = split;
         o.spm_rate = 0;  // PSM: P, S and M are each one span between the sentinels
         Segments s = fim(doc, o, seed);
@@ -132,7 +132,7 @@ TEST(Fim, PrefixMiddleSuffixConcatenateToTheDocument) {
 TEST(Fim, SpmLayoutPutsPrefixAndMiddleAfterTheMiddleSentinel) {
   std::string doc = test::synthetic_cpp(3, 4);
   for (uint64_t seed = 0; seed < 200; ++seed) {
-    FimOptions o;
+    FimOptions o = FimOptions::from(test::module_args("fim"));
     o.spm_rate = 1;
     Segments s = fim(doc, o, seed);
     ASSERT_EQ(s[0].special, TOK_FIM_PREFIX);
@@ -150,7 +150,7 @@ TEST(Fim, CharSplitsNeverCutAUtf8Sequence) {
   std::string doc;
   for (int i = 0; i < 200; ++i) doc += "é✓日本\n";
   for (uint64_t seed = 0; seed < 500; ++seed) {
-    for (const Segment& g : fim(doc, FimOptions{}, seed)) {
+    for (const Segment& g : fim(doc, FimOptions::from(test::module_args("fim")), seed)) {
       if (g.is_special()) continue;
       ASSERT_NE(static_cast<unsigned char>(g.text[0]) & 0xC0, 0x80) << "seed " << seed;
     }
@@ -214,9 +214,9 @@ TEST(Transforms, InvertRebuildsEveryFileOfARealCorpus) {
 TEST(Transforms, SameSeedSameResultDifferentSeedsDiffer) {
   TransformSet set;
   set.fim = FimOptions{0.3, 0.5, FimSplit::Chars};
-  set.ifim = IfimOptions{};
+  set.ifim = IfimOptions::from(test::module_args("ifim"));
   set.ifim->rate = 0.3;
-  set.sri = SriOptions{};
+  set.sri = SriOptions::from(test::module_args("sri"));
   set.sri->rate = 0.3;
   std::string doc = test::synthetic_cpp(11, 6);
   std::set<std::string> distinct;
@@ -241,9 +241,9 @@ void expect_rate(uint64_t count, uint64_t n, double p, const char* what) {
 TEST(Transforms, RatesAreHonored) {
   TransformSet set;
   set.fim = FimOptions{0.3, 0.25, FimSplit::Chars};
-  set.ifim = IfimOptions{};
+  set.ifim = IfimOptions::from(test::module_args("ifim"));
   set.ifim->rate = 0.2;
-  set.sri = SriOptions{};
+  set.sri = SriOptions::from(test::module_args("sri"));
   set.sri->rate = 0.1;
   validate(set);
   std::string doc = test::synthetic_cpp(5, 8);  // has @brief comments: IFIM never falls back here
@@ -267,7 +267,7 @@ TEST(Transforms, RatesAreHonored) {
 TEST(Transforms, ValidateRejectsBadOptions) {
   TransformSet set;
   set.fim = FimOptions{0.7, 0.5, FimSplit::Chars};
-  set.sri = SriOptions{};  // 0.7 + 0.5 > 1
+  set.sri = SriOptions::from(test::module_args("sri"));  // 0.7 + 0.5 > 1
   try {
     validate(set);
     FAIL() << "rates summing above 1 were accepted";
@@ -339,7 +339,7 @@ TEST(Ifim, MiddleStartsAtTheDocumentedLineAndCarriesItsComment) {
   size_t documented = doc.find("int twice");
   for (FimSplit split : {FimSplit::Lines, FimSplit::Chars}) {
     for (uint64_t seed = 0; seed < 300; ++seed) {
-      IfimOptions o;
+      IfimOptions o = IfimOptions::from(test::module_args("ifim"));
       o.split = split;
       o.spm_rate = 0;
       std::optional<Segments> s = ifim(doc, o, seed);
@@ -358,7 +358,7 @@ TEST(Ifim, MiddleStartsAtTheDocumentedLineAndCarriesItsComment) {
       EXPECT_NE(p.find("/// @brief Doubles a value.\n"), std::string::npos) << "the comment stays in P";
     }
   }
-  IfimOptions capped;
+  IfimOptions capped = IfimOptions::from(test::module_args("ifim"));
   capped.max_middle_lines = 2;
   capped.spm_rate = 0;
   for (uint64_t seed = 0; seed < 100; ++seed) {
@@ -369,9 +369,9 @@ TEST(Ifim, MiddleStartsAtTheDocumentedLineAndCarriesItsComment) {
 
 TEST(Ifim, DocumentWithoutCommentFallsBackToPlainFim) {
   std::string doc = "int a() { return 1; }\nint b() { return 2; }\n";
-  EXPECT_FALSE(ifim(doc, IfimOptions{}, 1));
+  EXPECT_FALSE(ifim(doc, IfimOptions::from(test::module_args("ifim")), 1));
   TransformSet as_ifim, as_fim;
-  as_ifim.ifim = IfimOptions{};
+  as_ifim.ifim = IfimOptions::from(test::module_args("ifim"));
   as_ifim.ifim->rate = 1;
   as_fim.fim = FimOptions{1, as_ifim.ifim->spm_rate, as_ifim.ifim->split};
   TransformStats stats;
@@ -403,7 +403,7 @@ TEST(Ifim, EmptyInstructionIsTheFimSequencePlusTheInstructionSentinel) {
 TEST(Sri, SearchMatchesOnceAndReplaceRebuildsTheFile) {
   std::string doc = test::synthetic_cpp(21, 8);
   for (uint64_t seed = 0; seed < 500; ++seed) {
-    SriOptions o;
+    SriOptions o = SriOptions::from(test::module_args("sri"));
     Segments s = sri(doc, o, seed);
     ASSERT_EQ(specials_of(s), (std::vector<int32_t>{TOK_SRI_SEARCH, TOK_SRI_DIVIDER, TOK_SRI_REPLACE}));
     std::string prompt = text_after(s, -1), search = text_after(s, 0), replace = text_after(s, 1);
@@ -427,7 +427,7 @@ TEST(Sri, RegionWidensWhenTheFileAlreadyContainsTheMarker) {
   // The marker's line repeats, so SEARCH must grow until it is unique.
   std::string doc;
   for (int i = 0; i < 30; ++i) doc += "x;\n" + std::string(kSriMarker) + "\n";
-  SriOptions o;
+  SriOptions o = SriOptions::from(test::module_args("sri"));
   o.context_lines = 0;
   int widened = 0;
   for (uint64_t seed = 0; seed < 200; ++seed) {
@@ -467,7 +467,7 @@ TEST(Tokens, TransformTokensMatchesTheSegmentsAndPassesUntransformedIdsThrough) 
   Tokenizer tok;
   TransformSet set;
   set.fim = FimOptions{0.4, 0.5, FimSplit::Lines};
-  set.sri = SriOptions{};
+  set.sri = SriOptions::from(test::module_args("sri"));
   set.sri->rate = 0.3;
   std::string doc = test::synthetic_cpp(9, 3);
   std::vector<int32_t> doc_ids = tok.encode(doc);
@@ -483,6 +483,22 @@ TEST(Tokens, TransformTokensMatchesTheSegmentsAndPassesUntransformedIdsThrough) 
   EXPECT_GT(untouched, 10);
   set.fim->rate = 1;  // always transformed, so the ids are decoded and checked
   EXPECT_THROW(transform_tokens(tok, std::vector<int32_t>{TOK_BOS, 100}, set, 0), Error);
+}
+
+// The catalog's data modules reach the loader through one registry, with the catalog's defaults.
+TEST(Transforms, TransformSetFromResolvedModules) {
+  TransformSet t = transform_set({test::module_args("fim", {{"rate", "0.3"}}), test::module_args("sri"),
+                                  test::module_args("mhc")});
+  ASSERT_TRUE(t.fim);
+  EXPECT_FALSE(t.ifim);
+  ASSERT_TRUE(t.sri);
+  EXPECT_EQ(t.fim->rate, 0.3);
+  EXPECT_EQ(t.fim->spm_rate, 0.5);
+  EXPECT_EQ(t.fim->split, FimSplit::Chars);
+  EXPECT_EQ(t.sri->context_lines, 10);
+  EXPECT_EQ(IfimOptions::from(test::module_args("ifim")).split, FimSplit::Lines);
+  EXPECT_EQ(find_data_module("mhc"), nullptr);
+  for (auto& m : data_modules()) EXPECT_STREQ(catalog::find(m.name)->family, "data") << m.name;
 }
 
 }  // namespace

@@ -15,27 +15,20 @@
 
 namespace slm::catalog {
 
-// The catalog table: one row per module, each defined beside its checks in catalog/modules/. A
-// name not in this table is refused everywhere with the nearest valid name.
+// The catalog table: one row per module of catalog/module_list.h, in its order, each defined beside
+// its checks in catalog/modules/<name>.cpp. A name not in this table is refused everywhere with the
+// nearest valid name.
 const std::vector<ModuleSpec>& modules() {
-  static const std::vector<ModuleSpec> t = {
-      spec_mamba3(),
-      spec_dsa(),
-      spec_engram(),
-      spec_mhc(),
-      spec_mtp(),
-      spec_moe(),
-      spec_mod(),
-      spec_gateskip(),
-      spec_flexidepth(),
-      spec_cbp(),
-      spec_top(),
-      spec_ncp(),
-      spec_fim(),
-      spec_ifim(),
-      spec_sri(),
-      spec_yarn(),
-  };
+#define SLM_MODULE_ROW(name, side) spec_##name(),
+  static const std::vector<ModuleSpec> t = {SLM_MODULES(SLM_MODULE_ROW)};
+#undef SLM_MODULE_ROW
+  static const bool named = [] {  // a row's own name is the one the list gives it
+    for (int i = 0; i < kModuleCount; ++i)
+      SLM_CHECK(std::string(t[i].name) == kModuleNames[i], "[catalog] spec_", kModuleNames[i], "() names its row '",
+                t[i].name, "'; the row's name must be its entry in catalog/module_list.h");
+    return true;
+  }();
+  (void)named;
   return t;
 }
 
@@ -89,6 +82,27 @@ std::string arg_text(const ModuleArgs& m) {
     sep = ',';
   }
   return s;
+}
+
+void check_layers(const ModuleArgs& a, const ModelView& m, const char* empty_means, std::vector<std::string>& e) {
+  const auto& layers = a.list("layers");
+  // "layer 5 is" / "layers 5,8 are"
+  auto are = [](const std::vector<int64_t>& v) {
+    return (v.size() == 1 ? "layer " : "layers ") + value_text(v) + (v.size() == 1 ? " is" : " are");
+  };
+  if (layers.empty() && !empty_means)
+    e.push_back("layers is empty; list at least one layer, e.g. " + a.name + ".layers=0");
+  std::set<int64_t> seen, twice;
+  std::vector<int64_t> repeated, beyond;  // repeated: in order of second appearance
+  for (int64_t l : layers) {
+    if (!seen.insert(l).second && twice.insert(l).second) repeated.push_back(l);
+    if (m.depth > 0 && l >= m.depth) beyond.push_back(l);
+  }
+  if (!repeated.empty()) e.push_back("layers lists " + value_text(repeated) + " more than once; list each layer once");
+  if (!beyond.empty())
+    e.push_back(are(beyond) + " beyond depth " + std::to_string(m.depth) + " (layers run 0.." +
+                std::to_string(m.depth - 1) + "); drop them from " + a.name + ".layers" +
+                (empty_means ? std::string(", or leave it empty for ") + empty_means : std::string()));
 }
 
 const ModuleSpec* find(const std::string& name) {

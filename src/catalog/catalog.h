@@ -1,7 +1,7 @@
 // The module catalog: every module slmlab can put into a model or a data stream, off by default,
 // declared once in the table in catalog.cpp with its tier, family, parameters (defaults, ranges)
 // and constraints over the resolved model configuration. Plans, `slmlab train --module` and
-// `slmlab catalog` all read this one table. Adding a module: its file, its test, one row.
+// `slmlab catalog` all read this one table. Adding a module: see README.md, "Add a module".
 #pragma once
 #include <cstdint>
 #include <map>

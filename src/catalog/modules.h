@@ -1,27 +1,23 @@
-// The catalog rows, one per module, each defined in src/catalog/modules/<name>.cpp beside its
-// parameter checks. catalog.cpp lists them in one table.
+// The catalog rows, one per entry of catalog/module_list.h, each defined in
+// src/catalog/modules/<name>.cpp beside its parameter checks. catalog.cpp lists them in one table.
 #pragma once
 #include "catalog/catalog.h"
+#include "catalog/module_list.h"
 
 namespace slm::catalog {
 
-const ModuleSpec& spec_mamba3();  // mixers
-const ModuleSpec& spec_dsa();
-const ModuleSpec& spec_engram();  // memory
-const ModuleSpec& spec_mhc();     // residual (catalog/modules/mhc.cpp)
-const ModuleSpec& spec_mtp();     // objective (catalog/modules/mtp.cpp)
-const ModuleSpec& spec_moe();     // routing (catalog/modules/moe.cpp)
-const ModuleSpec& spec_mod();     // routing (catalog/modules/mod.cpp)
-const ModuleSpec& spec_gateskip();  // depth (catalog/modules/gateskip.cpp)
-const ModuleSpec& spec_flexidepth();  // depth (catalog/modules/flexidepth.cpp)
+// One row per entry of the list: spec_mamba3(), spec_dsa(), ...
+#define SLM_MODULE_SPEC(name, side) const ModuleSpec& spec_##name();
+SLM_MODULES(SLM_MODULE_SPEC)
+#undef SLM_MODULE_SPEC
+
+// The shared rule for a module's "layers" parameter: no layer listed twice, none at or beyond the
+// model's depth (skipped while the depth is unknown). `empty_means` is what an empty list does ("every
+// layer"), or nullptr when the list must not be empty. Appends one message per violation to `e`.
+void check_layers(const ModuleArgs& args, const ModelView& model, const char* empty_means,
+                  std::vector<std::string>& e);
+
 // MoD's routed layers for its resolved arguments at a geometry (shared by its check and its apply).
 std::vector<int64_t> mod_layers(const ModuleArgs& args, const ModelView& model);
-const ModuleSpec& spec_cbp();     // plasticity (catalog/modules/cbp.cpp)
-const ModuleSpec& spec_top();     // objective (catalog/modules/top.cpp)
-const ModuleSpec& spec_ncp();     // objective (catalog/modules/ncp.cpp)
-const ModuleSpec& spec_fim();      // data transforms (catalog/modules/fim.cpp)
-const ModuleSpec& spec_ifim();
-const ModuleSpec& spec_sri();
-const ModuleSpec& spec_yarn();
 
 }  // namespace slm::catalog

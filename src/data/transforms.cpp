@@ -89,6 +89,55 @@ FimSplit parse_fim_split(std::string_view name) {
   fail("[transforms] unknown FIM split '", name, "'; use chars or lines");
 }
 
+FimOptions FimOptions::from(const catalog::ModuleArgs& a) {
+  FimOptions o;
+  o.rate = a.f64("rate");
+  o.spm_rate = a.f64("spm_rate");
+  o.split = parse_fim_split(a.str("split"));
+  return o;
+}
+
+IfimOptions IfimOptions::from(const catalog::ModuleArgs& a) {
+  IfimOptions o;
+  o.rate = a.f64("rate");
+  o.spm_rate = a.f64("spm_rate");
+  o.split = parse_fim_split(a.str("split"));
+  o.max_instruction_bytes = static_cast<int>(a.i64("max_instruction_bytes"));
+  return o;
+}
+
+SriOptions SriOptions::from(const catalog::ModuleArgs& a) {
+  SriOptions o;
+  o.rate = a.f64("rate");
+  o.context_lines = static_cast<int>(a.i64("context_lines"));
+  o.max_middle_lines = static_cast<int>(a.i64("max_middle_lines"));
+  return o;
+}
+
+void add_fim(const catalog::ModuleArgs& a, TransformSet& set) { set.fim = FimOptions::from(a); }
+void add_ifim(const catalog::ModuleArgs& a, TransformSet& set) { set.ifim = IfimOptions::from(a); }
+void add_sri(const catalog::ModuleArgs& a, TransformSet& set) { set.sri = SriOptions::from(a); }
+
+const std::vector<DataModule>& data_modules() {
+#define SLM_MODULE_ENTRY(name, side) SLM_MODULE_IF(side, DATA, DataModule{#name, add_##name},)
+  static const std::vector<DataModule> t = {SLM_MODULES(SLM_MODULE_ENTRY)};
+#undef SLM_MODULE_ENTRY
+  return t;
+}
+
+const DataModule* find_data_module(const std::string& name) {
+  for (auto& m : data_modules())
+    if (name == m.name) return &m;
+  return nullptr;
+}
+
+TransformSet transform_set(const std::vector<catalog::ModuleArgs>& mods) {
+  TransformSet t;
+  for (auto& m : mods)
+    if (const DataModule* d = find_data_module(m.name)) d->add(m, t);
+  return t;  // Loader::set_transforms validates it
+}
+
 const char* transform_name(TransformKind k) {
   switch (k) {
     case TransformKind::None: return "none";

@@ -21,6 +21,8 @@
 #include <string_view>
 #include <vector>
 
+#include "catalog/catalog.h"
+#include "catalog/module_list.h"
 #include "data/tokenizer.h"
 
 namespace slm::data {
@@ -45,24 +47,30 @@ FimSplit parse_fim_split(std::string_view name);  // throws slm::Error naming th
 // The marker that stands for the SRI middle in the prompt (C/C++ form from the SRI paper).
 constexpr std::string_view kSriMarker = "/* MIDDLE CODE TO COMPLETE */";
 
+// The options of the three transforms. A field that is a catalog parameter has no default here: the
+// catalog row (catalog/modules/fim.cpp) holds the only one, and from() reads the resolved row.
 struct FimOptions {
-  double rate = 0.5;                // probability a document is transformed (used by transform())
-  double spm_rate = 0.5;            // fraction of SPM among transformed documents; the rest are PSM
+  double rate = 0;                  // probability a document is transformed (used by transform())
+  double spm_rate = 0;              // fraction of SPM among transformed documents; the rest are PSM
   FimSplit split = FimSplit::Chars;
+  static FimOptions from(const catalog::ModuleArgs& a);
 };
 
 struct IfimOptions {
-  double rate = 0.5;                // as FimOptions::rate
-  double spm_rate = 0.5;            // as FimOptions::spm_rate
-  FimSplit split = FimSplit::Lines; // lines: M starts at a documented line; chars: M starts inside one
-  int max_instruction_bytes = 400;  // longer comments (license blocks) are not used as instructions
+  double rate = 0;                  // as FimOptions::rate
+  double spm_rate = 0;              // as FimOptions::spm_rate
+  FimSplit split = FimSplit::Chars; // lines: M starts at a documented line; chars: M starts inside one
+  int max_instruction_bytes = 0;    // longer comments (license blocks) are not used as instructions
   int max_middle_lines = 0;         // cap on the lines of M with split=lines; 0 = up to the end, as FIM
+                                    // (not a catalog parameter: tests set it)
+  static IfimOptions from(const catalog::ModuleArgs& a);
 };
 
 struct SriOptions {
-  double rate = 0.5;          // probability a document is transformed (used by transform())
-  int context_lines = 10;     // lines of context around the marker in the SEARCH region (paper: 10)
-  int max_middle_lines = 10;  // the middle is 1..max_middle_lines whole lines (indentation kept)
+  double rate = 0;            // probability a document is transformed (used by transform())
+  int context_lines = 0;      // lines of context around the marker in the SEARCH region (paper: 10)
+  int max_middle_lines = 0;   // the middle is 1..max_middle_lines whole lines (indentation kept)
+  static SriOptions from(const catalog::ModuleArgs& a);
 };
 
 // The transforms a loader applies; at most one per document, drawn with the rates, which must
@@ -76,6 +84,20 @@ struct TransformSet {
 // Throws slm::Error ("[transforms] ...") for a rate outside [0,1], rates summing above 1, or a
 // non-positive line count.
 void validate(const TransformSet& set);
+
+// The data side of the catalog: one entry per DATA module of catalog/module_list.h, whose
+// add_<name> (transforms.cpp) turns its transform on in a set.
+struct DataModule {
+  const char* name;  // the catalog name
+  void (*add)(const catalog::ModuleArgs& args, TransformSet& set);
+};
+#define SLM_MODULE_ADD(name, side) SLM_MODULE_IF(side, DATA, void add_##name(const catalog::ModuleArgs&, TransformSet&);)
+SLM_MODULES(SLM_MODULE_ADD)
+#undef SLM_MODULE_ADD
+const std::vector<DataModule>& data_modules();
+const DataModule* find_data_module(const std::string& name);  // nullptr for a module without a data side
+// The loader's transforms for a run's resolved modules (those with a data side; the rest are skipped).
+TransformSet transform_set(const std::vector<catalog::ModuleArgs>& mods);
 
 enum class TransformKind { None, Fim, Ifim, Sri };
 const char* transform_name(TransformKind k);  // "none" | "fim" | "ifim" | "sri"

@@ -103,16 +103,21 @@ std::string CbpMlpImpl::describe() const {
   return os.str();
 }
 
+CbpOptions CbpOptions::from(const catalog::ModuleArgs& args, const ModelConfig& cfg) {
+  CbpOptions o;
+  o.seed = cfg.seed;
+  o.rate = args.f64("rate");
+  o.maturity = args.i64("maturity");
+  o.decay = args.f64("decay");
+  o.every = args.i64("every");
+  return o;
+}
+
 void apply_cbp(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
   // The catalog's checks again, for a ModelConfig assembled by hand; same messages.
   const catalog::ModelView v = check_module(catalog::spec_cbp(), args, cfg, plan);
 
-  CbpOptions base;
-  base.rate = args.f64("rate");
-  base.maturity = args.i64("maturity");
-  base.decay = args.f64("decay");
-  base.every = args.i64("every");
-  base.seed = cfg.seed;
+  const CbpOptions base = CbpOptions::from(args, cfg);
   std::vector<int64_t> layers = args.list("layers");
   if (layers.empty())
     for (int64_t i = 0; i < v.depth; ++i) layers.push_back(i);

@@ -35,12 +35,16 @@ namespace slm {
 
 // One layer's settings; apply_cbp fills them from the catalog row.
 struct CbpOptions {
-  double rate = 1e-4;       // replacements per eligible unit per step (the paper: 1e-4 to 1e-5)
-  int64_t maturity = 100;   // a unit is eligible once its age exceeds this many steps
-  double decay = 0.99;      // eta, of the utility's running average
-  int64_t every = 1;        // replace on steps divisible by this (utility and age update every step)
+  // Catalog parameters have no defaults here: the catalog row holds the only ones (from()).
+  double rate = 0;          // replacements per eligible unit per step (the paper: 1e-4 to 1e-5)
+  int64_t maturity = 0;     // a unit is eligible once its age exceeds this many steps
+  double decay = 0;         // eta, of the utility's running average
+  int64_t every = 0;        // replace on steps divisible by this (utility and age update every step)
   int64_t layer = 0;        // this layer's index: names its stats, seeds its redraws
   uint64_t seed = 1337;     // the model's init seed
+
+  // From the resolved catalog row and the model configuration.
+  static CbpOptions from(const catalog::ModuleArgs& args, const ModelConfig& cfg);
 };
 
 struct CbpMlpImpl : MLPImpl {

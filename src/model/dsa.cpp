@@ -339,7 +339,7 @@ void record(Ctx& ctx, int64_t layer, double density, bool gathered, bool warmup)
 
 }  // namespace
 
-DsaOptions dsa_options(const catalog::ModuleArgs& a, int64_t context, int64_t layer) {
+DsaOptions DsaOptions::from(const catalog::ModuleArgs& a, int64_t context, int64_t layer) {
   DsaOptions o;
   o.layer = layer;
   o.index_heads = a.i64("index_heads");
@@ -572,7 +572,7 @@ void apply_dsa(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPla
     if (lp.kind != 'A') continue;  // Mamba layers stay Mamba
     attention_layers += (attention_layers.empty() ? "" : ", ") + std::to_string(i);
     if (i < start) continue;
-    const DsaOptions o = dsa_options(args, cfg.context, i);
+    const DsaOptions o = DsaOptions::from(args, cfg.context, i);
     lp.mixer = [cfg, o] { return Mixer(std::make_shared<DsaAttentionImpl>(cfg, o)); };
     lp.modules.push_back("dsa");
     ++n;

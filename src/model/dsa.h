@@ -33,25 +33,27 @@ int64_t dsa_topk(const ModuleArgs& args, int64_t context);
 int64_t dsa_window(const ModuleArgs& args, int64_t context);
 }  // namespace catalog
 
-// One DSA layer's settings, resolved (k and window are counts, not ratios).
+// One DSA layer's settings, resolved (k and window are counts, not ratios). The catalog parameters
+// have no defaults here: the catalog row (catalog/modules/dsa.cpp) holds the only ones, and from()
+// resolves them.
 struct DsaOptions {
   int64_t layer = 0;          // this layer's index: names its aux loss and stats, seeds its indexer
-  int64_t index_heads = 4;    // H^I
-  int64_t index_dim = 32;     // d^I
-  int64_t rope_dims = 16;     // leading indexer dims under RoPE (half-split, as the model), 0 = none
-  int64_t topk = 64;          // k: keys each query attends to after warm-up, window included
-  int64_t window = 32;        // the latest `window` visible keys are always selected, 0 = none
+  int64_t index_heads = 0;    // H^I
+  int64_t index_dim = 0;      // d^I
+  int64_t rope_dims = 0;      // leading indexer dims under RoPE (half-split, as the model), 0 = none
+  int64_t topk = 0;           // k: keys each query attends to after warm-up, window included
+  int64_t window = 0;         // the latest `window` visible keys are always selected, 0 = none
   int64_t warmup_steps = 0;   // dense attention (KL over all visible keys) while step < warmup_steps
-  double kl_weight = 1.0;     // weight of the indexer's KL loss in the total loss
-  std::string path = "auto";  // auto | sparse | dense_masked
+  double kl_weight = 0;       // weight of the indexer's KL loss in the total loss
+  std::string path;           // auto | sparse | dense_masked
   int64_t chunk_values = int64_t{1} << 18;  // values per chunk of the gather and of the selection (cache-sized)
   // The sparse path on CPU: true runs the loop kernels of model/dsa_cpu.h; false the chunked gather
   // that other devices run (tests compare the two on CPU).
   bool cpu_kernels = true;
-};
 
-// The options of layer `layer` from resolved catalog arguments, for the model's context.
-DsaOptions dsa_options(const catalog::ModuleArgs& args, int64_t context, int64_t layer);
+  // The options of layer `layer` from resolved catalog arguments, for the model's context.
+  static DsaOptions from(const catalog::ModuleArgs& args, int64_t context, int64_t layer);
+};
 
 struct DsaAttentionImpl : CausalSelfAttentionImpl {
   DsaAttentionImpl(const ModelConfig& c, const DsaOptions& o);

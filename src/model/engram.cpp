@@ -235,20 +235,25 @@ std::string EngramImpl::describe() const {
 
 // ---- the plan
 
+EngramOptions EngramOptions::from(const catalog::ModuleArgs& args, const ModelConfig& cfg) {
+  EngramOptions o;
+  o.d_model = cfg.d_model;
+  o.vocab = cfg.vocab;
+  o.doc_mask = cfg.doc_mask;
+  o.orders = args.list("orders");
+  o.heads = args.i64("heads");
+  o.table_size = args.i64("table_size");
+  o.dim = args.i64("dim");
+  o.conv = args.i64("conv");
+  return o;
+}
+
 void apply_engram(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
   // The init guard again, over the plan as built (the catalog ran it on the plan's view already;
   // this catches a ModelConfig assembled by hand). Same rule, same message.
   const catalog::ModelView v = check_module(catalog::spec_engram(), args, cfg, plan);
 
-  EngramOptions base;
-  base.d_model = cfg.d_model;
-  base.vocab = cfg.vocab;
-  base.orders = args.list("orders");
-  base.heads = args.i64("heads");
-  base.table_size = args.i64("table_size");
-  base.dim = args.i64("dim");
-  base.conv = args.i64("conv");
-  base.doc_mask = cfg.doc_mask;
+  const EngramOptions base = EngramOptions::from(args, cfg);
   const auto& layers = args.list("layers");
   const int64_t per = static_cast<int64_t>(base.orders.size()) * base.heads;
   // No prime is reused across heads, orders or layers (the demo's rule): layer i of the list takes

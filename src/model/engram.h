@@ -38,21 +38,24 @@ namespace slm {
 
 struct ModelConfig;
 
-// Everything one layer's Engram branch is built from; apply_engram fills it from the catalog row.
+// Everything one layer's Engram branch is built from. The catalog parameters have no defaults here:
+// the row (catalog/modules/engram.cpp) holds the only ones, and from() reads them.
 struct EngramOptions {
   int64_t d_model = 256;               // C
   int64_t vocab = 8192;                // V of the token ids
-  std::vector<int64_t> orders = {2, 3};
-  int64_t heads = 4;                   // K hash heads per order
+  std::vector<int64_t> orders;         // n-gram orders
+  int64_t heads = 0;                   // K hash heads per order
   int64_t dim = 0;                     // per-head embedding dim; 0 = auto, max(1, C / (K O))
   std::vector<int64_t> primes;         // O x K table sizes, order-major; empty = the first O K primes >= table_size
-  int64_t table_size = 4099;           // base table size (used when `primes` is empty)
-  int64_t conv = 4;                    // short conv kernel; 0 = off (Y = v~)
+  int64_t table_size = 0;              // base table size (used when `primes` is empty)
+  int64_t conv = 0;                    // short conv kernel; 0 = off (Y = v~)
   int64_t layer = 0;                   // the layer index: seeds the hash multipliers
   bool doc_mask = true;                // reset at document boundaries (follows ModelConfig.doc_mask)
 
   int64_t max_order() const;
   int64_t head_dim() const;            // dim, or the auto value
+  // Every layer's options but `layer` and `primes` (apply_engram sets those) from the resolved row.
+  static EngramOptions from(const catalog::ModuleArgs& args, const ModelConfig& cfg);
 };
 
 // Compressed vocabulary size Vc for V token ids: the largest prime <= max(2, 0.77 V).

@@ -79,6 +79,17 @@ std::string FlexiDepthWrapImpl::describe() const {
   return os.str();
 }
 
+FlexiDepthOptions FlexiDepthOptions::from(const catalog::ModuleArgs& args, const ModelConfig& cfg) {
+  FlexiDepthOptions o;
+  o.d_model = cfg.d_model;
+  o.seed = cfg.seed;
+  o.tau = args.f64("tau");
+  o.alpha = args.f64("alpha");
+  o.adapter_hidden = args.i64("adapter_hidden");
+  o.router_bias = args.f64("router_bias");
+  return o;
+}
+
 void apply_flexidepth(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
   const catalog::ModelView v = check_module(catalog::spec_flexidepth(), args, cfg, plan);
   auto layers = args.list("layers");
@@ -93,14 +104,8 @@ void apply_flexidepth(const catalog::ModuleArgs& args, const ModelConfig& cfg, M
       fail("[flexidepth] layer ", l, " already has a block wrapper (its modules: ", on,
            "); a layer takes one wrapper, so give flexidepth.layers other layers");
     }
-    FlexiDepthOptions o;
-    o.d_model = cfg.d_model;
-    o.seed = cfg.seed;
+    FlexiDepthOptions o = FlexiDepthOptions::from(args, cfg);
     o.layer = l;
-    o.tau = args.f64("tau");
-    o.alpha = args.f64("alpha");
-    o.adapter_hidden = args.i64("adapter_hidden");
-    o.router_bias = args.f64("router_bias");
     o.last = l == last;
     lp.wrap = [o] { return BlockWrap(std::make_shared<FlexiDepthWrapImpl>(o)); };
     lp.modules.push_back("flexidepth");

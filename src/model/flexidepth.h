@@ -38,14 +38,18 @@ namespace slm {
 struct ModelConfig;
 
 struct FlexiDepthOptions {
+  // Catalog parameters have no defaults here: the catalog row holds the only ones (from()).
   int64_t d_model = 256;       // C
   int64_t layer = 0;           // names the layer's stats, seeds its init
   uint64_t seed = 1337;        // the model's init seed
-  double tau = 0.5;            // G > tau takes the full block (the paper: 0.5)
-  double alpha = 1e-4;         // skip-loss weight (the paper's stage 1: 1e-4)
-  int64_t adapter_hidden = 16; // adapter width
-  double router_bias = 1.0;    // b init
+  double tau = 0;              // G > tau takes the full block (the paper: 0.5)
+  double alpha = 0;            // skip-loss weight (the paper's stage 1: 1e-4)
+  int64_t adapter_hidden = 0;  // adapter width
+  double router_bias = 0;      // b init
   bool last = true;            // the last FlexiDepth layer: pushes the skip loss
+
+  // From the resolved catalog row and the model configuration.
+  static FlexiDepthOptions from(const catalog::ModuleArgs& args, const ModelConfig& cfg);
 };
 
 struct FlexiDepthWrapImpl : BlockWrapImpl {

@@ -124,22 +124,27 @@ std::string GateSkipWrapImpl::describe() const {
   return os.str();
 }
 
+GateSkipOptions GateSkipOptions::from(const catalog::ModuleArgs& args, const ModelConfig& cfg, int64_t n_gated_layers) {
+  GateSkipOptions o;
+  o.d_model = cfg.d_model;
+  o.seed = cfg.seed;
+  o.sparsity = args.f64("sparsity");
+  o.aux_weight = o.sparsity / static_cast<double>(n_gated_layers);
+  o.skip_start = args.f64("skip_start");
+  o.skip_final = args.f64("skip_final");
+  o.warmup = args.i64("warmup");
+  o.ramp_steps = args.i64("ramp_steps");
+  o.eval_skip = args.f64("eval_skip");
+  o.threshold_ema = args.f64("threshold_ema");
+  return o;
+}
+
 void apply_gateskip(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
   const catalog::ModelView v = check_module(catalog::spec_gateskip(), args, cfg, plan);
   auto layers = args.list("layers");
   if (layers.empty())
     for (int64_t i = 0; i < v.depth; ++i) layers.push_back(i);
-  GateSkipOptions base;
-  base.d_model = cfg.d_model;
-  base.seed = cfg.seed;
-  base.sparsity = args.f64("sparsity");
-  base.aux_weight = base.sparsity / static_cast<double>(layers.size());
-  base.skip_start = args.f64("skip_start");
-  base.skip_final = args.f64("skip_final");
-  base.warmup = args.i64("warmup");
-  base.ramp_steps = args.i64("ramp_steps");
-  base.eval_skip = args.f64("eval_skip");
-  base.threshold_ema = args.f64("threshold_ema");
+  const GateSkipOptions base = GateSkipOptions::from(args, cfg, static_cast<int64_t>(layers.size()));
   for (int64_t l : layers) {
     auto& lp = plan.layers[l];
     if (lp.wrap) {

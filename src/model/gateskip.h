@@ -54,18 +54,22 @@ namespace slm {
 struct ModelConfig;
 
 struct GateSkipOptions {
+  // Catalog parameters have no defaults here: the catalog row holds the only ones (from()).
   int64_t d_model = 256;         // C
   int64_t layer = 0;             // names the layer's aux loss and stats, seeds its init
   uint64_t seed = 1337;          // the model's init seed
-  double sparsity = 0.01;        // L2 weight on the gates (the paper's default)
-  double aux_weight = 0.01;      // the weight this layer's aux gets: sparsity / n_gated_layers
-  double skip_start = 0.005;     // training skip ratio when the ramp starts
-  double skip_final = 0.1;       // ... and after ramp_steps
+  double sparsity = 0;           // L2 weight on the gates (the paper's default)
+  double aux_weight = 0;         // the weight this layer's aux gets: sparsity / n_gated_layers
+  double skip_start = 0;         // training skip ratio when the ramp starts
+  double skip_final = 0;         // ... and after ramp_steps
   int64_t warmup = 0;            // steps with no skipping before the ramp
-  int64_t ramp_steps = 5000;     // the paper: 0.5% -> 10% over 5000 steps
-  double eval_skip = 0.1;        // budget at evaluation and generation (0 = skip nothing)
-  double threshold_ema = 0.5;    // decay of the eval threshold's running estimate
+  int64_t ramp_steps = 0;        // the paper: 0.5% -> 10% over 5000 steps
+  double eval_skip = 0;          // budget at evaluation and generation (0 = skip nothing)
+  double threshold_ema = 0;      // decay of the eval threshold's running estimate
   double gate_bias = 5.0;        // b_g init (sigmoid 0.993)
+
+  // From the resolved catalog row; aux_weight = sparsity / n_gated_layers.
+  static GateSkipOptions from(const catalog::ModuleArgs& args, const ModelConfig& cfg, int64_t n_gated_layers);
 };
 
 // The training skip ratio at optimizer step `step`.

@@ -21,24 +21,25 @@ namespace slm {
 
 struct ModelConfig;
 
-// Everything a Mamba-3 mixer is built from; `from` reads the catalog row's resolved arguments.
+// Everything a Mamba-3 mixer is built from; `from` reads the catalog row's resolved arguments. The
+// catalog parameters have no defaults here: the row (catalog/modules/mamba3.cpp) holds the only ones.
 struct Mamba3Options {
   int64_t d_model = 256;       // C
-  int64_t d_state = 64;        // N (the paper uses 128; 64 keeps small CPU models cheap)
-  int64_t expand = 2;          // inner width = expand x C
-  int64_t headdim = 64;        // P; heads H = expand x C / P
-  int64_t chunk = 64;          // Q of the chunked scan; the last chunk is zero-padded
-  bool trapezoidal = true;     // false: lambda = 1, the Euler (Mamba-2) update
-  bool bc_norm = true;         // RMSNorm on B and C plus a per-head bias initialized to 1
+  int64_t d_state = 0;         // N (the paper uses 128; the row's 64 keeps small CPU models cheap)
+  int64_t expand = 0;          // inner width = expand x C
+  int64_t headdim = 0;         // P; heads H = expand x C / P
+  int64_t chunk = 0;           // Q of the chunked scan; the last chunk is zero-padded
+  bool trapezoidal = false;    // false: lambda = 1, the Euler (Mamba-2) update
+  bool bc_norm = false;        // RMSNorm on B and C plus a per-head bias initialized to 1
   double rope_fraction = 0.0;  // 0 = real state; 0.5 or 1.0 rotate that fraction of N (complex state)
-  int64_t mimo_rank = 1;       // R; 1 = SISO
-  double dt_min = 1e-3, dt_max = 0.1;  // Delta at init is log-uniform in [dt_min, dt_max]
+  int64_t mimo_rank = 0;       // R; 1 = SISO
+  double dt_min = 0, dt_max = 0;  // Delta at init is log-uniform in [dt_min, dt_max]
   double dt_init_floor = 1e-4;
-  double a_floor = 1e-4;       // A_t = -softplus(a_t) is clamped to <= -a_floor
+  double a_floor = 0;          // A_t = -softplus(a_t) is clamped to <= -a_floor
   bool doc_mask = true;        // reset the state at document boundaries (follows ModelConfig.doc_mask)
 
   int64_t n_head() const { return expand * d_model / headdim; }
-  int64_t n_angle() const;  // S = floor(N x rope_fraction) rounded down to even, halved
+  int64_t n_angle() const;     // S = floor(N x rope_fraction) rounded down to even, halved
   static Mamba3Options from(const catalog::ModuleArgs& args, const ModelConfig& cfg);
 };
 

@@ -141,13 +141,18 @@ std::string MhcStreamsImpl::describe() const {
 
 // ---- the plan
 
+MhcOptions MhcOptions::from(const catalog::ModuleArgs& args, const ModelConfig& cfg) {
+  MhcOptions o;
+  o.d_model = cfg.d_model;
+  o.seed = cfg.seed;
+  o.streams = args.i64("streams");
+  o.sinkhorn_iters = args.i64("sinkhorn_iters");
+  o.alpha = args.f64("alpha");
+  return o;
+}
+
 void apply_mhc(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
-  MhcOptions base;
-  base.d_model = cfg.d_model;
-  base.streams = args.i64("streams");
-  base.sinkhorn_iters = args.i64("sinkhorn_iters");
-  base.alpha = args.f64("alpha");
-  base.seed = cfg.seed;
+  const MhcOptions base = MhcOptions::from(args, cfg);
   for (size_t i = 0; i < plan.layers.size(); ++i) {
     auto& lp = plan.layers[i];
     if (lp.wrap) {

@@ -37,12 +37,16 @@ namespace slm {
 struct ModelConfig;
 
 struct MhcOptions {
+  // Catalog parameters have no defaults here: the catalog row holds the only ones (from()).
   int64_t d_model = 256;        // C
-  int64_t streams = 4;          // n
-  int64_t sinkhorn_iters = 20;  // t_max
-  double alpha = 0.01;          // initial gating factors a_pre, a_post, a_res
+  int64_t streams = 0;          // n
+  int64_t sinkhorn_iters = 0;   // t_max
+  double alpha = 0;             // initial gating factors a_pre, a_post, a_res
   int64_t layer = 0;            // seeds this layer's private init stream
   uint64_t seed = 1337;         // the model's init seed
+
+  // From the resolved catalog row and the model configuration.
+  static MhcOptions from(const catalog::ModuleArgs& args, const ModelConfig& cfg);
 };
 
 // Sinkhorn-Knopp in fp32, log-domain: `iters` times the rows then the columns of exp(z) divided by

@@ -201,18 +201,23 @@ std::string ModWrapImpl::describe() const {
   return os.str();
 }
 
+ModOptions ModOptions::from(const catalog::ModuleArgs& args, const ModelConfig& cfg) {
+  ModOptions o;
+  o.d_model = cfg.d_model;
+  o.seed = cfg.seed;
+  o.capacity = args.f64("capacity");
+  o.aux_loss = args.f64("aux_loss");
+  o.predictor = args.flag("predictor");
+  o.predictor_hidden = args.i64("predictor_hidden");
+  o.predictor_loss = args.f64("predictor_loss");
+  return o;
+}
+
 void apply_mod(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
   // The catalog's checks again, on the plan's own kinds (a hand-assembled ModelConfig meets them too).
   const catalog::ModelView v = check_module(catalog::spec_mod(), args, cfg, plan);
 
-  ModOptions base;
-  base.d_model = cfg.d_model;
-  base.capacity = args.f64("capacity");
-  base.aux_loss = args.f64("aux_loss");
-  base.predictor = args.flag("predictor");
-  base.predictor_hidden = args.i64("predictor_hidden");
-  base.predictor_loss = args.f64("predictor_loss");
-  base.seed = cfg.seed;
+  const ModOptions base = ModOptions::from(args, cfg);
   for (int64_t l : catalog::mod_layers(args, v)) {
     auto& lp = plan.layers[l];
     std::string on;

@@ -41,15 +41,19 @@ struct ModelConfig;
 struct BlockImpl;
 
 struct ModOptions {
+  // Catalog parameters have no defaults here: the catalog row holds the only ones (from()).
   int64_t d_model = 256;         // C
-  double capacity = 0.125;       // fraction of a row's tokens routed in training
-  double aux_loss = 0.01;        // router BCE weight
+  double capacity = 0;           // fraction of a row's tokens routed in training
+  double aux_loss = 0;           // router BCE weight
   bool predictor = false;        // fix 2: an MLP decides in evaluation
-  int64_t predictor_hidden = 64;
-  double predictor_loss = 1.0;
+  int64_t predictor_hidden = 0;
+  double predictor_loss = 0;
   char kind = 'A';               // the layer's kind ('M': one row per gathered call)
   int64_t layer = 0;             // stats names and the private init stream
   uint64_t seed = 1337;          // the model's init seed
+
+  // From the resolved catalog row and the model configuration.
+  static ModOptions from(const catalog::ModuleArgs& args, const ModelConfig& cfg);
 };
 
 // Tokens a routed block processes per row of T tokens in training: max(1, floor(capacity T)).

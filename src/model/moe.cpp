@@ -59,7 +59,7 @@ int64_t MoeOptions::hidden() const {
   return std::max<int64_t>(1, 4 * d_model / (n_shared + top_k));
 }
 
-MoeOptions moe_options(const catalog::ModuleArgs& a, const ModelConfig& cfg, int64_t layer) {
+MoeOptions MoeOptions::from(const catalog::ModuleArgs& a, const ModelConfig& cfg, int64_t layer) {
   MoeOptions o;
   o.d_model = cfg.d_model;
   o.layer = layer;
@@ -256,7 +256,7 @@ void apply_moe(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPla
     SLM_CHECK(std::find(mods.begin(), mods.end(), "cbp") == mods.end(), "[moe] layer ", l,
               " already has cbp, which renews the dense MLP that moe replaces; give moe.layers and cbp.layers "
               "disjoint layers");
-    const MoeOptions o = moe_options(args, cfg, l);
+    const MoeOptions o = MoeOptions::from(args, cfg, l);
     plan.layers[l].ffn = [o] { return Ffn(std::make_shared<MoeImpl>(o)); };
     plan.layers[l].modules.push_back("moe");
   }

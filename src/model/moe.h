@@ -51,27 +51,28 @@ namespace slm {
 
 struct ModelConfig;
 
-// One MoE layer's settings; moe_options fills it from the catalog row.
+// One MoE layer's settings; from() fills it from the catalog row.
 struct MoeOptions {
+  // Catalog parameters have no defaults here: the catalog row holds the only ones (from()).
   int64_t d_model = 256;          // C
   int64_t layer = 0;              // names the layer's losses and stats, seeds its init
   uint64_t seed = 1337;           // the model's init seed
-  int64_t n_shared = 2;           // N_s always-on experts
-  int64_t n_routed = 16;          // E
-  int64_t top_k = 2;              // K
+  int64_t n_shared = 0;           // N_s always-on experts
+  int64_t n_routed = 0;           // E
+  int64_t top_k = 0;              // K
   int64_t expert_hidden = 0;      // h; 0 = 4C / (n_shared + top_k), at least 1
-  std::string score = "softmax";  // softmax | sigmoid
-  double route_scale = 1.0;       // factor on the gates
-  double z_loss = 1e-3;           // router z-loss weight (ST-MoE's; the seed's plans set 0.01)
-  double aux_loss = 0.01;         // balance-loss weight (Switch), 0 = off
-  double bias_rate = 0.0;         // gamma of the auxiliary-loss-free bias update, 0 = off
-  double capacity_factor = 0.0;   // > 0: drop picks over capacity in training; 0 = drop nothing
+  std::string score = "";         // softmax | sigmoid
+  double route_scale = 0;         // factor on the gates
+  double z_loss = 0;              // router z-loss weight (ST-MoE's; the seed's plans set 0.01)
+  double aux_loss = 0;            // balance-loss weight (Switch), 0 = off
+  double bias_rate = 0;           // gamma of the auxiliary-loss-free bias update, 0 = off
+  double capacity_factor = 0;     // > 0: drop picks over capacity in training; 0 = drop nothing
 
   int64_t hidden() const;         // h, resolved
-};
 
-// The options of layer `layer` from resolved catalog arguments.
-MoeOptions moe_options(const catalog::ModuleArgs& args, const ModelConfig& cfg, int64_t layer);
+  // The options of layer `layer` from resolved catalog arguments.
+  static MoeOptions from(const catalog::ModuleArgs& args, const ModelConfig& cfg, int64_t layer);
+};
 
 // One expert: a ReLU^2 MLP C -> hidden -> C (c_proj zero-initialized, as the dense MLP's).
 struct MoeExpertImpl : torch::nn::Module {

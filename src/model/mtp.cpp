@@ -107,12 +107,17 @@ std::string MtpImpl::describe() const {
   return os.str();
 }
 
-void apply_mtp(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
+MtpOptions MtpOptions::from(const catalog::ModuleArgs& args) {
   MtpOptions o;
   o.depth = args.i64("depth");
   o.weight = args.f64("weight");
   o.weight_after = args.f64("weight_after");
   o.switch_step = args.i64("switch_step");
+  return o;
+}
+
+void apply_mtp(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
+  const MtpOptions o = MtpOptions::from(args);
   plan.objectives.push_back([o, cfg] { return Objective(std::make_shared<MtpImpl>(o, cfg)); });
 }
 

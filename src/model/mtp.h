@@ -31,12 +31,16 @@
 namespace slm {
 
 struct MtpOptions {
-  int64_t depth = 1;          // D
-  double weight = 0.3;        // lambda
-  double weight_after = 0.1;  // lambda from switch_step on
+  // Catalog parameters have no defaults here: the catalog row holds the only ones (from()).
+  int64_t depth = 0;          // D
+  double weight = 0;          // lambda
+  double weight_after = 0;    // lambda from switch_step on
   int64_t switch_step = 0;    // 0 = never: lambda = weight throughout
 
   double weight_at(int64_t step) const { return switch_step > 0 && step >= switch_step ? weight_after : weight; }
+
+  // From the resolved catalog row.
+  static MtpOptions from(const catalog::ModuleArgs& args);
 };
 
 // Depth k's own parameters: the projection M_k and the block TRM_k.

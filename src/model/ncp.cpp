@@ -145,16 +145,21 @@ std::string NcpObjectiveImpl::describe() const {
   return os.str();
 }
 
-void apply_ncp(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
+NcpOptions NcpOptions::from(const catalog::ModuleArgs& args, const ModelConfig& cfg) {
   NcpOptions o;
   o.d_model = cfg.d_model;
+  o.doc_mask = cfg.doc_mask;
+  o.seed = cfg.seed;
   o.span = args.i64("span");
   o.segments = args.i64("segments");
   o.codes = args.i64("codes");
   o.decay = args.f64("decay");
   o.weight = args.f64("weight");
-  o.doc_mask = cfg.doc_mask;
-  o.seed = cfg.seed;
+  return o;
+}
+
+void apply_ncp(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
+  const NcpOptions o = NcpOptions::from(args, cfg);
   plan.objectives.push_back([o] { return Objective(std::make_shared<NcpObjectiveImpl>(o)); });
 }
 

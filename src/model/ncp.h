@@ -39,14 +39,18 @@ namespace slm {
 struct ModelConfig;
 
 struct NcpOptions {
+  // Catalog parameters have no defaults here: the catalog row holds the only ones (from()).
   int64_t d_model = 256;  // C
-  int64_t span = 4;       // k tokens per concept (the spec: 4-8)
-  int64_t segments = 2;   // S (the spec: 2-4)
-  int64_t codes = 64;     // N per segment (the spec: 64-256)
-  double decay = 0.95;    // of the codebook's EMA; short runs (cpu-tiny: 100 steps) need it to follow
-  double weight = 1.0;    // of L_NCP in the training loss
+  int64_t span = 0;       // k tokens per concept (the spec: 4-8)
+  int64_t segments = 0;   // S (the spec: 2-4)
+  int64_t codes = 0;      // N per segment (the spec: 64-256)
+  double decay = 0;       // of the codebook's EMA; short runs (cpu-tiny: 100 steps) need it to follow
+  double weight = 0;      // of L_NCP in the training loss
   bool doc_mask = true;   // concepts counted per document (follows ModelConfig.doc_mask)
   uint64_t seed = 1337;   // the codebook's and head's private initialization
+
+  // From the resolved catalog row and the model configuration.
+  static NcpOptions from(const catalog::ModuleArgs& args, const ModelConfig& cfg);
 };
 
 // The concept pairs of a batch: flat positions b T + p of every source concept's last token, (P)

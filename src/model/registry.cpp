@@ -1,38 +1,21 @@
-// The model side of every catalog module, by catalog name. A module's file defines its apply; this
-// table lists it. tests/test_modules.cpp checks that every Tier 1-2 catalog module that is not a
-// data transform has exactly one entry here, and runs the registry-wide checks on each.
+// The model side of every catalog module, by catalog name: one entry per MODEL module of
+// catalog/module_list.h, whose file src/model/<name>.cpp defines apply_<name>. tests/test_modules.cpp
+// runs the registry-wide checks on each.
+#include "catalog/module_list.h"
 #include "model/module.h"
-
-#include "model/cbp.h"
-#include "model/dsa.h"
-#include "model/engram.h"
-#include "model/mamba3.h"
-#include "model/mhc.h"
-#include "model/moe.h"
-#include "model/mod.h"
-#include "model/gateskip.h"
-#include "model/flexidepth.h"
-#include "model/mtp.h"
-#include "model/ncp.h"
-#include "model/top.h"
 
 namespace slm {
 
+// The applies, declared here from the list so the registry needs no header per module.
+#define SLM_MODULE_APPLY(name, side) \
+  SLM_MODULE_IF(side, MODEL, void apply_##name(const catalog::ModuleArgs&, const ModelConfig&, ModelPlan&);)
+SLM_MODULES(SLM_MODULE_APPLY)
+#undef SLM_MODULE_APPLY
+
 const std::vector<ModelModule>& model_modules() {
-  static const std::vector<ModelModule> t = {
-      {"mamba3", apply_mamba3},
-      {"dsa", apply_dsa},
-      {"engram", apply_engram},
-      {"mhc", apply_mhc},
-      {"mtp", apply_mtp},
-      {"moe", apply_moe},
-      {"mod", apply_mod},
-      {"gateskip", apply_gateskip},
-      {"flexidepth", apply_flexidepth},
-      {"cbp", apply_cbp},
-      {"top", apply_top},
-      {"ncp", apply_ncp},
-  };
+#define SLM_MODULE_ENTRY(name, side) SLM_MODULE_IF(side, MODEL, ModelModule{#name, apply_##name},)
+  static const std::vector<ModelModule> t = {SLM_MODULES(SLM_MODULE_ENTRY)};
+#undef SLM_MODULE_ENTRY
   return t;
 }
 

@@ -127,14 +127,19 @@ std::string TopObjectiveImpl::describe() const {
   return os.str();
 }
 
-void apply_top(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
+TopOptions TopOptions::from(const catalog::ModuleArgs& args, const ModelConfig& cfg) {
   TopOptions o;
   o.d_model = cfg.d_model;
   o.vocab = cfg.vocab;
-  o.window = args.i64("window");
-  o.weight = args.f64("weight");
   o.doc_mask = cfg.doc_mask;
   o.seed = cfg.seed;
+  o.window = args.i64("window");
+  o.weight = args.f64("weight");
+  return o;
+}
+
+void apply_top(const catalog::ModuleArgs& args, const ModelConfig& cfg, ModelPlan& plan) {
+  const TopOptions o = TopOptions::from(args, cfg);
   plan.objectives.push_back([o] { return Objective(std::make_shared<TopObjectiveImpl>(o)); });
 }
 

@@ -31,12 +31,16 @@ struct ModelConfig;
 constexpr int64_t kTopMaxOffset = 32;
 
 struct TopOptions {
+  // Catalog parameters have no defaults here: the catalog row holds the only ones (from()).
   int64_t d_model = 256;   // C
   int64_t vocab = 8192;    // V
-  int64_t window = 4096;   // W, the lookahead (the paper's 340M config: 4096, the sequence length)
-  double weight = 1.0;     // of L_TOP in the training loss (the paper: 1, beside L_NTP)
+  int64_t window = 0;      // W, the lookahead (the paper's 340M config: 4096, the sequence length)
+  double weight = 0;       // of L_TOP in the training loss (the paper: 1, beside L_NTP)
   bool doc_mask = true;    // windows stop at the document boundary (follows ModelConfig.doc_mask)
   uint64_t seed = 1337;    // W_top's private initialization
+
+  // From the resolved catalog row and the model configuration.
+  static TopOptions from(const catalog::ModuleArgs& args, const ModelConfig& cfg);
 };
 
 // The sparse TOP target. ids (B, T, K): y_{t+j} (clamped to the row); probs (B, T, K) fp32: the

@@ -1,6 +1,5 @@
 // The catalog row of continual backprop (docs/modules.md section 14; model side in
 // model/cbp.{h,cpp}): its parameters and their constraints.
-#include <set>
 #include <string>
 #include <vector>
 
@@ -17,18 +16,7 @@ std::vector<std::string> check_cbp(const ModuleArgs& a, const ModelView& m) {
                 " replaces no unit, so cbp would be the plain MLP; use the paper's 1e-4 or drop cbp");
   if (a.f64("decay") >= 1)
     e.push_back("decay " + value_text(a.f64("decay")) + " never lets a utility change; use the paper's 0.99");
-  const auto& layers = a.list("layers");
-  std::set<int64_t> seen;
-  std::vector<int64_t> repeated, beyond;
-  for (int64_t l : layers) {
-    if (!seen.insert(l).second) repeated.push_back(l);
-    if (m.depth > 0 && l >= m.depth) beyond.push_back(l);
-  }
-  if (!repeated.empty()) e.push_back("layers lists " + value_text(repeated) + " more than once; list each layer once");
-  if (!beyond.empty())
-    e.push_back((beyond.size() == 1 ? "layer " : "layers ") + value_text(beyond) +
-                (beyond.size() == 1 ? " lies" : " lie") + " beyond depth " + std::to_string(m.depth) + " (layers run 0.." +
-                std::to_string(m.depth - 1) + "); drop them from cbp.layers, or leave it empty for every layer");
+  check_layers(a, m, "every layer", e);
   return e;
 }
 

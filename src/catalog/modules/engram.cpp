@@ -11,8 +11,6 @@
 
 namespace slm::catalog {
 
-const ModuleSpec& spec_engram();  // until catalog/modules.h lists it
-
 namespace {
 
 // "layer 5 is" / "layers 5,8 are"
@@ -38,23 +36,15 @@ std::vector<std::string> check_engram(const ModuleArgs& a, const ModelView& m) {
   std::vector<std::string> e;
   const auto& layers = a.list("layers");
   const auto& orders = a.list("orders");
-  if (layers.empty()) e.push_back("layers is empty; list the attention layers that get memory, e.g. layers=0");
-  if (auto r = repeated(layers); !r.empty())
-    e.push_back("layers lists " + value_text(r) + " more than once; list each layer once");
+  check_layers(a, m, nullptr, e);
   if (orders.empty()) e.push_back("orders is empty; use the paper's orders=2,3");
   if (auto r = repeated(orders); !r.empty())
     e.push_back("orders lists " + value_text(r) + " more than once; list each n-gram order once, e.g. orders=2,3");
   if (m.depth <= 0) return e;  // geometry unknown: the rules below need it
 
-  std::vector<int64_t> beyond;
   std::map<char, std::vector<int64_t>> wrong;  // non-attention layers by kind
-  for (int64_t l : layers) {
-    if (l >= m.depth) beyond.push_back(l);
-    else if (m.kind(l) != 'A') wrong[m.kind(l)].push_back(l);
-  }
-  if (!beyond.empty())
-    e.push_back(layers_are(beyond) + " beyond depth " + std::to_string(m.depth) + " (layers run 0.." +
-                std::to_string(m.depth - 1) + "); drop them from engram.layers");
+  for (int64_t l : layers)
+    if (l < m.depth && m.kind(l) != 'A') wrong[m.kind(l)].push_back(l);
   if (!wrong.empty()) {
     std::string what;
     for (auto& [k, ls] : wrong) what += (what.empty() ? "" : ", ") + layers_are(ls) + " " + kind_name(k);

@@ -1,6 +1,5 @@
 // The catalog row of FlexiDepth (docs/modules.md section 8; model side in model/flexidepth.{h,cpp}):
 // a per-token router per layer between the full block and a light adapter.
-#include <set>
 #include <string>
 #include <vector>
 
@@ -12,16 +11,7 @@ namespace {
 
 std::vector<std::string> check_flexidepth(const ModuleArgs& a, const ModelView& m) {
   std::vector<std::string> e;
-  std::set<int64_t> seen;
-  std::vector<int64_t> beyond, twice;
-  for (int64_t l : a.list("layers")) {
-    if (!seen.insert(l).second) twice.push_back(l);
-    if (m.depth > 0 && l >= m.depth) beyond.push_back(l);
-  }
-  if (!twice.empty()) e.push_back("layers lists " + value_text(twice) + " more than once; list each layer once");
-  if (!beyond.empty())
-    e.push_back("layers " + value_text(beyond) + " beyond depth " + std::to_string(m.depth) + " (layers run 0.." +
-                std::to_string(m.depth - 1) + "); drop them from flexidepth.layers, or leave it empty for every layer");
+  check_layers(a, m, "every layer", e);
   if (m.d_model > 0 && a.i64("adapter_hidden") > 4 * m.d_model)
     e.push_back("adapter_hidden " + std::to_string(a.i64("adapter_hidden")) + " is wider than the dense MLP (" +
                 std::to_string(4 * m.d_model) + "); the adapter is the light path, so use at most " +

@@ -1,6 +1,5 @@
 // The catalog row of GateSkip (docs/modules.md section 8; model side in model/gateskip.{h,cpp}):
 // residual-wise vector gates on the mixer and the feed-forward, with token skipping by gate budget.
-#include <set>
 #include <string>
 #include <vector>
 
@@ -21,16 +20,7 @@ std::vector<std::string> check_gateskip(const ModuleArgs& a, const ModelView& m)
   if (m.tp > 2)
     e.push_back("tp " + std::to_string(m.tp) + " exceeds 2; gateskip was only validated at tp <= 2, so use a "
                 "substrate with tp=1 or tp=2");
-  std::set<int64_t> seen;
-  std::vector<int64_t> beyond, twice;
-  for (int64_t l : a.list("layers")) {
-    if (!seen.insert(l).second) twice.push_back(l);
-    if (m.depth > 0 && l >= m.depth) beyond.push_back(l);
-  }
-  if (!twice.empty()) e.push_back("layers lists " + value_text(twice) + " more than once; list each layer once");
-  if (!beyond.empty())
-    e.push_back("layers " + value_text(beyond) + " beyond depth " + std::to_string(m.depth) + " (layers run 0.." +
-                std::to_string(m.depth - 1) + "); drop them from gateskip.layers, or leave it empty for every layer");
+  check_layers(a, m, "every layer", e);
   return e;
 }
 

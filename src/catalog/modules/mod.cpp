@@ -38,17 +38,10 @@ std::vector<std::string> check_mod(const ModuleArgs& a, const ModelView& m) {
     e.push_back("capacity " + value_text(cap) + " routes floor(" + value_text(cap) + " x " +
                 std::to_string(m.context) + ") = 0 tokens per sequence; raise it to at least " +
                 value_text(1.0 / static_cast<double>(m.context)));
-  std::set<int64_t> seen;
-  std::vector<int64_t> beyond, twice, mamba;
-  for (int64_t l : a.list("layers")) {
-    if (!seen.insert(l).second) twice.push_back(l);
-    if (m.depth > 0 && l >= m.depth) beyond.push_back(l);
-    else if (a.flag("skip_mamba") && m.kind(l) == 'M') mamba.push_back(l);
-  }
-  if (!twice.empty()) e.push_back("layers lists " + value_text(twice) + " more than once; list each layer once");
-  if (!beyond.empty())
-    e.push_back("layers " + value_text(beyond) + " beyond depth " + std::to_string(m.depth) + " (layers run 0.." +
-                std::to_string(m.depth - 1) + "); drop them from mod.layers, or leave it empty for every other layer");
+  check_layers(a, m, "every other layer", e);
+  std::vector<int64_t> mamba;
+  for (int64_t l : a.list("layers"))
+    if (!(m.depth > 0 && l >= m.depth) && a.flag("skip_mamba") && m.kind(l) == 'M') mamba.push_back(l);
   if (!mamba.empty())
     e.push_back("layers " + value_text(mamba) + " are Mamba layers and skip_mamba is true; drop them from "
                 "mod.layers, or set skip_mamba=false to route them");

@@ -3,7 +3,6 @@
 // constraints. The defaults are the seed's shape (2 shared + 16 routed, top-2) with the papers'
 // coefficients: z-loss 1e-3 (ST-MoE; the seed's plans set 0.01 explicitly), Switch balance loss 0.01.
 #include <algorithm>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -25,17 +24,7 @@ std::vector<std::string> check_moe(const ModuleArgs& a, const ModelView& m) {
     const std::string near = cli::nearest(score, {"softmax", "sigmoid"});
     e.push_back("score '" + score + "' is not softmax or sigmoid" + (near.empty() ? "" : "; did you mean '" + near + "'?"));
   }
-  const auto& layers = a.list("layers");
-  std::set<int64_t> seen;
-  std::vector<int64_t> beyond, twice;
-  for (int64_t l : layers) {
-    if (!seen.insert(l).second) twice.push_back(l);
-    if (m.depth > 0 && l >= m.depth) beyond.push_back(l);
-  }
-  if (!twice.empty()) e.push_back("layers lists " + value_text(twice) + " more than once; list each layer once");
-  if (!beyond.empty())
-    e.push_back("layers " + value_text(beyond) + " beyond depth " + std::to_string(m.depth) + " (layers run 0.." +
-                std::to_string(m.depth - 1) + "); drop them from moe.layers, or leave it empty for every layer");
+  check_layers(a, m, "every layer", e);
   return e;
 }
 
