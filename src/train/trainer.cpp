@@ -81,34 +81,6 @@ struct RunConfig {
   }
 };
 
-// The data-side modules (FIM, IFIM, SRI) as the loader's transforms.
-data::TransformSet transform_set(const std::vector<catalog::ModuleArgs>& mods) {
-  data::TransformSet t;
-  for (auto& m : mods) {
-    if (m.name == "fim") {
-      data::FimOptions o;
-      o.rate = m.f64("rate");
-      o.spm_rate = m.f64("spm_rate");
-      o.split = data::parse_fim_split(m.str("split"));
-      t.fim = o;
-    } else if (m.name == "ifim") {
-      data::IfimOptions o;
-      o.rate = m.f64("rate");
-      o.spm_rate = m.f64("spm_rate");
-      o.split = data::parse_fim_split(m.str("split"));
-      o.max_instruction_bytes = static_cast<int>(m.i64("max_instruction_bytes"));
-      t.ifim = o;
-    } else if (m.name == "sri") {
-      data::SriOptions o;
-      o.rate = m.f64("rate");
-      o.context_lines = static_cast<int>(m.i64("context_lines"));
-      o.max_middle_lines = static_cast<int>(m.i64("max_middle_lines"));
-      t.sri = o;
-    }
-  }
-  return t;  // Loader::set_transforms validates it
-}
-
 // What is decided before anything is built: the substrate bound to its data set, the modules
 // checked against it, and where this process sits in the world.
 struct Setup {
@@ -143,7 +115,7 @@ Setup configure(const TrainOptions& opt) {
       SLM_CHECK(find_model_module(m.name) || std::string(catalog::find(m.name)->family) == "data", "train: module ",
                 m.name, " is in the catalog but not wired into this trainer yet");
   }
-  s.transforms = transform_set(s.mods);
+  s.transforms = data::transform_set(s.mods);  // the data-side modules as the loader's transforms
   SLM_CHECK(!opt.data_dir.empty(), "train: --data DATA_DIR is required");
   SLM_CHECK(!opt.out_dir.empty() || opt.dry_run, "train: --out RUN_DIR is required");
   s.ds = std::make_unique<data::DataSet>(opt.data_dir);
