@@ -20,22 +20,14 @@
 #include "model/gpt.h"
 #include "test_util.h"
 #include "train/optim.h"
+#include "test_model_util.h"
 
 using namespace slm;
 
 namespace {
 
 // The registry-wide tests' geometry: depth 3, d_model 32 (H = 128 hidden units), context 32.
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab = 300;
-  c.n_layer = 3;
-  c.d_model = 32;
-  c.n_head = 2;
-  c.head_dim = 16;
-  c.context = 32;
-  return c;
-}
+using slm::test::tiny_config;
 
 ModelConfig with_cbp(const std::map<std::string, std::string>& given) {
   ModelConfig c = tiny_config();
@@ -50,11 +42,7 @@ std::shared_ptr<CbpMlpImpl> cbp_layer(GPT& m, int64_t layer) {
 }
 
 // Random weights everywhere (as the registry tests do), so no zero-initialized projection hides a path.
-void randomize(GPT& m, uint64_t seed) {
-  torch::NoGradGuard ng;
-  torch::manual_seed(seed);
-  for (auto& p : m->parameters()) p.add_(torch::randn_like(p) * 0.05);
-}
+void randomize(GPT& m, uint64_t seed) { slm::test::perturb(*m, seed, 0.05); }
 
 StepCtx step_ctx(int64_t step, Optimizer* opt = nullptr) {
   StepCtx s;

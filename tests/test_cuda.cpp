@@ -20,6 +20,7 @@
 #include "model/fused_ce.h"
 #include "model/gpt.h"
 #include "train/optim.h"
+#include "test_model_util.h"
 
 using namespace slm;
 
@@ -50,11 +51,7 @@ ModelConfig cpu_tiny() {
 }
 
 // Random weights everywhere (zero-initialized projections would make the blocks the identity).
-void randomize(GPT& m) {
-  torch::NoGradGuard ng;
-  torch::manual_seed(7);
-  for (auto& p : m->parameters()) p.normal_(0, 0.05);
-}
+void randomize(GPT& m) { slm::test::fill_normal(*m, 7, 0.05); }
 
 // A copy of `src` (built from the same config) on `dev`.
 GPT copy_to(GPT& src, const ModelConfig& c, const torch::Device& dev) {

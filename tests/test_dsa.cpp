@@ -17,6 +17,7 @@
 #include "model/dsa.h"
 #include "model/gpt.h"
 #include "test_util.h"
+#include "test_model_util.h"
 
 
 using namespace slm;
@@ -64,11 +65,7 @@ torch::Tensor two_docs(int64_t B, int64_t T, int64_t cut) {
 }
 
 // Random weights everywhere: c_proj starts at zero, which would hide every difference.
-void randomize(torch::nn::Module& m, uint64_t seed, double std = 0.1) {
-  torch::NoGradGuard ng;
-  torch::manual_seed(seed);
-  for (auto& p : m.parameters()) p.normal_(0, std);
-}
+void randomize(torch::nn::Module& m, uint64_t seed, double std = 0.1) { slm::test::fill_normal(m, seed, std); }
 
 // A baseline attention with the main weights of `d`.
 CausalSelfAttention baseline_of(const ModelConfig& c, DsaAttention& d) {

@@ -22,6 +22,7 @@
 #include "model/generate.h"
 #include "model/gpt.h"
 #include "test_util.h"
+#include "test_model_util.h"
 
 
 using namespace slm;
@@ -53,16 +54,7 @@ std::map<std::string, std::string> parse_overrides(const std::string& text) {
 }
 
 // The registry-wide tests' geometry: depth 3, d_model 32, 2 heads of 16, context 32.
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab = 300;
-  c.n_layer = 3;
-  c.d_model = 32;
-  c.n_head = 2;
-  c.head_dim = 16;
-  c.context = 32;
-  return c;
-}
+using slm::test::tiny_config;
 
 EngramOptions tiny_options() {
   ModelConfig c;
@@ -83,11 +75,7 @@ catalog::ModelView view(int64_t depth, const std::string& pattern) {
 }
 
 // Random weights everywhere, the zero-initialized value and conv included, so no path is hidden.
-void randomize(torch::nn::Module& m, uint64_t seed) {
-  torch::NoGradGuard ng;
-  torch::manual_seed(seed);
-  for (auto& p : m.parameters()) p.add_(torch::randn_like(p) * 0.3);
-}
+void randomize(torch::nn::Module& m, uint64_t seed) { slm::test::perturb(m, seed, 0.3); }
 
 double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 

@@ -16,22 +16,14 @@
 #include "model/gpt.h"
 #include "test_util.h"
 #include "test_tolerance.h"
+#include "test_model_util.h"
 
 using namespace slm;
 using torch::indexing::Slice;
 
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab = 300;
-  c.n_layer = 3;
-  c.d_model = 32;
-  c.n_head = 2;
-  c.head_dim = 16;
-  c.context = 32;
-  return c;
-}
+using slm::test::tiny_config;
 
 ModelConfig with_flexidepth(const std::map<std::string, std::string>& over = {}) {
   ModelConfig c = tiny_config();
@@ -45,11 +37,7 @@ FlexiDepthWrapImpl& wrap_of(GPT& m, int64_t layer) {
   return *w;
 }
 
-void randomize(torch::nn::Module& m, uint64_t seed, double scale = 0.05) {
-  torch::NoGradGuard ng;
-  torch::manual_seed(seed);
-  for (auto& p : m.parameters()) p.add_(torch::randn_like(p) * scale);
-}
+void randomize(torch::nn::Module& m, uint64_t seed, double scale = 0.05) { slm::test::perturb(m, seed, scale); }
 
 void copy_params(GPT& from, GPT& to) {
   torch::NoGradGuard ng;

@@ -17,22 +17,14 @@
 #include "model/gateskip.h"
 #include "model/gpt.h"
 #include "test_util.h"
+#include "test_model_util.h"
 
 using namespace slm;
 using torch::indexing::Slice;
 
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab = 300;
-  c.n_layer = 3;
-  c.d_model = 32;
-  c.n_head = 2;
-  c.head_dim = 16;
-  c.context = 32;
-  return c;
-}
+using slm::test::tiny_config;
 
 ModelConfig with_gateskip(const std::map<std::string, std::string>& over = {}) {
   ModelConfig c = tiny_config();
@@ -46,11 +38,7 @@ GateSkipWrapImpl& wrap_of(GPT& m, int64_t layer) {
   return *w;
 }
 
-void randomize(GPT& m, uint64_t seed) {
-  torch::NoGradGuard ng;
-  torch::manual_seed(seed);
-  for (auto& p : m->parameters()) p.add_(torch::randn_like(p) * 0.05);
-}
+void randomize(GPT& m, uint64_t seed) { slm::test::perturb(*m, seed, 0.05); }
 
 // Copies every parameter `from` has into `to` by name (the backbone of a wrapped model).
 void copy_params(GPT& from, GPT& to) {

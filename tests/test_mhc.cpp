@@ -19,6 +19,7 @@
 #include "model/gpt.h"
 #include "model/mhc.h"
 #include "test_util.h"
+#include "test_model_util.h"
 
 using namespace slm;
 using torch::indexing::Slice;
@@ -26,16 +27,7 @@ using torch::indexing::Slice;
 namespace {
 
 // The registry-wide tests' geometry: depth 3, d_model 32, 2 heads of 16, context 32.
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab = 300;
-  c.n_layer = 3;
-  c.d_model = 32;
-  c.n_head = 2;
-  c.head_dim = 16;
-  c.context = 32;
-  return c;
-}
+using slm::test::tiny_config;
 
 ModelConfig with_mhc(const std::map<std::string, std::string>& over = {}) {
   ModelConfig c = tiny_config();
@@ -49,11 +41,7 @@ MhcWrapImpl& wrap_of(GPT& m, int64_t layer) {
   return *w;
 }
 
-void randomize(torch::nn::Module& m, uint64_t seed, double scale) {
-  torch::NoGradGuard ng;
-  torch::manual_seed(seed);
-  for (auto& p : m.parameters()) p.add_(torch::randn_like(p) * scale);
-}
+void randomize(torch::nn::Module& m, uint64_t seed, double scale) { slm::test::perturb(m, seed, scale); }
 
 double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 

@@ -21,34 +21,21 @@
 #include "model/mod.h"
 #include "test_util.h"
 #include "test_tolerance.h"
+#include "test_model_util.h"
 
 using namespace slm;
 using torch::indexing::Slice;
 
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab = 300;
-  c.n_layer = 3;
-  c.d_model = 32;
-  c.n_head = 2;
-  c.head_dim = 16;
-  c.context = 32;
-  return c;
-}
+using slm::test::tiny_config;
 
 ModelConfig with_mod(const std::map<std::string, std::string>& given = {}, ModelConfig c = tiny_config()) {
   c.modules = {slm::test::module_args("mod", given)};
   return c;
 }
 
-void randomize(torch::nn::Module& m, uint64_t seed, double scale = 0.1) {
-  torch::NoGradGuard ng;
-  torch::manual_seed(seed);
-  for (auto& p : m.parameters())
-    if (p.dim() >= 1) p.add_(torch::randn_like(p) * scale);
-}
+void randomize(torch::nn::Module& m, uint64_t seed, double scale = 0.1) { slm::test::perturb(m, seed, scale, true); }
 
 ModWrapImpl& wrap_of(GPT& m, int64_t layer) {
   auto w = std::dynamic_pointer_cast<ModWrapImpl>(m->blocks->ptr(layer)->as<BlockImpl>()->wrap);

@@ -11,6 +11,7 @@
 #include "model/gpt.h"
 #include "test_paths.h"
 #include "train/substrate.h"
+#include "test_model_util.h"
 
 using namespace slm;
 
@@ -27,11 +28,7 @@ ModelConfig tiny() {
 }
 
 // Gives every zero-initialized projection random weights so the blocks are not the identity.
-void randomize(GPT& m) {
-  torch::NoGradGuard ng;
-  torch::manual_seed(7);
-  for (auto& p : m->parameters()) p.normal_(0, 0.2);
-}
+void randomize(GPT& m) { slm::test::fill_normal(*m, 7, 0.2); }
 }  // namespace
 
 TEST(Model, ShapesAndPlan) {

@@ -15,21 +15,13 @@
 #include "model/generate.h"
 #include "model/gpt.h"
 #include "model/module.h"
+#include "test_model_util.h"
 
 using namespace slm;
 
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab = 300;
-  c.n_layer = 3;
-  c.d_model = 32;
-  c.n_head = 2;
-  c.head_dim = 16;
-  c.context = 32;
-  return c;
-}
+using slm::test::tiny_config;
 
 // The module's tiny arguments, resolved and checked at the tiny geometry; the config it yields.
 ModelConfig config_with(const std::string& name) {
@@ -60,12 +52,7 @@ std::vector<std::string> model_module_names() {
 }
 
 // Random weights everywhere, so zero-initialized projections do not hide a broken path.
-void randomize(GPT& m, uint64_t seed) {
-  torch::NoGradGuard ng;
-  torch::manual_seed(seed);
-  for (auto& p : m->parameters())
-    if (p.dim() >= 1) p.add_(torch::randn_like(p) * 0.05);
-}
+void randomize(GPT& m, uint64_t seed) { slm::test::perturb(*m, seed, 0.05, true); }
 
 }  // namespace
 

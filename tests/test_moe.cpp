@@ -19,6 +19,7 @@
 #include "model/gpt.h"
 #include "model/moe.h"
 #include "test_util.h"
+#include "test_model_util.h"
 
 using namespace slm;
 using torch::indexing::Slice;
@@ -46,16 +47,7 @@ int64_t capacity_of(const MoeOptions& o, int64_t n) {
   return static_cast<int64_t>(std::ceil(static_cast<double>(n * o.top_k) / o.n_routed * o.capacity_factor));
 }
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab = 300;
-  c.n_layer = 3;
-  c.d_model = 32;
-  c.n_head = 2;
-  c.head_dim = 16;
-  c.context = 32;
-  return c;
-}
+using slm::test::tiny_config;
 
 catalog::ModelView view_of(const ModelConfig& c) {
   catalog::ModelView v;

@@ -16,6 +16,7 @@
 #include "model/gpt.h"
 #include "model/mtp.h"
 #include "test_util.h"
+#include "test_model_util.h"
 
 using namespace slm;
 using torch::indexing::Slice;
@@ -23,16 +24,7 @@ using torch::indexing::Slice;
 namespace {
 
 // The registry-wide tests' geometry: depth 3, d_model 32, 2 heads of 16, context 32.
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab = 300;
-  c.n_layer = 3;
-  c.d_model = 32;
-  c.n_head = 2;
-  c.head_dim = 16;
-  c.context = 32;
-  return c;
-}
+using slm::test::tiny_config;
 
 ModelConfig with_mtp(const std::map<std::string, std::string>& over = {}) {
   ModelConfig c = tiny_config();
@@ -47,11 +39,7 @@ MtpImpl& mtp_of(GPT& m) {
 }
 
 // Random weights everywhere, so zero-initialized output projections do not hide a path.
-void randomize(torch::nn::Module& m, uint64_t seed) {
-  torch::NoGradGuard ng;
-  torch::manual_seed(seed);
-  for (auto& p : m.parameters()) p.add_(torch::randn_like(p) * 0.1);
-}
+void randomize(torch::nn::Module& m, uint64_t seed) { slm::test::perturb(m, seed, 0.1); }
 
 // A row of T + 1 tokens: inputs s[0..T), targets s[1..T].
 struct Row {

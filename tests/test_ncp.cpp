@@ -17,22 +17,14 @@
 #include "model/gpt.h"
 #include "model/ncp.h"
 #include "test_util.h"
+#include "test_model_util.h"
 
 using namespace slm;
 using torch::indexing::Slice;
 
 namespace {
 
-ModelConfig tiny_config() {
-  ModelConfig c;
-  c.vocab = 300;
-  c.n_layer = 2;
-  c.d_model = 32;
-  c.n_head = 2;
-  c.head_dim = 16;
-  c.context = 32;
-  return c;
-}
+ModelConfig tiny_config() { return slm::test::tiny_config(2); }
 
 ModelConfig with_ncp(const std::map<std::string, std::string>& args) {
   ModelConfig c = tiny_config();
