@@ -7,6 +7,9 @@
 
 #include "model/gpt.h"
 #include "model/yarn.h"
+#include "test_model_util.h"
+#include "test_tolerance.h"
+#include "test_util.h"
 
 using namespace slm;
 
@@ -98,4 +101,26 @@ TEST(Yarn, LongerContextKeepsTheFirstPositions) {
   EXPECT_TRUE(torch::isfinite(yl).all().item<bool>());
   EXPECT_FALSE(torch::allclose(yl, longer, 1e-4, 1e-4));
   EXPECT_GT(m->attn_logit_scale, 1.0);
+}
+
+// Every component whose tables follow the context moves with the model (issue 18 §7): a DSA model
+// evaluated at twice its context, plain or YaRN, used to fail on the indexer's RoPE tables
+// ("shape '[1, 256, 1, 8]' is invalid"). With plain RoPE its outputs on the first T are unchanged.
+TEST(Yarn, DsaIndexerFollowsTheContext) {
+  ModelConfig c = slm::test::tiny_config();
+  c.context = 16;
+  c.modules = {slm::test::module_args("dsa", {{"topk", "8"}, {"window", "2"}, {"warmup_steps", "0"}, {"path", "sparse"}})};
+  GPT m(c);
+  slm::test::perturb(*m, 3, 0.05);
+  m->eval();
+  torch::NoGradGuard ng;
+  auto idx = torch::randint(0, 100, {1, 32}, torch::kInt64);
+  auto first = m->hidden(idx.slice(1, 0, 16), {});
+  m->set_context(32, nullptr);
+  auto longer = m->hidden(idx, {});
+  EXPECT_TRUE(slm::test::fp32_close(longer.slice(1, 0, 16), first, 3 * slm::test::block_terms(32, 16, 32, 128)));
+  YarnConfig y;
+  y.scale = 2;
+  m->set_context(32, &y);
+  EXPECT_TRUE(torch::isfinite(m->hidden(idx, {})).all().item<bool>());
 }

@@ -354,7 +354,7 @@ DsaOptions DsaOptions::from(const catalog::ModuleArgs& a, int64_t context, int64
 }
 
 DsaAttentionImpl::DsaAttentionImpl(const ModelConfig& c, const DsaOptions& o)
-    : CausalSelfAttentionImpl(c), opt(o), context(c.context) {
+    : CausalSelfAttentionImpl(c), opt(o), context(c.context), rope_base(c.rope_base) {
   const int64_t C = c.d_model, HI = o.index_heads, DI = o.index_dim, R = o.rope_dims;
   // Guards at init: the catalog check says the same with the fix; these hold for direct construction.
   SLM_CHECK(HI >= 1 && DI >= 2 && DI % 2 == 0, "[dsa] layer ", o.layer, ": index_dim ", DI,
@@ -393,6 +393,15 @@ DsaAttentionImpl::DsaAttentionImpl(const ModelConfig& c, const DsaOptions& o)
   auto [cs, sn] = rope_tables(c.context, std::max<int64_t>(R, 2), c.rope_base);
   indexer_cos = register_buffer("indexer_cos", cs);
   indexer_sin = register_buffer("indexer_sin", sn);
+}
+
+void DsaAttentionImpl::set_context(int64_t T, const YarnConfig* yarn) {
+  torch::NoGradGuard ng;
+  const int64_t dims = std::max<int64_t>(opt.rope_dims, 2);
+  auto [cs, sn] = yarn ? yarn_rope_tables(T, dims, rope_base, *yarn) : rope_tables(T, dims, rope_base);
+  indexer_cos.set_data(cs.to(indexer_cos.device()));
+  indexer_sin.set_data(sn.to(indexer_sin.device()));
+  context = T;
 }
 
 torch::Tensor DsaAttentionImpl::index_scores(const torch::Tensor& xi) {

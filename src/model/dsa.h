@@ -64,6 +64,9 @@ struct DsaAttentionImpl : CausalSelfAttentionImpl {
   // keys on the dense-masked one; plus the indexer's projections and its T-key scores.
   double flops_per_token(int64_t T) const override;
   std::string describe() const override;
+  // The indexer's RoPE tables follow the model's context (YaRN's frequencies when given), as the
+  // main attention's do.
+  void set_context(int64_t T, const YarnConfig* yarn) override;
 
   // Raw index scores I: (B, T, T) fp32 (unmasked) for the indexer input xi: (B, T, C).
   torch::Tensor index_scores(const torch::Tensor& xi);
@@ -90,6 +93,7 @@ struct DsaAttentionImpl : CausalSelfAttentionImpl {
   torch::nn::LayerNorm indexer_norm{nullptr};
   torch::Tensor indexer_cos, indexer_sin;  // buffers (context, rope_dims / 2)
   int64_t context = 0;                      // the model's context, for describe()
+  double rope_base = 10000.0;               // the model's RoPE base, for the indexer's tables
   // The largest training step seen: evaluation forwards carry step 0, so they run the stage that
   // training reached.
   int64_t steps_seen = 0;

@@ -441,6 +441,10 @@ void GPTImpl::set_context(int64_t T, const YarnConfig* yarn) {
   rope_cos.set_data(tabs.first.to(rope_cos.device()));
   rope_sin.set_data(tabs.second.to(rope_sin.device()));
   cfg.context = T;
+  YarnConfig resolved = yarn ? *yarn : YarnConfig{};
+  if (yarn && resolved.original_context == 0) resolved.original_context = trained_context;
+  for (auto& m : modules(/*include_self=*/false))
+    if (auto c = std::dynamic_pointer_cast<ComponentImpl>(m)) c->set_context(T, yarn ? &resolved : nullptr);
 }
 
 void GPTImpl::after_step(StepCtx& sctx) {

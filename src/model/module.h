@@ -22,6 +22,7 @@ namespace slm {
 
 struct ModelConfig;
 struct GPTImpl;
+struct YarnConfig;
 
 // A loss a module adds to training: total = main + sum(weight x value). Never part of val_bpb.
 struct AuxLoss {
@@ -108,6 +109,10 @@ struct ComponentImpl : torch::nn::Module {
   // Runs after every optimizer step (StepCtx). State it keeps across steps belongs in buffers
   // (register_buffer): checkpoints carry every buffer, so a resumed run continues it. Default: nothing.
   virtual void after_step(StepCtx&) {}
+  // The model's context changed to T (evaluation at a longer context, plain RoPE or YaRN when
+  // `yarn` is given, its original_context resolved): tables sized by the context follow. Default:
+  // nothing.
+  virtual void set_context(int64_t T, const YarnConfig* yarn) {}
 };
 
 // A token mixer: (B, T, C) -> (B, T, C), causal, masked per document.
