@@ -63,19 +63,19 @@ std::string shard_name(Split s, size_t i) {
 // the documents (content hash, token count) in order and the shard checksums.
 std::string fingerprint_of(const json& m) {
   Hasher h;
-  h.field(std::string(kDataFormat)).field(m["tokenizer"]["hash"].get<std::string>());
-  h.field(m["split"]["rule"].get<std::string>());
-  const json& sources = m["sources"];
+  h.field(std::string(kDataFormat)).field(m.at("tokenizer").at("hash").get<std::string>());
+  h.field(m.at("split").at("rule").get<std::string>());
+  const json& sources = m.at("sources");
   for (const char* sp : {"train", "val"}) {
     h.field(std::string(sp));
-    const json& docs = m["documents"][sp];
+    const json& docs = m.at("documents").at(sp);
     h.field(static_cast<uint64_t>(docs.size()));
     for (auto& d : docs) {
       size_t src = d.get<size_t>();
-      h.field(sources[src]["hash"].get<std::string>()).field(sources[src]["tokens"].get<uint64_t>());
+      h.field(sources.at(src).at("hash").get<std::string>()).field(sources.at(src).at("tokens").get<uint64_t>());
     }
   }
-  for (auto& sh : m["shards"]) h.field(sh["file"].get<std::string>()).field(sh["checksum"].get<std::string>());
+  for (auto& sh : m.at("shards")) h.field(sh.at("file").get<std::string>()).field(sh.at("checksum").get<std::string>());
   return h.hex();
 }
 
@@ -381,22 +381,22 @@ void DataSet::open(const json& m) {
   manifest_text_ = m.dump(-1, ' ', false, json::error_handler_t::replace);
   fingerprint_ = m.value("fingerprint", "");
   name_ = m.value("name", "");
-  std::string tok_path = fs::join(dir, m["tokenizer"]["file"].get<std::string>());
+  std::string tok_path = fs::join(dir, m.at("tokenizer").at("file").get<std::string>());
   std::string tok_text = fs::read_file(tok_path);
   tok_ = Tokenizer::deserialize(tok_text);
-  SLM_CHECK(tok_.hash() == m["tokenizer"]["hash"].get<std::string>(), "[data] ", tok_path,
+  SLM_CHECK(tok_.hash() == m.at("tokenizer").at("hash").get<std::string>(), "[data] ", tok_path,
             " does not match the manifest's tokenizer hash; the data set is corrupt, rebuild it");
-  for (auto& sh : m["shards"]) {
-    MappedFile f(fs::join(dir, sh["file"].get<std::string>()), kTokMagic);
-    SLM_CHECK(f.count() == sh["tokens"].get<uint64_t>() && hex64(f.checksum()) == sh["checksum"].get<std::string>(),
+  for (auto& sh : m.at("shards")) {
+    MappedFile f(fs::join(dir, sh.at("file").get<std::string>()), kTokMagic);
+    SLM_CHECK(f.count() == sh.at("tokens").get<uint64_t>() && hex64(f.checksum()) == sh.at("checksum").get<std::string>(),
               "[data] ", f.path(), " does not match the manifest (count or checksum); rebuild the data set");
     f.verify();
-    (sh["split"] == "val" ? val_shards_ : train_shards_).push_back(std::move(f));
+    (sh.at("split") == "val" ? val_shards_ : train_shards_).push_back(std::move(f));
   }
   for (Split sp : {Split::Train, Split::Val}) {
-    const json& c = m["counts"][split_name(sp)];
-    MappedFile idx(fs::join(dir, c["index"].get<std::string>()), kIdxMagic);
-    SLM_CHECK(idx.dtype() == DType::DocRecord && hex64(idx.checksum()) == c["index_checksum"].get<std::string>(),
+    const json& c = m.at("counts").at(split_name(sp));
+    MappedFile idx(fs::join(dir, c.at("index").get<std::string>()), kIdxMagic);
+    SLM_CHECK(idx.dtype() == DType::DocRecord && hex64(idx.checksum()) == c.at("index_checksum").get<std::string>(),
               "[data] ", idx.path(), " does not match the manifest; rebuild the data set");
     idx.verify();
     auto& docs = sp == Split::Train ? train_docs_ : val_docs_;
@@ -405,14 +405,14 @@ void DataSet::open(const json& m) {
     const size_t n_sh = n_shards(sp);
     for (auto& d : docs)
       SLM_CHECK(d.shard < n_sh && d.offset + d.n_tokens <= shard(sp, d.shard).count() &&
-                    d.source < m["sources"].size(),
+                    d.source < m.at("sources").size(),
                 "[data] ", idx.path(), " points outside its shards; rebuild the data set");
-    const json& listed = m["documents"][split_name(sp)];
+    const json& listed = m.at("documents").at(split_name(sp));
     SLM_CHECK(listed.size() == docs.size(), "[data] ", idx.path(), " holds ", docs.size(), " documents, the manifest lists ",
               listed.size(), "; rebuild the data set");
     for (size_t i = 0; i < docs.size(); ++i)
-      SLM_CHECK(listed[i].get<uint64_t>() == docs[i].source &&
-                    m["sources"][docs[i].source]["tokens"].get<uint64_t>() == docs[i].n_tokens,
+      SLM_CHECK(listed.at(i).get<uint64_t>() == docs[i].source &&
+                    m.at("sources").at(docs[i].source).at("tokens").get<uint64_t>() == docs[i].n_tokens,
                 "[data] ", idx.path(), " document ", i, " disagrees with the manifest (source or token count); rebuild the data set");
   }
   SLM_CHECK(!val_docs_.empty(), "[data] ", dir, " has an empty validation split; rebuild it");
