@@ -43,7 +43,11 @@ printf 'name = "p"\nsubstrate = "empty.toml"\n%s\n' "$one" >"$in/substrate_empty
 printf 'name = "s"\ndepth = 4.5\n' >"$in/depth_float.toml"
 printf 'name = "p"\nsubstrate = "depth_float.toml"\n%s\n' "$one" >"$in/substrate_float.toml"
 mkdir -p "$in/run" && echo '{}' >"$in/run/config.json"
+plan ok "$one"
+# A ledger another ablate holds (the flock beside it, with that ablate's pid in it).
+mkdir -p "$in/held" && echo 4242 >"$in/held/ledger.sqlite.lock"
 chmod -R a-w "$in"
+exec 9<"$in/held/ledger.sqlite.lock" && flock -n 9  # held by this script until it exits
 
 probes=(
   "plan check $in/k_noise_string.toml"
@@ -75,6 +79,7 @@ probes=(
   "data build --out $cwd/d --vocab 4294969344"
   "demo --jobs 4294967298 --runs $cwd/runs"
   "ablate $in/k_noise_string.toml --jobs -1"
+  "ablate $in/ok.toml --runs $cwd/runs --ledger $in/held/ledger.sqlite"
   "eval bpb $in/run --context -5 --tokens -1"
   "eval bpb $in/run --tokens -1"
   "generate $in/run --top-k -5"
