@@ -32,6 +32,7 @@ plan id_esc "$(printf '[[phases]]\n[[phases.experiments]]\nid = "\\u001b[2Jx\\u0
 plan key_esc "$(printf '%s\n"\\u001b[31m" = 1' "$one")"
 plan phases_int 'phases = 5'
 plan seeds_string "$(printf '[[phases]]\n[[phases.experiments]]\nid = "a"\nseeds = "1"')"
+plan allow_mixed_string "$(printf '[rule]\nallow_mixed_code = "yes"\n%s' "$one")"
 plan metric_int "$(printf '[rule]\nmetric = 5\n%s' "$one")"
 plan description_bel "$(printf 'description = "ring\\u0007"\n%s' "$one")"
 plan phase_slash "$(printf '[[phases]]\nname = "a/b"\n[[phases.experiments]]\nid = "x"\nseeds = [1]')"
@@ -66,6 +67,7 @@ probes=(
   "plan check $in/phases_int.toml"
   "plan check $in/seeds_string.toml"
   "plan check $in/metric_int.toml"
+  "plan check $in/allow_mixed_string.toml"
   "plan check $in/description_bel.toml"
   "plan check $in/phase_slash.toml"
   "plan check $in/substrate_nan.toml"

@@ -98,6 +98,8 @@ std::optional<json> read_run_json(const std::string& path, std::string& why) {
     why = path + " is not a JSON object";
   } catch (const json::exception& x) {
     why = path + " is not JSON (" + std::string(x.what()) + ")";
+    for (char& c : why)
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';  // the parser quotes the file's bytes
   }
   return std::nullopt;
 }
@@ -134,7 +136,7 @@ RunRow ingest(RunRow row, std::vector<EvalPoint>& evals, std::string& bad_summar
   std::optional<json> sj;
   if (fs::exists(summary) && !(sj = read_run_json(summary, bad_summary))) row.has_summary = false;
   if (sj) try {
-    const json& s = *sj;
+    json s = *sj;  // not const: s[k] of a missing key must be null, not undefined
     row.has_summary = true;
     row.substrate_id = s.value("substrate_id", "");
     row.data_fingerprint = s.value("data_fingerprint", "");
@@ -148,7 +150,7 @@ RunRow ingest(RunRow row, std::vector<EvalPoint>& evals, std::string& bad_summar
     row.best_in_spike = spike_at.count(row.best_step) && spike_at[row.best_step];
   } catch (const json::exception& x) {  // a value of the wrong type
     row.has_summary = false;
-    bad_summary = summary + " has a malformed field (" + std::string(x.what()) + ")";
+    bad_summary = summary + " has a field of the wrong type (" + std::string(x.what()) + ")";
   }
   const std::string cfg = fs::join(row.run_dir, "config.json");
   std::string cfg_why;
@@ -351,8 +353,10 @@ int ablate(const AblateOptions& opt) {
         row.reason = "";
         run_seconds += secs;
         ++runs_timed;
-      } else if (code == 3) {
-        row.status = Status::Invalid;  // the trainer's own verdict (non-finite loss), with its reason
+      } else if (code == 3 && summary_status(r.dir) == "INVALID") {
+        // The trainer's own verdict (non-finite loss), with its reason. Exit 3 without it is an
+        // internal error of the trainer: failed, below.
+        row.status = Status::Invalid;
         std::string why;
         auto s = read_run_json(fs::join(r.dir, "summary.json"), why);
         row.reason = s && (*s)["reason"].is_string() ? (*s)["reason"].get<std::string>() : "INVALID";
