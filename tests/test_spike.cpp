@@ -43,7 +43,9 @@ TEST(Spike, ASlowRecoveryKeepsTheSpikeOpenUntilTheLossIsBack) {
   for (int i = 0; i < 850; ++i, ++step) {
     const double loss = 1.15 - 0.35 * i / 850.0;
     const bool in = d.observe(step, loss);
-    if (loss > 0.88) EXPECT_TRUE(in) << step;
+    if (loss > 0.88) {
+      EXPECT_TRUE(in) << step;
+    }
     if (!in && back < 0) back = step;
   }
   EXPECT_EQ(d.n_spikes, 1);
