@@ -238,7 +238,7 @@ std::string render_csv(const Scorecard& s) {
   std::ostringstream os;
   os << "plan,substrate_id,data_fingerprint,phase,experiment,base,modules,seed,run_id,status,reason,counted,"
         "provisional,best_val_bpb,best_step,used_val_bpb,used_step,final_val_bpb,step_ms,tokens_per_second,"
-        "exp_n,exp_mean,exp_sd,delta_pct,verdict,noise_sd,exp_compile_k,exp_compile_n,git_commit\n";
+        "exp_n,exp_mean,exp_sd,delta_pct,verdict,noise_sd,exp_compile_k,exp_compile_n,git_commit,code_id\n";
   auto num = [](double x) {
     if (!std::isfinite(x)) return std::string();
     std::ostringstream o;
@@ -258,7 +258,7 @@ std::string render_csv(const Scorecard& s) {
                                       v.value_step >= 0 ? std::to_string(v.value_step) : "", num(r.final_val_bpb),
                                       num(r.step_ms), num(r.tokens_per_second), std::to_string(c.n), num(c.mean),
                                       num(c.sd), num(c.delta_pct), c.verdict, num(g.noise_sd),
-                                      std::to_string(c.compile_k), std::to_string(c.compile_n), r.git_commit};
+                                      std::to_string(c.compile_k), std::to_string(c.compile_n), r.git_commit, r.code_id};
         for (size_t i = 0; i < f.size(); ++i) os << (i ? "," : "") << csv_field(f[i]);
         os << "\n";
       }
