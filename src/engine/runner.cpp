@@ -30,7 +30,6 @@
 #include "engine/plan.h"
 #include "engine/report.h"
 #include "engine/slurm.h"
-#include "train/spike.h"
 
 namespace slm::engine {
 
