@@ -32,6 +32,7 @@ plan id_esc "$(printf '[[phases]]\n[[phases.experiments]]\nid = "\\u001b[2Jx\\u0
 plan key_esc "$(printf '%s\n"\\u001b[31m" = 1' "$one")"
 plan phases_int 'phases = 5'
 plan seeds_string "$(printf '[[phases]]\n[[phases.experiments]]\nid = "a"\nseeds = "1"')"
+plan allow_mixed_string "$(printf '[rule]\nallow_mixed_code = "yes"\n%s' "$one")"
 plan metric_int "$(printf '[rule]\nmetric = 5\n%s' "$one")"
 plan description_bel "$(printf 'description = "ring\\u0007"\n%s' "$one")"
 plan phase_slash "$(printf '[[phases]]\nname = "a/b"\n[[phases.experiments]]\nid = "x"\nseeds = [1]')"
@@ -43,7 +44,11 @@ printf 'name = "p"\nsubstrate = "empty.toml"\n%s\n' "$one" >"$in/substrate_empty
 printf 'name = "s"\ndepth = 4.5\n' >"$in/depth_float.toml"
 printf 'name = "p"\nsubstrate = "depth_float.toml"\n%s\n' "$one" >"$in/substrate_float.toml"
 mkdir -p "$in/run" && echo '{}' >"$in/run/config.json"
+plan ok "$one"
+# A ledger another ablate holds (the flock beside it, with that ablate's pid in it).
+mkdir -p "$in/held" && echo 4242 >"$in/held/ledger.sqlite.lock"
 chmod -R a-w "$in"
+exec 9<"$in/held/ledger.sqlite.lock" && flock -n 9  # held by this script until it exits
 
 probes=(
   "plan check $in/k_noise_string.toml"
@@ -62,6 +67,7 @@ probes=(
   "plan check $in/phases_int.toml"
   "plan check $in/seeds_string.toml"
   "plan check $in/metric_int.toml"
+  "plan check $in/allow_mixed_string.toml"
   "plan check $in/description_bel.toml"
   "plan check $in/phase_slash.toml"
   "plan check $in/substrate_nan.toml"
@@ -75,6 +81,7 @@ probes=(
   "data build --out $cwd/d --vocab 4294969344"
   "demo --jobs 4294967298 --runs $cwd/runs"
   "ablate $in/k_noise_string.toml --jobs -1"
+  "ablate $in/ok.toml --runs $cwd/runs --ledger $in/held/ledger.sqlite"
   "eval bpb $in/run --context -5 --tokens -1"
   "eval bpb $in/run --tokens -1"
   "generate $in/run --top-k -5"

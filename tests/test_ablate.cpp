@@ -174,3 +174,56 @@ TEST(Ablate, SigtermCheckpointsTheRunsAndTheyResumeWithoutAFailedAttempt) {
   }
   EXPECT_NE(fs::read_file(root + "/noise/baseline/s1/train.log").find("resumed from"), std::string::npos);
 }
+
+// A second ablate on a ledger in use refuses up front, in one line, touching nothing; the first
+// finishes every run (before: the second started trainers into the first's folders, recorded them
+// failed "in use by another slmlab train" and exited 1).
+TEST(Ablate, ASecondAblateOnTheSameLedgerRefusesUpFront) {
+  const auto& f = fx();
+  const std::string root = f.t / "two";
+  pid_t first = slm::test::start(f.cmd(root));
+  const std::string m1 = root + "/noise/baseline/s1/metrics.jsonl";
+  for (int i = 0; i < 6000 && !fs::exists(m1); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(fs::exists(m1));
+  auto second = slm::test::run(f.cmd(root));
+  EXPECT_EQ(second.status, 2) << second.out;
+  EXPECT_NE(second.out.find("is in use by another slmlab ablate (pid " + std::to_string(first) + ")"), std::string::npos)
+      << second.out;
+  EXPECT_NE(second.out.find("wait for it or pass --ledger"), std::string::npos) << second.out;
+  EXPECT_EQ(slm::test::count_lines(second.out), 1) << second.out;
+  int st = 0;
+  ::waitpid(first, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 0);
+  engine::Ledger l(root + "/ledger.sqlite");
+  for (auto& x : l.runs("noise")) {
+    EXPECT_EQ(x.status, engine::Status::Done) << x.run_id << ": " << x.reason;
+    EXPECT_EQ(x.attempts, 1) << x.run_id;
+  }
+  // The lock dies with its holder: the next ablate runs (nothing left to do).
+  auto again = slm::test::run(f.cmd(root));
+  EXPECT_EQ(again.status, 0) << again.out;
+}
+
+// A run folder holding garbage (a config.json and a summary.json that are not JSON): the run is
+// recorded failed with the reason, never left "running", and ablate exits 1, not 3.
+TEST(Ablate, AnUnreadableSummaryFailsTheRunWithItsReason) {
+  const auto& f = fx();
+  const std::string dir = f.t / "garbage", root = dir + "/runs";
+  slm::test::write(dir + "/plan.toml", "name = \"garbage\"\nsubstrate = \"" + std::string(f.t / "tiny.toml") +
+                                           "\"\n[rule]\nmax_retries = 0\n[[phases]]\nname = \"p\"\n"
+                                           "[[phases.experiments]]\nid = \"baseline\"\nseeds = [1]\n");
+  const std::string run = root + "/garbage/baseline/s1";
+  slm::test::write(run + "/config.json", "{not json");
+  slm::test::write(run + "/summary.json", "{\"status\": \"done\", \"best_val_bpb\": ");
+  auto r = slm::test::run(std::string(SLMLAB_BIN) + " ablate " + dir + "/plan.toml --jobs 1 --threads 2 --data " + f.data +
+                          " --runs " + root + " --ledger " + root + "/ledger.sqlite");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_EQ(r.out.find("internal error"), std::string::npos) << r.out;
+  engine::Ledger l(root + "/ledger.sqlite");
+  auto row = l.get("garbage/baseline/s1");
+  ASSERT_TRUE(row);
+  EXPECT_EQ(row->status, engine::Status::Failed) << row->reason;
+  EXPECT_NE(row->reason.find("summary.json is not JSON"), std::string::npos) << row->reason;
+  EXPECT_FALSE(row->code_id.empty());
+}

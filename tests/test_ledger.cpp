@@ -207,9 +207,11 @@ TEST(Ledger, RowsAlteredBehindItsBackReadAsDamaged) {
   r.final_val_bpb = 1.3;
   r.tokens_per_second = 1000;
   r.step_ms = 12;
+  r.code_id = "c0dec0dec0dec0de";
   {
     Ledger l(path);
     l.upsert(r);
+    EXPECT_EQ(l.get(r.run_id)->code_id, r.code_id);
     l.set_evals(r.run_id, {{0, 3.8, false}, {40, 1.25, false}});
     l.set_status(r.run_id, Status::Done, "", true);
     l.invalidate(r.run_id, "test");
@@ -220,7 +222,8 @@ TEST(Ledger, RowsAlteredBehindItsBackReadAsDamaged) {
       {"best_val_bpb", "1.2500000000000002"}, {"best_step", "41"}, {"final_val_bpb", "1.31"},
       {"status", "'failed'"}, {"reason", "'x'"}, {"substrate_id", "'abd'"}, {"config_json", "'{}'"},
       {"attempts", "7"}, {"tokens_per_second", "1001"}, {"best_in_spike", "1"}, {"manual_invalid", "'m'"},
-      {"run_dir", "'/tmp/elsewhere'"}, {"git_commit", "'deadbeef'"}};
+      {"run_dir", "'/tmp/elsewhere'"}, {"git_commit", "'deadbeef'"},
+      {"code_id", "'0ther'"}, {"code_id", "''"}};
   for (auto& [col, value] : edits) {
     const std::string backup = t / ("backup.db");
     std::filesystem::copy_file(path, backup, std::filesystem::copy_options::overwrite_existing);
@@ -259,4 +262,26 @@ TEST(Ledger, OldLedgerWithoutChecksumsIsSealedOnOpen) {
   Ledger l(path);
   EXPECT_EQ(l.get(r.run_id)->status, Status::Done);
   EXPECT_EQ(l.evals(r.run_id).size(), 1u);
+}
+
+// A ledger from before code ids gets the column on open; its rows keep their checksums and read as
+// before, with an unknown ("") code id.
+TEST(Ledger, OldLedgerWithoutCodeIdsKeepsItsRows) {
+  slm::test::TempDir t;
+  const std::string path = t / "old.db";
+  RunRow r = row("plan", "base", 1);
+  r.status = Status::Done;
+  {
+    Ledger l(path);
+    l.upsert(r);
+  }
+  sql(path, "ALTER TABLE runs DROP COLUMN code_id");
+  Ledger l(path);
+  auto got = l.get(r.run_id);
+  EXPECT_EQ(got->status, Status::Done) << got->reason;
+  EXPECT_EQ(got->code_id, "");
+  r.code_id = "abc";
+  l.upsert(r);
+  EXPECT_EQ(l.get(r.run_id)->code_id, "abc");
+  EXPECT_EQ(l.get(r.run_id)->status, Status::Done);
 }

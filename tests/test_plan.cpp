@@ -317,6 +317,7 @@ TEST(Plan, WrongTypesAreErrorsNamingKeyAndType) {
       {"[rule]\nmax_retries = 0.5\n" + one, "'max_retries' must be an integer, got a float"},
       {"[rule]\nmin_rel_delta = nan\n" + one, "'min_rel_delta' must be a number, got nan"},
       {"rule = 3\n" + one, "'rule' must be a table, got an integer"},
+      {"[rule]\nallow_mixed_code = \"yes\"\n" + one, "'allow_mixed_code' must be true or false, got a string"},
       {one + "[[phases.experiments]]\nid = \"x\"\nbase = [\"baseline\"]\nseeds = [2]\n",
        "'base' must be a string, got an array"},
       {"[[phases]]\nname = \"p\"\nexperiments = [1, 2]\n", "experiments[0] must be a table"},

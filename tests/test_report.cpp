@@ -210,6 +210,69 @@ TEST(Report, BestWithStepAndTheSpikeRule) {
   EXPECT_NE(txt.find("refused"), std::string::npos);
 }
 
+// The spike rule holds for compile rates too: a checkpoint saved inside a loss spike is shown,
+// marked, and never pooled; the run's latest evaluation outside the spike is used instead.
+TEST(Report, CompileRateOfACheckpointInASpikeIsNotPooled) {
+  Synth s{make_plan({}), {}, {}};
+  s.add("baseline", 1, 1.30);
+  s.add("baseline", 2, 1.31);
+  std::map<std::string, std::vector<CompileEval>> compiles;
+  auto ce = [](const std::string& run, int64_t step, bool spike, int64_t k) {
+    CompileEval e;
+    e.run_id = run;
+    e.checkpoint = std::to_string(step);
+    e.mode = "complete";
+    e.step = step;
+    e.in_spike = spike;
+    e.n = 100;
+    e.k = k;
+    return e;
+  };
+  compiles["synthetic/baseline/s1"] = {ce("synthetic/baseline/s1", 200, false, 40), ce("synthetic/baseline/s1", 250, true, 90)};
+  compiles["synthetic/baseline/s2"] = {ce("synthetic/baseline/s2", 250, false, 50)};
+  auto sc = build_scorecard(s.plan, s.runs, s.evals, compiles);
+  const Card& c = find_card(sc, "baseline");
+  EXPECT_EQ(c.compile_n, 200);
+  EXPECT_EQ(c.compile_k, 90);  // 40 (s1 @ 200, outside the spike) + 50; the spiked 90 is not pooled
+  EXPECT_EQ(c.compile_spiked, 1);
+  const std::string txt = render_text(sc);
+  EXPECT_NE(txt.find("1 in a spike, excluded"), std::string::npos) << txt;
+  EXPECT_NE(txt.find("compile complete @ 250 (in a spike, excluded)"), std::string::npos) << txt;
+}
+
+// Runs from different builds (code ids) are not compared: the group says "mixed code", the verdict
+// refuses, and an explicit allow_mixed_code in the rule decides anyway, saying so in the rule line.
+TEST(Report, MixedCodeIsLabelledAndRefusedUnlessAllowed) {
+  Synth s{make_plan({"better:baseline:a"}), {}, {}};
+  add_baseline(s);
+  s.add("better", 1, 1.200);
+  s.add("better", 2, 1.210);
+  s.add("better", 3, 1.190);
+  for (auto& r : s.runs) r.code_id = r.experiment == "baseline" ? "aaaa" : "bbbb";
+  auto sc = s.card();
+  EXPECT_EQ(sc.groups.at(0).code_ids.size(), 2u);
+  const Card& c = find_card(sc, "better");
+  EXPECT_EQ(c.verdict, "inconclusive");
+  EXPECT_NE(c.evidence.find("mixed code: 2 builds"), std::string::npos) << c.evidence;
+  const std::string txt = render_text(sc);
+  EXPECT_NE(txt.find("mixed code: 2 builds"), std::string::npos) << txt;
+  EXPECT_EQ(txt.find("allow_mixed_code: runs of different builds"), std::string::npos);
+  // One build: the same numbers decide.
+  for (auto& r : s.runs) r.code_id = "aaaa";
+  EXPECT_EQ(find_card(s.card(), "better").verdict, "keep");
+  // Unknown ids (older ledgers) are not a second build.
+  s.runs[0].code_id = "";
+  EXPECT_EQ(find_card(s.card(), "better").verdict, "keep");
+  // Mixed, but allowed by the plan: decided, and the rule line says so.
+  for (auto& r : s.runs) r.code_id = r.experiment == "baseline" ? "aaaa" : "bbbb";
+  s.plan.rule.allow_mixed_code = true;
+  auto allowed = s.card();
+  EXPECT_EQ(find_card(allowed, "better").verdict, "keep");
+  EXPECT_NE(render_text(allowed).find("allow_mixed_code: runs of different builds are compared"), std::string::npos);
+  // The override survives the ledger's copy of the plan.
+  EXPECT_TRUE(plan_info_from_json(plan_info_json(s.plan)).rule.allow_mixed_code);
+}
+
 TEST(Report, ProvisionalNumbersNeverDecide) {
   Synth s{make_plan({"slow:baseline:top"}), {}, {}};
   add_baseline(s);

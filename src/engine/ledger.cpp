@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS runs (
   has_summary INTEGER NOT NULL DEFAULT 0,
   best_val_bpb REAL, best_step INTEGER, final_val_bpb REAL, tokens_per_second REAL, step_ms REAL,
   peak_rss_bytes INTEGER, best_in_spike INTEGER NOT NULL DEFAULT 0,
+  code_id TEXT NOT NULL DEFAULT '', -- hash of the training sources of the binary that ran it (version.h)
   row_sum TEXT,                   -- checksum of every column above (Ledger::seal_run)
   updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
@@ -115,8 +116,11 @@ struct Stmt {
 const char* kRunColumns =
     "run_id, plan, phase, experiment, seed, run_dir, status, reason, manual_invalid, substrate_id, "
     "data_fingerprint, git_commit, config_json, attempts, has_summary, best_val_bpb, best_step, final_val_bpb, "
-    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike";
-constexpr int kNRunColumns = 22;
+    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike, code_id";
+// A row without a code id (written before it was recorded) is sealed over the first 22 columns, so
+// the checksums of older ledgers still hold.
+constexpr int kNRunColumns = 23;
+int n_sealed(const Stmt& row) { return row.col_text(kNRunColumns - 1).empty() ? kNRunColumns - 1 : kNRunColumns; }
 
 }  // namespace
 
@@ -160,6 +164,11 @@ Ledger::Ledger(const std::string& path) : path_(path) {
       exec("ALTER TABLE compile_evals ADD COLUMN trivial INTEGER NOT NULL DEFAULT 0");
       exec("ALTER TABLE compile_evals ADD COLUMN stopped TEXT NOT NULL DEFAULT ''");
     }
+    // Ledgers from before code ids get the column (empty: unknown).
+    {
+      Stmt info(db_, "SELECT 1 FROM pragma_table_info('runs') WHERE name='code_id'");
+      if (!info.step(db_)) exec("ALTER TABLE runs ADD COLUMN code_id TEXT NOT NULL DEFAULT ''");
+    }
     // A ledger from before row checksums: add the column and seal what is there (trusted once).
     for (const char* table : {"runs", "evals"}) {
       Stmt info(db_, (std::string("SELECT 1 FROM pragma_table_info('") + table + "') WHERE name='row_sum'").c_str());
@@ -185,7 +194,7 @@ void Ledger::seal_run(const std::string& run_id) {
   rd.text(1, run_id);
   if (!rd.step(db_)) return;
   Stmt wr(db_, "UPDATE runs SET row_sum=?2 WHERE run_id=?1");
-  wr.text(1, run_id).text(2, rd.sum(0, kNRunColumns)).step(db_);
+  wr.text(1, run_id).text(2, rd.sum(0, n_sealed(rd))).step(db_);
 }
 
 void Ledger::seal_eval(const std::string& run_id, int64_t step) {
@@ -234,12 +243,12 @@ void Ledger::upsert(const RunRow& r) {
     Stmt st(db_,
             "INSERT INTO runs (run_id, plan, phase, experiment, seed, run_dir, status, reason, substrate_id, "
             "data_fingerprint, git_commit, config_json, attempts, has_summary, best_val_bpb, best_step, final_val_bpb, "
-            "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike) "
-            "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21) "
+            "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike, code_id) "
+            "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?23) "
             "ON CONFLICT(run_id) DO UPDATE SET plan=?2, phase=?3, experiment=?4, seed=?5, run_dir=?6, "
             "status=CASE WHEN ?22 THEN status ELSE ?7 END, reason=CASE WHEN ?22 THEN reason ELSE ?8 END, substrate_id=?9, data_fingerprint=?10, git_commit=?11, config_json=?12, attempts=?13, "
             "has_summary=?14, best_val_bpb=?15, best_step=?16, final_val_bpb=?17, tokens_per_second=?18, step_ms=?19, "
-            "peak_rss_bytes=?20, best_in_spike=?21, updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')");
+            "peak_rss_bytes=?20, best_in_spike=?21, code_id=?23, updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')");
     st.text(1, r.run_id).text(2, r.plan).text(3, r.phase).text(4, r.experiment).i64(5, r.seed).text(6, r.run_dir);
     st.text(7, status_name(r.status)).text(8, r.reason).text(9, r.substrate_id).text(10, r.data_fingerprint);
     st.text(11, r.git_commit).text(12, r.config_json).i64(13, r.attempts).i64(14, r.has_summary);
@@ -249,7 +258,7 @@ void Ledger::upsert(const RunRow& r) {
     } else {
       st.null(15).null(16).null(17).null(18).null(19).null(20);
     }
-    st.i64(21, r.best_in_spike).i64(22, r.manual_invalid);  // a manual overlay is not the run's own status
+    st.i64(21, r.best_in_spike).i64(22, r.manual_invalid).text(23, r.code_id);  // a manual overlay is not the run's own status
     st.step(db_);
     seal_run(r.run_id);
   });
@@ -308,7 +317,7 @@ namespace {
 const char* kSelect =
     "SELECT run_id, plan, phase, experiment, seed, run_dir, status, reason, manual_invalid, substrate_id, "
     "data_fingerprint, git_commit, config_json, attempts, has_summary, best_val_bpb, best_step, final_val_bpb, "
-    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike, row_sum FROM runs ";
+    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike, code_id, row_sum FROM runs ";
 
 // A row as reports see it: a manual invalidation overrides the recorded status, with its reason.
 RunRow read_row(const Stmt& st) {
@@ -339,9 +348,10 @@ RunRow read_row(const Stmt& st) {
   r.step_ms = st.col_f64(19);
   r.peak_rss_bytes = st.col_i64(20);
   r.best_in_spike = st.col_i64(21) != 0;
+  r.code_id = st.col_text(22);
   // A row whose checksum fails was altered after it was written (a flipped bit, a hand edit): its
   // numbers are not used, loudly.
-  if (st.col_text(22) != st.sum(0, kNRunColumns)) {
+  if (st.col_text(kNRunColumns) != st.sum(0, n_sealed(st))) {
     r.status = Status::Invalid;
     r.reason = "ledger row damaged: its checksum does not match its contents; restore the ledger or re-run the run";
     r.manual_invalid = false;

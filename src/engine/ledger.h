@@ -27,6 +27,7 @@ struct RunRow {
   Status status = Status::Queued;
   std::string reason;  // why FAILED or INVALID
   std::string substrate_id, data_fingerprint, git_commit;
+  std::string code_id;      // hash of the training sources of the binary that ran it ("" = unknown, older ledgers)
   std::string config_json;  // the resolved configuration
   int64_t attempts = 0;
   // Summary (NaN / -1 until known).

@@ -110,12 +110,13 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out) {
   }
   if (auto r = toml_read::get_table(t, "rule", path, errors)) {
     const std::string rw = path + " [rule]";
-    check_keys(*r, {"metric", "k_noise", "min_rel_delta", "provisional_factor", "max_retries"}, rw, errors);
+    check_keys(*r, {"metric", "k_noise", "min_rel_delta", "provisional_factor", "max_retries", "allow_mixed_code"}, rw, errors);
     plan.rule.metric = get<std::string>(*r, "metric", rw, errors).value_or(plan.rule.metric);
     plan.rule.k_noise = get<double>(*r, "k_noise", rw, errors).value_or(plan.rule.k_noise);
     plan.rule.min_rel_delta = get<double>(*r, "min_rel_delta", rw, errors).value_or(plan.rule.min_rel_delta);
     plan.rule.provisional_factor = get<double>(*r, "provisional_factor", rw, errors).value_or(plan.rule.provisional_factor);
     plan.rule.max_retries = get<int64_t>(*r, "max_retries", rw, errors).value_or(plan.rule.max_retries);
+    plan.rule.allow_mixed_code = get<bool>(*r, "allow_mixed_code", rw, errors).value_or(plan.rule.allow_mixed_code);
   }
   if (plan.rule.metric != "val_bpb") errors.push_back(path + " [rule]: metric '" + plan.rule.metric + "' is not supported; use val_bpb");
   if (!(plan.rule.k_noise >= 0)) errors.push_back(path + " [rule]: k_noise must be >= 0");

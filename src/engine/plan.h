@@ -20,6 +20,7 @@ struct DecisionRule {
   double min_rel_delta = 0.005;     // 0.5%
   double provisional_factor = 3.0;  // step time above factor x the phase median: provisional
   int64_t max_retries = 2;          // a failed run is retried this often, then FAILED
+  bool allow_mixed_code = false;    // let verdicts compare runs of different code ids (builds); logged
 };
 
 struct Experiment {

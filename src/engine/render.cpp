@@ -25,7 +25,7 @@ std::string run_compiles(const RunView& v) {
   std::string s;
   for (auto& e : v.compiles)
     s += (s.empty() ? "" : "; ") + std::string("compile ") + e.mode + " @ " + std::to_string(e.step) +
-         (e.in_spike ? " (in a spike)" : "") + ": " + compile_text(e.k, e.n, e.lo, e.hi);
+         (e.in_spike ? " (in a spike, excluded)" : "") + ": " + compile_text(e.k, e.n, e.lo, e.hi);
   return s;
 }
 
@@ -40,6 +40,7 @@ std::string group_title(const Scorecard& s, size_t i) {
   std::string t = "substrate " + short_id(g.substrate_id);
   if (!g.data_fingerprint.empty()) t += " (data " + g.data_fingerprint.substr(0, 12) + ")";
   if (i > 0 && !g.substrate_id.empty()) t += " -- a different substrate: compared only within this group";
+  if (g.code_ids.size() > 1) t += " -- mixed code: " + std::to_string(g.code_ids.size()) + " builds";
   return t;
 }
 
@@ -54,6 +55,7 @@ std::string rule_text(const DecisionRule& r) {
   os << "rule: " << r.metric << ", lower is better; keep when the gain over the base exceeds " << r.k_noise
      << " x noise and " << fixed_text(100 * r.min_rel_delta, 2) << "%; provisional above " << r.provisional_factor
      << "x the phase's median step time";
+  if (r.allow_mixed_code) os << "; allow_mixed_code: runs of different builds are compared";
   return os.str();
 }
 
@@ -74,8 +76,10 @@ std::string run_status_text(const RunView& v) {
 }
 
 std::string card_compile(const Card& c) {
-  return c.compile_n ? compile_text(c.compile_k, c.compile_n, c.compile_lo, c.compile_hi) + (c.compile_mode == "fim" ? " fim" : "")
-                     : "-";
+  const std::string spiked =
+      c.compile_spiked ? " (" + std::to_string(c.compile_spiked) + " in a spike, excluded)" : "";
+  return c.compile_n ? compile_text(c.compile_k, c.compile_n, c.compile_lo, c.compile_hi) + (c.compile_mode == "fim" ? " fim" : "") + spiked
+                     : "-" + spiked;
 }
 
 // Everything said about a run beyond its numbers: status reason, the spike note, compile rates.
@@ -151,7 +155,7 @@ std::string render_text(const Scorecard& s) {
     os << "\n" << group_title(s, gi) << "\n" << noise_text(g) << "\n\n";
     Table t;
     bool any_compile = false;
-    for (auto& c : g.cards) any_compile |= c.compile_n > 0;
+    for (auto& c : g.cards) any_compile |= c.compile_n > 0 || c.compile_spiked > 0;
     t.rows.push_back({"phase", "experiment", "base", "n", "val_bpb mean +- sd", "delta", "verdict"});
     if (any_compile) t.rows[0].push_back("compile rate");
     for (auto& c : g.cards) {
@@ -234,7 +238,7 @@ std::string render_csv(const Scorecard& s) {
   std::ostringstream os;
   os << "plan,substrate_id,data_fingerprint,phase,experiment,base,modules,seed,run_id,status,reason,counted,"
         "provisional,best_val_bpb,best_step,used_val_bpb,used_step,final_val_bpb,step_ms,tokens_per_second,"
-        "exp_n,exp_mean,exp_sd,delta_pct,verdict,noise_sd,exp_compile_k,exp_compile_n,git_commit\n";
+        "exp_n,exp_mean,exp_sd,delta_pct,verdict,noise_sd,exp_compile_k,exp_compile_n,git_commit,code_id\n";
   auto num = [](double x) {
     if (!std::isfinite(x)) return std::string();
     std::ostringstream o;
@@ -254,7 +258,7 @@ std::string render_csv(const Scorecard& s) {
                                       v.value_step >= 0 ? std::to_string(v.value_step) : "", num(r.final_val_bpb),
                                       num(r.step_ms), num(r.tokens_per_second), std::to_string(c.n), num(c.mean),
                                       num(c.sd), num(c.delta_pct), c.verdict, num(g.noise_sd),
-                                      std::to_string(c.compile_k), std::to_string(c.compile_n), r.git_commit};
+                                      std::to_string(c.compile_k), std::to_string(c.compile_n), r.git_commit, r.code_id};
         for (size_t i = 0; i < f.size(); ++i) os << (i ? "," : "") << csv_field(f[i]);
         os << "\n";
       }

@@ -42,7 +42,8 @@ std::string plan_info_json(const PlanInfo& p) {
               {"k_noise", p.rule.k_noise},
               {"min_rel_delta", p.rule.min_rel_delta},
               {"provisional_factor", p.rule.provisional_factor},
-              {"max_retries", p.rule.max_retries}}}};
+              {"max_retries", p.rule.max_retries},
+              {"allow_mixed_code", p.rule.allow_mixed_code}}}};
   j["experiments"] = json::array();
   for (auto& e : p.experiments)
     j["experiments"].push_back({{"id", e.id}, {"phase", e.phase}, {"base", e.base}, {"notes", e.notes},
@@ -64,6 +65,7 @@ PlanInfo plan_info_from_json(const std::string& text) {
     p.rule.min_rel_delta = r.value("min_rel_delta", 0.005);
     p.rule.provisional_factor = r.value("provisional_factor", 3.0);
     p.rule.max_retries = r.value("max_retries", int64_t(2));
+    p.rule.allow_mixed_code = r.value("allow_mixed_code", false);
     for (auto& e : j.at("experiments"))
       p.experiments.push_back({e.at("id").get<std::string>(), e.value("phase", ""), e.value("base", ""),
                                e.value("notes", ""), e.value("modules", std::vector<std::string>{}),

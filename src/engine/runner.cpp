@@ -1,18 +1,22 @@
 #include "engine/runner.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -26,7 +30,6 @@
 #include "engine/plan.h"
 #include "engine/report.h"
 #include "engine/slurm.h"
-#include "train/spike.h"
 
 namespace slm::engine {
 
@@ -48,8 +51,62 @@ std::string self_exe() {
   return std::string(buf, n);
 }
 
-// Reads what a finished (or killed) run left: summary numbers and every eval point.
-RunRow ingest(RunRow row, std::vector<EvalPoint>& evals) {
+// One ablate per ledger: an flock on "<ledger>.lock" (released when the process dies, however it
+// dies) holding the owner's pid. A second ablate on the same ledger would start trainers into the
+// folders the first one's trainers hold and record them failed, so it refuses before touching anything.
+class LedgerLock {
+ public:
+  explicit LedgerLock(const std::string& ledger) {
+    const std::string path = ledger + ".lock";
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);  // CLOEXEC: trainers do not inherit it
+    if (fd_ < 0 && errno == EACCES) fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // still lockable, pid unwritten
+    SLM_CHECK(fd_ >= 0, "ablate: cannot open the ledger lock ", path, " (", std::strerror(errno), ")");
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      char buf[32] = {};
+      const ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
+      const std::string pid = n > 0 ? std::string(buf, n) : "unknown";
+      ::close(fd_);
+      fail("ablate: ledger ", ledger, " is in use by another slmlab ablate (pid ", pid.substr(0, pid.find_first_of(" \n")),
+           "); wait for it or pass --ledger");
+    }
+    const std::string pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
+      // the lock holds without the pid; only the message of a second ablate is poorer
+    }
+  }
+  ~LedgerLock() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  LedgerLock(const LedgerLock&) = delete;
+  LedgerLock& operator=(const LedgerLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+// A run folder's JSON file (summary.json, config.json), or nullopt with `why` set to a one-line
+// reason when it is missing or not a JSON object.
+std::optional<json> read_run_json(const std::string& path, std::string& why) {
+  if (!fs::exists(path)) {
+    why = path + " is missing";
+    return std::nullopt;
+  }
+  try {
+    auto j = json::parse(fs::read_file(path));
+    if (j.is_object()) return j;
+    why = path + " is not a JSON object";
+  } catch (const json::exception& x) {
+    why = path + " is not JSON (" + std::string(x.what()) + ")";
+    for (char& c : why)
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';  // the parser quotes the file's bytes
+  }
+  return std::nullopt;
+}
+
+// Reads what a finished (or killed) run left: summary numbers and every eval point. A summary.json
+// that exists but cannot be read sets `bad_summary` to the reason (the run is then recorded failed).
+RunRow ingest(RunRow row, std::vector<EvalPoint>& evals, std::string& bad_summary) {
+  bad_summary.clear();
   evals.clear();
   const std::string metrics = fs::join(row.run_dir, "metrics.jsonl");
   std::vector<std::pair<int64_t, int64_t>> spikes;  // (start, last high step) of each confirmed spike step
@@ -67,16 +124,18 @@ RunRow ingest(RunRow row, std::vector<EvalPoint>& evals) {
       }
     }
   }
-  // A spike confirms a few steps after it starts: an eval written in between is inside it too.
-  const int64_t recovery = SpikeDetector().recovery;
+  // A spike confirms a few steps after it starts: an eval written in between is inside it too. Every
+  // step until the loss is back carries "spike" (train/spike.h), so [start, last] is the whole spike.
   std::map<int64_t, bool> spike_at;
   for (auto& e : evals) {
-    for (auto& [start, last] : spikes) e.in_spike |= e.step >= start && e.step <= last + recovery;
+    for (auto& [start, last] : spikes) e.in_spike |= e.step >= start && e.step <= last;
     spike_at[e.step] = e.in_spike;
   }
   const std::string summary = fs::join(row.run_dir, "summary.json");
-  if (fs::exists(summary)) {
-    auto s = json::parse(fs::read_file(summary));
+  std::optional<json> sj;
+  if (fs::exists(summary) && !(sj = read_run_json(summary, bad_summary))) row.has_summary = false;
+  if (sj) try {
+    json s = *sj;  // not const: s[k] of a missing key must be null, not undefined
     row.has_summary = true;
     row.substrate_id = s.value("substrate_id", "");
     row.data_fingerprint = s.value("data_fingerprint", "");
@@ -88,9 +147,13 @@ RunRow ingest(RunRow row, std::vector<EvalPoint>& evals) {
     row.step_ms = num("step_ms");
     row.peak_rss_bytes = s.value("peak_rss_bytes", int64_t(0));
     row.best_in_spike = spike_at.count(row.best_step) && spike_at[row.best_step];
+  } catch (const json::exception& x) {  // a value of the wrong type
+    row.has_summary = false;
+    bad_summary = summary + " has a field of the wrong type (" + std::string(x.what()) + ")";
   }
   const std::string cfg = fs::join(row.run_dir, "config.json");
-  if (fs::exists(cfg)) row.config_json = fs::read_file(cfg);
+  std::string cfg_why;
+  if (fs::exists(cfg) && read_run_json(cfg, cfg_why)) row.config_json = fs::read_file(cfg);
   return row;
 }
 
@@ -105,13 +168,9 @@ std::string last_line(const std::string& path) {
 
 
 std::string summary_status(const std::string& dir) {
-  const std::string f = fs::join(dir, "summary.json");
-  if (!fs::exists(f)) return "";
-  try {
-    return json::parse(fs::read_file(f)).value("status", "");
-  } catch (const json::exception&) {
-    return "";
-  }
+  std::string why;
+  auto j = read_run_json(fs::join(dir, "summary.json"), why);
+  return j && (*j)["status"].is_string() ? (*j)["status"].get<std::string>() : "";
 }
 
 std::vector<std::string> split_words(const std::string& s) {
@@ -146,8 +205,11 @@ void refuse_stale_runs(const Plan& plan, Ledger& ledger) {
         continue;
       }
       std::vector<std::string> had;
+      std::string why;
+      auto j = read_run_json(cfg, why);
       try {
-        had = nlohmann::json::parse(fs::read_file(cfg)).value("modules", std::vector<std::string>{});
+        SLM_CHECK(j, "ablate: ", why, "; restore it or invalidate run ", id);
+        had = j->value("modules", std::vector<std::string>{});
       } catch (const nlohmann::json::exception& x) {
         fail("ablate: ", cfg, " is not a run configuration (", x.what(), "); restore it or invalidate run ", id);
       }
@@ -174,6 +236,7 @@ int ablate(const AblateOptions& opt) {
   const int total_threads = opt.threads > 0 ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
   const int per_job = std::max(1, total_threads / opt.jobs);
   fs::mkdirs(fs::parent(opt.ledger));
+  LedgerLock lock(opt.ledger);  // before the ledger is opened or any run started
   Ledger ledger(opt.ledger);
   refuse_stale_runs(plan, ledger);
   ledger.save_plan(plan.name, plan_info_json(plan_info(plan)));  // reports read bases and the rule from here
@@ -228,6 +291,9 @@ int ablate(const AblateOptions& opt) {
       }
       pending.push_back(r);
     }
+  if (plan.rule.allow_mixed_code)
+    std::printf("[ablate] rule allow_mixed_code = true: reports will compare runs of different builds (code id now %s)\n",
+                code_id());
   const size_t n_waves_est = (pending.size() + opt.jobs - 1) / opt.jobs;
   std::printf("[ablate] plan %s: %zu runs, %zu finished, %zu to run in ~%zu waves of %d (%d threads each%s); ledger %s\n",
               plan.name.c_str(), n_total, n_final, pending.size(), n_waves_est, opt.jobs, per_job,
@@ -268,18 +334,31 @@ int ablate(const AblateOptions& opt) {
       const double secs = std::chrono::duration<double>(clk::now() - started[r.id]).count();
       RunRow row = *ledger.get(r.id);
       std::vector<EvalPoint> evals;
-      row = ingest(row, evals);
+      std::string bad_summary;
+      row = ingest(row, evals, bad_summary);
+      // The build that ran it. A run resumed by another build mixes both: it gets an id of its own,
+      // so reports never count it as either (engine/scorecard.h).
+      if (row.code_id.empty()) row.code_id = code_id();
+      else if (row.code_id.find(code_id()) == std::string::npos) row.code_id += std::string("+") + code_id();
       ledger.set_evals(r.id, evals);
       const int code = ended->code;
-      if (code == 0) {
+      if (!bad_summary.empty() && (code == 0 || code == 3)) {
+        // The trainer ended but left no readable verdict: failed with that reason, never "running".
+        row.status = Status::Failed;
+        row.reason = bad_summary;
+        any_failed = true;
+      } else if (code == 0) {
         row.status = Status::Done;
         row.reason = "";
         run_seconds += secs;
         ++runs_timed;
-      } else if (code == 3) {
-        row.status = Status::Invalid;  // the trainer's own verdict (non-finite loss), with its reason
-        auto s = json::parse(fs::read_file(fs::join(r.dir, "summary.json")));
-        row.reason = s.value("reason", "INVALID");
+      } else if (code == 3 && summary_status(r.dir) == "INVALID") {
+        // The trainer's own verdict (non-finite loss), with its reason. Exit 3 without it is an
+        // internal error of the trainer: failed, below.
+        row.status = Status::Invalid;
+        std::string why;
+        auto s = read_run_json(fs::join(r.dir, "summary.json"), why);
+        row.reason = s && (*s)["reason"].is_string() ? (*s)["reason"].get<std::string>() : "INVALID";
       } else if (code == 128 + SIGTERM && summary_status(r.dir) == "preempted") {
         // Stopped by a signal after checkpointing (ablate stopping, a preemption): not a failure.
         row.status = Status::Queued;

@@ -84,6 +84,19 @@ void verdict(Card& c, const Card& base, const Group& g, const DecisionRule& rule
   }
   c.delta = c.mean - base.mean;
   c.delta_pct = 100.0 * c.delta / base.mean;
+  if (!rule.allow_mixed_code) {
+    std::vector<std::string> ids;
+    for (const Card* k : {static_cast<const Card*>(&c), &base})
+      for (auto& v : k->runs)
+        if (v.counted && !v.row.code_id.empty() && std::find(ids.begin(), ids.end(), v.row.code_id) == ids.end())
+          ids.push_back(v.row.code_id);
+    if (ids.size() > 1) {
+      c.verdict = "inconclusive";
+      c.evidence = "mixed code: " + std::to_string(ids.size()) + " builds among these runs and " + base.id +
+                   "'s; re-run them on one build, or set [rule] allow_mixed_code = true";
+      return;
+    }
+  }
   if (!std::isfinite(g.noise_sd)) {
     c.verdict = "inconclusive";
     c.evidence = "no noise floor: no experiment on this substrate has 2 counted seeds";
@@ -213,13 +226,21 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
       for (auto& v : c.runs)
         if (v.counted) sq += (v.value - c.mean) * (v.value - c.mean);
       c.sd = c.n >= 2 ? std::sqrt(sq / (c.n - 1)) : NAN;
-      // Compile rate: each counted run's latest evaluated checkpoint, complete mode preferred.
+      // Compile rate: each counted run's latest evaluated checkpoint, complete mode preferred. The
+      // spike rule holds here too: a checkpoint saved inside a loss spike is never pooled (the
+      // seed's step-25K rate); the run's latest one outside a spike is used, and the card says so.
       for (const char* mode : {"complete", "fim"}) {
+        c.compile_spiked = 0;
         for (auto& v : c.runs) {
           if (!v.counted) continue;
           const CompileEval* last = nullptr;
-          for (auto& e : v.compiles)
-            if (e.mode == mode && (!last || e.step > last->step)) last = &e;
+          bool skipped = false;
+          for (auto& e : v.compiles) {
+            if (e.mode != mode) continue;
+            if (e.in_spike) skipped = true;
+            else if (!last || e.step > last->step) last = &e;
+          }
+          c.compile_spiked += skipped;
           if (!last) continue;
           c.compile_n += last->n;
           c.compile_k += last->k;
@@ -235,6 +256,12 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
       c.delta = c.delta_pct = c.predicted_pct = c.measured_pct = NAN;
       g.cards.push_back(std::move(c));
     }
+    // Builds: the distinct code ids of the counted runs ("" = unknown, an older ledger: not a build).
+    for (auto& c : g.cards)
+      for (auto& v : c.runs)
+        if (v.counted && !v.row.code_id.empty() &&
+            std::find(g.code_ids.begin(), g.code_ids.end(), v.row.code_id) == g.code_ids.end())
+          g.code_ids.push_back(v.row.code_id);
     // Noise floor: the pooled sd of every experiment with replicas.
     double ss = 0;
     int dof = 0;

@@ -9,6 +9,11 @@
 // - Verdict per experiment against its base: the gain must exceed k x the noise of a difference
 //   of means (pooled seed sd x sqrt(1/n + 1/n_base)) to count; keep also needs the minimum
 //   relative delta, park is a real gain below it, drop a real loss, inconclusive everything else.
+// - Compile rates pool each counted run's latest evaluated checkpoint outside a loss spike; an
+//   evaluation of a checkpoint saved inside one is shown, marked, and never pooled.
+// - Runs from different code (code ids: a hash of the training sources of the binary) are not
+//   compared: a verdict whose runs or base runs span two builds is inconclusive, "mixed code",
+//   unless the plan's rule sets allow_mixed_code (shown in the rule line).
 // - Stacking: for an experiment of two or more modules, the sum of each module's measured marginal
 //   effect (from experiments that add exactly that module to a subset) beside the measured delta.
 #pragma once
@@ -63,12 +68,14 @@ struct Card {
   int64_t compile_n = 0, compile_k = 0;
   double compile_lo = 0, compile_hi = 1;
   std::string compile_mode;
+  int compile_spiked = 0;     // counted runs with a compile eval of a checkpoint inside a loss spike (never pooled)
 };
 
 struct Group {
   std::string substrate_id, data_fingerprint;  // "" for runs that have not reported yet
   double noise_sd = 0;                          // pooled sd of seed replicas (NaN when unmeasured)
   int noise_runs = 0, noise_experiments = 0;
+  std::vector<std::string> code_ids;            // distinct code ids of its counted runs (engine: version.h)
   std::vector<Card> cards;
 };
 

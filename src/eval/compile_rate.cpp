@@ -32,8 +32,15 @@ CompileEvalResult compile_rate(GPTImpl& model, const data::DataSet& ds, const Co
             " must lie in [8, context - 16 = ", context - 16, "]");
   require_sandbox(o.sandbox);
   const Tokenizer& tok = ds.tokenizer();
-  const auto manifest = nlohmann::json::parse(ds.manifest_text());
-  const auto& sources = manifest.at("sources");
+  nlohmann::json manifest;
+  try {
+    manifest = nlohmann::json::parse(ds.manifest_text());
+  } catch (const nlohmann::json::exception& x) {
+    fail("eval compile: the data set's manifest.json is not JSON (", x.what(), "); rebuild it with slmlab data build");
+  }
+  SLM_CHECK(manifest.is_object() && manifest.contains("sources") && manifest["sources"].is_array(),
+            "eval compile: the data set's manifest.json has no \"sources\" list; rebuild it with slmlab data build");
+  const auto& sources = manifest["sources"];
   SLM_CHECK(std::isfinite(o.max_seconds) && o.max_seconds > 0 && o.max_files >= 0,
             "eval compile: --max-seconds must be > 0");
   EvalBudget budget;
