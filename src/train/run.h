@@ -1,5 +1,4 @@
-// A trained run, loaded back for evaluation and generation, and the one val_bpb evaluator that
-// training and `slmlab eval bpb` share.
+// A trained run, loaded back for evaluation and generation (val_bpb itself: eval/bpb.h).
 #pragma once
 #include <torch/torch.h>
 
@@ -7,6 +6,7 @@
 #include <string>
 
 #include "data/dataset.h"
+#include "eval/bpb.h"
 #include "model/gpt.h"
 
 namespace slm {
@@ -29,24 +29,5 @@ ModelConfig model_config_from(const nlohmann::json& config);
 // on, in evaluation mode.
 LoadedRun load_run(const std::string& run_dir, const std::string& which);
 
-// val_bpb: nats summed over targets that carry bytes / (ln 2 x their bytes), over a budget of
-// `tokens` targets in rows of `context` spread evenly over the whole validation split, no token
-// scored twice (data::eval_rows; fixed rows, fixed order, never transformed), `batch_rows` rows per
-// forward pass.
-// `stats`, when given, receives the means over the batches of what modules report in evaluation.
-double val_bpb(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens, int64_t batch_rows, bool bf16,
-               torch::Device dev, std::map<std::string, double>* stats = nullptr);
-// Sums from val_bpb_parts (with "eval.batches") turned into means.
-std::map<std::string, double> eval_stat_means(const std::map<std::string, double>& sums);
-// The same evaluation split between data-parallel ranks: {nats, bytes} of each batch of batch_rows,
-// in order, where rank `rank` of `world` computes batches b with b % world == rank and leaves the
-// others 0. Summed over the ranks (x + 0 is exact) and folded by val_bpb_total in batch order, it
-// gives val_bpb's figure bit for bit.
-// `stats`, when given, receives the sums over this rank's batches of what modules report in
-// evaluation, plus "eval.batches", their count: divide to get means (sum over ranks first).
-std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64_t context, int64_t tokens,
-                                  int64_t batch_rows, bool bf16, torch::Device dev, int rank = 0, int world = 1,
-                                  std::map<std::string, double>* stats = nullptr);
-double val_bpb_total(const std::vector<double>& parts);
 
 }  // namespace slm
