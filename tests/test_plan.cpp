@@ -265,6 +265,34 @@ TEST(Catalog, OneBlockWrapperPerLayer) {
   EXPECT_TRUE(errors_of({"gateskip.layers=0", "mod.layers=1,3", "flexidepth.layers=2"}).empty());
 }
 
+// Issue 20 §1: a module whose state follows rank-local statistics (CBP's utilities, MoE's
+// balancing biases, NCP's codebook, GateSkip's eval threshold) is refused at dp > 1 with the reason,
+// before any step, instead of letting the replicas drift apart; at dp 1, and for the settings that
+// keep no such state, it runs. Every other trainable module passes at dp 2.
+TEST(Catalog, RankLocalStateIsRefusedUnderDataParallelism) {
+  catalog::ModelView v;
+  v.depth = 4;
+  v.d_model = 128;
+  v.n_head = 2;
+  v.head_dim = 64;
+  v.context = 256;
+  auto errors_at = [&](const std::string& arg, int64_t dp) {
+    std::vector<std::string> errs;
+    auto m = catalog::resolve_arg(arg, errs);
+    EXPECT_TRUE(errs.empty()) << ::testing::PrintToString(errs);
+    v.dp = dp;
+    return catalog::check({m}, v, /*training=*/true);
+  };
+  for (const char* arg : {"cbp", "moe.bias_rate=0.001", "ncp", "gateskip"}) {
+    EXPECT_TRUE(errors_at(arg, 1).empty()) << arg;
+    auto e = errors_at(arg, 2);
+    ASSERT_EQ(e.size(), 1u) << arg << ": " << ::testing::PrintToString(e);
+    EXPECT_NE(e[0].find("2 data-parallel ranks would hold different states; run it with dp 1"), std::string::npos) << e[0];
+  }
+  for (const char* arg : {"moe", "gateskip.eval_skip=0", "engram", "mhc", "mtp", "top", "mod", "flexidepth", "fim"})
+    EXPECT_TRUE(errors_at(arg, 2).empty()) << arg << ": " << ::testing::PrintToString(errors_at(arg, 2));
+}
+
 // Issue 18 §4: plan names and experiment ids become folders (runs/<plan>/<id>/s<seed>) and terminal
 // text. Each unsafe one is refused at plan check, naming it (escaped) and the allowed set.
 TEST(Plan, NamesThatArePathsOrTerminalControlAreRefused) {
