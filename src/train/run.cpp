@@ -99,7 +99,7 @@ LoadedRun load_run(const std::string& run_dir, const std::string& which) {
       if (value.is_object() && there.is_object())
         for (const auto& [k, v] : value.items())
           if (there.value(k, json()) != v) {
-            where = key + "." + k, a = there.value(k, json()).dump(), b = v.dump();
+            where = std::string(key) + "." + k, a = there.value(k, json()).dump(), b = v.dump();
             break;
           }
       fail("[run] ", cfg, " disagrees with ", r.checkpoint, " on ", where, " (", a, " vs the checkpoint's ", b,
