@@ -157,15 +157,20 @@ TEST(Safetensors, RoundTripsMetadataAndAddsTheChecksum) {
   TempDir t;
   slm::st::File in;
   in.metadata = {{"step", "1200"}, {"config", "{\"depth\": 4}"}, {"unicode", "h\xc3\xa9llo \xe2\x9c\x93"},
-                 {"empty", ""}, {"data_xxh64", "caller value is replaced"}};
+                 {"empty", ""}, {"file_xxh64", "caller value is replaced"}};
   in.tensors = {{"w", torch::ones({2, 2})}};
   slm::st::write(t / "m.safetensors", in);
   auto out = slm::st::read(t / "m.safetensors");
   auto bytes = slm::fs::read_file(t / "m.safetensors");
-  std::string data = bytes.substr(8 + header_len(bytes));
-  EXPECT_EQ(out.metadata.at("data_xxh64"), slm::hex64(slm::hash64(data)));
+  // The checksum covers the whole file, metadata included, as written with its own digits zeroed.
+  const std::string sum = out.metadata.at("file_xxh64");
+  std::string zeroed = bytes;
+  const size_t at = zeroed.find(sum);
+  ASSERT_NE(at, std::string::npos);
+  zeroed.replace(at, 16, std::string(16, '0'));
+  EXPECT_EQ(sum, slm::hex64(slm::hash64(zeroed)));
   for (const auto& [k, v] : in.metadata) {
-    if (k != "data_xxh64") {
+    if (k != "file_xxh64") {
       EXPECT_EQ(out.metadata.at(k), v) << k;
     }
   }
@@ -299,6 +304,8 @@ TEST(Safetensors, MalformedHeadersAreRejected) {
       {R"({"__metadata__":{"step":12}})", "", "metadata \"step\" is a number, not a string"},
       {R"({"__metadata__":["x"]})", "", "__metadata__ is not an object"},
       {R"({"__metadata__":{"data_xxh64":"0000000000000000"}})", "", "corrupt"},
+      {R"({"__metadata__":{"file_xxh64":"0000000000000000"}})", "", "corrupt: file checksum"},
+      {R"({"__metadata__":{"file_xxh64":"00"}})", "", "file_xxh64 field is damaged"},
       {R"({"a":{"dtype":"BOOL","shape":[2],"data_offsets":[0,2]}})", "\x01\x02", "other than 0 or 1"},
       {"{\"__metadata__\":{\"k\":\"\xff\"}}", "", "not valid JSON"},
   };
@@ -369,7 +376,7 @@ TEST(Safetensors, IndependentPythonReaderAgrees) {
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["metadata"]["step"], "7");
   EXPECT_EQ(j["metadata"]["note"], "h\xc3\xa9");
-  EXPECT_EQ(j["metadata"]["data_xxh64"], slm::st::read(p).metadata.at("data_xxh64"));
+  EXPECT_EQ(j["metadata"]["file_xxh64"], slm::st::read(p).metadata.at("file_xxh64"));
   ASSERT_EQ(j["tensors"].size(), in.tensors.size());
   const std::map<torch::ScalarType, std::string> names = {
       {torch::kFloat, "F32"}, {torch::kBFloat16, "BF16"}, {torch::kHalf, "F16"}, {torch::kDouble, "F64"},

@@ -6,11 +6,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/error.h"
+#include "common/fs.h"
+#include "common/hash.h"
 #include "model/gpt.h"
 #include "train/checkpoint.h"
 #include "train/param_groups.h"
+#include "train/run_folder.h"
 #include "train/schedule.h"
 #include "train/substrate.h"
 #include "test_util.h"
@@ -271,4 +277,122 @@ TEST(Substrate, ModelConfigIsTheSubstratesGeometryAfterTheModulesAdjusts) {
   EXPECT_EQ(m.layer_pattern, "AM");
   ASSERT_EQ(m.modules.size(), 1u);
   EXPECT_EQ(m.modules[0].name, "mamba3");
+}
+
+// Every byte of a checkpoint is checked: a flipped digit of the saved step, best val_bpb or loader
+// position (metadata), a header key and a tensor byte are each refused in one line; and a file from
+// before whole-file checksums (its metadata unchecked) is refused, not trusted.
+TEST(Checkpoint, EveryByteIsCheckedMetadataIncluded) {
+  test::TempDir t;
+  GPT a(tiny_config());
+  Optimizer opt(param_groups(*a, tiny_substrate()), OptimOptions{});
+  ckpt::TrainState state;
+  state.step = 12;
+  state.best_val = 3.4030;
+  state.best_step = 12;
+  state.loader = {0, 5, 1234, 9};
+  const std::string path = t / "ck.safetensors";
+  ckpt::write(path, ckpt::encode(*a, &opt, {"{\"softcap\":15}", "sub", "fp", "tok", 1}, state, false, {}));
+  const std::string good = fs::read_file(path);
+  ASSERT_NO_THROW(ckpt::read(path));
+  uint64_t header = 0;
+  for (int i = 0; i < 8; ++i) header |= uint64_t(static_cast<unsigned char>(good[i])) << (8 * i);
+  auto at = [&](const std::string& needle) {
+    const size_t p = good.find(needle);
+    EXPECT_LT(p, 8 + header) << needle;
+    return p;
+  };
+  struct Flip {
+    const char* what;
+    size_t pos;
+    char to;
+  };
+  const std::vector<Flip> flips = {
+      {"best val_bpb digit", at("3.403") + 2, '1'},
+      {"loader offset digit", at("1234") + 1, '9'},
+      {"step digit", at("\"step\":\"12\"") + 9, '3'},
+      {"config digit", at("softcap") + 10, '5'},  // softcap 15 -> 55
+      {"header key", at("\"dtype\"") + 1, 'D'},
+      {"tensor byte", good.size() - 3, static_cast<char>(good[good.size() - 3] ^ 0x40)},
+  };
+  for (const auto& f : flips) {
+    SCOPED_TRACE(f.what);
+    std::string bad = good;
+    ASSERT_NE(bad[f.pos], f.to);
+    bad[f.pos] = f.to;
+    test::write(path, bad);
+    const std::string e = error_of([&] { ckpt::read(path); });
+    EXPECT_FALSE(e.empty());
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+    EXPECT_NE(e.find(path), std::string::npos) << e;
+  }
+  // A file that checksums its data only (the older layout) is refused with what to do.
+  std::string bytes = good;
+  const size_t k = bytes.find(std::string("\"") + st::kFileChecksum + "\":\"");
+  ASSERT_NE(k, std::string::npos);
+  bytes.replace(k + 1, 4, "data");  // "data_xxh64", then the right data checksum
+  bytes.replace(k + 14, 16, hex64(hash64(std::string_view(bytes).substr(8 + header))));
+  test::write(path, bytes);
+  ASSERT_NO_THROW(st::read(path));  // a plain reader checks what it can
+  const std::string e = error_of([&] { ckpt::read(path); });
+  EXPECT_NE(e.find("re-train"), std::string::npos) << e;
+}
+
+// A resume keeps the curve whole: every step up to the checkpoint's must be on record; later records
+// and a torn last line are dropped (they will be re-made); a gap is refused in one line, naming it.
+TEST(MetricsLog, AResumeRefusesAGapAndDropsWhatFollowsTheCheckpoint) {
+  test::TempDir t;
+  const std::string path = t / "metrics.jsonl";
+  std::string lines = "{\"step\":0,\"val_bpb\":8.1}\n";
+  for (int s = 1; s <= 6; ++s) lines += "{\"step\":" + std::to_string(s) + ",\"loss\":3.0}\n";
+  {
+    test::write(path, lines + "{\"step\":7,\"lo");  // killed mid-line after the checkpoint at 5
+    MetricsLog m;
+    m.open(path, 5);
+    m.write({{"step", 6}, {"loss", 2.0}});
+  }
+  std::string kept = fs::read_file(path);
+  EXPECT_EQ(kept.find("\"step\":7"), std::string::npos) << kept;
+  EXPECT_NE(kept.find("{\"step\":5,"), std::string::npos) << kept;
+  EXPECT_NE(kept.find("{\"step\":6,\"loss\":2.0}"), std::string::npos) << kept;
+  EXPECT_EQ(kept.find("{\"step\":6,\"loss\":3.0}"), std::string::npos) << kept;
+  // Steps 3 and 4 lost (a truncated or edited file): refused, the file left as it was.
+  std::string gap;
+  for (int s : {0, 1, 2, 5, 6}) gap += "{\"step\":" + std::to_string(s) + "}\n";
+  test::write(path, gap);
+  const std::string e = error_of([&] { MetricsLog().open(path, 5); });
+  EXPECT_NE(e.find("lacks the records of steps 3..4"), std::string::npos) << e;
+  EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  EXPECT_EQ(fs::read_file(path), gap);
+  // A truncated file (the last records gone) is a gap too; a torn line before the last is damage.
+  test::write(path, "{\"step\":0}\n{\"step\":1}\n");
+  EXPECT_NE(error_of([&] { MetricsLog().open(path, 3); }).find("steps 2..3"), std::string::npos);
+  test::write(path, "{\"step\":1}\n{\"st\n{\"step\":2}\n");
+  EXPECT_NE(error_of([&] { MetricsLog().open(path, 2); }).find("line 2 is not JSON"), std::string::npos);
+  // A fresh start keeps nothing, whatever was there.
+  MetricsLog().open(path, -1);
+  EXPECT_EQ(fs::read_file(path), "");
+}
+
+// Half-written checkpoints of killed runs ("<file>.tmp.<pid>", the pid dead) are removed at the next
+// start; a live process's temp file and other files stay.
+TEST(RunFolder, StaleTempFilesOfKilledRunsAreRemoved) {
+  test::TempDir t;
+  pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  ASSERT_GT(dead, 0);
+  int status = 0;
+  ::waitpid(dead, &status, 0);  // reaped: its pid is no live process
+  const std::string stale = t / ("ckpt_latest.safetensors.tmp." + std::to_string(dead));
+  const std::string live = t / ("ckpt_best.safetensors.tmp." + std::to_string(::getppid()));
+  const std::string mine = t / ("summary.json.tmp." + std::to_string(::getpid()));
+  for (const auto& p : {stale, live, mine}) test::write(p, "half");
+  test::write(t / "ckpt_latest.safetensors", "x");
+  test::write(t / "notes.tmp.abc", "x");
+  EXPECT_EQ(remove_stale_temp_files(t.path), 2);
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_FALSE(fs::exists(mine));
+  EXPECT_TRUE(fs::exists(live));
+  EXPECT_TRUE(fs::exists(t / "ckpt_latest.safetensors"));
+  EXPECT_TRUE(fs::exists(t / "notes.tmp.abc"));
 }

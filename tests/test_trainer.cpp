@@ -274,3 +274,40 @@ TEST(Trainer, ResumeOnAnotherTokenizerIsRefused) {
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_NE(r.out.find("was trained with tokenizer"), std::string::npos) << r.out;
 }
+
+// What a run folder says is checked before it is believed: `eval bpb` refuses a config.json that
+// disagrees with the checkpoint's own (checksummed) configuration; a resume whose metrics.jsonl lost
+// steps is refused, and the trainer writes that error line to failure.txt (what the runner records);
+// a killed run's half-written checkpoint is removed at the next start.
+TEST(Trainer, RunFolderIsCheckedBeforeItIsBelieved) {
+  const auto& f = fx();
+  std::string run = f.t / "trust";
+  ASSERT_EQ(slm::test::run(f.train_cmd(run, "--set steps=10")).status, 0);
+  const std::string cfg = fs::read_file(run + "/config.json");
+  auto edited = json::parse(cfg);
+  edited["model"]["softcap"] = 55.0;
+  slm::test::write(run + "/config.json", edited.dump(1));
+  auto ev = slm::test::run(std::string(SLMLAB_BIN) + " eval bpb " + run + " --threads 1");
+  EXPECT_EQ(ev.status, 2) << ev.out;
+  EXPECT_NE(ev.out.find("disagrees with"), std::string::npos) << ev.out;
+  EXPECT_NE(ev.out.find("model.softcap"), std::string::npos) << ev.out;
+  EXPECT_EQ(slm::test::count_lines(ev.out), 1) << ev.out;
+  slm::test::write(run + "/config.json", cfg);
+  EXPECT_EQ(slm::test::run(std::string(SLMLAB_BIN) + " eval bpb " + run + " --threads 1").status, 0);
+
+  const std::string stale = run + "/ckpt_latest.safetensors.tmp.999999999";  // above any pid_max: dead
+  slm::test::write(stale, "half a checkpoint");
+  std::string kept;
+  for (auto& x : slm::test::metrics(run))
+    if (x["step"].get<int64_t>() <= 3) kept += x.dump() + "\n";
+  slm::test::write(run + "/metrics.jsonl", kept);
+  auto r = slm::test::run(f.train_cmd(run, "--set steps=10 --resume"));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("lacks the records of steps 4..10"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(stale));
+  ASSERT_TRUE(fs::exists(run + "/failure.txt"));
+  const std::string reason = fs::read_file(run + "/failure.txt");
+  EXPECT_EQ(slm::test::count_lines(reason), 1) << reason;
+  EXPECT_NE(r.out.find(reason.substr(0, reason.size() - 1)), std::string::npos) << reason << " vs " << r.out;
+  EXPECT_EQ(reason.rfind("error: train: ", 0), 0u) << reason;
+}

@@ -11,6 +11,8 @@
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/failure.h"
+#include "common/fs.h"
 #include "common/options.h"
 
 namespace {
@@ -56,6 +58,16 @@ int run(const std::vector<std::string>& argv) {
 
 }  // namespace
 
+// The error line, where the command asked for it (slm::failure_file). A disk that cannot take it
+// leaves no file, and the runner falls back to the log's last line.
+static void record_failure(const std::string& line) {
+  if (slm::failure_file().empty()) return;
+  try {
+    slm::fs::write_atomic(slm::failure_file(), line + "\n");
+  } catch (const std::exception&) {
+  }
+}
+
 int main(int argc, char** argv) {
   // A write past a file-size limit then fails with EFBIG and a clear error instead of killing us.
   std::signal(SIGXFSZ, SIG_IGN);
@@ -69,10 +81,12 @@ int main(int argc, char** argv) {
     return run(args);
   } catch (const slm::Error& e) {
     std::fprintf(stderr, "slmlab: error: %s\n", e.what());
+    record_failure(std::string("error: ") + e.what());
     return 2;
   } catch (const std::exception& e) {
     // Anything else is a bug or an environment failure; still one line, still non-zero.
     std::fprintf(stderr, "slmlab: internal error: %s\n", e.what());
+    record_failure(std::string("internal error: ") + e.what());
     return 3;
   }
 }

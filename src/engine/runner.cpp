@@ -166,6 +166,12 @@ std::string last_line(const std::string& path) {
   return last;
 }
 
+// Why a run failed: the trainer's own error line (failure.txt, written by main's one catch), or,
+// when it could not write one (killed, disk full), the last line of its log.
+std::string failure_reason(const std::string& dir) {
+  const std::string own = last_line(fs::join(dir, "failure.txt"));
+  return own.empty() ? last_line(fs::join(dir, "train.log")) : own;
+}
 
 std::string summary_status(const std::string& dir) {
   std::string why;
@@ -368,8 +374,7 @@ int ablate(const AblateOptions& opt) {
         if (!stop_requested) pending.push_back(r);  // resumes in a later wave
       } else {
         row.status = Status::Failed;
-        row.reason = ended->note.empty() ? "exit " + std::to_string(code) + ": " + last_line(fs::join(r.dir, "train.log"))
-                                         : ended->note;
+        row.reason = ended->note.empty() ? "exit " + std::to_string(code) + ": " + failure_reason(r.dir) : ended->note;
         if (row.attempts <= plan.rule.max_retries) pending.push_back(r);  // retried in a later wave
         else any_failed = true;
       }

@@ -141,6 +141,11 @@ Checkpoint read(const std::string& path) {
   const std::string format = ck.metadata.count("format") ? ck.metadata["format"] : "";
   SLM_CHECK(format == kFormat, "[checkpoint] ", path, " is not a ", kFormat, " checkpoint (format '", format,
             "'); pass a checkpoint written by slmlab train");
+  // Step, best val_bpb, loader position and config steer a resume and a report: unchecked, a flipped
+  // digit would resume on another curve without a word. Older files checked their data only.
+  SLM_CHECK(ck.metadata.count(st::kFileChecksum), "[checkpoint] ", path,
+            " has no whole-file checksum (written before metadata was checked); its step, state and config cannot be "
+            "trusted: re-train it (slmlab train --out <new folder>)");
   for (const char* key : {"step", "state", "config", "substrate_id", "tokenizer_hash"})
     SLM_CHECK(ck.metadata.count(key), "[checkpoint] ", path, " lacks metadata '", key, "'; the file is damaged");
   for (auto& [k, v] : f.tensors) {

@@ -44,7 +44,7 @@ ModelConfig model_config_from(const json& config) {
     SLM_CHECK(errors.empty(), "[run] the run's modules no longer resolve in this build: ", errors[0]);
     return c;
   } catch (const json::exception& e) {
-    fail("[run] config.json lacks the model configuration (", e.what(), "); is this a slmlab run folder?");
+    fail("[run] the run configuration lacks the model configuration (", e.what(), "); is this a slmlab run folder?");
   }
 }
 
@@ -71,16 +71,43 @@ LoadedRun load_run(const std::string& run_dir, const std::string& which) {
   const std::string file = ckpt::file_name(which);  // checks `which`
   LoadedRun r;
   r.dir = run_dir;
-  const std::string cfg = fs::join(run_dir, "config.json");
-  SLM_CHECK(fs::exists(cfg), "[run] ", run_dir, " has no config.json; pass a run folder written by slmlab train");
-  r.config = json::parse(fs::read_file(cfg));
-  r.model_cfg = model_config_from(r.config);
-  r.device = device::resolve(r.config.value("device", "cpu"));
   r.checkpoint = fs::join(run_dir, file);
   SLM_CHECK(fs::exists(r.checkpoint), "[run] ", run_dir, " has no ", which, " checkpoint",
             numeric ? " (step snapshots exist only for runs trained with --keep-checkpoints, at checkpoint steps)"
                     : "; train it first");
   const ckpt::Checkpoint ck = ckpt::read(r.checkpoint);
+  // The checkpoint's configuration is checksummed with its weights: it is the run's. config.json is a
+  // copy for people and tools (rewritten at each start); one that disagrees on what makes the model,
+  // its data or its id is refused.
+  try {
+    r.config = json::parse(ck.metadata.at("config"));
+  } catch (const json::exception& e) {
+    fail("[run] ", r.checkpoint, " holds a configuration that is not JSON (", e.what(), ")");
+  }
+  const std::string cfg = fs::join(run_dir, "config.json");
+  if (fs::exists(cfg)) {
+    json copy;
+    try {
+      copy = json::parse(fs::read_file(cfg));
+    } catch (const json::exception& e) {
+      fail("[run] ", cfg, " is not valid JSON (", e.what(), "); restore it or delete it (the checkpoint holds the configuration)");
+    }
+    for (const char* key : {"model", "modules", "data", "substrate_id"}) {
+      const json value = r.config.value(key, json()), there = copy.value(key, json());
+      if (there == value) continue;
+      std::string where = key, a = there.dump(), b = value.dump();
+      if (value.is_object() && there.is_object())
+        for (const auto& [k, v] : value.items())
+          if (there.value(k, json()) != v) {
+            where = std::string(key) + "." + k, a = there.value(k, json()).dump(), b = v.dump();
+            break;
+          }
+      fail("[run] ", cfg, " disagrees with ", r.checkpoint, " on ", where, " (", a, " vs the checkpoint's ", b,
+           "); the checkpoint's is the run's: restore config.json or delete it");
+    }
+  }
+  r.model_cfg = model_config_from(r.config);
+  r.device = device::resolve(r.config.value("device", "cpu"));
   r.model = GPT(r.model_cfg);
   ckpt::load_model(ck, *r.model);
   r.step = ck.step;

@@ -1,11 +1,14 @@
 #include "train/run_folder.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <vector>
 #include <sstream>
 
 #include "common/error.h"
@@ -73,22 +76,62 @@ RunLock::~RunLock() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+int64_t remove_stale_temp_files(const std::string& dir) {
+  int64_t removed = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const size_t at = name.rfind(".tmp.");
+    if (at == std::string::npos || at + 5 >= name.size() || name.size() - at - 5 > 9 ||
+        name.find_first_not_of("0123456789", at + 5) != std::string::npos || !e.is_regular_file(ec))
+      continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name.substr(at + 5)));
+    // The lock keeps other trainers out; a live pid that is not ours may still be a reader's export.
+    if (pid != ::getpid() && pid > 0 && (::kill(pid, 0) == 0 || errno != ESRCH)) continue;
+    const auto bytes = e.file_size(ec);
+    if (::unlink(e.path().c_str()) == 0) {
+      ++removed;
+      std::printf("removed %s (%lld bytes): a half-written file of a run that was killed\n", e.path().c_str(),
+                  ec ? -1LL : static_cast<long long>(bytes));
+    }
+  }
+  return removed;
+}
+
 MetricsLog::~MetricsLog() {
   if (f_) std::fclose(f_);
 }
 
 void MetricsLog::open(const std::string& path, int64_t keep_through) {
   std::string kept;
-  if (fs::exists(path)) {
+  if (keep_through >= 0 && fs::exists(path)) {
+    // Records up to the checkpoint's step are the curve so far: every step must be there. Later
+    // ones (and a line torn by a kill, which can only be the last) are dropped: they will be re-made.
     std::istringstream in(fs::read_file(path));
-    std::string line;
-    while (std::getline(in, line)) {
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    std::vector<bool> seen(static_cast<size_t>(keep_through) + 1, false);
+    for (size_t i = 0; i < lines.size(); ++i) {
+      json j;
       try {
-        auto j = json::parse(line);
-        if (j.value("step", int64_t(-1)) <= keep_through) kept += line + "\n";
+        j = json::parse(lines[i]);
       } catch (const json::exception&) {
-        // a line torn by a kill: the checkpoint decides what happened, not this line
+        SLM_CHECK(i + 1 == lines.size(), "train: ", path, " line ", i + 1,
+                  " is not JSON; the curve is damaged: re-run from scratch with a new --out");
+        continue;
       }
+      const int64_t step = j.is_object() ? j.value("step", int64_t(-1)) : -1;
+      if (step > keep_through) continue;
+      if (step >= 0) seen[static_cast<size_t>(step)] = true;
+      kept += lines[i] + "\n";
+    }
+    for (int64_t s = 1; s <= keep_through; ++s) {
+      if (seen[static_cast<size_t>(s)]) continue;
+      int64_t e = s;
+      while (e < keep_through && !seen[static_cast<size_t>(e + 1)]) ++e;
+      fail("train: ", path, " lacks the records of steps ", s, e > s ? ".." + std::to_string(e) : std::string(),
+           " (the checkpoint is at step ", keep_through,
+           "); resuming would leave a gap in the curve: re-run from scratch with a new --out");
     }
   }
   fs::write_atomic(path, kept);

@@ -1,6 +1,7 @@
 // The run folder a training run writes (train/trainer.h lists its files): the refusal to mix two
 // runs in one folder, the lock that keeps one writer, and the metrics log.
 #pragma once
+#include <cstdint>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -35,6 +36,10 @@ class RunLock {
   int fd_ = -1;
 };
 
+// Removes the "<file>.tmp.<pid>" files that atomic writes of killed processes left in `dir` (pid
+// not alive, or this process's own); call it holding the RunLock. Returns how many it removed.
+int64_t remove_stale_temp_files(const std::string& dir);
+
 // metrics.jsonl: one JSON record per line, flushed as written.
 class MetricsLog {
  public:
@@ -42,8 +47,9 @@ class MetricsLog {
   ~MetricsLog();
   MetricsLog(const MetricsLog&) = delete;
   MetricsLog& operator=(const MetricsLog&) = delete;
-  // Keeps records up to step `keep_through` (a resume; -1 keeps none), dropping later ones and any
-  // torn last line, then appends. Unopened (a data-parallel rank other than 0), write does nothing.
+  // Keeps records up to step `keep_through` (a resume; -1 keeps none), dropping later ones and a
+  // torn last line, then appends. A resume whose records lack a step in 1..keep_through, or hold a
+  // torn line before the last, is refused (the curve would have a gap). Unopened (a data-parallel rank other than 0), write does nothing.
   void open(const std::string& path, int64_t keep_through);
   void write(const nlohmann::ordered_json& record);
 

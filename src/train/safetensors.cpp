@@ -21,7 +21,18 @@ namespace {
 using ordered_json = nlohmann::ordered_json;
 
 constexpr const char* kMetadataKey = "__metadata__";
-constexpr const char* kChecksumKey = "data_xxh64";
+constexpr const char* kChecksumKey = kFileChecksum;
+constexpr const char* kLegacyChecksumKey = "data_xxh64";  // older files: the data section only
+constexpr const char* kZeroSum = "0000000000000000";
+
+// Where the checksum's 16 hex digits sit in the raw header, or npos. The key can appear unescaped
+// only as itself (inside a JSON string its quotes would be escaped), and duplicate keys are refused.
+size_t checksum_pos(std::string_view header) {
+  const std::string pattern = std::string("\"") + kChecksumKey + "\":\"";
+  size_t at = header.find(pattern);
+  if (at == std::string_view::npos || header.find(pattern, at + 1) != std::string_view::npos) return std::string_view::npos;
+  return at + pattern.size();
+}
 
 struct DtypeName {
   const char* name;
@@ -185,20 +196,22 @@ void write(const std::string& path, const File& f) {
     data_size += entries[i].tensor.nbytes();
     entries[i].end = data_size;
   }
-  // The checksum is always 16 hex digits, so the header length is known before the data is hashed:
-  // lay the data out once, in place, then fill in the real header.
+  // The checksum covers the whole file (length prefix, header with its metadata, data) as written
+  // with its own 16 digits zeroed; then the digits are filled in place.
   auto metadata = f.metadata;
-  metadata[kChecksumKey] = std::string(16, '0');
-  size_t header_size = header_text(path, entries, metadata).size();
+  metadata.erase(kLegacyChecksumKey);
+  metadata[kChecksumKey] = kZeroSum;
+  const std::string header = header_text(path, entries, metadata);
+  const size_t header_size = header.size(), sum_at = checksum_pos(header);
+  SLM_CHECK(sum_at != std::string::npos, "[safetensors] internal error: no checksum field while writing ", path);
   std::string out(8 + header_size + data_size, '\0');
   for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(static_cast<uint64_t>(header_size) >> (8 * i));
+  std::memcpy(out.data() + 8, header.data(), header_size);
   char* data = out.data() + 8 + header_size;
   for (const auto& e : entries)
     if (e.end > e.begin) std::memcpy(data + e.begin, e.tensor.data_ptr(), e.end - e.begin);
-  metadata[kChecksumKey] = hex64(hash64(std::string_view(data, data_size)));
-  std::string header = header_text(path, entries, metadata);
-  SLM_CHECK(header.size() == header_size, "[safetensors] internal error: header size changed while writing ", path);
-  std::memcpy(out.data() + 8, header.data(), header_size);
+  const std::string sum = hex64(hash64(out));
+  std::memcpy(out.data() + 8 + sum_at, sum.data(), sum.size());
   fs::write_atomic(path, out);
 }
 
@@ -249,11 +262,20 @@ File read(const std::string& path) {
   SLM_CHECK(covered == data.size(), "[safetensors] ", path, " is malformed: tensors cover ", covered,
             " bytes of the ", data.size(), "-byte data buffer");
 
-  auto sum = f.metadata.find(kChecksumKey);
-  if (sum != f.metadata.end()) {
-    std::string actual = hex64(hash64(data));
-    SLM_CHECK(actual == sum->second, "[safetensors] ", path, " is corrupt: data checksum ", actual,
+  if (auto sum = f.metadata.find(kChecksumKey); sum != f.metadata.end()) {
+    const size_t at = checksum_pos(std::string_view(bytes.data() + 8, header_size));
+    SLM_CHECK(at != std::string::npos && sum->second.size() == 16, "[safetensors] ", path,
+              " is corrupt: its ", kChecksumKey, " field is damaged; restore or regenerate the file");
+    std::string zeroed = bytes;
+    std::memcpy(zeroed.data() + 8 + at, kZeroSum, 16);
+    const std::string actual = hex64(hash64(zeroed));
+    SLM_CHECK(actual == sum->second, "[safetensors] ", path, " is corrupt: file checksum ", actual,
               " does not match the recorded ", kChecksumKey, " ", sum->second, "; restore or regenerate the file");
+  } else if (auto legacy = f.metadata.find(kLegacyChecksumKey); legacy != f.metadata.end()) {
+    const std::string actual = hex64(hash64(data));
+    SLM_CHECK(actual == legacy->second, "[safetensors] ", path, " is corrupt: data checksum ", actual,
+              " does not match the recorded ", kLegacyChecksumKey, " ", legacy->second,
+              "; restore or regenerate the file");
   }
   for (const auto& p : parsed) {
     torch::Tensor t = torch::empty(p.shape, torch::TensorOptions().dtype(p.type));

@@ -16,6 +16,7 @@
 #include "catalog/catalog.h"
 #include "common/device.h"
 #include "common/error.h"
+#include "common/failure.h"
 #include "common/format.h"
 #include "common/fs.h"
 #include "data/dataset.h"
@@ -566,7 +567,13 @@ int train(const TrainOptions& opt) {
   const RunFolder folder{opt.out_dir};
   if (!opt.dry_run) prepare_run_folder(folder, cfg_json, opt.resume);  // refuse to mix runs
   std::optional<RunLock> lock;  // held until the run's files are closed
-  if (!opt.dry_run && s.world.is_main()) lock.emplace(folder.dir);
+  if (!opt.dry_run && s.world.is_main()) {
+    lock.emplace(folder.dir);
+    remove_stale_temp_files(folder.dir);
+    // From here a failure is this run's: main writes its error line there, for the runner's ledger.
+    failure_file() = fs::join(folder.dir, "failure.txt");
+    if (fs::exists(failure_file())) fs::remove_all(failure_file());
+  }
   Run run(opt, s, rc, groups, dev);
   run.folder = folder;
 

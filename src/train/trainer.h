@@ -1,7 +1,8 @@
 // slmlab train: one model, one data set, one substrate, one run folder.
 // RUN_DIR holds config.json (the resolved configuration), metrics.jsonl (one record per step and per
 // eval), ckpt_latest.safetensors and ckpt_best.safetensors (atomic, checksummed; train/checkpoint.h),
-// with --keep-checkpoints ckpt_stepNNNNNN.safetensors weights-only snapshots, and summary.json.
+// with --keep-checkpoints ckpt_stepNNNNNN.safetensors weights-only snapshots, summary.json, and, when
+// train fails with an error, failure.txt (that error's line: what a runner records as the reason).
 // The mainline is train() in trainer.cpp; the parts it calls live beside it: run_folder.h (checks,
 // lock, metrics log), param_groups.h, schedule.h (LR schedule, gradient clipping), checkpoint.h,
 // dry_run.h, and Substrate::model_config.
