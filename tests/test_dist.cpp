@@ -239,6 +239,13 @@ TEST(Dist, TwoRanksFollowTheSingleProcessCurve) {
   EXPECT_EQ(s2["status"], "done");
   EXPECT_EQ(s2["tokens"], 10 * 512) << "the total batch is the substrate's";
   EXPECT_EQ(s2["world_size"], 2);
+  // MFU counts every rank's tokens, so its denominator is every rank's device (issue 20 §3).
+  EXPECT_DOUBLE_EQ(s2["peak_flops"].get<double>(), 2 * s2["peak_flops_per_device"].get<double>());
+  EXPECT_NEAR(s2["mfu"].get<double>(),
+              s2["tokens_per_second"].get<double>() * s2["flops_per_token"].get<double>() / s2["peak_flops"].get<double>(),
+              1e-12);
+  EXPECT_EQ(c2["code_id"].get<std::string>().size(), c1["code_id"].get<std::string>().size());
+  EXPECT_FALSE(c2["code_id"].get<std::string>().empty());
 
   auto l1 = series(one, "loss"), l2 = series(two, "loss");
   ASSERT_EQ(l1.size(), 10u);

@@ -167,9 +167,13 @@ std::string last_line(const std::string& path) {
 }
 
 // Why a run failed: the trainer's own error line (failure.txt, written by main's one catch), or,
-// when it could not write one (killed, disk full), the last line of its log.
-std::string failure_reason(const std::string& dir) {
-  const std::string own = last_line(fs::join(dir, "failure.txt"));
+// when it could not write one (killed, disk full, an error before it took its folder), the last
+// line of its log. A failure.txt older than this attempt is an earlier attempt's and is not used.
+std::string failure_reason(const std::string& dir, std::filesystem::file_time_type attempt_start) {
+  const std::string path = fs::join(dir, "failure.txt");
+  std::error_code ec;
+  const bool fresh = fs::exists(path) && std::filesystem::last_write_time(path, ec) >= attempt_start && !ec;
+  const std::string own = fresh ? last_line(path) : "";
   return own.empty() ? last_line(fs::join(dir, "train.log")) : own;
 }
 
@@ -316,12 +320,14 @@ int ablate(const AblateOptions& opt) {
     pending.erase(pending.begin(), pending.begin() + batch.size());
     std::map<std::string, Run> live;
     std::map<std::string, clk::time_point> started;
+    std::map<std::string, std::filesystem::file_time_type> attempt_start;  // for failure_reason
     for (auto& r : batch) {
       fs::mkdirs(r.dir);
       Job job{r.id, path_arg(r.dir), {}, per_job};
       job.argv = {bin, "train", "--quiet", "--resume", "--data", path_arg(opt.data), "--substrate", path_arg(substrate),
                   "--out", job.dir, "--threads", std::to_string(per_job), "--set", "seed=" + std::to_string(r.seed)};
       for (auto& m : r.exp->effective) job.argv.insert(job.argv.end(), {"--module", catalog::arg_text(m)});
+      attempt_start[r.id] = std::filesystem::file_time_type::clock::now();
       const bool attached = backend->start(job);
       ledger.set_status(r.id, Status::Running, "", /*count_attempt=*/!attached);
       live[r.id] = r;
@@ -374,7 +380,7 @@ int ablate(const AblateOptions& opt) {
         if (!stop_requested) pending.push_back(r);  // resumes in a later wave
       } else {
         row.status = Status::Failed;
-        row.reason = ended->note.empty() ? "exit " + std::to_string(code) + ": " + failure_reason(r.dir) : ended->note;
+        row.reason = ended->note.empty() ? "exit " + std::to_string(code) + ": " + failure_reason(r.dir, attempt_start[r.id]) : ended->note;
         if (row.attempts <= plan.rule.max_retries) pending.push_back(r);  // retried in a later wave
         else any_failed = true;
       }

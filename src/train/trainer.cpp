@@ -19,6 +19,7 @@
 #include "common/failure.h"
 #include "common/format.h"
 #include "common/fs.h"
+#include "common/version.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "model/gpt.h"
@@ -157,6 +158,15 @@ Setup configure(const TrainOptions& opt) {
               ") or --set tp=1");
   s.mesh = dist::mesh_of(world, tp);
   const dist::Mesh& mesh = s.mesh;
+  {  // the modules again at this run's real topology: some keep state that dp ranks cannot share yet
+    catalog::ModelView v = sub.model_view();
+    v.tp = tp;
+    v.dp = mesh.dp;
+    const auto errs = catalog::check(s.mods, v, /*training=*/true);
+    std::string all;
+    for (size_t i = 0; i < errs.size(); ++i) all += (i ? "; " : "") + errs[i];
+    require(errs.empty(), "train: at tp " + std::to_string(tp) + " x dp " + std::to_string(mesh.dp) + ": " + all);
+  }
   require(sub.dp == 1 || sub.dp == mesh.dp || opt.dry_run,
           "train: substrate " + sub.name + " sets dp=" + std::to_string(sub.dp) + " but this run has " +
               std::to_string(mesh.dp) + " data-parallel rank(s) (" + std::to_string(world.size) + " ranks / tp " +
@@ -355,7 +365,8 @@ class Run {
     j["tokens_per_second"] = st.train_seconds > 0 ? st.tokens / st.train_seconds : 0.0;
     j["step_ms"] = st.step > 0 ? 1000.0 * st.train_seconds / st.step : 0.0;
     j["mfu"] = st.train_seconds > 0 ? st.tokens * flops_tok / st.train_seconds / peak : 0.0;
-    j["peak_flops"] = peak;
+    j["peak_flops"] = peak;  // every device used: tokens/s counts every rank's tokens
+    j["peak_flops_per_device"] = peak / s_.world.size;
     j["peak_rss_bytes"] = device::peak_rss_bytes();
     j["n_params"] = model->n_params();
     j["flops_per_token"] = flops_tok;
@@ -511,6 +522,7 @@ class Run {
 
   // The step's record: one JSON line in metrics.jsonl, one human line on the terminal.
   void log_step(const StepResult& r, double dt, bool spike) {
+    flops_tok = model->flops_per_token(sub_.context);  // what ran this step (DSA's stage, ...)
     const double tok_s = sub_.total_batch / dt, mfu = tok_s * flops_tok / peak;
     json rec = {{"step", st.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
                 {"step_ms", 1000 * dt}, {"tok_s", tok_s}, {"mfu", mfu}};
@@ -584,7 +596,8 @@ int train(const TrainOptions& opt) {
   cfg_json["layer_plan"] = layer_plan(*model);
   print_banner(s, rc, groups, *model, cfg_json["layer_plan"].get<std::string>());
   run.flops_tok = model->flops_per_token(sub.context);
-  run.peak = device::peak_flops(dev, rc.precision == "bf16" ? torch::kBFloat16 : torch::kFloat32);
+  // Every rank's tokens count in tokens/s, so the denominator is the peak of every device used.
+  run.peak = s.world.size * device::peak_flops(dev, rc.precision == "bf16" ? torch::kBFloat16 : torch::kFloat32);
   if (groups.tp) {
     model->shard_tensor_parallel(groups.tp->as_tp_group());
     std::printf("tensor parallel: tp %d x dp %d over c10d %s; this rank holds heads and hidden units %d/%d of each block\n",
@@ -613,6 +626,7 @@ int train(const TrainOptions& opt) {
   if (resumed) run.resume(run.folder.latest());
   run.sync_ranks();
   if (s.world.is_main()) {
+    cfg_json["code_id"] = code_id();  // the training sources this binary was built from (not compared on resume)
     fs::write_atomic(run.folder.config(), cfg_json.dump(1) + "\n");
     run.metrics.open(run.folder.metrics(), resumed ? run.st.step : -1);  // a fresh start (even after a kill) keeps no old records
   }
