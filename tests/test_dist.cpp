@@ -420,6 +420,17 @@ TEST(Dist, ModuleWithoutTensorParallelIsRefused) {
   EXPECT_NE(r.out.find("module moe runs at tp <= 1"), std::string::npos) << r.out;
 }
 
+// A module whose state follows rank-local statistics is refused at the run's real data-parallel
+// width (--nproc, not only the substrate's dp), before a step, with nothing trained (issue 20 §1).
+TEST(Dist, RankLocalStateIsRefusedAtTwoDataParallelRanks) {
+  const auto& f = fx();
+  const std::string run = f.t / "dp_cbp";
+  auto r = slm::test::run(f.train_cmd(run, "--nproc 2 --module cbp"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("at tp 1 x dp 2: module cbp: it decides which units to replace"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(run + "/metrics.jsonl")) << "refused before any step";
+}
+
 TEST(Dist, ResumeWithAnotherWorldSizeIsRefused) {
   const auto& f = fx();
   const std::string two = f.t / "refuse2", one = f.t / "refuse1";

@@ -26,7 +26,7 @@ std::vector<std::string> check_moe(const ModuleArgs& a, const ModelView& m) {
   }
   check_layers(a, m, "every layer", e);
   if (a.f64("bias_rate") > 0)
-    refuse_data_parallel("moe with bias_rate > 0", "its balancing biases (rank-local expert load)", m, e);
+    refuse_data_parallel("with bias_rate > 0", "its balancing biases (rank-local expert load)", m, e);
   return e;
 }
 
