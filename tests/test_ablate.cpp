@@ -175,6 +175,27 @@ TEST(Ablate, SigtermCheckpointsTheRunsAndTheyResumeWithoutAFailedAttempt) {
   EXPECT_NE(fs::read_file(root + "/noise/baseline/s1/train.log").find("resumed from"), std::string::npos);
 }
 
+// SIGTERM to ablate at the instant its trainers start (before they can install their handlers, as
+// happened under load in CI: a trainer still loading died of the signal and was counted a failed
+// attempt): no run counts an attempt for it, and the next ablate finishes every run once.
+TEST(Ablate, SigtermWhileTrainersStartCountsNoAttempt) {
+  const auto& f = fx();
+  const std::string root = f.t / "term_early";
+  pid_t pid = slm::test::start(f.cmd(root));
+  const std::string d1 = root + "/noise/baseline/s1";
+  for (int i = 0; i < 6000 && !fs::exists(d1); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const int st = slm::test::stop(pid, SIGTERM);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 143);
+  auto r = slm::test::run(f.cmd(root));
+  ASSERT_EQ(r.status, 0) << r.out;
+  engine::Ledger l(root + "/ledger.sqlite");
+  for (auto& x : l.runs("noise")) {
+    EXPECT_EQ(x.status, engine::Status::Done) << x.run_id;
+    EXPECT_EQ(x.attempts, 1) << x.run_id << ": " << x.reason;
+  }
+}
+
 // A second ablate on a ledger in use refuses up front, in one line, touching nothing; the first
 // finishes every run (before: the second started trainers into the first's folders, recorded them
 // failed "in use by another slmlab train" and exited 1).

@@ -371,10 +371,14 @@ int ablate(const AblateOptions& opt) {
         std::string why;
         auto s = read_run_json(fs::join(r.dir, "summary.json"), why);
         row.reason = s && (*s)["reason"].is_string() ? (*s)["reason"].get<std::string>() : "INVALID";
-      } else if (code == 128 + SIGTERM && summary_status(r.dir) == "preempted") {
+      } else if (code == 128 + SIGTERM && (summary_status(r.dir) == "preempted" || stop_requested)) {
         // Stopped by a signal after checkpointing (ablate stopping, a preemption): not a failure.
+        // When ablate itself passed the signal on, a trainer that had not yet installed its handler
+        // (still loading) dies of it with nothing to save: stopped too, not failed (it resumes from
+        // its last checkpoint, or from the start, like any other).
         row.status = Status::Queued;
-        row.reason = "preempted: " + last_line(fs::join(r.dir, "train.log"));
+        row.reason = summary_status(r.dir) == "preempted" ? "preempted: " + last_line(fs::join(r.dir, "train.log"))
+                                                          : "preempted: stopped by ablate before its first checkpoint";
         row.attempts = std::max<int64_t>(0, row.attempts - 1);
         ++n_preempted;
         if (!stop_requested) pending.push_back(r);  // resumes in a later wave
