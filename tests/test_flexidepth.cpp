@@ -189,12 +189,7 @@ TEST(FlexiDepth, BackboneInitIsUnchanged) {
 }
 
 TEST(FlexiDepth, CatalogRefusesBadArguments) {
-  catalog::ModelView v;
-  v.depth = 4;
-  v.d_model = 128;
-  v.n_head = 2;
-  v.head_dim = 64;
-  v.context = 256;
+  catalog::ModelView v = slm::test::model_view(4, 128, 2, 64, 256);
   auto errors_of = [&](const std::string& text) {
     std::vector<std::string> e;
     auto a = catalog::resolve_arg(text, e);

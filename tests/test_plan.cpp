@@ -243,12 +243,7 @@ TEST(Catalog, DataTransformsAndYarnRefuseBadParameters) {
 // Two block wrappers on one layer are refused by the catalog, before any model is built, naming the
 // layers; disjoint layers pass.
 TEST(Catalog, OneBlockWrapperPerLayer) {
-  catalog::ModelView v;
-  v.depth = 4;
-  v.d_model = 128;
-  v.n_head = 2;
-  v.head_dim = 64;
-  v.context = 256;
+  catalog::ModelView v = slm::test::model_view(4, 128, 2, 64, 256);
   auto errors_of = [&](const std::vector<std::string>& args) {
     std::vector<std::string> errs;
     std::vector<catalog::ModuleArgs> mods;
@@ -270,12 +265,7 @@ TEST(Catalog, OneBlockWrapperPerLayer) {
 // before any step, instead of letting the replicas drift apart; at dp 1, and for the settings that
 // keep no such state, it runs. Every other trainable module passes at dp 2.
 TEST(Catalog, RankLocalStateIsRefusedUnderDataParallelism) {
-  catalog::ModelView v;
-  v.depth = 4;
-  v.d_model = 128;
-  v.n_head = 2;
-  v.head_dim = 64;
-  v.context = 256;
+  catalog::ModelView v = slm::test::model_view(4, 128, 2, 64, 256);
   auto errors_at = [&](const std::string& arg, int64_t dp) {
     std::vector<std::string> errs;
     auto m = catalog::resolve_arg(arg, errs);

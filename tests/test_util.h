@@ -151,6 +151,17 @@ inline catalog::ModuleArgs module_args(const std::string& name, const std::map<s
   return a;
 }
 
+// The geometry catalog constraints see: depth x d_model (n_head heads of head_dim) at `context`.
+inline catalog::ModelView model_view(int64_t depth, int64_t d_model, int64_t n_head, int64_t head_dim, int64_t context) {
+  catalog::ModelView v;
+  v.depth = depth;
+  v.d_model = d_model;
+  v.n_head = n_head;
+  v.head_dim = head_dim;
+  v.context = context;
+  return v;
+}
+
 // A run's metrics.jsonl, one record per line; a line still being written while a test polls is left out.
 inline std::vector<nlohmann::json> metrics(const std::string& run) {
   std::vector<nlohmann::json> out;
