@@ -96,14 +96,7 @@ std::vector<EngramImpl*> add_engram(GPT& m, const catalog::ModuleArgs& args) {
   return out;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using slm::test::error_of;
 
 }  // namespace
 

@@ -64,14 +64,7 @@ struct RecordingMixer : MixerImpl {
   std::string describe() const override { return "recorder"; }
 };
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using slm::test::error_of;
 
 }  // namespace
 

@@ -20,19 +20,14 @@
 #include "train/schedule.h"
 #include "train/substrate.h"
 #include "test_util.h"
+#include "test_model_util.h"
 
 using namespace slm;
 
 namespace {
 
 ModelConfig tiny_config(std::vector<catalog::ModuleArgs> mods = {}) {
-  ModelConfig c;
-  c.vocab = 300;
-  c.n_layer = 2;
-  c.d_model = 32;
-  c.n_head = 2;
-  c.head_dim = 16;
-  c.context = 32;
+  ModelConfig c = slm::test::tiny_config(2);
   c.modules = std::move(mods);
   return c;
 }
@@ -52,15 +47,7 @@ const ParamGroup* group_of(const std::vector<ParamGroup>& groups, const std::str
   return nullptr;
 }
 
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using slm::test::error_of;
 
 }  // namespace
 

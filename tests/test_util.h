@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <string>
 
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "catalog/catalog.h"
+#include "common/error.h"
 #include "data/dataset.h"
 #include "test_paths.h"
 
@@ -149,6 +151,16 @@ inline catalog::ModuleArgs module_args(const std::string& name, const std::map<s
   for (auto& e : errors)
     if (e.find("is outside") == std::string::npos) ADD_FAILURE() << e;
   return a;
+}
+
+// The message of the slm::Error that f throws, "" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 // The geometry catalog constraints see: depth x d_model (n_head heads of head_dim) at `context`.
