@@ -2,9 +2,11 @@
 // parameter groups (built from the roles parameters carry, module-declared ones included), gradient
 // clipping, and the checkpoint's rules (one reader, one error per problem).
 #include <gtest/gtest.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <sys/wait.h>
@@ -15,6 +17,7 @@
 #include "common/hash.h"
 #include "model/gpt.h"
 #include "train/checkpoint.h"
+#include "train/memory.h"
 #include "train/param_groups.h"
 #include "train/run_folder.h"
 #include "train/schedule.h"
@@ -382,4 +385,91 @@ TEST(RunFolder, StaleTempFilesOfKilledRunsAreRemoved) {
   EXPECT_TRUE(fs::exists(live));
   EXPECT_TRUE(fs::exists(t / "ckpt_latest.safetensors"));
   EXPECT_TRUE(fs::exists(t / "notes.tmp.abc"));
+}
+
+// ---- the memory estimate (train/memory.h) against the bytes LibTorch's CPU allocator really holds
+
+namespace {
+
+// Every CPU tensor allocation passes through here while installed: live bytes and their peak.
+struct CountingAllocator final : c10::Allocator {
+  c10::Allocator* base = nullptr;
+  mutable std::atomic<int64_t> live{0}, peak{0};
+  struct Held {
+    c10::DataPtr inner;
+    int64_t n;
+    const CountingAllocator* owner;
+  };
+  static void release(void* p) {
+    auto* h = static_cast<Held*>(p);
+    h->owner->live -= h->n;
+    delete h;
+  }
+  c10::DataPtr allocate(size_t n) const override {
+    c10::DataPtr inner = base->allocate(n);
+    void* data = inner.get();
+    const c10::Device dev = inner.device();
+    auto* h = new Held{std::move(inner), static_cast<int64_t>(n), this};
+    const int64_t now = live += static_cast<int64_t>(n);
+    int64_t p = peak.load();
+    while (now > p && !peak.compare_exchange_weak(p, now)) {
+    }
+    return {data, h, &release, dev};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
+};
+
+}  // namespace
+
+// One fp32 training step (forward, backward, optimizer) of a model big enough that its tensors, not
+// LibTorch's bookkeeping, dominate: the stated estimate lies between 1x and 2x of the allocator's
+// peak. Allocation sizes follow from the shapes and the code path alone, so this holds on any machine.
+TEST(Memory, EstimateBoundsTheAllocatorsPeakOfATrainingStep) {
+  struct Geometry {
+    int64_t d_model, n_head, context, rows;
+  };
+  // Matrices and MLP dominate in the first; attention scores (T x T per head) in the second.
+  for (const Geometry g : {Geometry{128, 4, 256, 4}, Geometry{64, 4, 512, 2}}) {
+    ModelConfig c = slm::test::tiny_config(2);
+    c.vocab = 512;
+    c.d_model = g.d_model;
+    c.n_head = g.n_head;
+    c.head_dim = g.d_model / g.n_head;
+    c.context = g.context;
+    Substrate sub = tiny_substrate();
+    CountingAllocator counting;
+    counting.base = c10::GetCPUAllocator();
+    c10::SetCPUAllocator(&counting, /*priority=*/255);
+    double estimate = 0;
+    int64_t measured = 0;
+    {
+      GPT m(c);
+      auto groups = param_groups(*m, sub);
+      Optimizer opt(groups, OptimOptions{});
+      estimate = estimate_memory(c, param_counts(groups), g.rows, 1, false).total();
+      auto idx = torch::randint(c.vocab, {g.rows, c.context + 1}, torch::kInt64);
+      auto docs = torch::zeros({g.rows, c.context}, torch::kInt64);
+      auto loss = m->loss(idx.slice(1, 0, c.context), idx.slice(1, 1), docs);
+      loss.backward();
+      opt.step(1.0);
+      measured = counting.peak.load();
+    }
+    c10::SetCPUAllocator(counting.base, 255);
+    std::printf("C %lld T %lld rows %lld: memory estimate %.1f MiB, allocator peak %.1f MiB (ratio %.2f)\n",
+                (long long)g.d_model, (long long)g.context, (long long)g.rows, estimate / 1048576.0,
+                measured / 1048576.0, estimate / measured);
+    EXPECT_GE(estimate, double(measured)) << "C " << g.d_model << " T " << g.context;
+    EXPECT_LE(estimate, 2.0 * double(measured)) << "C " << g.d_model << " T " << g.context;
+  }
+}
+
+// The baseline's count is exact for a model without modules: the same number the built model holds.
+TEST(Memory, BaselineCountIsTheBuiltModelsCount) {
+  ModelConfig c = slm::test::tiny_config(3);
+  GPT m(c);
+  auto counts = param_counts(param_groups(*m, tiny_substrate()));
+  auto base = baseline_params(c, 1, true);
+  EXPECT_EQ(base.total(), counts.total());
+  EXPECT_EQ(base.muon, counts.muon);
+  EXPECT_EQ(base.matrices, counts.matrices);
 }

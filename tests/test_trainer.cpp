@@ -238,6 +238,33 @@ TEST(Trainer, BadInputIsRefusedBeforeAnyStep) {
   expect("--set vocab=999", "expects vocab 999");
   expect("--set data_fingerprint=0123", "pins data fingerprint");
   expect("--set tp=2", "run tp x dp ranks (--nproc 2)");
+  // ~700,000 GiB of weights: refused from the geometry before anything is allocated, on any machine.
+  expect("--set depth=64 --set aspect=4096", "the baseline of this geometry needs an estimated");
+  expect("--memory-budget nan", "--memory-budget must be a finite number");
+  expect("--memory-budget 0", "--memory-budget 0 is not a size in GiB");
+}
+
+// The estimate with the model's exact parameters (a module's included) is checked after the model is
+// built and before the optimizer's state or a step allocates: over the budget, one line, no run folder.
+TEST(Trainer, ModelOverItsMemoryBudgetIsRefusedBeforeAStep) {
+  const auto& f = fx();
+  auto estimate = [&](const std::string& extra) {
+    auto r = slm::test::run(f.train_cmd(f.t / "mem_dry", "--dry-run " + extra));
+    EXPECT_EQ(r.status, 0) << r.out;
+    const auto at = r.out.find("memory: estimated ");
+    EXPECT_NE(at, std::string::npos) << r.out;
+    return at == std::string::npos ? 0.0 : std::stod(r.out.substr(at + 18));
+  };
+  const double base = estimate(""), moe = estimate("--module moe");
+  ASSERT_GT(moe, base * 1.05) << "MoE's experts must add parameters for this test to mean anything";
+  const std::string budget = " --memory-budget " + std::to_string((base + moe) / 2);
+  const std::string run = f.t / "mem_moe";
+  auto r = slm::test::run(f.train_cmd(run, "--module moe" + budget));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("train: this model needs an estimated"), std::string::npos) << r.out;
+  EXPECT_EQ(slm::test::count_lines(r.out), 1) << r.out;
+  EXPECT_FALSE(fs::exists(run)) << "nothing is written for a refused run";
+  EXPECT_EQ(slm::test::run(f.train_cmd(f.t / "mem_dry", "--dry-run" + budget)).status, 0) << "the baseline fits";
 }
 
 TEST(Trainer, OneTrainerPerRunFolder) {

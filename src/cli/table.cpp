@@ -68,6 +68,8 @@ const std::vector<OptionSpec>& option_table() {
       {"keep-checkpoints", "train", OptType::Flag, "", "", "keep a weights-only snapshot at every checkpoint step (for eval)"},
       {"nproc", "train", OptType::Int, "1", "N",
        "data-parallel ranks on this machine (child processes; gradients all-reduced over Gloo; same total batch)"},
+      {"memory-budget", "train", OptType::Float, "", "GIB",
+       "memory a rank may use (default: the machine's available memory shared by its ranks); the estimate must fit"},
       {"grad-reduce", "train", OptType::String, "overlap", "WHEN",
        "data parallel: all-reduce gradient buckets during backward (overlap) or after it (after)"},
       {"format", "export", OptType::String, "safetensors", "FMT", "export format (safetensors)"},

@@ -263,4 +263,40 @@ int64_t peak_rss_bytes() {
   return static_cast<int64_t>(ru.ru_maxrss) * 1024;
 }
 
+namespace {
+
+// A number from a /proc or /sys file ("MemAvailable:  123 kB" style when `key` is given); -1 if absent.
+double read_number(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!key.empty() && line.rfind(key, 0) != 0) continue;
+    std::istringstream is(key.empty() ? line : line.substr(key.size()));
+    double v = -1;
+    std::string unit;
+    if (!(is >> v)) return -1;  // "max": no limit
+    is >> unit;
+    return unit == "kB" ? v * 1024 : v;
+  }
+  return -1;
+}
+
+}  // namespace
+
+double memory_available_bytes(const torch::Device& dev) {
+  if (!dev.is_cpu()) return 0;
+  double avail = read_number("/proc/meminfo", "MemAvailable:");
+  const double limit = read_number("/sys/fs/cgroup/memory.max", ""), used = read_number("/sys/fs/cgroup/memory.current", "");
+  if (limit > 0 && used >= 0) avail = avail > 0 ? std::min(avail, limit - used) : limit - used;
+  return std::max(0.0, avail);
+}
+
+double attention_score_bytes() {
+#if SLM_TORCH_AT_LEAST(2, 0)
+  return 0;
+#else
+  return 8;
+#endif
+}
+
 }  // namespace slm::device

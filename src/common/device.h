@@ -69,5 +69,11 @@ void foreach_lerp_(at::TensorList self, at::TensorList end, double weight);
 
 // Resident set size high-water mark of this process, bytes.
 int64_t peak_rss_bytes();
+// Bytes a new allocation on `dev` can still get: on the CPU the kernel's MemAvailable, bounded by
+// this cgroup's memory.max less its memory.current; 0 where this build cannot tell (CUDA).
+double memory_available_bytes(const torch::Device& dev);
+// Bytes per attention score that attention() keeps for backward: the fp32 scores and probabilities
+// of LibTorch 1.13's unfused path (8), none for a fused kernel (0).
+double attention_score_bytes();
 
 }  // namespace slm::device

@@ -25,10 +25,14 @@ std::string RunFolder::latest() const { return fs::join(dir, "ckpt_latest.safete
 std::string RunFolder::best() const { return fs::join(dir, "ckpt_best.safetensors"); }
 
 void prepare_run_folder(const RunFolder& f, const json& cfg, bool resume) {
+  check_run_folder(f, cfg, resume);
+  fs::mkdirs(f.dir);
+}
+
+void check_run_folder(const RunFolder& f, const json& cfg, bool resume) {
   const std::string& dir = f.dir;
   if (!fs::exists(f.config())) {
     SLM_CHECK(!fs::exists(dir) || fs::is_dir(dir), "train: --out ", dir, " is not a directory");
-    fs::mkdirs(dir);
     return;
   }
   SLM_CHECK(resume, "train: ", dir, " already holds a run; pass --resume to continue it or choose another --out");

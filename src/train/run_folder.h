@@ -21,6 +21,8 @@ struct RunFolder {
 // holds a run is refused unless `resume`, and then unless it is the same run (tokenizer, data,
 // seed, modules, substrate id; and the world size when a checkpoint exists). One-line errors.
 void prepare_run_folder(const RunFolder& f, const nlohmann::ordered_json& cfg, bool resume);
+// The same checks, writing nothing: run before anything is built, so a wrong folder fails first.
+void check_run_folder(const RunFolder& f, const nlohmann::ordered_json& cfg, bool resume);
 
 // One writer per run folder: a second trainer (a restarted runner, a stray command) is refused
 // instead of interleaving checkpoints. An flock on RUN_DIR/.lock holding the pid; it dies with the

@@ -26,6 +26,7 @@
 #include "train/checkpoint.h"
 #include "train/dist.h"
 #include "train/dry_run.h"
+#include "train/memory.h"
 #include "train/optim.h"
 #include "train/param_groups.h"
 #include "train/run.h"
@@ -232,7 +233,9 @@ RunConfig resolve_run_config(const TrainOptions& opt, Setup& s, const torch::Dev
   return rc;
 }
 
-void print_banner(const Setup& s, const RunConfig& rc, const Groups& g, GPTImpl& model, const std::string& plan_text) {
+// n_params, n_matmul: the whole model's, counted before tensor parallelism splits it.
+void print_banner(const Setup& s, const RunConfig& rc, const Groups& g, int64_t n_params, int64_t n_matmul,
+                  const std::string& plan_text) {
   const Substrate& sub = s.sub;
   std::printf("slmlab train | substrate %s (id %s) | %s | precision %s (%s)\n", sub.name.c_str(), rc.substrate_id.c_str(),
               device::describe().c_str(), rc.precision.c_str(), rc.precision_reason.c_str());
@@ -241,7 +244,7 @@ void print_banner(const Setup& s, const RunConfig& rc, const Groups& g, GPTImpl&
               human_count(s.ds->n_tokens(data::Split::Val)).c_str(), (long long)rc.model.vocab);
   std::printf("model: depth %lld x aspect %lld -> d_model %lld (rounded to head_dim %lld), %lld heads, %s params (%s in matmuls)\n",
               (long long)sub.depth, (long long)sub.aspect, (long long)rc.model.d_model, (long long)sub.head_dim,
-              (long long)rc.model.n_head, human_count(model.n_params()).c_str(), human_count(model.n_matmul_params()).c_str());
+              (long long)rc.model.n_head, human_count(n_params).c_str(), human_count(n_matmul).c_str());
   std::string flat = sub.canonical();
   std::replace(flat.begin(), flat.end(), '\n', ' ');
   std::printf("config: %s\n", flat.c_str());
@@ -576,36 +579,37 @@ int train(const TrainOptions& opt) {
   Groups groups = connect(s, dev);
   const RunConfig rc = resolve_run_config(opt, s, dev);
   json cfg_json = rc.to_json();
-  const RunFolder folder{opt.out_dir};
-  if (!opt.dry_run) prepare_run_folder(folder, cfg_json, opt.resume);  // refuse to mix runs
-  std::optional<RunLock> lock;  // held until the run's files are closed
-  if (!opt.dry_run && s.world.is_main()) {
-    lock.emplace(folder.dir);
-    remove_stale_temp_files(folder.dir);
-    // From here a failure is this run's: main writes its error line there, for the runner's ledger.
-    failure_file() = fs::join(folder.dir, "failure.txt");
-    if (fs::exists(failure_file())) fs::remove_all(failure_file());
-  }
+  if (!opt.dry_run) check_run_folder(RunFolder{opt.out_dir}, cfg_json, opt.resume);  // refuse to mix runs
+  // ---- memory: the baseline's share of this geometry is refused before anything is allocated
+  std::string budget_source;
+  const double budget = memory_budget_bytes(dev, opt.memory_budget_gib, s.world.local_size, &budget_source);
+  const bool bf16 = rc.precision == "bf16";
+  require_memory_fits(estimate_memory(rc.model, baseline_params(rc.model, s.tp, sub.optimizer == "muon"), s.rank_batch,
+                                      s.tp, bf16),
+                      budget, budget_source, "the baseline of this geometry");
   Run run(opt, s, rc, groups, dev);
-  run.folder = folder;
 
   // ---- model and optimizer: Muon for block matrices, AdamW for embeddings, heads and the rest
   run.model = GPT(rc.model);
   GPT& model = run.model;
   model->to(dev);
   cfg_json["layer_plan"] = layer_plan(*model);
-  print_banner(s, rc, groups, *model, cfg_json["layer_plan"].get<std::string>());
+  const int64_t n_params = model->n_params(), n_matmul = model->n_matmul_params();
   run.flops_tok = model->flops_per_token(sub.context);
+  if (groups.tp) model->shard_tensor_parallel(groups.tp->as_tp_group());
+  const std::vector<ParamGroup> lr_groups = param_groups(*model, sub);
+  // This rank's parameters, exact, before the optimizer's state and the first step allocate theirs.
+  const MemoryEstimate mem = estimate_memory(rc.model, param_counts(lr_groups), s.rank_batch, s.tp, bf16);
+  require_memory_fits(mem, budget, budget_source, "this model");
+  print_banner(s, rc, groups, n_params, n_matmul, cfg_json["layer_plan"].get<std::string>());
   // Every rank's tokens count in tokens/s, so the denominator is the peak of every device used.
-  run.peak = s.world.size * device::peak_flops(dev, rc.precision == "bf16" ? torch::kBFloat16 : torch::kFloat32);
-  if (groups.tp) {
-    model->shard_tensor_parallel(groups.tp->as_tp_group());
+  run.peak = s.world.size * device::peak_flops(dev, bf16 ? torch::kBFloat16 : torch::kFloat32);
+  if (groups.tp)
     std::printf("tensor parallel: tp %d x dp %d over c10d %s; this rank holds heads and hidden units %d/%d of each block\n",
                 s.tp, s.mesh.dp, groups.tp->backend().c_str(), s.mesh.tp_rank + 1, s.tp);
-  }
-  const std::vector<ParamGroup> lr_groups = param_groups(*model, sub);
   cfg_json["param_groups"] = param_groups_json(lr_groups);
   std::printf("%s", describe_param_groups(lr_groups, sub).c_str());
+  std::printf("memory: estimated %s per rank; %s\n", mem.describe().c_str(), budget_text(budget, budget_source).c_str());
   OptimOptions oo;
   oo.beta1 = sub.adam_beta1;
   oo.beta2 = sub.adam_beta2;
@@ -617,6 +621,18 @@ int train(const TrainOptions& opt) {
                             run.peak});
     return 0;
   }
+
+  const RunFolder folder{opt.out_dir};
+  prepare_run_folder(folder, cfg_json, opt.resume);
+  std::optional<RunLock> lock;  // held until the run's files are closed
+  if (s.world.is_main()) {
+    lock.emplace(folder.dir);
+    remove_stale_temp_files(folder.dir);
+    // From here a failure is this run's: main writes its error line there, for the runner's ledger.
+    failure_file() = fs::join(folder.dir, "failure.txt");
+    if (fs::exists(failure_file())) fs::remove_all(failure_file());
+  }
+  run.folder = folder;
 
   // ---- resume or start
   run.loader = std::make_unique<data::Loader>(*s.ds, data::Split::Train, sub.context, sub.data_order_seed(), true,
