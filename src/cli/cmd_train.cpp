@@ -26,6 +26,7 @@ int cmd_train(const Args& a) {
   SLM_CHECK(reduce == "overlap" || reduce == "after", "train: --grad-reduce '", reduce,
             "' is not a choice; use overlap or after");
   o.overlap_grad_reduce = reduce == "overlap";
+  o.check_replicas = a.flag("check-replicas");
   if (a.has("threads")) o.sets.push_back("threads=" + std::to_string(a.i64("threads")));
   // --nproc N: this process becomes the launcher of N ranks (a dry run measures in one process).
   const int64_t nproc = a.i64("nproc");

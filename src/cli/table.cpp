@@ -70,6 +70,9 @@ const std::vector<OptionSpec>& option_table() {
        "data-parallel ranks on this machine (child processes; gradients all-reduced over Gloo; same total batch)"},
       {"grad-reduce", "train", OptType::String, "overlap", "WHEN",
        "data parallel: all-reduce gradient buckets during backward (overlap) or after it (after)"},
+      {"check-replicas", "train", OptType::Flag, "", "",
+       "data parallel, a debug check: after every step fail unless every rank's parameters and buffers are bitwise "
+       "equal, naming the first that differs"},
       {"format", "export", OptType::String, "safetensors", "FMT", "export format (safetensors)"},
       {"n", "eval compile", OptType::Int, "32", "N", "prompts to score"},
       {"mode", "eval compile", OptType::String, "complete", "MODE", "complete (left to right) or fim (infill between prefix and suffix)"},

@@ -43,6 +43,18 @@ torch::Tensor CbpMlpImpl::forward(const torch::Tensor& x, Ctx& ctx) {
 
 void CbpMlpImpl::after_step(StepCtx& sctx) {
   torch::NoGradGuard ng;
+  if (dp_active(sctx.dp)) {
+    // The whole step's activations, every rank's rows: all ranks rank the same utilities and replace
+    // the same units (the redraw's generator is already the same everywhere). Every rank has made the
+    // same training forwards, so all have a sum or none has.
+    auto n = torch::full({1}, act_tokens, torch::kInt64);
+    dp_sum(sctx.dp, n);
+    act_tokens = n.item<int64_t>();
+    if (act_tokens > 0) {
+      if (!act_sum.defined()) act_sum = torch::zeros({utility.size(0)}, utility.options());
+      dp_sum(sctx.dp, act_sum);
+    }
+  }
   if (act_tokens > 0) {  // no training forward this step (a test calling the hook alone): no new evidence
     auto out_mag = c_proj->weight.abs().sum({0}, false, torch::kFloat);  // (H,) sum_k |W_proj[k, i]|
     utility.mul_(opt.decay).add_(act_sum / static_cast<double>(act_tokens) * out_mag, 1 - opt.decay);

@@ -93,9 +93,17 @@ torch::Tensor MoeExpertImpl::forward(const torch::Tensor& x) {
 
 torch::Tensor moe_z_loss(const torch::Tensor& logits) { return torch::logsumexp(logits, -1).pow(2).mean(); }
 
-torch::Tensor moe_balance_loss(const torch::Tensor& probs, const torch::Tensor& experts) {
+torch::Tensor moe_balance_loss(const torch::Tensor& probs, const torch::Tensor& experts, const TpGroupPtr& dp) {
   const int64_t E = probs.size(1);
   // f counts picks (no gradient: top-k is not differentiable); P carries the gradient.
+  if (dp_active(dp)) {
+    // Every rank's picks (integers: exact), so each rank's E sum_i f_i P_i has the global f and the
+    // mean over the ranks (theirs are the same size) is one process's loss and gradient.
+    auto n = torch::cat({torch::bincount(experts.reshape({-1}), {}, E), torch::full({1}, experts.numel(), torch::kInt64)});
+    dp_sum(dp, n);
+    auto f = n.slice(0, 0, E).to(probs.scalar_type()) / static_cast<double>(n[E].item<int64_t>());
+    return static_cast<double>(E) * (f * probs.mean(0)).sum();
+  }
   auto f = torch::bincount(experts.reshape({-1}), {}, E).to(probs.scalar_type()) / static_cast<double>(experts.numel());
   return static_cast<double>(E) * (f * probs.mean(0)).sum();
 }
@@ -194,6 +202,8 @@ void MoeImpl::update_bias(const torch::Tensor& load) {
 }
 
 void MoeImpl::after_step(StepCtx& sc) {
+  // The whole step's load, every rank's picks: all ranks move the biases alike (integers: exact).
+  if (opt.bias_rate > 0) dp_sum(sc.dp, step_load);
   if (opt.bias_rate > 0 && step_load.sum().item<int64_t>() > 0) update_bias(step_load);
   step_load.zero_();
   auto b = balance_bias.to(torch::kFloat64);
@@ -211,7 +221,7 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, Ctx& ctx) {
   if (ctx.training) {
     const std::string L = ".L" + std::to_string(opt.layer);
     if (opt.z_loss > 0) ctx.aux.push_back({"moe_z" + L, moe_z_loss(r.logits), opt.z_loss});
-    if (opt.aux_loss > 0) ctx.aux.push_back({"moe_aux" + L, moe_balance_loss(r.probs, r.experts), opt.aux_loss});
+    if (opt.aux_loss > 0) ctx.aux.push_back({"moe_aux" + L, moe_balance_loss(r.probs, r.experts, ctx.dp), opt.aux_loss});
     if (opt.bias_rate > 0) {  // the step's load, for the bias update in after_step
       torch::NoGradGuard ng;
       step_load.add_(torch::tensor(d.load, torch::kInt64).to(step_load.device()));

@@ -103,7 +103,8 @@ struct MoeDispatch {
 // Router z-loss: mean over tokens of logsumexp(logits)^2. logits: (N, E) -> scalar.
 torch::Tensor moe_z_loss(const torch::Tensor& logits);
 // Switch balance loss E sum_i f_i P_i: probs (N, E) rows summing to 1, experts (N, K) -> scalar.
-torch::Tensor moe_balance_loss(const torch::Tensor& probs, const torch::Tensor& experts);
+// With a data-parallel group (model/dp.h), f counts every rank's picks.
+torch::Tensor moe_balance_loss(const torch::Tensor& probs, const torch::Tensor& experts, const TpGroupPtr& dp = nullptr);
 
 struct MoeImpl : FfnImpl {
   explicit MoeImpl(const MoeOptions& o);

@@ -483,6 +483,16 @@ class Run {
     return r;
   }
 
+  // --check-replicas: every rank of the data-parallel group holds the same parameters and buffers
+  // bit for bit (after `step`). Collective.
+  void check_replicas(int64_t step) {
+    if (!opt_.check_replicas || !g_.dp) return;
+    std::vector<std::pair<std::string, torch::Tensor>> named;
+    for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
+    for (auto& b : model->named_buffers()) named.emplace_back(b.key(), b.value());
+    dist::check_replicas(*g_.dp, named, step);
+  }
+
   // Every rank starts from its data-parallel group's first rank's weights (they are built from the
   // same seed; this makes sure: the ranks of a DP group hold the same shards), and only after every
   // rank has checked the run folder does rank 0 write to it. Collective.
@@ -598,6 +608,8 @@ int train(const TrainOptions& opt) {
   run.flops_tok = model->flops_per_token(sub.context);
   // Every rank's tokens count in tokens/s, so the denominator is the peak of every device used.
   run.peak = s.world.size * device::peak_flops(dev, rc.precision == "bf16" ? torch::kBFloat16 : torch::kFloat32);
+  // Modules reduce the statistics that decide their state over the data-parallel ranks (model/dp.h).
+  if (groups.dp) model->dp = groups.dp->as_tp_group();
   if (groups.tp) {
     model->shard_tensor_parallel(groups.tp->as_tp_group());
     std::printf("tensor parallel: tp %d x dp %d over c10d %s; this rank holds heads and hidden units %d/%d of each block\n",
@@ -625,6 +637,7 @@ int train(const TrainOptions& opt) {
   const bool resumed = opt.resume && fs::exists(run.folder.latest());
   if (resumed) run.resume(run.folder.latest());
   run.sync_ranks();
+  run.check_replicas(run.st.step);
   if (s.world.is_main()) {
     cfg_json["code_id"] = code_id();  // the training sources this binary was built from (not compared on resume)
     fs::write_atomic(run.folder.config(), cfg_json.dump(1) + "\n");
@@ -649,6 +662,7 @@ int train(const TrainOptions& opt) {
     if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) return run.invalid(r);
     ++st.step;
     const double dt = seconds(t0);
+    run.check_replicas(st.step);  // outside the step's time
     st.train_seconds += dt;
     st.tokens += sub.total_batch;
     st.loader = run.loader->state();

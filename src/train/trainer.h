@@ -23,6 +23,8 @@ struct TrainOptions {
   bool quiet = false;                // no per-step line
   bool keep_checkpoints = false;     // also keep a weights-only snapshot at every checkpoint step
   bool overlap_grad_reduce = true;   // data parallel: send gradient buckets during backward
+  bool check_replicas = false;       // data parallel: after every step, fail unless every rank's
+                                     // parameters and buffers are bitwise equal (dist::check_replicas)
 };
 
 // Exit status: 0 done, 3 INVALID (non-finite loss), kPreempted when SIGTERM or SIGINT stopped it

@@ -17,7 +17,6 @@ std::vector<std::string> check_cbp(const ModuleArgs& a, const ModelView& m) {
   if (a.f64("decay") >= 1)
     e.push_back("decay " + value_text(a.f64("decay")) + " never lets a utility change; use the paper's 0.99");
   check_layers(a, m, "every layer", e);
-  refuse_data_parallel("", "which units to replace (utilities of rank-local activations)", m, e);
   return e;
 }
 
