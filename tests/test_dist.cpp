@@ -1,6 +1,8 @@
 // Data-parallel training: the bucketed all-reduce of a two-rank in-process group averages gradients;
 // `--nproc 2` follows the single-process loss curve (same total batch) and gives its val_bpb; a
-// killed two-rank run resumes bitwise; a resume with another world size is refused in one line.
+// killed two-rank run resumes bitwise; a resume with another world size is refused in one line; the
+// stateful modules (CBP, MoE, NCP, GateSkip) keep every replica bitwise equal and follow one process,
+// and the replica check finds a planted divergence.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -353,7 +355,8 @@ TEST(Dist, TensorTimesDataParallelFollowsTheSingleProcessCurve) {
   const std::string one = f.t / "tp_one", mesh = f.t / "tp2dp2";
   auto r1 = slm::test::run(f.train_cmd(one));
   ASSERT_EQ(r1.status, 0) << r1.out;
-  auto r4 = slm::test::run(f.train_cmd(mesh, "--nproc 4 --set tp=2"));
+  // --check-replicas: the two ranks of each data-parallel group (the same shards) stay bitwise equal.
+  auto r4 = slm::test::run(f.train_cmd(mesh, "--nproc 4 --set tp=2 --check-replicas"));
   ASSERT_EQ(r4.status, 0) << r4.out;
   EXPECT_NE(r4.out.find("tensor parallel: tp 2 x dp 2"), std::string::npos) << r4.out;
   auto l1 = series(one, "loss"), l4 = series(mesh, "loss");
@@ -434,8 +437,9 @@ struct StatefulCase {
   std::string module;  // --module argument
   // The state acted, from rank 0's records: a replacement, a bias moved, a restart, a calibration.
   std::function<bool(const std::vector<json>&)> acted;
-  // Statistics that record the module's decisions: equal (within kLossTol, relative) in both runs.
-  std::vector<std::string> decisions;
+  // Statistics that record the module's decisions, as (record group, key): equal (within kLossTol,
+  // relative) in both runs.
+  std::vector<std::pair<const char*, std::string>> decisions;
 };
 
 double stat_of(const json& r, const char* group, const std::string& key) {
@@ -448,29 +452,34 @@ bool any_stat(const std::vector<json>& recs, const char* group, const std::strin
   return false;
 }
 
-}  // namespace
-
-TEST(Dist, StatefulModulesKeepReplicasEqualAndFollowOneProcess) {
-  const auto& f = fx();
-  const std::string substrate = f.t / "stateful.toml";
-  slm::test::write(substrate,
-                   "name = \"test-dp-state\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
-                   "total_batch = 512\ndevice_batch = 16\nsteps = 10\neval_every = 1\neval_tokens = 512\n"
-                   "ckpt_every = 10\nthreads = 1\nprecision = \"fp32\"\nlr_matrix = 0.05\nlr_embed = 0.5\n"
-                   "lr_head = 0.02\nwarmdown_frac = 0.3\n");
-  const std::vector<StatefulCase> cases = {
+const std::vector<StatefulCase>& stateful_cases() {
+  static const std::vector<StatefulCase> cases = {
       {"cbp", "cbp.rate=0.05,maturity=2",
-       [](const std::vector<json>& r) { return any_stat(r, "modules", "cbp.replaced"); }, {"cbp.replaced", "cbp.L0.utility"}},
+       [](const std::vector<json>& r) { return any_stat(r, "modules", "cbp.replaced"); }, {{"modules", "cbp.replaced"}, {"modules", "cbp.L0.utility"}}},
       {"moe", "moe.n_shared=1,n_routed=4,top_k=2,expert_hidden=24,score=sigmoid,bias_rate=0.01,capacity_factor=1.0",
        [](const std::vector<json>& r) { return any_stat(r, "modules", "moe.L0.bias_spread"); },
-       {"moe.L0.bias_spread", "moe.L1.bias_spread"}},
+       {{"modules", "moe.L0.bias_spread"}, {"modules", "moe.L1.bias_spread"}}},
       {"ncp", "ncp.codes=8", [](const std::vector<json>& r) { return any_stat(r, "modules", "ncp.restarted"); },
-       {"ncp.restarted"}},
+       {{"modules", "ncp.restarted"}, {"modules", "ncp.usage"}}},
       {"gateskip", "gateskip.ramp_steps=4,skip_final=0.2",
-       [](const std::vector<json>& r) { return any_stat(r, "eval_modules", "gateskip.skipped"); }, {}},
+       [](const std::vector<json>& r) { return any_stat(r, "eval_modules", "gateskip.skipped"); },
+       {{"eval_modules", "gateskip.skipped"}, {"eval_modules", "gateskip.L0.skip_ffn"}}},
   };
-  for (const auto& c : cases) {
-    SCOPED_TRACE(c.name);
+  return cases;
+}
+
+// One process and DP=2 (--check-replicas) with case `i`'s module, compared.
+void check_stateful(size_t i) {
+  const StatefulCase& c = stateful_cases()[i];
+  const auto& f = fx();
+  const std::string substrate = f.t / "stateful.toml";
+  if (!fs::exists(substrate))
+    slm::test::write(substrate,
+                     "name = \"test-dp-state\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
+                     "total_batch = 512\ndevice_batch = 16\nsteps = 10\neval_every = 1\neval_tokens = 512\n"
+                     "ckpt_every = 10\nthreads = 1\nprecision = \"fp32\"\nlr_matrix = 0.05\nlr_embed = 0.5\n"
+                     "lr_head = 0.02\nwarmdown_frac = 0.3\n");
+  {
     const auto t0 = std::chrono::steady_clock::now();
     const std::string one = f.t / (std::string("state_one_") + c.name), two = f.t / (std::string("state_two_") + c.name);
     auto cmd = [&](const std::string& out, const std::string& extra) {
@@ -511,8 +520,8 @@ TEST(Dist, StatefulModulesKeepReplicasEqualAndFollowOneProcess) {
       if (r.contains("val_bpb")) by_step[r["step"]] = &r;
     for (auto& r : m2) {
       if (!r.contains("val_bpb") || !by_step.count(r["step"])) continue;
-      for (auto& key : c.decisions) {
-        const double a = stat_of(*by_step[r["step"]], "modules", key), b = stat_of(r, "modules", key);
+      for (auto& [group, key] : c.decisions) {
+        const double a = stat_of(*by_step[r["step"]], group, key), b = stat_of(r, group, key);
         EXPECT_NEAR(b, a, kLossTol * std::max(1.0, std::abs(a))) << key << " at step " << r["step"];
       }
     }
@@ -520,6 +529,13 @@ TEST(Dist, StatefulModulesKeepReplicasEqualAndFollowOneProcess) {
                 worst, worst_val, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
 }
+
+}  // namespace
+
+TEST(Dist, CbpKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_stateful(0); }
+TEST(Dist, MoeKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_stateful(1); }
+TEST(Dist, NcpKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_stateful(2); }
+TEST(Dist, GateSkipKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_stateful(3); }
 
 // The replica check itself: a tensor planted different on one rank is found and named; equal
 // tensors pass. (Without it, a check that hashes nothing or compares a rank with itself would pass.)
