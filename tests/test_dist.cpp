@@ -20,6 +20,10 @@
 #include <thread>
 
 #include "common/fs.h"
+#include "model/gpt.h"
+#include "model/ncp.h"
+#include "test_model_util.h"
+#include "test_tolerance.h"
 #include "test_util.h"
 #include "train/dist.h"
 
@@ -567,6 +571,57 @@ TEST(Dist, ReplicaCheckNamesThePlantedDivergence) {
           << "every rank fails alike; rank " << r << ": " << err[r];
     }
   }
+}
+
+// NCP at DP=2 when one rank's rows hold no concept pair (every document there shorter than 2 spans):
+// that rank still takes part in the reductions, both ranks end with the same codebook bit for bit,
+// it is one process's codebook over both rows (restarts included: every code the first batch missed
+// is restarted from the other rank's concepts), and the mean of the ranks' losses and of their head
+// gradients is one process's (the loss is scaled by the pairs of every rank, not of its own).
+TEST(Dist, NcpRankWithoutPairsTakesPartAndMatchesOneProcess) {
+  const int64_t T = 32, C = 32, S = 2, N = 8;
+  NcpOptions o;
+  o.d_model = C;
+  o.span = 4;
+  o.segments = S;
+  o.codes = N;
+  o.decay = 0.95;
+  o.weight = 1;
+  o.seed = 5;
+  GPT model(slm::test::tiny_config(1));
+  torch::manual_seed(3);
+  auto h = torch::randn({2, T, C});
+  auto docs = torch::stack({torch::zeros({T}, torch::kInt64), torch::div(torch::arange(T), 5, "floor")});  // row 1: docs of 5 < 2 x 4
+  auto run_one = [&](NcpObjectiveImpl& m, const torch::Tensor& hr, const torch::Tensor& dr, const TpGroupPtr& dp) {
+    Ctx ctx;
+    ctx.doc_ids = dr;
+    ctx.training = true;
+    ctx.dp = dp;
+    auto leaf = hr.clone().requires_grad_();
+    m.add_loss(leaf, *model, ctx);
+    EXPECT_EQ(ctx.aux.size(), 1u) << "every rank adds the loss: the trainer all-reduces the same aux names";
+    ctx.aux.at(0).value.backward();
+    return std::make_pair(ctx.aux.at(0).value.item<double>(), ctx.stats);
+  };
+  auto one = std::make_shared<NcpObjectiveImpl>(o);
+  auto [loss1, stats1] = run_one(*one, h, docs, nullptr);
+  ASSERT_GT(stats1["ncp.restarted"], 0) << "the test must exercise the restart";
+  std::vector<std::shared_ptr<NcpObjectiveImpl>> ranks{std::make_shared<NcpObjectiveImpl>(o), std::make_shared<NcpObjectiveImpl>(o)};
+  std::vector<double> losses(2);
+  with_group(2, [&](dist::Comm& c) {
+    const int r = c.world().rank;
+    losses[r] = run_one(*ranks[r], h.slice(0, r, r + 1), docs.slice(0, r, r + 1), c.as_tp_group()).first;
+  });
+  EXPECT_EQ(losses[1], 0.0) << "no pair of its own: a zero share";
+  for (const char* b : {"ema_count", "ema_sum", "mean_sum", "mean_weight"}) {
+    auto b0 = ranks[0]->named_buffers()[b], b1 = ranks[1]->named_buffers()[b];
+    EXPECT_TRUE(torch::equal(b0, b1)) << b << ": the ranks' codebooks differ";
+    // The sums over P <= 8 pairs in another order; the restarts copy the same concepts.
+    EXPECT_TRUE(slm::test::fp32_close(b0, one->named_buffers()[b], 4 * C)) << b;
+  }
+  EXPECT_NEAR((losses[0] + losses[1]) / 2, loss1, slm::test::fp32_bound(4 * C, loss1));
+  auto g = (ranks[0]->head.grad() + ranks[1]->head.grad()) / 2;
+  EXPECT_TRUE(slm::test::fp32_close(g, one->head.grad(), 4 * C));
 }
 
 TEST(Dist, ResumeWithAnotherWorldSizeIsRefused) {
