@@ -158,7 +158,7 @@ Setup configure(const TrainOptions& opt) {
               ") or --set tp=1");
   s.mesh = dist::mesh_of(world, tp);
   const dist::Mesh& mesh = s.mesh;
-  {  // the modules again at this run's real topology: some keep state that dp ranks cannot share yet
+  {  // the modules again at this run's real topology (tensor parallelism: which modules split)
     catalog::ModelView v = sub.model_view();
     v.tp = tp;
     v.dp = mesh.dp;
