@@ -385,6 +385,41 @@ TEST(Dist, TensorTimesDataParallelFollowsTheSingleProcessCurve) {
 
 // GateSkip at TP=2 (the article's limit): its gates read the replicated residual and its branches
 // are the split blocks, so two TP ranks follow one process with the module too.
+// CBP at TP=2: each rank holds half the hidden units; utilities and ages stay whole on every rank
+// (the shards' sums gathered), so both shards rank and replace the same units, each redrawing its
+// own rows from the same draws. Follows one process (same substrate but tp), the replicated
+// tensors bitwise equal across the TP ranks after every step (--check-replicas).
+TEST(Dist, CbpAtTensorParallelTwoFollowsOneProcess) {
+  const auto& f = fx();
+  const std::string mod = " --module cbp.rate=0.05,maturity=2";
+  const std::string one = f.t / "cbp_one", two = f.t / "cbp_tp2";
+  auto r1 = slm::test::run(f.train_cmd(one, mod));
+  ASSERT_EQ(r1.status, 0) << r1.out;
+  auto r2 = slm::test::run(f.train_cmd(two, "--nproc 2 --set tp=2 --check-replicas" + mod));
+  ASSERT_EQ(r2.status, 0) << r2.out;
+  EXPECT_NE(r2.out.find("tensor parallel: tp 2 x dp 1"), std::string::npos) << r2.out;
+  auto l1 = series(one, "loss"), l2 = series(two, "loss");
+  ASSERT_EQ(l1.size(), 10u);
+  ASSERT_EQ(l2.size(), 10u);
+  double worst = 0;
+  for (auto& [step, v] : l1) {
+    EXPECT_NEAR(l2[step], v, kLossTol) << "step " << step;
+    worst = std::max(worst, std::abs(l2[step] - v));
+  }
+  auto v1 = series(one, "val_bpb"), v2 = series(two, "val_bpb");
+  ASSERT_EQ(v1.size(), v2.size());
+  for (auto& [step, v] : v1) EXPECT_NEAR(v2[step], v, kValTol) << "step " << step;
+  double replaced = 0;
+  for (auto& r : slm::test::metrics(two))
+    if (r.contains("modules") && r["modules"].contains("cbp.replaced")) replaced = r["modules"]["cbp.replaced"];
+  double replaced1 = 0;
+  for (auto& r : slm::test::metrics(one))
+    if (r.contains("modules") && r["modules"].contains("cbp.replaced")) replaced1 = r["modules"]["cbp.replaced"];
+  EXPECT_GT(replaced, 0) << "units were replaced";
+  EXPECT_EQ(replaced, replaced1);
+  std::printf("cbp tp2 vs one process: largest loss difference %.3g, %g units replaced\n", worst, replaced);
+}
+
 TEST(Dist, GateSkipAtTensorParallelTwoFollowsOneProcess) {
   const auto& f = fx();
   const std::string mod = " --module gateskip.ramp_steps=4,skip_final=0.2";

@@ -484,13 +484,17 @@ class Run {
   }
 
   // --check-replicas: every rank of the data-parallel group holds the same parameters and buffers
-  // bit for bit (after `step`). Collective.
+  // bit for bit (after `step`), and the ranks of a tensor-parallel group the same unsplit ones.
+  // Collective.
   void check_replicas(int64_t step) {
-    if (!opt_.check_replicas || !g_.dp) return;
-    std::vector<std::pair<std::string, torch::Tensor>> named;
+    if (!opt_.check_replicas) return;
+    std::vector<std::pair<std::string, torch::Tensor>> named, whole;
     for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
     for (auto& b : model->named_buffers()) named.emplace_back(b.key(), b.value());
-    dist::check_replicas(*g_.dp, named, step);
+    for (auto& nt : named)
+      if (sharded_dim(nt.first) < 0) whole.push_back(nt);
+    if (g_.dp) dist::check_replicas(*g_.dp, named, step);
+    if (g_.tp) dist::check_replicas(*g_.tp, whole, step, "tensor-parallel");
   }
 
   // Every rank starts from its data-parallel group's first rank's weights (they are built from the

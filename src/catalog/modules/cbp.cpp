@@ -45,6 +45,10 @@ const ModuleSpec& spec_cbp() {
       check_cbp,
       nullptr,
       "rate=0.05,maturity=2",
+      nullptr,
+      // Tensor parallel: split as the relu2 MLP (hidden units over the ranks); utilities and ages stay
+      // whole on every rank (the shards' sums gathered), so every shard ranks and replaces the same units.
+      0,
   };
   return s;
 }
