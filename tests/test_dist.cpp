@@ -420,6 +420,38 @@ TEST(Dist, CbpAtTensorParallelTwoFollowsOneProcess) {
   std::printf("cbp tp2 vs one process: largest loss difference %.3g, %g units replaced\n", worst, replaced);
 }
 
+// NCP at TP=2, replicated: each TP rank computes the same concepts from the whole final hidden
+// state, so the codebook (checked bitwise across the TP ranks after every step) and the loss follow
+// one process; the TP ranks see the same rows, so even the per-forward EMA updates are one process's.
+TEST(Dist, NcpAtTensorParallelTwoFollowsOneProcess) {
+  const auto& f = fx();
+  const std::string mod = " --module ncp.codes=8";
+  const std::string one = f.t / "ncp_one", two = f.t / "ncp_tp2";
+  auto r1 = slm::test::run(f.train_cmd(one, mod));
+  ASSERT_EQ(r1.status, 0) << r1.out;
+  auto r2 = slm::test::run(f.train_cmd(two, "--nproc 2 --set tp=2 --check-replicas" + mod));
+  ASSERT_EQ(r2.status, 0) << r2.out;
+  auto l1 = series(one, "loss"), l2 = series(two, "loss");
+  ASSERT_EQ(l1.size(), 10u);
+  ASSERT_EQ(l2.size(), 10u);
+  double worst = 0;
+  for (auto& [step, v] : l1) {
+    EXPECT_NEAR(l2[step], v, kLossTol) << "step " << step;
+    worst = std::max(worst, std::abs(l2[step] - v));
+  }
+  auto v1 = series(one, "val_bpb"), v2 = series(two, "val_bpb");
+  ASSERT_EQ(v1.size(), v2.size());
+  for (auto& [step, v] : v1) EXPECT_NEAR(v2[step], v, kValTol) << "step " << step;
+  std::map<int64_t, double> a1, a2;  // the NCP loss per step
+  for (auto& r : slm::test::metrics(one))
+    if (r.contains("aux")) a1[r["step"]] = r["aux"]["ncp"];
+  for (auto& r : slm::test::metrics(two))
+    if (r.contains("aux")) a2[r["step"]] = r["aux"]["ncp"];
+  ASSERT_EQ(a1.size(), 10u);
+  for (auto& [step, v] : a1) EXPECT_NEAR(a2[step], v, kLossTol) << "ncp loss, step " << step;
+  std::printf("ncp tp2 vs one process: largest loss difference %.3g\n", worst);
+}
+
 TEST(Dist, GateSkipAtTensorParallelTwoFollowsOneProcess) {
   const auto& f = fx();
   const std::string mod = " --module gateskip.ramp_steps=4,skip_final=0.2";

@@ -51,6 +51,11 @@ const ModuleSpec& spec_ncp() {
       check_ncp,
       nullptr,
       "codes=8",
+      nullptr,
+      // Tensor parallel, replicated (as lm_head): it reads the final hidden state, whole on every TP
+      // rank, and its head and codebook are the same on every rank, so every rank computes the same
+      // loss and codebook update; the trunk's split blocks take its gradient as they take lm_head's.
+      0,
   };
   return s;
 }
