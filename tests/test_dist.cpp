@@ -21,6 +21,7 @@
 
 #include "common/fs.h"
 #include "model/gpt.h"
+#include "model/moe.h"
 #include "model/ncp.h"
 #include "test_model_util.h"
 #include "test_tolerance.h"
@@ -689,6 +690,85 @@ TEST(Dist, NcpRankWithoutPairsTakesPartAndMatchesOneProcess) {
   EXPECT_NEAR((losses[0] + losses[1]) / 2, loss1, slm::test::fp32_bound(4 * C, loss1));
   auto g = (ranks[0]->head.grad() + ranks[1]->head.grad()) / 2;
   EXPECT_TRUE(slm::test::fp32_close(g, one->head.grad(), 4 * C));
+}
+
+// MoE split over two TP ranks (threads), each expert as the relu2 MLP: the output, the input
+// gradient, the router's gradient (whole on every rank: the partial expert outputs are summed
+// before the gates weight them) and each rank's expert gradients (its slice of the whole) are one
+// process's; the aux losses are the same on every rank. Not yet wired into the trainer (max_tp 1).
+TEST(Dist, MoeSplitOverTwoTensorParallelRanksIsTheWholeLayer) {
+  MoeOptions o;
+  o.d_model = 32;
+  o.n_shared = 1;
+  o.n_routed = 4;
+  o.top_k = 2;
+  o.expert_hidden = 24;
+  o.score = "sigmoid";
+  o.route_scale = 1.0;
+  o.z_loss = 0.01;
+  o.aux_loss = 0.01;
+  o.seed = 9;
+  torch::manual_seed(4);
+  auto x = torch::randn({2, 8, 32});
+  auto w = torch::randn({2, 8, 32});
+  struct Out {
+    torch::Tensor y, xgrad;
+    std::map<std::string, torch::Tensor> grads;
+    double aux = 0;
+  };
+  auto run_one = [&](MoeImpl& m) {
+    Ctx ctx;
+    ctx.training = true;
+    auto xi = x.clone().requires_grad_();
+    auto y = m.forward(xi, ctx);
+    auto loss = (y * w).sum();
+    double aux = 0;
+    for (auto& a : ctx.aux) {
+      loss = loss + a.weight * a.value;
+      aux += a.value.item<double>();
+    }
+    loss.backward();
+    Out out{y.detach(), xi.grad(), {}, aux};
+    for (auto& p : m.named_parameters())
+      if (p.value().grad().defined()) out.grads[p.key()] = p.value().grad();
+    return out;
+  };
+  std::vector<std::shared_ptr<MoeImpl>> ms;
+  for (int i = 0; i < 3; ++i) ms.push_back(std::make_shared<MoeImpl>(o));
+  // Trained-looking weights (the experts' c_proj start at 0, which would make every output and the
+  // router's gradient 0), the same in all three.
+  slm::test::perturb(*ms[0], 17, 0.2);
+  {
+    torch::NoGradGuard ng;
+    for (int i = 1; i < 3; ++i)
+      for (auto& p : ms[i]->named_parameters()) p.value().copy_(ms[0]->named_parameters()[p.key()]);
+  }
+  const Out whole = run_one(*ms[0]);
+  ASSERT_GT(whole.grads.at("router.weight").abs().max().item<double>(), 1e-3) << "the router must get a gradient";
+  std::vector<Out> part(2);
+  std::vector<std::map<std::string, int64_t>> splits(2);
+  with_group(2, [&](dist::Comm& c) {
+    const int r = c.world().rank;
+    ASSERT_EQ(ms[1 + r]->split_tensor_parallel(c.as_tp_group(), splits[r]), "");
+    part[r] = run_one(*ms[1 + r]);
+  });
+  ASSERT_EQ(splits[0].size(), 2u * (o.n_routed + 1)) << "every expert's two matrices, the shared one's too";
+  EXPECT_EQ(splits[0].count("router.weight"), 0u) << "the router stays whole";
+  const int64_t n = 32 + 24 + 32;  // terms along the longest path: c_fc (C), c_proj (h), the outputs' sums
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(slm::test::fp32_close(part[r].y, whole.y, n)) << "rank " << r;
+    EXPECT_TRUE(slm::test::fp32_close(part[r].xgrad, whole.xgrad, n)) << "rank " << r;
+    EXPECT_NEAR(part[r].aux, whole.aux, slm::test::fp32_bound(n, whole.aux)) << "rank " << r;
+    for (auto& [name, g] : whole.grads) {
+      ASSERT_TRUE(part[r].grads.count(name)) << name;
+      auto want = g;
+      if (splits[r].count(name)) {
+        const int64_t d = splits[r][name], len = g.size(d) / 2;
+        want = g.narrow(d, r * len, len);
+      }
+      EXPECT_TRUE(slm::test::fp32_close(part[r].grads[name], want, n)) << name << " rank " << r;
+    }
+  }
 }
 
 TEST(Dist, ResumeWithAnotherWorldSizeIsRefused) {

@@ -189,7 +189,7 @@ torch::Tensor MoeImpl::run_experts(const torch::Tensor& xf, const MoeRouting& r,
   for (int64_t i = 0; i < opt.n_routed; ++i)  // experts, not tokens
     if (d.counts[i] > 0) ys.push_back(experts[i]->as<MoeExpertImpl>()->forward(xs[i]));
   if (ys.empty()) return torch::zeros_like(xf);
-  auto y = torch::cat(ys);  // (A', C)
+  auto y = tp_reduce_out(torch::cat(ys), tp);  // (A', C), whole under TP
   auto w = r.gates.reshape({-1}).index_select(0, d.pick).unsqueeze(1).to(y.scalar_type());
   return torch::zeros({xf.size(0), xf.size(1)}, y.options()).index_add(0, d.token, y * w);  // (N, C)
 }
@@ -216,8 +216,9 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, Ctx& ctx) {
   auto xf = x.reshape({-1, opt.d_model});  // (N, C), row by row
   auto r = route(xf);
   auto d = dispatch(r, x.size(0), ctx.training && opt.capacity_factor > 0);
-  auto y = run_experts(xf, r, d);
-  if (shared) y = y + shared->forward(xf);
+  const auto xin = tp_copy_in(xf, tp);  // the experts' input: its gradient summed over the TP shards
+  auto y = run_experts(xin, r, d);
+  if (shared) y = y + tp_reduce_out(shared->forward(xin), tp);
   if (ctx.training) {
     const std::string L = ".L" + std::to_string(opt.layer);
     if (opt.z_loss > 0) ctx.aux.push_back({"moe_z" + L, moe_z_loss(r.logits), opt.z_loss});
@@ -229,6 +230,25 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, Ctx& ctx) {
   }
   record(ctx, opt.layer, d);
   return y.view(x.sizes());
+}
+
+std::string MoeImpl::split_tensor_parallel(const TpGroupPtr& g, std::map<std::string, int64_t>& splits) {
+  if (!g || g->size == 1) return "";
+  if (tp) return "already split";
+  if (hidden % g->size != 0)
+    return "expert hidden size " + std::to_string(hidden) + " does not divide by tp " + std::to_string(g->size) +
+           "; set moe.expert_hidden to a multiple of it";
+  torch::NoGradGuard ng;
+  auto split = [&](MoeExpertImpl& e, const std::string& name) {
+    e.c_fc->weight.set_data(tp_shard(e.c_fc->weight.detach(), 0, *g));
+    e.c_proj->weight.set_data(tp_shard(e.c_proj->weight.detach(), 1, *g));
+    splits[name + ".c_fc.weight"] = 0;
+    splits[name + ".c_proj.weight"] = 1;
+  };
+  if (shared) split(*shared, "shared");  // N_s h hidden units: divides when h does
+  for (int64_t i = 0; i < opt.n_routed; ++i) split(*experts[i]->as<MoeExpertImpl>(), "experts." + std::to_string(i));
+  tp = g;
+  return "";
 }
 
 int64_t MoeImpl::active_params() const {

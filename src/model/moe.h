@@ -116,12 +116,21 @@ struct MoeImpl : FfnImpl {
   MoeRouting route(const torch::Tensor& xf);
   // Kept picks of `r` for `groups` rows of N / groups tokens each; drop = apply the capacity.
   MoeDispatch dispatch(const MoeRouting& r, int64_t groups, bool drop) const;
-  // Routed experts' outputs for the picks of d, weighted by r's gates: (N, C).
+  // Routed experts' outputs for the picks of d, weighted by r's gates: (N, C). Split (tp): xf is the
+  // experts' input (after tp_copy_in), and the partial outputs are summed over the group before the
+  // gates weight them, so the router's gradient is the whole one on every rank.
   torch::Tensor run_experts(const torch::Tensor& xf, const MoeRouting& r, const MoeDispatch& d);
   // b_i += bias_rate sign(mean - load_i) for load (E) picks per expert; no gradient.
   void update_bias(const torch::Tensor& load);
   // The bias update from the step's load (when bias_rate > 0); stats: the bias's spread max - min.
   void after_step(StepCtx& sc) override;
+  // Tensor parallelism (model/tp.h): splits every expert, the shared one included, as the relu2 MLP
+  // (c_fc by hidden units, c_proj by its input) over `g`, and adds each split parameter (named as
+  // registered here, "experts.0.c_fc.weight") with its dim to `splits`. The router and the bias stay
+  // whole on every rank: routing, z-loss, balance loss and the bias see the same (global) numbers
+  // everywhere. Returns "" or why it cannot split. The trainer does not call it yet (the model's TP
+  // split covers attention and the MLP; issue 20 §2 moves it into each component).
+  std::string split_tensor_parallel(const TpGroupPtr& g, std::map<std::string, int64_t>& splits);
 
   // Matrix parameters a token uses (router, shared, K routed experts) and all of them.
   int64_t active_params() const;
@@ -138,6 +147,7 @@ struct MoeImpl : FfnImpl {
   // with the weights (checkpoints, snapshots, export, eval) as the router does.
   torch::Tensor balance_bias;
   torch::Tensor step_load;         // (E) int64 buffer: picks per expert in this step's training forwards
+  TpGroupPtr tp;                   // set by split_tensor_parallel; null: whole
 };
 TORCH_MODULE(Moe);
 
