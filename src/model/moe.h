@@ -20,6 +20,10 @@
 //             loads counted over the step's training forwards (DeepSeek-V3's auxiliary-loss-free
 //             balancing)
 //
+// Data parallel (model/dp.h): the step's load is summed over the ranks before the bias update, and the
+// balance loss's f counts every rank's picks, so every replica moves its biases alike and the loss is
+// one process's.
+//
 // Capacity (capacity_factor > 0, training only): each batch row is a group; expert i keeps at most
 //   capacity = ceil(n K / E x capacity_factor) of the row's n tokens, earliest positions first, so
 //   whether a token is kept depends only on the tokens at or before it in its row (never on the
