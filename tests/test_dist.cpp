@@ -1,6 +1,8 @@
 // Data-parallel training: the bucketed all-reduce of a two-rank in-process group averages gradients;
 // `--nproc 2` follows the single-process loss curve (same total batch) and gives its val_bpb; a
-// killed two-rank run resumes bitwise; a resume with another world size is refused in one line.
+// killed two-rank run resumes bitwise; a resume with another world size is refused in one line; the
+// stateful modules (CBP, MoE, NCP, GateSkip) keep every replica bitwise equal and follow one process,
+// and the replica check finds a planted divergence.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -13,10 +15,16 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "common/fs.h"
+#include "model/gpt.h"
+#include "model/moe.h"
+#include "model/ncp.h"
+#include "test_model_util.h"
+#include "test_tolerance.h"
 #include "test_util.h"
 #include "train/dist.h"
 
@@ -352,7 +360,8 @@ TEST(Dist, TensorTimesDataParallelFollowsTheSingleProcessCurve) {
   const std::string one = f.t / "tp_one", mesh = f.t / "tp2dp2";
   auto r1 = slm::test::run(f.train_cmd(one));
   ASSERT_EQ(r1.status, 0) << r1.out;
-  auto r4 = slm::test::run(f.train_cmd(mesh, "--nproc 4 --set tp=2"));
+  // --check-replicas: the two ranks of each data-parallel group (the same shards) stay bitwise equal.
+  auto r4 = slm::test::run(f.train_cmd(mesh, "--nproc 4 --set tp=2 --check-replicas"));
   ASSERT_EQ(r4.status, 0) << r4.out;
   EXPECT_NE(r4.out.find("tensor parallel: tp 2 x dp 2"), std::string::npos) << r4.out;
   auto l1 = series(one, "loss"), l4 = series(mesh, "loss");
@@ -377,6 +386,73 @@ TEST(Dist, TensorTimesDataParallelFollowsTheSingleProcessCurve) {
 
 // GateSkip at TP=2 (the article's limit): its gates read the replicated residual and its branches
 // are the split blocks, so two TP ranks follow one process with the module too.
+// CBP at TP=2: each rank holds half the hidden units; utilities and ages stay whole on every rank
+// (the shards' sums gathered), so both shards rank and replace the same units, each redrawing its
+// own rows from the same draws. Follows one process (same substrate but tp), the replicated
+// tensors bitwise equal across the TP ranks after every step (--check-replicas).
+TEST(Dist, CbpAtTensorParallelTwoFollowsOneProcess) {
+  const auto& f = fx();
+  const std::string mod = " --module cbp.rate=0.05,maturity=2";
+  const std::string one = f.t / "cbp_one", two = f.t / "cbp_tp2";
+  auto r1 = slm::test::run(f.train_cmd(one, mod));
+  ASSERT_EQ(r1.status, 0) << r1.out;
+  auto r2 = slm::test::run(f.train_cmd(two, "--nproc 2 --set tp=2 --check-replicas" + mod));
+  ASSERT_EQ(r2.status, 0) << r2.out;
+  EXPECT_NE(r2.out.find("tensor parallel: tp 2 x dp 1"), std::string::npos) << r2.out;
+  auto l1 = series(one, "loss"), l2 = series(two, "loss");
+  ASSERT_EQ(l1.size(), 10u);
+  ASSERT_EQ(l2.size(), 10u);
+  double worst = 0;
+  for (auto& [step, v] : l1) {
+    EXPECT_NEAR(l2[step], v, kLossTol) << "step " << step;
+    worst = std::max(worst, std::abs(l2[step] - v));
+  }
+  auto v1 = series(one, "val_bpb"), v2 = series(two, "val_bpb");
+  ASSERT_EQ(v1.size(), v2.size());
+  for (auto& [step, v] : v1) EXPECT_NEAR(v2[step], v, kValTol) << "step " << step;
+  double replaced = 0;
+  for (auto& r : slm::test::metrics(two))
+    if (r.contains("modules") && r["modules"].contains("cbp.replaced")) replaced = r["modules"]["cbp.replaced"];
+  double replaced1 = 0;
+  for (auto& r : slm::test::metrics(one))
+    if (r.contains("modules") && r["modules"].contains("cbp.replaced")) replaced1 = r["modules"]["cbp.replaced"];
+  EXPECT_GT(replaced, 0) << "units were replaced";
+  EXPECT_EQ(replaced, replaced1);
+  std::printf("cbp tp2 vs one process: largest loss difference %.3g, %g units replaced\n", worst, replaced);
+}
+
+// NCP at TP=2, replicated: each TP rank computes the same concepts from the whole final hidden
+// state, so the codebook (checked bitwise across the TP ranks after every step) and the loss follow
+// one process; the TP ranks see the same rows, so even the per-forward EMA updates are one process's.
+TEST(Dist, NcpAtTensorParallelTwoFollowsOneProcess) {
+  const auto& f = fx();
+  const std::string mod = " --module ncp.codes=8";
+  const std::string one = f.t / "ncp_one", two = f.t / "ncp_tp2";
+  auto r1 = slm::test::run(f.train_cmd(one, mod));
+  ASSERT_EQ(r1.status, 0) << r1.out;
+  auto r2 = slm::test::run(f.train_cmd(two, "--nproc 2 --set tp=2 --check-replicas" + mod));
+  ASSERT_EQ(r2.status, 0) << r2.out;
+  auto l1 = series(one, "loss"), l2 = series(two, "loss");
+  ASSERT_EQ(l1.size(), 10u);
+  ASSERT_EQ(l2.size(), 10u);
+  double worst = 0;
+  for (auto& [step, v] : l1) {
+    EXPECT_NEAR(l2[step], v, kLossTol) << "step " << step;
+    worst = std::max(worst, std::abs(l2[step] - v));
+  }
+  auto v1 = series(one, "val_bpb"), v2 = series(two, "val_bpb");
+  ASSERT_EQ(v1.size(), v2.size());
+  for (auto& [step, v] : v1) EXPECT_NEAR(v2[step], v, kValTol) << "step " << step;
+  std::map<int64_t, double> a1, a2;  // the NCP loss per step
+  for (auto& r : slm::test::metrics(one))
+    if (r.contains("aux")) a1[r["step"]] = r["aux"]["ncp"];
+  for (auto& r : slm::test::metrics(two))
+    if (r.contains("aux")) a2[r["step"]] = r["aux"]["ncp"];
+  ASSERT_EQ(a1.size(), 10u);
+  for (auto& [step, v] : a1) EXPECT_NEAR(a2[step], v, kLossTol) << "ncp loss, step " << step;
+  std::printf("ncp tp2 vs one process: largest loss difference %.3g\n", worst);
+}
+
 TEST(Dist, GateSkipAtTensorParallelTwoFollowsOneProcess) {
   const auto& f = fx();
   const std::string mod = " --module gateskip.ramp_steps=4,skip_final=0.2";
@@ -420,15 +496,279 @@ TEST(Dist, ModuleWithoutTensorParallelIsRefused) {
   EXPECT_NE(r.out.find("module moe runs at tp <= 1"), std::string::npos) << r.out;
 }
 
-// A module whose state follows rank-local statistics is refused at the run's real data-parallel
-// width (--nproc, not only the substrate's dp), before a step, with nothing trained (issue 20 §1).
-TEST(Dist, RankLocalStateIsRefusedAtTwoDataParallelRanks) {
+// Issue 20 §1: the modules whose state follows batch statistics reduce them over the data-parallel
+// ranks before deciding (model/dp.h), so DP=2 follows one process with the same rows per step and
+// every rank holds the same model after every step (--check-replicas fails the run otherwise).
+// One forward per step on every rank (16 rows: one process 1 x 16, two ranks 1 x 8), so the updates
+// made per forward (NCP's codebook, GateSkip's threshold) see the same rows in both runs; an
+// evaluation every step logs every step's module statistics.
+namespace {
+
+struct StatefulCase {
+  const char* name;
+  std::string module;  // --module argument
+  // The state acted, from rank 0's records: a replacement, a bias moved, a restart, a calibration.
+  std::function<bool(const std::vector<json>&)> acted;
+  // Statistics that record the module's decisions, as (record group, key): equal (within kLossTol,
+  // relative) in both runs.
+  std::vector<std::pair<const char*, std::string>> decisions;
+};
+
+double stat_of(const json& r, const char* group, const std::string& key) {
+  return r.contains(group) && r[group].contains(key) ? r[group][key].get<double>() : 0.0;
+}
+
+bool any_stat(const std::vector<json>& recs, const char* group, const std::string& key) {
+  for (auto& r : recs)
+    if (stat_of(r, group, key) > 0) return true;
+  return false;
+}
+
+const std::vector<StatefulCase>& stateful_cases() {
+  static const std::vector<StatefulCase> cases = {
+      {"cbp", "cbp.rate=0.05,maturity=2",
+       [](const std::vector<json>& r) { return any_stat(r, "modules", "cbp.replaced"); }, {{"modules", "cbp.replaced"}, {"modules", "cbp.L0.utility"}}},
+      {"moe", "moe.n_shared=1,n_routed=4,top_k=2,expert_hidden=24,score=sigmoid,bias_rate=0.01,capacity_factor=1.0",
+       [](const std::vector<json>& r) { return any_stat(r, "modules", "moe.L0.bias_spread"); },
+       {{"modules", "moe.L0.bias_spread"}, {"modules", "moe.L1.bias_spread"}}},
+      {"ncp", "ncp.codes=8", [](const std::vector<json>& r) { return any_stat(r, "modules", "ncp.restarted"); },
+       {{"modules", "ncp.restarted"}, {"modules", "ncp.usage"}}},
+      {"gateskip", "gateskip.ramp_steps=4,skip_final=0.2",
+       [](const std::vector<json>& r) { return any_stat(r, "eval_modules", "gateskip.skipped"); },
+       {{"eval_modules", "gateskip.skipped"}, {"eval_modules", "gateskip.L0.skip_ffn"}}},
+  };
+  return cases;
+}
+
+// One process and DP=2 (--check-replicas) with case `i`'s module, compared.
+void check_stateful(size_t i) {
+  const StatefulCase& c = stateful_cases()[i];
   const auto& f = fx();
-  const std::string run = f.t / "dp_cbp";
-  auto r = slm::test::run(f.train_cmd(run, "--nproc 2 --module cbp"));
-  EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.out.find("at tp 1 x dp 2: module cbp: it decides which units to replace"), std::string::npos) << r.out;
-  EXPECT_FALSE(fs::exists(run + "/metrics.jsonl")) << "refused before any step";
+  const std::string substrate = f.t / "stateful.toml";
+  if (!fs::exists(substrate))
+    slm::test::write(substrate,
+                     "name = \"test-dp-state\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
+                     "total_batch = 512\ndevice_batch = 16\nsteps = 10\neval_every = 1\neval_tokens = 512\n"
+                     "ckpt_every = 10\nthreads = 1\nprecision = \"fp32\"\nlr_matrix = 0.05\nlr_embed = 0.5\n"
+                     "lr_head = 0.02\nwarmdown_frac = 0.3\n");
+  {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string one = f.t / (std::string("state_one_") + c.name), two = f.t / (std::string("state_two_") + c.name);
+    auto cmd = [&](const std::string& out, const std::string& extra) {
+      return std::string(SLMLAB_BIN) + " train --quiet --data " + f.data + " --substrate " + substrate + " --out " + out +
+             " --module " + c.module + " " + extra;
+    };
+    auto r1 = slm::test::run(cmd(one, ""));
+    ASSERT_EQ(r1.status, 0) << r1.out;
+    auto r2 = slm::test::run(cmd(two, "--nproc 2 --check-replicas"));
+    ASSERT_EQ(r2.status, 0) << "the replicas must stay bitwise equal after every step:\n" << r2.out;
+    auto c1 = json::parse(fs::read_file(one + "/config.json")), c2 = json::parse(fs::read_file(two + "/config.json"));
+    ASSERT_EQ(c1["grad_accum"], 1);
+    ASSERT_EQ(c2["grad_accum"], 1);
+    ASSERT_EQ(c2["world_size"], 2);
+
+    auto m1 = slm::test::metrics(one), m2 = slm::test::metrics(two);
+    EXPECT_TRUE(c.acted(m1)) << "the state never acted in one process: the comparison would show nothing";
+    EXPECT_TRUE(c.acted(m2)) << "the state never acted at DP=2";
+    auto l1 = series(one, "loss"), l2 = series(two, "loss");
+    ASSERT_EQ(l1.size(), 10u);
+    ASSERT_EQ(l2.size(), 10u);
+    double worst = 0;
+    for (auto& [step, v] : l1) {
+      EXPECT_NEAR(l2[step], v, kLossTol) << "step " << step;
+      worst = std::max(worst, std::abs(l2[step] - v));
+    }
+    auto v1 = series(one, "val_bpb"), v2 = series(two, "val_bpb");
+    ASSERT_EQ(v1.size(), v2.size());
+    double worst_val = 0;
+    for (auto& [step, v] : v1) {
+      EXPECT_NEAR(v2[step], v, kValTol) << "step " << step;
+      worst_val = std::max(worst_val, std::abs(v2[step] - v));
+    }
+    // The decisions themselves: rank 0's record of the state (updated from both ranks' rows) is the
+    // one process's (from all rows).
+    std::map<int64_t, const json*> by_step;
+    for (auto& r : m1)
+      if (r.contains("val_bpb")) by_step[r["step"]] = &r;
+    for (auto& r : m2) {
+      if (!r.contains("val_bpb") || !by_step.count(r["step"])) continue;
+      for (auto& [group, key] : c.decisions) {
+        const double a = stat_of(*by_step[r["step"]], group, key), b = stat_of(r, group, key);
+        EXPECT_NEAR(b, a, kLossTol * std::max(1.0, std::abs(a))) << key << " at step " << r["step"];
+      }
+    }
+    std::printf("%s: DP=2 vs one process: max |loss diff| %.3g, max |val_bpb diff| %.3g (both runs %.1f s)\n", c.name,
+                worst, worst_val, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+}
+
+}  // namespace
+
+TEST(Dist, CbpKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_stateful(0); }
+TEST(Dist, MoeKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_stateful(1); }
+TEST(Dist, NcpKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_stateful(2); }
+TEST(Dist, GateSkipKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_stateful(3); }
+
+// The replica check itself: a tensor planted different on one rank is found and named; equal
+// tensors pass. (Without it, a check that hashes nothing or compares a rank with itself would pass.)
+TEST(Dist, ReplicaCheckNamesThePlantedDivergence) {
+  auto named_for = [](int rank, bool plant) {
+    std::vector<std::pair<std::string, torch::Tensor>> v;
+    v.emplace_back("blocks.0.w", torch::linspace(-1, 1, 12).view({3, 4}));
+    v.emplace_back("blocks.1.utility", torch::arange(5, torch::kInt64));
+    v.emplace_back("blocks.1.due", torch::full({}, 0.5, torch::kFloat64));
+    if (plant && rank == 1) v[1].second[3] += 1;  // one element of one buffer, on one rank
+    return v;
+  };
+  for (bool plant : {false, true}) {
+    std::vector<std::string> err(2);
+    with_group(2, [&](dist::Comm& c) {
+      try {
+        dist::check_replicas(c, named_for(c.world().rank, plant), 7);
+      } catch (const std::exception& e) {
+        err[c.world().rank] = e.what();
+      }
+    });
+    for (int r = 0; r < 2; ++r) {
+      if (!plant) {
+        EXPECT_EQ(err[r], "") << "rank " << r;
+        continue;
+      }
+      EXPECT_NE(err[r].find("after step 7 blocks.1.utility differs between data-parallel ranks 0 and 1 (1 of 3 tensors differ)"),
+                std::string::npos)
+          << "every rank fails alike; rank " << r << ": " << err[r];
+    }
+  }
+}
+
+// NCP at DP=2 when one rank's rows hold no concept pair (every document there shorter than 2 spans):
+// that rank still takes part in the reductions, both ranks end with the same codebook bit for bit,
+// it is one process's codebook over both rows (restarts included: every code the first batch missed
+// is restarted from the other rank's concepts), and the mean of the ranks' losses and of their head
+// gradients is one process's (the loss is scaled by the pairs of every rank, not of its own).
+TEST(Dist, NcpRankWithoutPairsTakesPartAndMatchesOneProcess) {
+  const int64_t T = 32, C = 32, S = 2, N = 8;
+  NcpOptions o;
+  o.d_model = C;
+  o.span = 4;
+  o.segments = S;
+  o.codes = N;
+  o.decay = 0.95;
+  o.weight = 1;
+  o.seed = 5;
+  GPT model(slm::test::tiny_config(1));
+  torch::manual_seed(3);
+  auto h = torch::randn({2, T, C});
+  auto docs = torch::stack({torch::zeros({T}, torch::kInt64), torch::div(torch::arange(T), 5, "floor")});  // row 1: docs of 5 < 2 x 4
+  auto run_one = [&](NcpObjectiveImpl& m, const torch::Tensor& hr, const torch::Tensor& dr, const TpGroupPtr& dp) {
+    Ctx ctx;
+    ctx.doc_ids = dr;
+    ctx.training = true;
+    ctx.dp = dp;
+    auto leaf = hr.clone().requires_grad_();
+    m.add_loss(leaf, *model, ctx);
+    EXPECT_EQ(ctx.aux.size(), 1u) << "every rank adds the loss: the trainer all-reduces the same aux names";
+    ctx.aux.at(0).value.backward();
+    return std::make_pair(ctx.aux.at(0).value.item<double>(), ctx.stats);
+  };
+  auto one = std::make_shared<NcpObjectiveImpl>(o);
+  auto [loss1, stats1] = run_one(*one, h, docs, nullptr);
+  ASSERT_GT(stats1["ncp.restarted"], 0) << "the test must exercise the restart";
+  std::vector<std::shared_ptr<NcpObjectiveImpl>> ranks{std::make_shared<NcpObjectiveImpl>(o), std::make_shared<NcpObjectiveImpl>(o)};
+  std::vector<double> losses(2);
+  with_group(2, [&](dist::Comm& c) {
+    const int r = c.world().rank;
+    losses[r] = run_one(*ranks[r], h.slice(0, r, r + 1), docs.slice(0, r, r + 1), c.as_tp_group()).first;
+  });
+  EXPECT_EQ(losses[1], 0.0) << "no pair of its own: a zero share";
+  for (const char* b : {"ema_count", "ema_sum", "mean_sum", "mean_weight"}) {
+    auto b0 = ranks[0]->named_buffers()[b], b1 = ranks[1]->named_buffers()[b];
+    EXPECT_TRUE(torch::equal(b0, b1)) << b << ": the ranks' codebooks differ";
+    // The sums over P <= 8 pairs in another order; the restarts copy the same concepts.
+    EXPECT_TRUE(slm::test::fp32_close(b0, one->named_buffers()[b], 4 * C)) << b;
+  }
+  EXPECT_NEAR((losses[0] + losses[1]) / 2, loss1, slm::test::fp32_bound(4 * C, loss1));
+  auto g = (ranks[0]->head.grad() + ranks[1]->head.grad()) / 2;
+  EXPECT_TRUE(slm::test::fp32_close(g, one->head.grad(), 4 * C));
+}
+
+// MoE split over two TP ranks (threads), each expert as the relu2 MLP: the output, the input
+// gradient, the router's gradient (whole on every rank: the partial expert outputs are summed
+// before the gates weight them) and each rank's expert gradients (its slice of the whole) are one
+// process's; the aux losses are the same on every rank. Not yet wired into the trainer (max_tp 1).
+TEST(Dist, MoeSplitOverTwoTensorParallelRanksIsTheWholeLayer) {
+  MoeOptions o;
+  o.d_model = 32;
+  o.n_shared = 1;
+  o.n_routed = 4;
+  o.top_k = 2;
+  o.expert_hidden = 24;
+  o.score = "sigmoid";
+  o.route_scale = 1.0;
+  o.z_loss = 0.01;
+  o.aux_loss = 0.01;
+  o.seed = 9;
+  torch::manual_seed(4);
+  auto x = torch::randn({2, 8, 32});
+  auto w = torch::randn({2, 8, 32});
+  struct Out {
+    torch::Tensor y, xgrad;
+    std::map<std::string, torch::Tensor> grads;
+    double aux = 0;
+  };
+  auto run_one = [&](MoeImpl& m) {
+    Ctx ctx;
+    ctx.training = true;
+    auto xi = x.clone().requires_grad_();
+    auto y = m.forward(xi, ctx);
+    auto loss = (y * w).sum();
+    double aux = 0;
+    for (auto& a : ctx.aux) {
+      loss = loss + a.weight * a.value;
+      aux += a.value.item<double>();
+    }
+    loss.backward();
+    Out out{y.detach(), xi.grad(), {}, aux};
+    for (auto& p : m.named_parameters())
+      if (p.value().grad().defined()) out.grads[p.key()] = p.value().grad();
+    return out;
+  };
+  std::vector<std::shared_ptr<MoeImpl>> ms;
+  for (int i = 0; i < 3; ++i) ms.push_back(std::make_shared<MoeImpl>(o));
+  // Trained-looking weights (the experts' c_proj start at 0, which would make every output and the
+  // router's gradient 0), the same in all three.
+  slm::test::perturb(*ms[0], 17, 0.2);
+  {
+    torch::NoGradGuard ng;
+    for (int i = 1; i < 3; ++i)
+      for (auto& p : ms[i]->named_parameters()) p.value().copy_(ms[0]->named_parameters()[p.key()]);
+  }
+  const Out whole = run_one(*ms[0]);
+  ASSERT_GT(whole.grads.at("router.weight").abs().max().item<double>(), 1e-3) << "the router must get a gradient";
+  std::vector<Out> part(2);
+  std::vector<std::map<std::string, int64_t>> splits(2);
+  with_group(2, [&](dist::Comm& c) {
+    const int r = c.world().rank;
+    ASSERT_EQ(ms[1 + r]->split_tensor_parallel(c.as_tp_group(), splits[r]), "");
+    part[r] = run_one(*ms[1 + r]);
+  });
+  ASSERT_EQ(splits[0].size(), 2u * (o.n_routed + 1)) << "every expert's two matrices, the shared one's too";
+  EXPECT_EQ(splits[0].count("router.weight"), 0u) << "the router stays whole";
+  const int64_t n = 32 + 24 + 32;  // terms along the longest path: c_fc (C), c_proj (h), the outputs' sums
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(slm::test::fp32_close(part[r].y, whole.y, n)) << "rank " << r;
+    EXPECT_TRUE(slm::test::fp32_close(part[r].xgrad, whole.xgrad, n)) << "rank " << r;
+    EXPECT_NEAR(part[r].aux, whole.aux, slm::test::fp32_bound(n, whole.aux)) << "rank " << r;
+    for (auto& [name, g] : whole.grads) {
+      ASSERT_TRUE(part[r].grads.count(name)) << name;
+      auto want = g;
+      if (splits[r].count(name)) {
+        const int64_t d = splits[r][name], len = g.size(d) / 2;
+        want = g.narrow(d, r * len, len);
+      }
+      EXPECT_TRUE(slm::test::fp32_close(part[r].grads[name], want, n)) << name << " rank " << r;
+    }
+  }
 }
 
 TEST(Dist, ResumeWithAnotherWorldSizeIsRefused) {

@@ -84,14 +84,6 @@ std::string arg_text(const ModuleArgs& m) {
   return s;
 }
 
-void refuse_data_parallel(const char* condition, const char* what, const ModelView& m, std::vector<std::string>& e) {
-  if (m.dp > 1)
-    e.push_back(std::string(*condition ? std::string(condition) + ", it" : "it") + " decides " + what +
-                " from each rank's own rows, so " + std::to_string(m.dp) +
-                " data-parallel ranks would hold different states; run it with dp 1 (one process, or tensor "
-                "parallelism only) until that statistic is reduced over the ranks");
-}
-
 void check_layers(const ModuleArgs& a, const ModelView& m, const char* empty_means, std::vector<std::string>& e) {
   const auto& layers = a.list("layers");
   // "layer 5 is" / "layers 5,8 are"

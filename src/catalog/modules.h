@@ -17,13 +17,6 @@ SLM_MODULES(SLM_MODULE_SPEC)
 void check_layers(const ModuleArgs& args, const ModelView& model, const char* empty_means,
                   std::vector<std::string>& e);
 
-// The rule for a module whose state follows rank-local statistics (`what`: the statistic and the state
-// it decides): at dp > 1 each rank would decide from its own batch rows and the replicas would drift
-// apart while gradients stay averaged, so the module is refused there until it reduces the statistic
-// over the data-parallel group (issue 20). `condition`: the setting that makes it so ("" = always).
-// Appends the refusal to `e`.
-void refuse_data_parallel(const char* condition, const char* what, const ModelView& model, std::vector<std::string>& e);
-
 // MoD's routed layers for its resolved arguments at a geometry (shared by its check and its apply).
 std::vector<int64_t> mod_layers(const ModuleArgs& args, const ModelView& model);
 

@@ -1,5 +1,4 @@
 // slmlab train | export | bench peak
-#include <cmath>
 #include <cstdio>
 
 #include "cli/commands.h"
@@ -27,11 +26,10 @@ int cmd_train(const Args& a) {
   SLM_CHECK(reduce == "overlap" || reduce == "after", "train: --grad-reduce '", reduce,
             "' is not a choice; use overlap or after");
   o.overlap_grad_reduce = reduce == "overlap";
-  if (a.has("memory-budget")) {
-    o.memory_budget_gib = a.f64("memory-budget");
-    SLM_CHECK(std::isfinite(o.memory_budget_gib) && o.memory_budget_gib > 0 && o.memory_budget_gib <= 1e9,
-              "train: --memory-budget ", a.str("memory-budget"), " is not a size in GiB; give a number in (0, 1e9]");
-  }
+  o.memory_budget_gib = a.f64("memory-budget");
+  SLM_CHECK(o.memory_budget_gib <= 1e9, "train: --memory-budget ", a.str("memory-budget"),
+            " GiB is beyond any machine; give at most 1e9, or 0 for the machine's available memory");
+  o.check_replicas = a.flag("check-replicas");
   if (a.has("threads")) o.sets.push_back("threads=" + std::to_string(a.i64("threads")));
   // --nproc N: this process becomes the launcher of N ranks (a dry run measures in one process).
   const int64_t nproc = a.i64("nproc");

@@ -29,8 +29,8 @@ CbpMlpImpl::CbpMlpImpl(const ModelConfig& c, const CbpOptions& o) : MLPImpl(c), 
 }
 
 torch::Tensor CbpMlpImpl::forward(const torch::Tensor& x, Ctx& ctx) {
-  auto h = torch::relu(c_fc(x));
-  auto a = h * h;  // ReLU^2, as MLPImpl::forward: (B, T, H)
+  auto h = torch::relu(c_fc(tp_copy_in(x, tp)));
+  auto a = h * h;  // ReLU^2, as MLPImpl::forward: (B, T, H), this rank's H / tp units under TP
   if (ctx.training) {
     torch::NoGradGuard ng;
     // a >= 0, so |a| = a. Summed in fp32 (bf16 under autocast) without an fp32 copy of a.
@@ -38,13 +38,29 @@ torch::Tensor CbpMlpImpl::forward(const torch::Tensor& x, Ctx& ctx) {
     act_sum = act_sum.defined() ? act_sum.add_(s) : s;
     act_tokens += a.numel() / a.size(-1);
   }
-  return c_proj(a);
+  return tp_reduce_out(c_proj(a), tp);
 }
 
 void CbpMlpImpl::after_step(StepCtx& sctx) {
   torch::NoGradGuard ng;
+  if (dp_active(sctx.dp)) {
+    // The whole step's activations, every rank's rows: all ranks rank the same utilities and replace
+    // the same units (the redraw's generator is already the same everywhere). Every rank has made the
+    // same training forwards, so all have a sum or none has.
+    auto n = torch::full({1}, act_tokens, torch::kInt64);
+    dp_sum(sctx.dp, n);
+    act_tokens = n.item<int64_t>();
+    if (act_tokens > 0) {
+      if (!act_sum.defined()) act_sum = torch::zeros({utility.size(0)}, utility.options());
+      dp_sum(sctx.dp, act_sum);
+    }
+  }
   if (act_tokens > 0) {  // no training forward this step (a test calling the hook alone): no new evidence
     auto out_mag = c_proj->weight.abs().sum({0}, false, torch::kFloat);  // (H,) sum_k |W_proj[k, i]|
+    if (tp && tp->size > 1) {  // every unit's numbers on every shard: all rank the same units
+      act_sum = tp_unshard(act_sum, 0, *tp);
+      out_mag = tp_unshard(out_mag, 0, *tp);
+    }
     utility.mul_(opt.decay).add_(act_sum / static_cast<double>(act_tokens) * out_mag, 1 - opt.decay);
     act_sum = torch::Tensor();
     act_tokens = 0;
@@ -81,12 +97,18 @@ void CbpMlpImpl::replace(const torch::Tensor& idx, int64_t step, const StepCtx& 
   auto gen = at::detail::createCPUGenerator(hash64({reinterpret_cast<const char*>(key), sizeof key}, opt.seed));
   const double bound = std::sqrt(3.0 / static_cast<double>(C));  // MLPImpl's c_fc init (gpt.cpp init_linear)
   auto fresh = torch::empty({n, C}, torch::kFloat).uniform_(-bound, bound, gen);
-  const auto i = idx.to(c_fc->weight.device(), torch::kInt64);
-  c_fc->weight.index_copy_(0, i, fresh.to(c_fc->weight.options()));  // incoming: rows
-  c_proj->weight.index_fill_(1, i, 0.0);                              // outgoing: columns
-  utility.index_fill_(0, i, 0.0);
+  auto i = idx.to(c_fc->weight.device(), torch::kInt64);
+  utility.index_fill_(0, i, 0.0);  // every unit's, on every shard
   age.index_fill_(0, i, 0);
   replaced.add_(n);
+  if (tp && tp->size > 1) {  // this shard's units of the n, at their local rows, with their draws
+    const int64_t lo = tp->rank * c_fc->weight.size(0), hi = lo + c_fc->weight.size(0);
+    auto mine = i.ge(lo).logical_and(i.lt(hi));
+    fresh = fresh.index_select(0, mine.nonzero().squeeze(1).to(torch::kCPU));
+    i = i.masked_select(mine) - lo;
+  }
+  c_fc->weight.index_copy_(0, i, fresh.to(c_fc->weight.options()));  // incoming: rows
+  c_proj->weight.index_fill_(1, i, 0.0);                              // outgoing: columns
   if (!sctx.optim_state) return;
   for (auto& [name, s] : sctx.optim_state(c_fc->weight)) s.index_fill_(0, i, 0.0);
   for (auto& [name, s] : sctx.optim_state(c_proj->weight)) s.index_fill_(1, i, 0.0);

@@ -22,6 +22,12 @@
 // generator state to be saved; utility, age, the due fraction and the replacement count are buffers,
 // which checkpoints carry, so a resumed run replaces exactly the units the uninterrupted one would.
 //
+// Data parallel (model/dp.h): after_step sums the activation sums and token counts over the ranks
+// first, so every replica ranks the same utilities. Tensor parallel: c_fc and c_proj split by hidden
+// units as the MLP's (model/tp.h); utility and age stay whole (H) on every rank, updated from the
+// shards' gathered sums, so every shard ranks the same units, and each redraws its own rows of the
+// replaced units from the same draws.
+//
 // Shapes: B batch rows, T tokens, C model dim, H = 4 C hidden units.
 #pragma once
 #include <torch/torch.h>

@@ -62,7 +62,9 @@ torch::Tensor GateSkipWrapImpl::branch(int64_t which, const torch::Tensor& x,
       const double r = gateskip_ratio(opt, ctx.step);
       if (r > 0) skip = gateskip_budget_mask(imp, r);
       if (opt.eval_skip > 0) {  // calibrate the causal eval threshold on this batch's distribution
-        auto flat = imp.flatten();
+        // Data parallel (model/dp.h): the quantile of every rank's tokens, so every rank calibrates
+        // the same threshold.
+        auto flat = ctx.dp ? dp_gather_rows(ctx.dp, imp.flatten().contiguous()) : imp.flatten();
         const int64_t k = std::clamp<int64_t>(std::llround(opt.eval_skip * flat.numel()), 1, flat.numel());
         auto q = std::get<0>(flat.kthvalue(k)).to(eval_threshold.dtype());
         auto cur = eval_threshold[which];

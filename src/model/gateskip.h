@@ -28,6 +28,8 @@
 //               fraction skipped at eval approximates eval_skip as far as eval importances follow
 //               training's. The decay is short by default (0.5): the gates move as they train, and a
 //               long memory lags them (0.99 made a 100-step cpu-tiny run skip 97% at eval, not 10%).
+//               Data parallel (model/dp.h): the quantile is over every rank's tokens, so every
+//               replica calibrates the same threshold.
 //               Evaluation reports the fractions it skipped (eval_modules in metrics.jsonl).
 //               Before any training step calibrated it (buffer < 0) nothing skips.
 //

@@ -371,6 +371,7 @@ torch::Tensor GPTImpl::loss(const torch::Tensor& idx, const torch::Tensor& targe
   ctx.step = step;
   this->step = step;
   ctx.training = is_training();
+  if (ctx.training) ctx.dp = dp;  // evaluation never reduces: ranks score different batches
   auto h = hidden(ctx);
   for (auto& o : objectives) o->add_loss(h, *this, ctx);
   auto hn = rms_norm(h);
@@ -449,6 +450,7 @@ void GPTImpl::set_context(int64_t T, const YarnConfig* yarn) {
 
 void GPTImpl::after_step(StepCtx& sctx) {
   torch::NoGradGuard ng;
+  sctx.dp = dp;
   for (auto& m : modules(/*include_self=*/false))
     if (auto c = std::dynamic_pointer_cast<ComponentImpl>(m)) c->after_step(sctx);
 }

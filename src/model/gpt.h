@@ -154,6 +154,10 @@ struct GPTImpl : torch::nn::Module {
   void shard_tensor_parallel(const TpGroupPtr& g);
   TpGroupPtr tp;                             // null: not split
   std::map<std::string, int64_t> tp_dims;    // sharded parameter -> the dim it is split on
+  // The data-parallel group (model/dp.h): the ranks holding replicas of this model (of this rank's
+  // shards under TP). Set by the trainer; null = one replica. Training forwards (loss()) and
+  // after_step hand it to the modules, which reduce their state's statistics over it.
+  TpGroupPtr dp;
 
   ModelConfig cfg;
   ModelPlan plan;

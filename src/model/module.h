@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "catalog/catalog.h"
+#include "model/dp.h"
 
 namespace slm {
 
@@ -55,6 +56,9 @@ struct Ctx {
   int64_t pos = 0;
   Caches* caches = nullptr;
   int64_t layer = 0;  // the block being run (set by the model)
+  // The data-parallel group (model/dp.h; null: one replica). A training forward that updates state
+  // from batch statistics reduces them over it first.
+  TpGroupPtr dp;
   // (T) int64 absolute positions of x's tokens when a wrapper ran the block on a gathered subset
   // (MoD: cos/sin are then gathered to match); undefined = consecutive from pos. A component with
   // position tables of its own (DSA's indexer RoPE) reads them here.
@@ -80,6 +84,7 @@ struct Ctx {
 // not to a batch lives here: continual backprop's unit replacement, MoE's bias balancing.
 struct StepCtx {
   int64_t step = 0;  // optimizer steps taken, this one included (1 after the first)
+  TpGroupPtr dp;     // the data-parallel group (model/dp.h; null: one replica)
   // The optimizer's live state tensors of parameter p, each shaped like p, by name: "exp_avg" and
   // "exp_avg_sq" (AdamW) or "momentum" (Muon); empty when p is not optimized. A component that
   // re-initializes part of p resets the same part here, so stale history does not push it.

@@ -93,9 +93,17 @@ torch::Tensor MoeExpertImpl::forward(const torch::Tensor& x) {
 
 torch::Tensor moe_z_loss(const torch::Tensor& logits) { return torch::logsumexp(logits, -1).pow(2).mean(); }
 
-torch::Tensor moe_balance_loss(const torch::Tensor& probs, const torch::Tensor& experts) {
+torch::Tensor moe_balance_loss(const torch::Tensor& probs, const torch::Tensor& experts, const TpGroupPtr& dp) {
   const int64_t E = probs.size(1);
   // f counts picks (no gradient: top-k is not differentiable); P carries the gradient.
+  if (dp_active(dp)) {
+    // Every rank's picks (integers: exact), so each rank's E sum_i f_i P_i has the global f and the
+    // mean over the ranks (theirs are the same size) is one process's loss and gradient.
+    auto n = torch::cat({torch::bincount(experts.reshape({-1}), {}, E), torch::full({1}, experts.numel(), torch::kInt64)});
+    dp_sum(dp, n);
+    auto f = n.slice(0, 0, E).to(probs.scalar_type()) / static_cast<double>(n[E].item<int64_t>());
+    return static_cast<double>(E) * (f * probs.mean(0)).sum();
+  }
   auto f = torch::bincount(experts.reshape({-1}), {}, E).to(probs.scalar_type()) / static_cast<double>(experts.numel());
   return static_cast<double>(E) * (f * probs.mean(0)).sum();
 }
@@ -181,7 +189,7 @@ torch::Tensor MoeImpl::run_experts(const torch::Tensor& xf, const MoeRouting& r,
   for (int64_t i = 0; i < opt.n_routed; ++i)  // experts, not tokens
     if (d.counts[i] > 0) ys.push_back(experts[i]->as<MoeExpertImpl>()->forward(xs[i]));
   if (ys.empty()) return torch::zeros_like(xf);
-  auto y = torch::cat(ys);  // (A', C)
+  auto y = tp_reduce_out(torch::cat(ys), tp);  // (A', C), whole under TP
   auto w = r.gates.reshape({-1}).index_select(0, d.pick).unsqueeze(1).to(y.scalar_type());
   return torch::zeros({xf.size(0), xf.size(1)}, y.options()).index_add(0, d.token, y * w);  // (N, C)
 }
@@ -194,6 +202,8 @@ void MoeImpl::update_bias(const torch::Tensor& load) {
 }
 
 void MoeImpl::after_step(StepCtx& sc) {
+  // The whole step's load, every rank's picks: all ranks move the biases alike (integers: exact).
+  if (opt.bias_rate > 0) dp_sum(sc.dp, step_load);
   if (opt.bias_rate > 0 && step_load.sum().item<int64_t>() > 0) update_bias(step_load);
   step_load.zero_();
   auto b = balance_bias.to(torch::kFloat64);
@@ -206,12 +216,13 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, Ctx& ctx) {
   auto xf = x.reshape({-1, opt.d_model});  // (N, C), row by row
   auto r = route(xf);
   auto d = dispatch(r, x.size(0), ctx.training && opt.capacity_factor > 0);
-  auto y = run_experts(xf, r, d);
-  if (shared) y = y + shared->forward(xf);
+  const auto xin = tp_copy_in(xf, tp);  // the experts' input: its gradient summed over the TP shards
+  auto y = run_experts(xin, r, d);
+  if (shared) y = y + tp_reduce_out(shared->forward(xin), tp);
   if (ctx.training) {
     const std::string L = ".L" + std::to_string(opt.layer);
     if (opt.z_loss > 0) ctx.aux.push_back({"moe_z" + L, moe_z_loss(r.logits), opt.z_loss});
-    if (opt.aux_loss > 0) ctx.aux.push_back({"moe_aux" + L, moe_balance_loss(r.probs, r.experts), opt.aux_loss});
+    if (opt.aux_loss > 0) ctx.aux.push_back({"moe_aux" + L, moe_balance_loss(r.probs, r.experts, ctx.dp), opt.aux_loss});
     if (opt.bias_rate > 0) {  // the step's load, for the bias update in after_step
       torch::NoGradGuard ng;
       step_load.add_(torch::tensor(d.load, torch::kInt64).to(step_load.device()));
@@ -219,6 +230,25 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, Ctx& ctx) {
   }
   record(ctx, opt.layer, d);
   return y.view(x.sizes());
+}
+
+std::string MoeImpl::split_tensor_parallel(const TpGroupPtr& g, std::map<std::string, int64_t>& splits) {
+  if (!g || g->size == 1) return "";
+  if (tp) return "already split";
+  if (hidden % g->size != 0)
+    return "expert hidden size " + std::to_string(hidden) + " does not divide by tp " + std::to_string(g->size) +
+           "; set moe.expert_hidden to a multiple of it";
+  torch::NoGradGuard ng;
+  auto split = [&](MoeExpertImpl& e, const std::string& name) {
+    e.c_fc->weight.set_data(tp_shard(e.c_fc->weight.detach(), 0, *g));
+    e.c_proj->weight.set_data(tp_shard(e.c_proj->weight.detach(), 1, *g));
+    splits[name + ".c_fc.weight"] = 0;
+    splits[name + ".c_proj.weight"] = 1;
+  };
+  if (shared) split(*shared, "shared");  // N_s h hidden units: divides when h does
+  for (int64_t i = 0; i < opt.n_routed; ++i) split(*experts[i]->as<MoeExpertImpl>(), "experts." + std::to_string(i));
+  tp = g;
+  return "";
 }
 
 int64_t MoeImpl::active_params() const {

@@ -20,6 +20,10 @@
 //             loads counted over the step's training forwards (DeepSeek-V3's auxiliary-loss-free
 //             balancing)
 //
+// Data parallel (model/dp.h): the step's load is summed over the ranks before the bias update, and the
+// balance loss's f counts every rank's picks, so every replica moves its biases alike and the loss is
+// one process's.
+//
 // Capacity (capacity_factor > 0, training only): each batch row is a group; expert i keeps at most
 //   capacity = ceil(n K / E x capacity_factor) of the row's n tokens, earliest positions first, so
 //   whether a token is kept depends only on the tokens at or before it in its row (never on the
@@ -103,7 +107,8 @@ struct MoeDispatch {
 // Router z-loss: mean over tokens of logsumexp(logits)^2. logits: (N, E) -> scalar.
 torch::Tensor moe_z_loss(const torch::Tensor& logits);
 // Switch balance loss E sum_i f_i P_i: probs (N, E) rows summing to 1, experts (N, K) -> scalar.
-torch::Tensor moe_balance_loss(const torch::Tensor& probs, const torch::Tensor& experts);
+// With a data-parallel group (model/dp.h), f counts every rank's picks.
+torch::Tensor moe_balance_loss(const torch::Tensor& probs, const torch::Tensor& experts, const TpGroupPtr& dp = nullptr);
 
 struct MoeImpl : FfnImpl {
   explicit MoeImpl(const MoeOptions& o);
@@ -115,12 +120,21 @@ struct MoeImpl : FfnImpl {
   MoeRouting route(const torch::Tensor& xf);
   // Kept picks of `r` for `groups` rows of N / groups tokens each; drop = apply the capacity.
   MoeDispatch dispatch(const MoeRouting& r, int64_t groups, bool drop) const;
-  // Routed experts' outputs for the picks of d, weighted by r's gates: (N, C).
+  // Routed experts' outputs for the picks of d, weighted by r's gates: (N, C). Split (tp): xf is the
+  // experts' input (after tp_copy_in), and the partial outputs are summed over the group before the
+  // gates weight them, so the router's gradient is the whole one on every rank.
   torch::Tensor run_experts(const torch::Tensor& xf, const MoeRouting& r, const MoeDispatch& d);
   // b_i += bias_rate sign(mean - load_i) for load (E) picks per expert; no gradient.
   void update_bias(const torch::Tensor& load);
   // The bias update from the step's load (when bias_rate > 0); stats: the bias's spread max - min.
   void after_step(StepCtx& sc) override;
+  // Tensor parallelism (model/tp.h): splits every expert, the shared one included, as the relu2 MLP
+  // (c_fc by hidden units, c_proj by its input) over `g`, and adds each split parameter (named as
+  // registered here, "experts.0.c_fc.weight") with its dim to `splits`. The router and the bias stay
+  // whole on every rank: routing, z-loss, balance loss and the bias see the same (global) numbers
+  // everywhere. Returns "" or why it cannot split. The trainer does not call it yet (the model's TP
+  // split covers attention and the MLP; issue 20 §2 moves it into each component).
+  std::string split_tensor_parallel(const TpGroupPtr& g, std::map<std::string, int64_t>& splits);
 
   // Matrix parameters a token uses (router, shared, K routed experts) and all of them.
   int64_t active_params() const;
@@ -137,6 +151,7 @@ struct MoeImpl : FfnImpl {
   // with the weights (checkpoints, snapshots, export, eval) as the router does.
   torch::Tensor balance_bias;
   torch::Tensor step_load;         // (E) int64 buffer: picks per expert in this step's training forwards
+  TpGroupPtr tp;                   // set by split_tensor_parallel; null: whole
 };
 TORCH_MODULE(Moe);
 

@@ -76,8 +76,18 @@ void NcpObjectiveImpl::add_loss(const torch::Tensor& h, GPTImpl&, Ctx& ctx) {
   const int64_t D = C / S;
   auto ends = ncp_pair_ends(B, T, k, opt.doc_mask ? ctx.doc_ids : torch::Tensor(), h.device());  // (P)
   const int64_t P = ends.size(0);
-  ctx.stats["ncp.pairs"] = static_cast<double>(P);
-  if (P == 0) return;
+  // Data parallel (model/dp.h): the codebook follows the whole step's concepts, every rank's pairs,
+  // so every sum below is reduced over the ranks before it is used, and a rank without a pair of its
+  // own still takes part (with empty tensors) while any rank has one.
+  const bool dp = ctx.training && dp_active(ctx.dp);
+  int64_t P_all = P;  // pairs over the data-parallel ranks
+  if (dp) {
+    auto n = torch::full({1}, P, torch::kInt64);
+    dp_sum(ctx.dp, n);
+    P_all = n.item<int64_t>();
+  }
+  ctx.stats["ncp.pairs"] = static_cast<double>(P_all);
+  if (P_all == 0) return;
   auto hn = rms_norm(h).reshape({B * T, C});
   auto back = torch::arange(k, ends.options());
   // embedding, not index_select: its CUDA backward sorts the rows instead of adding atomically (deterministic)
@@ -87,7 +97,15 @@ void NcpObjectiveImpl::add_loss(const torch::Tensor& h, GPTImpl&, Ctx& ctx) {
     torch::NoGradGuard ng;
     auto next = torch::embedding(hn, ends.unsqueeze(1) + 1 + back).mean(1).to(torch::kFloat32);  // (P, C) c + 1
     if (ctx.training) {
-      mean_sum.mul_(opt.decay).add_(next.mean(0), 1 - opt.decay);
+      torch::Tensor batch_mean;  // (C) the concepts' mean
+      if (dp) {
+        batch_mean = next.sum(0);
+        dp_sum(ctx.dp, batch_mean);
+        batch_mean = batch_mean / static_cast<double>(P_all);
+      } else {
+        batch_mean = next.mean(0);
+      }
+      mean_sum.mul_(opt.decay).add_(batch_mean, 1 - opt.decay);
       mean_weight.mul_(opt.decay).add_(1 - opt.decay);
     }
     // Hidden states share a large common direction: quantized as they are, the concepts crowd onto a
@@ -99,6 +117,7 @@ void NcpObjectiveImpl::add_loss(const torch::Tensor& h, GPTImpl&, Ctx& ctx) {
     q = dist.argmin(-1);
     auto onehot = torch::one_hot(q, N).to(torch::kFloat32);  // (P, S, N)
     auto counts = onehot.sum(0);                              // (S, N)
+    if (dp) dp_sum(ctx.dp, counts);
     // Collapse shows here: the assignments under the codebook as this step found it.
     ctx.stats["ncp.usage"] = perplexity(counts).mean().item<double>() / static_cast<double>(N);
     ctx.stats["ncp.codes_used"] = counts.gt(0).to(torch::kFloat64).mean().item<double>();
@@ -112,15 +131,26 @@ void NcpObjectiveImpl::add_loss(const torch::Tensor& h, GPTImpl&, Ctx& ctx) {
       device::AutocastOff fp32(z);
       const double g = opt.decay;
       ema_count.mul_(g).add_(counts, 1 - g);
-      ema_sum.mul_(g).add_(torch::einsum("psn,psd->snd", {onehot, z}), 1 - g);  // a matmul: deterministic
+      auto sums = torch::einsum("psn,psd->snd", {onehot, z});  // (S, N, D) a matmul: deterministic
+      if (dp) {
+        sums = sums.contiguous();
+        dp_sum(ctx.dp, sums);
+      }
+      ema_sum.mul_(g).add_(sums, 1 - g);
       auto dead = ema_count.lt(1.0);  // chosen by less than one concept per batch, on average
       restarted = dead.sum().item<int64_t>();
       if (restarted > 0) {
         // The i-th dead code of a segment restarts at the segment's i-th worst-quantized concept.
-        auto err = std::get<0>(dist.min(-1));                                                      // (P, S)
-        auto worst = std::get<1>(err.t().sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));  // (S, P)
-        auto rank = (dead.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).remainder(P);             // (S, N)
-        auto fresh = z.transpose(0, 1).gather(1, worst.gather(1, rank).unsqueeze(-1).expand({S, N, D}));
+        // Data parallel: among every rank's concepts, in rank order (the same on every rank).
+        auto err = std::get<0>(dist.min(-1));  // (P, S)
+        auto zs = z;                           // (P, S, D)
+        if (dp) {
+          err = dp_gather_rows(ctx.dp, err.contiguous());  // (P_all, S)
+          zs = dp_gather_rows(ctx.dp, z.contiguous());     // (P_all, S, D)
+        }
+        auto worst = std::get<1>(err.t().sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));  // (S, P_all)
+        auto rank = (dead.to(torch::kInt64).cumsum(1) - 1).clamp_min(0).remainder(P_all);         // (S, N)
+        auto fresh = zs.transpose(0, 1).gather(1, worst.gather(1, rank).unsqueeze(-1).expand({S, N, D}));
         ema_sum.copy_(torch::where(dead.unsqueeze(-1), fresh, ema_sum));
         ema_count.masked_fill_(dead, 1.0);
       }
@@ -128,8 +158,20 @@ void NcpObjectiveImpl::add_loss(const torch::Tensor& h, GPTImpl&, Ctx& ctx) {
     ctx.stats["ncp.restarted"] = static_cast<double>(restarted);
   }
   auto logits = torch::matmul(u, head.t()).to(torch::kFloat32).view({P * S, N});
-  ctx.aux.push_back({"ncp", torch::nn::functional::cross_entropy(logits, q.view({P * S})), opt.weight});
-  ctx.stats["ncp.acc"] = logits.detach().argmax(-1).eq(q.view({P * S})).to(torch::kFloat64).mean().item<double>();
+  torch::Tensor loss;
+  if (dp) {
+    // This rank's share of the mean over every rank's pairs, times the ranks (the trainer averages
+    // gradients over them): the gradient and the logged mean are one process's, however the pairs
+    // fall on the ranks (their counts differ with the documents).
+    namespace F = torch::nn::functional;
+    loss = F::cross_entropy(logits, q.view({P * S}), F::CrossEntropyFuncOptions().reduction(torch::kSum)) *
+           (static_cast<double>(ctx.dp->size) / static_cast<double>(P_all * S));
+  } else {
+    loss = torch::nn::functional::cross_entropy(logits, q.view({P * S}));
+  }
+  ctx.aux.push_back({"ncp", loss, opt.weight});
+  if (P > 0)
+    ctx.stats["ncp.acc"] = logits.detach().argmax(-1).eq(q.view({P * S})).to(torch::kFloat64).mean().item<double>();
 }
 
 double NcpObjectiveImpl::flops_per_token(int64_t) const {

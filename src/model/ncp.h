@@ -20,6 +20,11 @@
 //             worst-quantized concept (deterministic: no random draw). The EMA lives in buffers, which
 //             checkpoints carry, so a resumed run continues it.
 //
+// Data parallel (model/dp.h): the pair count, the concepts' mean, the code counts and sums are summed
+// over the ranks before use, a restart picks among every rank's concepts, and the loss is this rank's
+// share of the mean over every rank's pairs; a rank without a pair still takes part. So every replica
+// keeps the same codebook, one process's for the same rows.
+//
 // Statistics (ctx.stats, from the assignments under the codebook as the step found it): ncp.usage
 // (code-use perplexity / N, mean over segments; 1/N = one code), ncp.codes_used (fraction of codes
 // chosen at least once), ncp.concept_ppl (perplexity of the joint concept ids, at most N^S), ncp.acc

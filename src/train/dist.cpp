@@ -27,6 +27,7 @@
 #include <unordered_set>
 
 #include "common/error.h"
+#include "common/hash.h"
 
 namespace slm::dist {
 
@@ -343,6 +344,31 @@ void Comm::broadcast(std::vector<torch::Tensor>& ts, int root) {
 }
 
 void Comm::barrier() { pg_->barrier()->wait(); }
+
+void check_replicas(Comm& group, const std::vector<std::pair<std::string, torch::Tensor>>& named, int64_t step,
+                    const std::string& kind) {
+  const int64_t n = static_cast<int64_t>(named.size());
+  auto mine = torch::empty({n + 1}, torch::kInt64);
+  auto h = mine.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < n; ++i) {
+    auto t = named[i].second.detach().to(torch::kCPU).contiguous();
+    const std::string_view bytes(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+    h[i] = static_cast<int64_t>(hash64(bytes, static_cast<uint64_t>(t.scalar_type())));
+  }
+  h[n] = n;  // a rank with other tensors differs too
+  auto all = group.all_gather(mine);
+  for (size_t r = 1; r < all.size(); ++r) {
+    if (all[r][n].item<int64_t>() != n)
+      fail("[dist] --check-replicas: after step ", step, " ", kind, " rank ", r, " holds ", all[r][n].item<int64_t>(),
+           " tensors and rank 0 ", n, "; the ranks built different models");
+    auto differ = all[r].slice(0, 0, n).ne(all[0].slice(0, 0, n));
+    const int64_t k = differ.sum().item<int64_t>();
+    if (k == 0) continue;
+    const int64_t first = differ.nonzero()[0][0].item<int64_t>();
+    fail("[dist] --check-replicas: after step ", step, " ", named[first].first, " differs between ", kind, " ranks 0 and ",
+         r, " (", k, " of ", n, " tensors differ); the replicas drifted apart: something updates it from rank-local data");
+  }
+}
 
 // ---- the local launcher
 

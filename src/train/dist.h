@@ -141,6 +141,14 @@ struct Mesh {
 };
 Mesh mesh_of(const World& w, int tp);
 
+// The replica check (`train --check-replicas`): every rank of a data-parallel group must hold the same
+// tensors bit for bit (and the ranks of a tensor-parallel group the same unsplit ones). Hashes the bytes of each of `named` (parameters and buffers, the same names in
+// the same order on every rank), all-gathers the hashes and fails, naming the first tensor that
+// differs, the ranks (numbered within the group, called `kind`) and `step`, when any rank's differ
+// from the group's first rank's. Collective.
+void check_replicas(Comm& group, const std::vector<std::pair<std::string, torch::Tensor>>& named, int64_t step,
+                    const std::string& kind = "data-parallel");
+
 // The process group for a device: Gloo on CPU; on CUDA, NCCL where the build found it (CMake's
 // SLMLAB_NCCL), else Gloo, which moves CUDA tensors through host memory.
 c10::intrusive_ptr<Collectives> make_group(const c10::intrusive_ptr<c10d::Store>& store, const World& w,

@@ -159,7 +159,7 @@ Setup configure(const TrainOptions& opt) {
               ") or --set tp=1");
   s.mesh = dist::mesh_of(world, tp);
   const dist::Mesh& mesh = s.mesh;
-  {  // the modules again at this run's real topology: some keep state that dp ranks cannot share yet
+  {  // the modules again at this run's real topology (tensor parallelism: which modules split)
     catalog::ModelView v = sub.model_view();
     v.tp = tp;
     v.dp = mesh.dp;
@@ -486,6 +486,20 @@ class Run {
     return r;
   }
 
+  // --check-replicas: every rank of the data-parallel group holds the same parameters and buffers
+  // bit for bit (after `step`), and the ranks of a tensor-parallel group the same unsplit ones.
+  // Collective.
+  void check_replicas(int64_t step) {
+    if (!opt_.check_replicas) return;
+    std::vector<std::pair<std::string, torch::Tensor>> named, whole;
+    for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
+    for (auto& b : model->named_buffers()) named.emplace_back(b.key(), b.value());
+    for (auto& nt : named)
+      if (sharded_dim(nt.first) < 0) whole.push_back(nt);
+    if (g_.dp) dist::check_replicas(*g_.dp, named, step);
+    if (g_.tp) dist::check_replicas(*g_.tp, whole, step, "tensor-parallel");
+  }
+
   // Every rank starts from its data-parallel group's first rank's weights (they are built from the
   // same seed; this makes sure: the ranks of a DP group hold the same shards), and only after every
   // rank has checked the run folder does rank 0 write to it. Collective.
@@ -593,6 +607,8 @@ int train(const TrainOptions& opt) {
   run.model = GPT(rc.model);
   GPT& model = run.model;
   model->to(dev);
+  // Modules reduce the statistics that decide their state over the data-parallel ranks (model/dp.h).
+  if (groups.dp) model->dp = groups.dp->as_tp_group();
   cfg_json["layer_plan"] = layer_plan(*model);
   const int64_t n_params = model->n_params(), n_matmul = model->n_matmul_params();
   run.flops_tok = model->flops_per_token(sub.context);
@@ -641,6 +657,7 @@ int train(const TrainOptions& opt) {
   const bool resumed = opt.resume && fs::exists(run.folder.latest());
   if (resumed) run.resume(run.folder.latest());
   run.sync_ranks();
+  run.check_replicas(run.st.step);
   if (s.world.is_main()) {
     cfg_json["code_id"] = code_id();  // the training sources this binary was built from (not compared on resume)
     fs::write_atomic(run.folder.config(), cfg_json.dump(1) + "\n");
@@ -665,6 +682,7 @@ int train(const TrainOptions& opt) {
     if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) return run.invalid(r);
     ++st.step;
     const double dt = seconds(t0);
+    run.check_replicas(st.step);  // outside the step's time
     st.train_seconds += dt;
     st.tokens += sub.total_batch;
     st.loader = run.loader->state();

@@ -24,6 +24,8 @@ struct TrainOptions {
   bool keep_checkpoints = false;     // also keep a weights-only snapshot at every checkpoint step
   bool overlap_grad_reduce = true;   // data parallel: send gradient buckets during backward
   double memory_budget_gib = 0;      // > 0: bytes a rank may use, in GiB, instead of the machine's available memory
+  bool check_replicas = false;       // data parallel: after every step, fail unless every rank's
+                                     // parameters and buffers are bitwise equal (dist::check_replicas)
 };
 
 // Exit status: 0 done, 3 INVALID (non-finite loss), kPreempted when SIGTERM or SIGINT stopped it

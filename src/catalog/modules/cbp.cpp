@@ -17,7 +17,6 @@ std::vector<std::string> check_cbp(const ModuleArgs& a, const ModelView& m) {
   if (a.f64("decay") >= 1)
     e.push_back("decay " + value_text(a.f64("decay")) + " never lets a utility change; use the paper's 0.99");
   check_layers(a, m, "every layer", e);
-  refuse_data_parallel("", "which units to replace (utilities of rank-local activations)", m, e);
   return e;
 }
 
@@ -46,6 +45,10 @@ const ModuleSpec& spec_cbp() {
       check_cbp,
       nullptr,
       "rate=0.05,maturity=2",
+      nullptr,
+      // Tensor parallel: split as the relu2 MLP (hidden units over the ranks); utilities and ages stay
+      // whole on every rank (the shards' sums gathered), so every shard ranks and replaces the same units.
+      0,
   };
   return s;
 }

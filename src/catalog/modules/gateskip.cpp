@@ -21,8 +21,6 @@ std::vector<std::string> check_gateskip(const ModuleArgs& a, const ModelView& m)
     e.push_back("tp " + std::to_string(m.tp) + " exceeds 2; gateskip was only validated at tp <= 2, so use a "
                 "substrate with tp=1 or tp=2");
   check_layers(a, m, "every layer", e);
-  if (a.f64("eval_skip") > 0)
-    refuse_data_parallel("with eval_skip > 0", "its evaluation threshold (a quantile of rank-local gates)", m, e);
   return e;
 }
 

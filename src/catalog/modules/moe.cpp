@@ -25,8 +25,6 @@ std::vector<std::string> check_moe(const ModuleArgs& a, const ModelView& m) {
     e.push_back("score '" + score + "' is not softmax or sigmoid" + (near.empty() ? "" : "; did you mean '" + near + "'?"));
   }
   check_layers(a, m, "every layer", e);
-  if (a.f64("bias_rate") > 0)
-    refuse_data_parallel("with bias_rate > 0", "its balancing biases (rank-local expert load)", m, e);
   return e;
 }
 

@@ -26,7 +26,6 @@ std::vector<std::string> check_ncp(const ModuleArgs& a, const ModelView& m) {
   if (m.context > 0 && 2 * span > m.context)
     e.push_back("span " + std::to_string(span) + " leaves no concept pair in a context of " + std::to_string(m.context) +
                 " (a pair needs 2 x span tokens); use span <= " + std::to_string(m.context / 2));
-  refuse_data_parallel("", "its codebook (EMA of rank-local concepts, dead-code restarts)", m, e);
   return e;
 }
 
@@ -52,6 +51,11 @@ const ModuleSpec& spec_ncp() {
       check_ncp,
       nullptr,
       "codes=8",
+      nullptr,
+      // Tensor parallel, replicated (as lm_head): it reads the final hidden state, whole on every TP
+      // rank, and its head and codebook are the same on every rank, so every rank computes the same
+      // loss and codebook update; the trunk's split blocks take its gradient as they take lm_head's.
+      0,
   };
   return s;
 }
