@@ -80,6 +80,10 @@ const ModuleSpec& spec_engram() {
       check_engram,
       nullptr,
       "layers=0,2,table_size=257",
+      nullptr,
+      // Tensor parallel: replicated on every rank. The tables are looked up (a gather of rows, no matmul
+      // to split), the gate and conv read the replicated residual: every rank computes the same branch.
+      4,
   };
   return s;
 }
