@@ -462,6 +462,13 @@ TEST_P(TensorParallelModule, FollowsOneProcess) {
     EXPECT_NEAR(v2[step], v, c.val_tol) << "step " << step;
     worst_val = std::max(worst_val, std::abs(v2[step] - v));
   }
+  // The checkpoint holds whole tensors (split rows gathered): one process evaluates it to the figure
+  // the split run logged (printed to 4 decimals: within half a unit of the last, plus the tolerance).
+  auto e = slm::test::run(std::string(SLMLAB_BIN) + " eval bpb " + split + " --threads 1");
+  ASSERT_EQ(e.status, 0) << e.out;
+  const size_t at = e.out.find("val_bpb ");
+  ASSERT_NE(at, std::string::npos) << e.out;
+  EXPECT_NEAR(std::stod(e.out.substr(at + 8)), v2.rbegin()->second, 5e-5 + c.val_tol) << e.out;
   auto s2 = json::parse(fs::read_file(split + "/summary.json"));
   ASSERT_TRUE(s2.contains("tp_replicas_equal")) << s2.dump();
   EXPECT_GT(s2["tp_replicas_equal"].get<int64_t>(), 0) << "the replicated tensors were compared across ranks";
@@ -483,9 +490,11 @@ INSTANTIATE_TEST_SUITE_P(
         TpModuleCase{"mhc", "mhc.sinkhorn_iters=10", 2},
         TpModuleCase{"mtp", "mtp.depth=2", 2},
         TpModuleCase{"top", "top.window=4", 2},
+        TpModuleCase{"top_tp4", "top.window=4", 4},
         // dense warm-up (KL over every key) for 5 steps, then the sparse top-k; 3 indexer heads (replicated:
         // they need not divide by tp)
         TpModuleCase{"dsa", "dsa.topk=8,window=2,path=sparse,warmup_steps=5,index_heads=3", 2},
+        TpModuleCase{"dsa_tp4", "dsa.topk=8,window=2,path=sparse,warmup_steps=5,index_heads=3", 4},
         TpModuleCase{"mod", "mod.capacity=0.5,layers=1,predictor=true,predictor_hidden=16", 2, kRoutedValTol},
         TpModuleCase{"flexidepth", "flexidepth.layers=1,router_bias=0,adapter_hidden=8,alpha=0.01", 2}),
     [](const ::testing::TestParamInfo<TpModuleCase>& i) { return std::string(i.param.name); });

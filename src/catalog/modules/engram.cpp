@@ -83,7 +83,8 @@ const ModuleSpec& spec_engram() {
       nullptr,
       // Tensor parallel: replicated on every rank. The tables are looked up (a gather of rows, no matmul
       // to split), the gate and conv read the replicated residual: every rank computes the same branch.
-      4,
+      // Tested at tp 2, the article's (Dist/TensorParallelModule).
+      2,
   };
   return s;
 }

@@ -40,7 +40,7 @@ const ModuleSpec& spec_mtp() {
       nullptr,
       "depth=2",
       nullptr,
-      4,  // tensor parallel: its blocks split as the model's, its projection and the shared head replicated
+      2,  // tensor parallel: its blocks split as the model's, its projection and the shared head replicated
   };
   return s;
 }
