@@ -597,6 +597,24 @@ TEST(Dist, DriftedTensorParallelReplicaIsFound) {
   }
 }
 
+// A Mamba-3 run at TP=2 stopped by SIGTERM resumes from its whole-tensor checkpoint: in_proj's rows
+// (its heads' and the shared B, C) and the optimizer state of every split parameter are sliced again
+// per rank, and the curve is the uninterrupted TP=2 run's, bitwise.
+TEST(Dist, Mamba3AtTensorParallelTwoResumesBitwise) {
+  const auto& f = fx();
+  const std::string mod = " --nproc 2 --set tp=2 --module mamba3.pattern=AM,d_state=16,headdim=16,chunk=8";
+  const std::string ref = f.t / "m3_tp_ref", run = f.t / "m3_tp_termed";
+  ASSERT_EQ(slm::test::run(f.train_cmd(ref, mod)).status, 0);
+  pid_t pid = slm::test::start(f.train_cmd(run, mod));
+  while (series(run, "loss").size() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const int st = slm::test::stop(pid, SIGTERM);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 143) << st;
+  ASSERT_LT(series(run, "loss").size(), 10u);
+  auto r = slm::test::run(f.train_cmd(run, mod + " --resume"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(slm::test::curve(run), slm::test::curve(ref));
+}
+
 // A module that does not split its weights is refused at tp > 1, with the reason, before any step.
 TEST(Dist, ModuleWithoutTensorParallelIsRefused) {
   const auto& f = fx();
