@@ -597,6 +597,46 @@ TEST(Dist, DriftedTensorParallelReplicaIsFound) {
   }
 }
 
+// A split by rows with rows held by both ranks (Mamba-3's shared B, C): each rank keeps its rows in
+// order, the whole comes back from the shards, and the rows counted in a norm cover the whole once.
+TEST(Dist, SplitByRowsWithSharedRowsRoundTrips) {
+  const auto whole = torch::arange(18, torch::kFloat32).view({6, 3}) - 7;
+  TpSplit s(0);
+  s.rows = {{0, 1, 4, 5}, {2, 3, 4, 5}};  // 4 and 5 on both ranks
+  std::vector<torch::Tensor> shard(2), back(2);
+  std::vector<double> counted(2);
+  with_group(2, [&](dist::Comm& c) {
+    const int r = c.world().rank;
+    auto g = c.as_tp_group();
+    shard[r] = tp_shard(whole, s, *g);
+    back[r] = tp_unshard(shard[r], s, *g);
+    counted[r] = tp_counted(shard[r], s, *g).pow(2).sum().item<double>();
+  });
+  EXPECT_TRUE(torch::equal(shard[0], whole.index_select(0, torch::tensor({0, 1, 4, 5}))));
+  EXPECT_TRUE(torch::equal(shard[1], whole.index_select(0, torch::tensor({2, 3, 4, 5}))));
+  for (int r = 0; r < 2; ++r) EXPECT_TRUE(torch::equal(back[r], whole)) << "rank " << r;
+  EXPECT_EQ(counted[0] + counted[1], whole.pow(2).sum().item<double>()) << "each row once over the group";
+}
+
+// A subclass of a split component that does not say how it splits is refused by the model, naming
+// the layer, rather than inheriting a split its own code does not follow: continual backprop's MLP
+// indexes units of the whole (the catalog refuses it at tp > 1 first; this is the model's guard).
+TEST(Dist, ComponentThatDoesNotSplitItselfIsRefusedByTheModel) {
+  auto g = std::make_shared<TpGroup>();  // splitting is local: no collective runs
+  g->rank = 0;
+  g->size = 2;
+  ModelConfig c = slm::test::tiny_config(2);
+  c.modules.push_back(slm::test::module_args("cbp"));
+  GPT m(c);
+  const std::string e = slm::test::error_of([&] { m->shard_tensor_parallel(g); });
+  EXPECT_NE(e.find("[tp] blocks.0.ffn ("), std::string::npos) << e;
+  EXPECT_NE(e.find("does not split over tp 2: "), std::string::npos) << e;
+  EXPECT_NE(e.find("does not split its units"), std::string::npos) << e;
+  GPT plain(slm::test::tiny_config(2));
+  EXPECT_EQ(slm::test::error_of([&] { plain->shard_tensor_parallel(g); }), "");
+  EXPECT_EQ(plain->tp_splits.size(), 2u * 6u) << "q, k, v, proj and the MLP's two per layer";
+}
+
 // A Mamba-3 run at TP=2 stopped by SIGTERM resumes from its whole-tensor checkpoint: in_proj's rows
 // (its heads' and the shared B, C) and the optimizer state of every split parameter are sliced again
 // per rank, and the curve is the uninterrupted TP=2 run's, bitwise.

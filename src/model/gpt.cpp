@@ -371,11 +371,17 @@ int64_t GPTImpl::check_tp_replicas() {
   std::vector<torch::Tensor> hashes;
   auto add = [&](const std::string& name, const torch::Tensor& t) {
     if (tp_splits.count(name) || t.numel() == 0) return;
-    // The bytes weighted by position (mod a prime, so a swap of two values shows), summed exactly in int64.
-    auto bytes = t.detach().contiguous().reshape({-1}).view(torch::kUInt8).to(torch::kInt64);
-    auto w = torch::arange(bytes.numel(), bytes.options()).remainder(65521).add_(1);
+    // The bytes weighted by position (mod a prime, so a swap of two values shows), summed exactly in
+    // int64, a few MB at a time (an embedding's bytes as int64 would be 8 times its size).
+    auto bytes = t.detach().contiguous().reshape({-1}).view(torch::kUInt8);
+    const int64_t n = bytes.numel(), chunk = int64_t{1} << 22;
+    auto h = torch::zeros({}, bytes.options().dtype(torch::kInt64));
+    for (int64_t i = 0; i < n; i += chunk) {
+      auto b = bytes.slice(0, i, std::min(n, i + chunk)).to(torch::kInt64);
+      h += (b * torch::arange(i, i + b.numel(), b.options()).remainder(65521).add_(1)).sum();
+    }
     names.push_back(name);
-    hashes.push_back((bytes * w).sum());
+    hashes.push_back(h);
   };
   for (auto& p : named_parameters()) add(p.key(), p.value());
   for (auto& b : named_buffers()) add(b.key(), b.value());
