@@ -746,8 +746,7 @@ TEST(Dsa, CatalogCheckMessages) {
   auto tp = m;
   tp.tp = 3;
   auto e = errors({}, tp);
-  ASSERT_EQ(e.size(), 2u);
+  ASSERT_EQ(e.size(), 1u) << "the indexer is replicated under tensor parallelism: its heads need not divide";
   EXPECT_NE(e[0].find("n_head 4 is not divisible by tp 3"), std::string::npos);
-  EXPECT_NE(e[1].find("index_heads 4 is not divisible by tp 3"), std::string::npos);
 }
 

@@ -574,7 +574,7 @@ TEST(Mamba3Catalog, CheckMessagesNameTheRuleAndTheFix) {
       {{{"rope_fraction", "0.3"}}, 16, 1, "rope_fraction 0.3 must be 0 (real state), 0.5 or 1.0"},
       {{{"rope_fraction", "0.5"}, {"d_state", "2"}}, 16, 1, "rotates no pair; raise d_state to at least 4"},
       {{{"dt_min", "0.2"}}, 16, 1, "dt_min 0.2 must be below dt_max 0.1"},
-      {{}, 16, 2, "TP>1 not supported, use tp=1"},
+      {{}, 16, 3, "8 SSM heads (expand x d_model / headdim) do not divide by tp 3"},
   };
   const auto& s = catalog::spec_mamba3();
   for (auto& c : cases) {

@@ -302,6 +302,16 @@ std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelV
   return errors;
 }
 
+namespace {
+// What `max_tp` means for a row, in words.
+std::string tp_text(const ModuleSpec& m) {
+  if (std::string(m.family) == "data" || m.tier == Tier::Inference) return "any tp (touches no weights)";
+  if (m.max_tp == 0) return "any tp its check allows";
+  if (m.max_tp == 1) return "tp 1 only (its weights are not split across ranks yet)";
+  return "up to tp " + std::to_string(m.max_tp);
+}
+}  // namespace
+
 std::string table(bool as_json) {
   if (as_json) {
     nlohmann::ordered_json j = nlohmann::ordered_json::array();
@@ -311,7 +321,7 @@ std::string table(bool as_json) {
         params.push_back({{"name", p.name}, {"type", param_type_name(p.type)}, {"default", p.def},
                           {"min", p.lo}, {"max", p.hi}, {"help", p.help}});
       j.push_back({{"name", m.name}, {"tier", static_cast<int>(m.tier)}, {"family", m.family}, {"default", "off"},
-                   {"summary", m.summary}, {"cost", m.cost}, {"params", params}});
+                   {"summary", m.summary}, {"cost", m.cost}, {"tensor_parallel", tp_text(m)}, {"params", params}});
     }
     return j.dump(1) + "\n";
   }
@@ -324,6 +334,7 @@ std::string table(bool as_json) {
       os << "    " << std::setw(16) << p.name << std::setw(10) << param_type_name(p.type) << "default " << std::setw(8)
          << (*p.def ? p.def : "\"\"") << "range [" << p.lo << ", " << p.hi << "]  " << p.help << "\n";
     os << "    cost: " << m.cost << "\n";
+    os << "    tensor parallel: " << tp_text(m) << "\n";
   }
   return os.str();
 }

@@ -19,7 +19,7 @@ int cmd_catalog(const Args& a) {
 
 int cmd_plan_check(const Args& a) {
   std::vector<std::string> errors;
-  engine::Plan p = engine::load_plan(a.positional[0], &errors);
+  engine::Plan p = engine::load_plan(a.positional[0], &errors, a.str("substrate"));
   if (!errors.empty()) {
     // Every problem, one per line, then the one-line verdict that main() prints.
     for (auto& e : errors) std::fprintf(stderr, "  - %s\n", e.c_str());

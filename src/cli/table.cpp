@@ -59,6 +59,8 @@ const std::vector<OptionSpec>& option_table() {
       {"reason", "invalidate", OptType::String, "", "TEXT", "why the run does not count (required unless --undo)"},
       {"undo", "invalidate", OptType::Flag, "", "", "withdraw a manual invalidation"},
       {"substrate", "train", OptType::String, "cpu-tiny", "NAME|FILE", "substrate: a name in substrates/ or a .toml path"},
+      {"substrate", "plan check", OptType::String, "", "NAME|FILE",
+       "check the plan on this substrate instead of its own (e.g. seed-v6e4-d16, the article's TP=2 x DP=2)"},
       {"out", "train", OptType::String, "", "RUN_DIR", "run folder (config, metrics, checkpoints, summary)"},
       {"set", "train", OptType::List, "", "KEY=VALUE", "override a substrate key (changes the substrate id)"},
       {"module", "train", OptType::List, "", "NAME[.k=v,...]", "enable a catalog module with parameters"},

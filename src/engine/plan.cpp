@@ -75,7 +75,7 @@ std::string node_text(const toml::node& n) {
 
 }  // namespace
 
-Plan load_plan(const std::string& path, std::vector<std::string>* errors_out) {
+Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, const std::string& substrate) {
   std::vector<std::string> errors;
   Plan plan;
   plan.path = path;
@@ -94,7 +94,16 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out) {
   else if (auto p = name_problem("plan name", plan.name); t.get("name")->is_string() && !p.empty()) errors.push_back(path + ": " + p);
   plan.substrate_ref = get<std::string>(t, "substrate", path, errors).value_or("");
   bool have_substrate = false;
-  if (!t.get("substrate")) {
+  if (!substrate.empty()) {
+    try {
+      plan.substrate_ref = substrate;
+      plan.substrate = load_substrate(substrate);
+      plan.substrate.validate();
+      have_substrate = true;
+    } catch (const Error& e) {
+      errors.push_back(e.what());
+    }
+  } else if (!t.get("substrate")) {
     errors.push_back(path + ": 'substrate' is required (a name in substrates/ or a .toml path)");
   } else if (!plan.substrate_ref.empty()) {
     try {

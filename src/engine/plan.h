@@ -41,7 +41,9 @@ struct Plan {
 
 // Parses and validates; on problems throws slm::Error whose message lists every one ("; "-joined)
 // unless `errors` is given, in which case they are appended there and a best-effort plan returned.
-Plan load_plan(const std::string& path, std::vector<std::string>* errors = nullptr);
+// `substrate`, when not empty, replaces the plan's own (a name in substrates/ or a .toml path): the
+// same experiments checked on another geometry and topology (`plan check --substrate`).
+Plan load_plan(const std::string& path, std::vector<std::string>* errors = nullptr, const std::string& substrate = "");
 
 // Plan names and experiment ids become folder names (runs/<plan>/<id>/s<seed>) and terminal text:
 // "" when `name` is 1..kMaxNameLength characters of [A-Za-z0-9._-] not starting with '.' or '-',

@@ -67,6 +67,8 @@ struct CbpMlpImpl : MLPImpl {
   // per-step update (H C for the outgoing-weight sums) is not per token and is left out.
   double flops_per_token(int64_t T) const override;
   std::string describe() const override;
+  // Split as the MLP (its forward and after_step index this rank's units from tp's rank).
+  std::string shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) override { return split_units(g, splits); }
 
   CbpOptions opt;
   torch::Tensor utility;   // (H,) fp32, the running contribution utility

@@ -177,8 +177,10 @@ torch::Tensor kl_loss(const torch::Tensor& p, const torch::Tensor& logits, const
 }
 
 // Sum over heads of the main attention probabilities, L1-normalized per query: (B, H, T, N) -> (B, T, N).
-torch::Tensor kl_target(const torch::Tensor& probs) {
-  auto p = probs.detach().sum(1);
+// The target over every head: under tensor parallelism each rank holds its heads' share, summed over
+// the group (no gradient) so that every rank trains its replica of the indexer on the same target.
+torch::Tensor kl_target(const torch::Tensor& probs, const TpGroupPtr& tp) {
+  auto p = tp_reduce_out(probs.detach().sum(1), tp);
   return p / p.sum(-1, true).clamp_min(1e-30);
 }
 
@@ -462,13 +464,14 @@ bool DsaAttentionImpl::sparse_path(int64_t T) const {
 }
 
 torch::Tensor DsaAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
-  const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
+  const int64_t B = x.size(0), T = x.size(1);
   if (ctx.training) steps_seen = std::max(steps_seen, ctx.step);
   const int64_t step = ctx.training ? ctx.step : std::max(ctx.step, steps_seen);
   const bool sparse = sparse_stage(step), kl = ctx.training;
-  auto q = c_q(x).view({B, T, n_head, head_dim});
-  auto k = c_k(x).view({B, T, n_head, head_dim});
-  auto v = c_v(x).view({B, T, n_head, head_dim});
+  const torch::Tensor xin = tp_copy_in(x, tp);  // one gradient all-reduce for q, k and v together
+  auto q = c_q(xin).view({B, T, n_head, head_dim});
+  auto k = c_k(xin).view({B, T, n_head, head_dim});
+  auto v = c_v(xin).view({B, T, n_head, head_dim});
   q = rms_norm(apply_rope(q, ctx.cos, ctx.sin));  // (B, T, H, D), QK-norm after RoPE
   k = rms_norm(apply_rope(k, ctx.cos, ctx.sin));
   if (ctx.attn_logit_scale != 1.0) q = q * ctx.attn_logit_scale;  // YaRN's temperature on q.k
@@ -504,7 +507,7 @@ torch::Tensor DsaAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
     } else {
       auto [yd, probs] = attention_with_probs(q, k, v, visible);
       y = yd;
-      auto loss = kl_loss(kl_target(probs), row_scores(ip, 0, T), visible);
+      auto loss = kl_loss(kl_target(probs, tp), row_scores(ip, 0, T), visible);
       ctx.aux.push_back({"dsa_kl.L" + std::to_string(opt.layer), loss, opt.kl_weight});
     }
     record(ctx, opt.layer, 1.0, false, true);
@@ -517,7 +520,7 @@ torch::Tensor DsaAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
     if (gathered) {
       auto [ys, probs] = sparse_attention(q, k, v, idx, valid, opt.chunk_values, opt.cpu_kernels);
       y = ys;
-      if (kl) p_sel = kl_target(probs);
+      if (kl) p_sel = kl_target(probs, tp);
     } else {
       auto chosen = torch::zeros({B, T, Tk}, visible.options()).scatter_(2, idx, valid);  // selected & visible
       if (!kl) {
@@ -525,7 +528,7 @@ torch::Tensor DsaAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
       } else {
         auto [yd, probs] = attention_with_probs(q, k, v, chosen);
         y = yd;
-        p_sel = kl_target(probs).gather(2, idx);
+        p_sel = kl_target(probs, tp).gather(2, idx);
       }
     }
     if (kl) {
@@ -535,8 +538,12 @@ torch::Tensor DsaAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
     const double density = valid.sum().item<double>() / std::max(1.0, visible.sum().item<double>());
     record(ctx, opt.layer, density, gathered, false);
   }
-  y = y.transpose(1, 2).contiguous().view({B, T, C});
-  return c_proj(y);
+  y = y.transpose(1, 2).contiguous().view({B, T, n_head * head_dim});
+  return tp_reduce_out(c_proj(y), tp);
+}
+
+std::string DsaAttentionImpl::shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) {
+  return split_heads(g, splits);
 }
 
 double DsaAttentionImpl::flops_per_token(int64_t T) const {

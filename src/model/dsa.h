@@ -67,6 +67,10 @@ struct DsaAttentionImpl : CausalSelfAttentionImpl {
   // The indexer's RoPE tables follow the model's context (YaRN's frequencies when given), as the
   // main attention's do.
   void set_context(int64_t T, const YarnConfig* yarn) override;
+  // Tensor parallelism: the main attention split by heads (as the baseline's); the indexer stays
+  // whole on every rank (replicated): it reads the replicated block input, so every rank selects the
+  // same keys, and its KL target (the main heads' distribution) is summed over the group's heads.
+  std::string shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) override;
 
   // Raw index scores I: (B, T, T) fp32 (unmasked) for the indexer input xi: (B, T, C).
   torch::Tensor index_scores(const torch::Tensor& xi);

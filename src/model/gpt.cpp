@@ -1,5 +1,7 @@
 #include "model/gpt.h"
 
+#include <typeinfo>
+
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
@@ -210,6 +212,48 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x, Ctx&) {
 
 std::string MLPImpl::describe() const { return "relu2 mlp (" + std::to_string(c_fc->weight.size(0)) + ")"; }
 
+namespace {
+// Megatron's split of a linear: this rank's shard of the weight, recorded in `splits` under `name`.
+void split_linear(torch::nn::Linear& lin, int64_t dim, const std::string& name, const TpGroup& g, TpSplits& splits) {
+  torch::NoGradGuard ng;
+  lin->weight.set_data(tp_shard(lin->weight.detach(), dim, g));
+  splits[name + ".weight"] = dim;
+}
+}  // namespace
+
+std::string CausalSelfAttentionImpl::shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) {
+  // A subclass runs its own forward, which must read `tp`: it says so by overriding this.
+  if (typeid(*this) != typeid(CausalSelfAttentionImpl)) return describe() + " does not split its forward";
+  return split_heads(g, splits);
+}
+
+std::string CausalSelfAttentionImpl::split_heads(const TpGroupPtr& g, TpSplits& splits) {
+  if (n_head % g->size != 0)
+    return std::to_string(n_head) + " heads do not divide by it; use a tp that divides the heads";
+  split_linear(c_q, 0, "c_q", *g, splits);  // rows are heads: rank r keeps heads [r H/tp, (r+1) H/tp)
+  split_linear(c_k, 0, "c_k", *g, splits);
+  split_linear(c_v, 0, "c_v", *g, splits);
+  split_linear(c_proj, 1, "c_proj", *g, splits);
+  n_head /= g->size;
+  tp = g;
+  return "";
+}
+
+std::string MLPImpl::shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) {
+  // A subclass (continual backprop's MLP) indexes units of the whole: it must split itself.
+  if (typeid(*this) != typeid(MLPImpl)) return describe() + " does not split its units";
+  return split_units(g, splits);
+}
+
+std::string MLPImpl::split_units(const TpGroupPtr& g, TpSplits& splits) {
+  if (c_fc->weight.size(0) % g->size != 0)
+    return std::to_string(c_fc->weight.size(0)) + " hidden units do not divide by it";
+  split_linear(c_fc, 0, "c_fc", *g, splits);
+  split_linear(c_proj, 1, "c_proj", *g, splits);
+  tp = g;
+  return "";
+}
+
 BlockImpl::BlockImpl(const LayerPlan& lp) : kind(lp.kind) {
   mixer = register_module("mixer", lp.mixer());
   ffn = register_module("ffn", lp.ffn());
@@ -309,35 +353,52 @@ void GPTImpl::shard_tensor_parallel(const TpGroupPtr& g) {
   SLM_CHECK(!tp, "[tp] the model is already split across ranks");
   if (g->size == 1) return;
   torch::NoGradGuard ng;
-  auto split = [&](torch::nn::Linear& lin, int64_t dim, const std::string& name) {
-    lin->weight.set_data(tp_shard(lin->weight.detach(), dim, *g));
-    tp_dims[name + ".weight"] = dim;
-  };
-  for (size_t i = 0; i < blocks->size(); ++i) {
-    auto b = blocks[i]->as<BlockImpl>();
-    const std::string at = "blocks." + std::to_string(i);
-    auto attn = std::dynamic_pointer_cast<CausalSelfAttentionImpl>(b->mixer);
-    auto mlp = std::dynamic_pointer_cast<MLPImpl>(b->ffn);
-    SLM_CHECK(attn && mlp && b->branches.empty(), "[tp] layer ", i, " is ", b->mixer->describe(), " + ",
-              b->ffn->describe(), (b->branches.empty() ? "" : " with branches"),
-              "; tensor parallelism splits attention and the relu2 MLP only, so use tp=1 for this model");
-    SLM_CHECK(attn->n_head % g->size == 0, "[tp] layer ", i, " has ", attn->n_head, " heads, which do not split over tp ",
-              g->size, "; use a tp that divides the heads");
-    split(attn->c_q, 0, at + ".mixer.c_q");  // rows are heads: rank r keeps heads [r H/tp, (r+1) H/tp)
-    split(attn->c_k, 0, at + ".mixer.c_k");
-    split(attn->c_v, 0, at + ".mixer.c_v");
-    split(attn->c_proj, 1, at + ".mixer.c_proj");
-    attn->n_head /= g->size;
-    attn->tp = g;
-    split(mlp->c_fc, 0, at + ".ffn.c_fc");
-    split(mlp->c_proj, 1, at + ".ffn.c_proj");
-    mlp->tp = g;
+  for (auto& m : named_modules("", /*include_self=*/false)) {
+    auto c = std::dynamic_pointer_cast<ComponentImpl>(m.value());
+    if (!c) continue;
+    TpSplits own;
+    const std::string why = c->shard_tensor_parallel(g, own);
+    SLM_CHECK(why.empty(), "[tp] ", m.key(), " (", c->describe(), ") does not split over tp ", g->size, ": ", why);
+    for (auto& [name, split] : own) tp_splits[m.key() + "." + name] = split;
   }
   tp = g;
   // Every name above must be a parameter of this model (a rename would silently unshard a checkpoint).
   auto params = named_parameters();
-  for (auto& [name, dim] : tp_dims)
+  for (auto& [name, split] : tp_splits)
     SLM_CHECK(params.contains(name), "[tp] internal: ", name, " is not a parameter of the model");
+}
+
+int64_t GPTImpl::check_tp_replicas() {
+  if (!tp) return 0;
+  torch::NoGradGuard ng;
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> hashes;
+  auto add = [&](const std::string& name, const torch::Tensor& t) {
+    if (tp_splits.count(name) || t.numel() == 0) return;
+    // The bytes weighted by position (mod a prime, so a swap of two values shows), summed exactly in
+    // int64, a few MB at a time (an embedding's bytes as int64 would be 8 times its size).
+    auto bytes = t.detach().contiguous().reshape({-1}).view(torch::kUInt8);
+    const int64_t n = bytes.numel(), chunk = int64_t{1} << 22;
+    auto h = torch::zeros({}, bytes.options().dtype(torch::kInt64));
+    for (int64_t i = 0; i < n; i += chunk) {
+      auto b = bytes.slice(0, i, std::min(n, i + chunk)).to(torch::kInt64);
+      h += (b * torch::arange(i, i + b.numel(), b.options()).remainder(65521).add_(1)).sum();
+    }
+    names.push_back(name);
+    hashes.push_back(h);
+  };
+  for (auto& p : named_parameters()) add(p.key(), p.value());
+  for (auto& b : named_buffers()) add(b.key(), b.value());
+  if (names.empty()) return 0;
+  auto mine = torch::stack(hashes);
+  auto all = tp->all_gather(mine);
+  for (size_t r = 0; r < all.size(); ++r) {
+    auto differ = all[r].ne(mine).nonzero();
+    SLM_CHECK(differ.numel() == 0, "[tp] replicated ", names[differ[0].item<int64_t>()],
+              " differs between tensor-parallel ranks ", tp->rank, " and ", r,
+              ": the replicas drifted apart (a gradient or a statistic not the same on every rank)");
+  }
+  return static_cast<int64_t>(names.size());
 }
 
 torch::Tensor GPTImpl::logits(const torch::Tensor& h) {

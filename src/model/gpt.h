@@ -65,6 +65,9 @@ struct CausalSelfAttentionImpl : MixerImpl {
   torch::Tensor forward(const torch::Tensor& x, Ctx& ctx) override;
   double flops_per_token(int64_t T) const override;  // matmuls + 12 H D T for scores and values
   std::string describe() const override;
+  std::string shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) override;  // by heads
+  // q, k, v column-parallel by heads, c_proj row-parallel; what a subclass's override calls.
+  std::string split_heads(const TpGroupPtr& g, TpSplits& splits);
   int64_t n_head, head_dim;  // n_head: this rank's heads under tensor parallelism
   bool doc_mask;
   torch::nn::Linear c_q{nullptr}, c_k{nullptr}, c_v{nullptr}, c_proj{nullptr};
@@ -76,8 +79,14 @@ struct MLPImpl : FfnImpl {
   explicit MLPImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x, Ctx& ctx) override;  // (B, T, C) -> (B, T, C)
   std::string describe() const override;
+  std::string shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) override;  // by hidden units
   torch::nn::Linear c_fc{nullptr}, c_proj{nullptr};
   TpGroupPtr tp;  // set by GPTImpl::shard_tensor_parallel: c_fc by hidden units, c_proj by its input
+
+ protected:
+  // The split itself (c_fc by hidden units, c_proj by its input), for a subclass that has checked
+  // that its own code follows it; "" or why it cannot split.
+  std::string split_units(const TpGroupPtr& g, TpSplits& splits);
 };
 TORCH_MODULE(MLP);
 
@@ -146,14 +155,19 @@ struct GPTImpl : torch::nn::Module {
   // original_context is this model's trained context), else plain RoPE extrapolated. Inference only.
   void set_context(int64_t T, const YarnConfig* yarn = nullptr);
 
-  // Splits every block's attention (by heads) and MLP (by hidden units) across the tensor-parallel
-  // group `g` (model/tp.h), keeping this rank's shard of each weight. Called once, on a model built
-  // whole from the same seed on every rank, so the shards together are the single-process model.
-  // Fails, naming the layer, on a block it cannot split (another mixer or feed-forward, a module in
-  // the block) or heads and hidden units that do not divide by the group's size.
+  // Splits every component across the tensor-parallel group `g` (model/tp.h, ComponentImpl::
+  // shard_tensor_parallel): attention by heads, the MLP by hidden units, Mamba-3 by SSM heads; the
+  // rest (embedding, head, routers, gates, tables, stream mixing) stays replicated. Called once, on a
+  // model built whole from the same seed on every rank, so the shards together are the single-process
+  // model. Fails, naming the layer and component, where a component cannot split (heads that do not
+  // divide by the group's size).
   void shard_tensor_parallel(const TpGroupPtr& g);
-  TpGroupPtr tp;                             // null: not split
-  std::map<std::string, int64_t> tp_dims;    // sharded parameter -> the dim it is split on
+  // Under tensor parallelism: every replicated parameter and buffer (all but tp_splits) compared
+  // across the group by a hash of its bits, so that replicas that drifted apart stop the run; fails
+  // naming the first that differs, else returns how many were compared. Collective.
+  int64_t check_tp_replicas();
+  TpGroupPtr tp;         // null: not split
+  TpSplits tp_splits;    // split parameter (named_parameters key) -> how it is split
   // The data-parallel group (model/dp.h): the ranks holding replicas of this model (of this rank's
   // shards under TP). Set by the trainer; null = one replica. Training forwards (loss()) and
   // after_step hand it to the modules, which reduce their state's statistics over it.

@@ -277,7 +277,7 @@ Mamba3MixerImpl::Proj Mamba3MixerImpl::project(const torch::Tensor& u, const tor
   const int64_t S = n_angle;
   const auto cdt = scan_dtype(u);
   // in_proj under autocast runs in bf16; everything after it in fp32.
-  auto zx = in_proj(u).to(cdt);  // (B, T, E)
+  auto zx = (tp ? project_split(u) : in_proj(u)).to(cdt);  // (B, T, E)
   auto parts = zx.split_with_sizes({H * P, H * P, R * N, R * N, H, H, opt.trapezoidal ? H : 0, S}, -1);
   Proj p;
   p.out_dtype = u.scalar_type();
@@ -289,17 +289,19 @@ Mamba3MixerImpl::Proj Mamba3MixerImpl::project(const torch::Tensor& u, const tor
   auto A = -F::softplus(parts[5]).clamp_max(-opt.a_floor);    // data-dependent decay rate, <= -a_floor
   p.la = A * p.dt;
   p.lam = opt.trapezoidal ? torch::sigmoid(parts[6]) : torch::ones_like(p.dt);
+  // B, C and the angles are shared by every head; under tensor parallelism each rank's heads give
+  // only their share of the gradient, summed over the group where they meet the heads (tp_copy_in).
   if (opt.bc_norm) {  // "QK-norm" on B and C; the per-head bias goes in before the rotation
-    bm = rms_norm_w(bm, B_norm).unsqueeze(3) + B_bias.permute({1, 0, 2}).to(cdt);  // (B, T, R, H, N)
-    cm = rms_norm_w(cm, C_norm).unsqueeze(3) + C_bias.permute({1, 0, 2}).to(cdt);
+    bm = tp_copy_in(rms_norm_w(bm, B_norm), tp).unsqueeze(3) + B_bias.permute({1, 0, 2}).to(cdt);  // (B, T, R, H, N)
+    cm = tp_copy_in(rms_norm_w(cm, C_norm), tp).unsqueeze(3) + C_bias.permute({1, 0, 2}).to(cdt);
   } else {
-    bm = bm.unsqueeze(3).expand({B, T, R, H, N});
-    cm = cm.unsqueeze(3).expand({B, T, R, H, N});
+    bm = tp_copy_in(bm, tp).unsqueeze(3).expand({B, T, R, H, N});
+    cm = tp_copy_in(cm, tp).unsqueeze(3).expand({B, T, R, H, N});
   }
   if (S > 0) {
     // Complex state: Phi_t = Phi_{t-1} + pi tanh(theta_t) Delta_t per head; c_t^T b_s sees Phi_t - Phi_s.
     auto a0 = angle0.defined() && angle0.numel() > 0 ? angle0.to(cdt) : torch::zeros({B, H, S}, zx.options());
-    auto dphi = kPi * torch::tanh(parts[7]).unsqueeze(2) * p.dt.unsqueeze(-1);  // (B, T, H, S)
+    auto dphi = kPi * tp_copy_in(torch::tanh(parts[7]), tp).unsqueeze(2) * p.dt.unsqueeze(-1);  // (B, T, H, S)
     auto phi = a0.unsqueeze(1) + dphi.cumsum(1);
     p.phi_last = phi.select(1, T - 1);
     bm = rotate(bm, phi);
@@ -323,7 +325,7 @@ torch::Tensor Mamba3MixerImpl::finish(const Proj& p, const torch::Tensor& y_in) 
   } else {
     y = y.squeeze(2) * F::silu(p.z);
   }
-  return out_proj(y.reshape({B, T, H * P}).to(p.out_dtype));
+  return tp_reduce_out(out_proj(y.reshape({B, T, H * P}).to(p.out_dtype)), tp);
 }
 
 torch::Tensor Mamba3MixerImpl::run(const torch::Tensor& u, const torch::Tensor& doc_ids, Mamba3State* st) {
@@ -417,6 +419,74 @@ double Mamba3MixerImpl::flops_per_token(int64_t T) const {
   const double per_token = R * R * (N + P);             // the trapezoid's s = t correction
   const double macs = H * (K * Q * per_padded_token + per_seq + Tt * per_token) / Tt;
   return ComponentImpl::flops_per_token(T) + 6.0 * macs;
+}
+
+// The rows of in_proj, [z, x, B, C, dt, a, trap, angles], that rank r of g holds: its heads' rows of
+// every per-head part and all rows of the shared ones, in the same order.
+namespace {
+std::vector<int64_t> in_proj_rows(const Mamba3Options& o, int64_t S, int rank, int size) {
+  const int64_t H = o.n_head(), P = o.headdim, RN = o.mimo_rank * o.d_state, Hr = H / size, h0 = rank * Hr;
+  std::vector<int64_t> rows;
+  int64_t at = 0;
+  auto heads = [&](int64_t width) {  // a per-head part of H x width rows
+    for (int64_t i = h0 * width; i < (h0 + Hr) * width; ++i) rows.push_back(at + i);
+    at += H * width;
+  };
+  auto shared = [&](int64_t n) {
+    for (int64_t i = 0; i < n; ++i) rows.push_back(at + i);
+    at += n;
+  };
+  heads(P);       // z
+  heads(P);       // x
+  shared(RN);     // B
+  shared(RN);     // C
+  heads(1);       // dt
+  heads(1);       // a
+  if (o.trapezoidal) heads(1);
+  shared(S);      // angles
+  return rows;
+}
+}  // namespace
+
+std::string Mamba3MixerImpl::shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) {
+  if (n_head % g->size != 0)
+    return std::to_string(n_head) + " SSM heads (expand x d_model / headdim) do not divide by it; use a tp that "
+           "divides them or a smaller mamba3.headdim";
+  torch::NoGradGuard ng;
+  TpSplit rows(0);
+  for (int r = 0; r < g->size; ++r) rows.rows.push_back(in_proj_rows(opt, n_angle, r, g->size));
+  in_proj->weight.set_data(tp_shard(in_proj->weight.detach(), rows, *g));
+  splits["in_proj.weight"] = rows;
+  out_proj->weight.set_data(tp_shard(out_proj->weight.detach(), 1, *g));
+  splits["out_proj.weight"] = 1;
+  auto by_head = [&](torch::Tensor& t, const std::string& name) {
+    if (!t.defined()) return;
+    t.set_data(tp_shard(t.detach(), 0, *g));
+    splits[name] = 0;
+  };
+  by_head(dt_bias, "dt_bias");
+  by_head(D, "D");
+  by_head(B_bias, "B_bias");
+  by_head(C_bias, "C_bias");
+  by_head(mimo_x, "mimo_x");
+  by_head(mimo_z, "mimo_z");
+  by_head(mimo_o, "mimo_o");
+  n_head /= g->size;
+  tp = g;
+  return "";
+}
+
+// in_proj under tensor parallelism: the per-head rows read the input through tp_copy_in (their input
+// gradients are partial, summed over the group); the shared rows (B, C, angles) read it as it is,
+// their output gradients being summed where the heads use them (project). Output in the local order.
+torch::Tensor Mamba3MixerImpl::project_split(const torch::Tensor& u) {
+  const int64_t Hr = n_head, P = opt.headdim, RN = opt.mimo_rank * opt.d_state, S = n_angle;
+  const int64_t tail = 2 * Hr + (opt.trapezoidal ? Hr : 0);
+  const auto& w = in_proj->weight;  // [z x | B C | dt a trap | angles]
+  auto parts = w.split_with_sizes({2 * Hr * P, 2 * RN, tail, S}, 0);
+  auto ui = tp_copy_in(u, tp);
+  return torch::cat({F::linear(ui, parts[0]), F::linear(u, parts[1]), F::linear(ui, parts[2]), F::linear(u, parts[3])},
+                    -1);
 }
 
 std::string Mamba3MixerImpl::describe() const {

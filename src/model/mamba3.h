@@ -65,9 +65,15 @@ struct Mamba3MixerImpl : MixerImpl {
   // In/out projections (6 x params) plus the chunked scan's matrix products, forward + backward.
   double flops_per_token(int64_t T) const override;
   std::string describe() const override;
+  // Tensor parallelism by SSM heads: in_proj keeps this rank's rows of z, x, Delta, a and lambda
+  // (column-parallel) and every rank all rows of B, C and the angles (shared by the heads, replicated);
+  // out_proj is row-parallel; dt_bias, D, the B/C biases and MIMO weights follow their heads. The scan
+  // runs on the local heads alone.
+  std::string shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) override;
 
   Mamba3Options opt;
-  int64_t n_head, n_angle;
+  int64_t n_head, n_angle;  // n_head: this rank's heads under tensor parallelism
+  TpGroupPtr tp;            // set by shard_tensor_parallel
   torch::nn::Linear in_proj{nullptr}, out_proj{nullptr};
   torch::Tensor dt_bias;                 // (H) softplus^-1 of the initial Delta
   torch::Tensor D;                       // (H) skip, init 1
@@ -78,6 +84,7 @@ struct Mamba3MixerImpl : MixerImpl {
  private:
   struct Proj;
   Proj project(const torch::Tensor& u, const torch::Tensor& angle0);
+  torch::Tensor project_split(const torch::Tensor& u);
   torch::Tensor finish(const Proj& p, const torch::Tensor& y);
   torch::Tensor run(const torch::Tensor& x, const torch::Tensor& doc_ids, Mamba3State* state);
 };

@@ -18,6 +18,7 @@
 
 #include "catalog/catalog.h"
 #include "model/dp.h"
+#include "model/tp.h"
 
 namespace slm {
 
@@ -118,6 +119,14 @@ struct ComponentImpl : torch::nn::Module {
   // `yarn` is given, its original_context resolved): tables sized by the context follow. Default:
   // nothing.
   virtual void set_context(int64_t T, const YarnConfig* yarn) {}
+  // Tensor parallelism (model/tp.h): splits this component's own weights across the group `g`,
+  // keeping this rank's part, and adds each split parameter (named as registered here, "in_proj.weight")
+  // to `splits`. Returns "" or why it cannot run at this tp (the model refuses, naming the layer).
+  // Nested components (MTP's blocks) are split by their own override. Default: the component stays
+  // whole on every rank (replicated): it reads the replicated residual and writes to it, so every
+  // rank computes the same values from the same inputs and gets the same gradients, with no
+  // communication (routers, gates, tables, stream mixing).
+  virtual std::string shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) { return ""; }
 };
 
 // A token mixer: (B, T, C) -> (B, T, C), causal, masked per document.

@@ -113,8 +113,8 @@ void Optimizer::step(double lr_factor) {
       // bf16 Newton-Schulz is what GPU Muon uses (fast tensor cores, accuracy is ample for a band
       // around 1). On CPU we stay in fp32: bf16 matmul there is slow or emulated, and fp32 keeps
       // CPU runs reproducible against the fp32 reference in the tests.
-      auto shard = tp_ ? tp_dims_.find(g.names[i]) : tp_dims_.end();
-      const bool split = shard != tp_dims_.end();
+      auto shard = tp_ ? tp_splits_.find(g.names[i]) : tp_splits_.end();
+      const bool split = shard != tp_splits_.end();
       const torch::Tensor whole = split ? tp_unshard(update, shard->second, *tp_) : update;
       torch::Tensor x = zeropower_newton_schulz(whole, opt_.ns_steps, p.is_cuda());
       // Orthogonalized updates have unit spectral norm; tall matrices get a larger step so their
@@ -250,9 +250,9 @@ torch::Tensor zeropower_newton_schulz(const torch::Tensor& g, int steps, bool us
   return x.to(g.scalar_type());
 }
 
-void Optimizer::set_tensor_parallel(TpGroupPtr g, std::map<std::string, int64_t> dims) {
+void Optimizer::set_tensor_parallel(TpGroupPtr g, TpSplits dims) {
   tp_ = std::move(g);
-  tp_dims_ = std::move(dims);
+  tp_splits_ = std::move(dims);
 }
 
 }  // namespace slm

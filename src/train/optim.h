@@ -45,14 +45,14 @@ class Optimizer {
   // Tensor parallelism: the parameters in `dims` are this rank's shards (model/tp.h). AdamW is
   // elementwise and runs on shards as is; Muon orthogonalizes the whole matrix, so its update is
   // gathered over the group, orthogonalized whole (the same on every rank) and sliced back.
-  void set_tensor_parallel(TpGroupPtr g, std::map<std::string, int64_t> dims);
+  void set_tensor_parallel(TpGroupPtr g, TpSplits splits);
 
  private:
   // AdamW over every parameter of g that has a gradient, at learning rate lr, for step step_.
   void adamw_step(ParamGroup& g, double lr);
 
   TpGroupPtr tp_;
-  std::map<std::string, int64_t> tp_dims_;
+  TpSplits tp_splits_;
   std::vector<ParamGroup> groups_;
   OptimOptions opt_;
   int64_t step_ = 0;

@@ -19,9 +19,12 @@ torch::Tensor clip_grad_norm(GPTImpl& model, double max_norm, const std::functio
   torch::NoGradGuard ng;
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(model.wte->weight.device());
   std::vector<torch::Tensor> sq, sq_shards;
-  for (auto& p : model.named_parameters())
-    if (p.value().grad().defined())
-      (model.tp_dims.count(p.key()) ? sq_shards : sq).push_back(p.value().grad().to(torch::kFloat32).pow(2).sum());
+  for (auto& p : model.named_parameters()) {
+    if (!p.value().grad().defined()) continue;
+    auto split = model.tp_splits.find(p.key());
+    if (split == model.tp_splits.end()) sq.push_back(p.value().grad().to(torch::kFloat32).pow(2).sum());
+    else sq_shards.push_back(tp_counted(p.value().grad(), split->second, *model.tp).to(torch::kFloat32).pow(2).sum());
+  }
   auto total = torch::stack(sq).sum().to(torch::kFloat64);
   if (sum_shards) {
     auto t = (sq_shards.empty() ? torch::zeros({}, f64) : torch::stack(sq_shards).sum().to(torch::kFloat64))

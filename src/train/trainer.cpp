@@ -299,28 +299,29 @@ class Run {
   clk::time_point t_start = clk::now();
   std::map<std::string, double> module_stats;  // what modules report (expert load, codebook use, ...)
   std::map<std::string, double> eval_stats;    // the same, averaged over the last evaluation
+  int64_t tp_replicas_equal = -1;               // replicated tensors found equal on every TP rank at the last save
 
   bool in_spike() const { return st.spikes.in_spike(st.step); }
 
   // A checkpoint tensor by name: the whole of a sharded parameter (or of its optimizer state,
   // "<param>.<state>"), gathered over the TP group; anything else as it is. own_part: the reverse.
-  int64_t sharded_dim(const std::string& name) const {
-    for (auto& [p, dim] : model->tp_dims)
-      if (name == p || (name.size() > p.size() && name.compare(0, p.size(), p) == 0 && name[p.size()] == '.')) return dim;
-    return -1;
+  const TpSplit* split_of(const std::string& name) const {
+    for (auto& [p, split] : model->tp_splits)
+      if (name == p || (name.size() > p.size() && name.compare(0, p.size(), p) == 0 && name[p.size()] == '.')) return &split;
+    return nullptr;
   }
   ckpt::Reshard whole() const {
     if (!model->tp) return nullptr;
     return [this](const std::string& name, const torch::Tensor& t) {
-      const int64_t d = sharded_dim(name);
-      return d < 0 ? t : tp_unshard(t, d, *model->tp);
+      const TpSplit* s = split_of(name);
+      return s ? tp_unshard(t, *s, *model->tp) : t;
     };
   }
   ckpt::Reshard own_part() const {
     if (!model->tp) return nullptr;
     return [this](const std::string& name, const torch::Tensor& t) {
-      const int64_t d = sharded_dim(name);
-      return d < 0 ? t : tp_shard(t, d, *model->tp);
+      const TpSplit* s = split_of(name);
+      return s ? tp_shard(t, *s, *model->tp) : t;
     };
   }
 
@@ -341,6 +342,7 @@ class Run {
 
   // Collective: every rank calls it (rank 0 gathers the generator states and writes, atomically).
   void save(const std::string& path, bool weights_only) {
+    if (model->tp) tp_replicas_equal = model->check_tp_replicas();  // a drifted replica is never saved
     std::vector<torch::Tensor> rngs;
     if (g_.world && !weights_only) rngs = g_.world->all_gather(at::detail::getDefaultCPUGenerator().get_state());
     if (s_.world.is_main() || model->tp) {  // with TP every rank gathers its shards for rank 0
@@ -375,6 +377,7 @@ class Run {
     j["flops_per_token"] = flops_tok;
     j["loss_spikes"] = st.spikes.n_spikes;
     j["world_size"] = s_.world.size;
+    if (tp_replicas_equal >= 0) j["tp_replicas_equal"] = tp_replicas_equal;
     fs::write_atomic(folder.summary(), j.dump(1) + "\n");
   }
 
@@ -495,7 +498,7 @@ class Run {
     for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
     for (auto& b : model->named_buffers()) named.emplace_back(b.key(), b.value());
     for (auto& nt : named)
-      if (sharded_dim(nt.first) < 0) whole.push_back(nt);
+      if (!model->tp_splits.count(nt.first)) whole.push_back(nt);
     if (g_.dp) dist::check_replicas(*g_.dp, named, step);
     if (g_.tp) dist::check_replicas(*g_.tp, whole, step, "tensor-parallel");
   }
@@ -631,7 +634,7 @@ int train(const TrainOptions& opt) {
   oo.beta2 = sub.adam_beta2;
   oo.momentum = sub.muon_momentum;
   run.optim = std::make_unique<Optimizer>(lr_groups, oo);
-  if (model->tp) run.optim->set_tensor_parallel(model->tp, model->tp_dims);
+  if (model->tp) run.optim->set_tensor_parallel(model->tp, model->tp_splits);
   if (opt.dry_run) {
     print_dry_run_estimate({s.ds.get(), s.transforms, sub, rc.model, s.accum, rc.precision == "bf16", dev, run.flops_tok,
                             run.peak});

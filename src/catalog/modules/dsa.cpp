@@ -74,9 +74,7 @@ std::vector<std::string> check_dsa(const ModuleArgs& a, const ModelView& m) {
   if (m.tp > 1 && m.n_head % m.tp != 0)
     e.push_back("n_head " + std::to_string(m.n_head) + " is not divisible by tp " + std::to_string(m.tp) +
                 "; tensor parallelism splits attention by heads");
-  if (m.tp > 1 && a.i64("index_heads") % m.tp != 0)
-    e.push_back("index_heads " + std::to_string(a.i64("index_heads")) + " is not divisible by tp " +
-                std::to_string(m.tp) + "; use a multiple of " + std::to_string(m.tp));
+  // (The indexer is replicated under tensor parallelism, model/dsa.h: its heads need not divide.)
   return e;
 }
 
@@ -109,6 +107,10 @@ const ModuleSpec& spec_dsa() {
       // At context 32: k = 8 of up to 32 keys, the sparse stage from step 0 (evaluation and generation
       // included), and the gather path, which auto would not take at T = 32.
       "topk=8,window=2,path=sparse,warmup_steps=0",
+      nullptr,
+      // Tensor parallel: the main attention by heads; the indexer replicated (it reads the replicated
+      // block input, so the top-k is the same on every rank), its KL target summed over the heads.
+      4,
   };
   return s;
 }

@@ -80,6 +80,11 @@ const ModuleSpec& spec_engram() {
       check_engram,
       nullptr,
       "layers=0,2,table_size=257",
+      nullptr,
+      // Tensor parallel: replicated on every rank. The tables are looked up (a gather of rows, no matmul
+      // to split), the gate and conv read the replicated residual: every rank computes the same branch.
+      // Tested at tp 2, the article's (Dist/TensorParallelModule).
+      2,
   };
   return s;
 }

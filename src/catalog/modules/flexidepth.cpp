@@ -46,6 +46,7 @@ const ModuleSpec& spec_flexidepth() {
       // Router near 0.5 so some tokens of the tiny batch take each path (the adapter gets gradient).
       "router_bias=0,adapter_hidden=8,alpha=0.01",
       &listed_or_every_layer,  // the layers it wraps: one wrapper per layer (catalog::check)
+      2,  // tensor parallel: router and adapter replicated (same routing on every rank), blocks split
   };
   return s;
 }

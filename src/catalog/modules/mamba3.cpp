@@ -39,7 +39,10 @@ std::vector<std::string> check_mamba3(const ModuleArgs& a, const ModelView& m) {
                 " rotates no pair; raise d_state to at least " + std::to_string(static_cast<int64_t>(std::ceil(2 / rf))));
   if (a.f64("dt_min") >= a.f64("dt_max"))
     e.push_back("dt_min " + num(a.f64("dt_min")) + " must be below dt_max " + num(a.f64("dt_max")));
-  if (m.tp > 1) e.push_back("TP>1 not supported, use tp=1 (got tp=" + std::to_string(m.tp) + ")");
+  // Tensor parallelism splits the SSM heads (model/mamba3.h): they must divide by tp.
+  if (m.tp > 1 && m.d_model > 0 && inner % hd == 0 && (inner / hd) % m.tp != 0)
+    e.push_back(std::to_string(inner / hd) + " SSM heads (expand x d_model / headdim) do not divide by tp " +
+                std::to_string(m.tp) + "; use a tp that divides them or a headdim that gives a multiple of tp");
   // chunk needs no rule against the context: the scan zero-pads the last chunk (no effect on outputs).
   return e;
 }
@@ -77,6 +80,8 @@ const ModuleSpec& spec_mamba3() {
       check_mamba3,
       adjust_mamba3,
       "pattern=AAM,d_state=16,headdim=16,chunk=8",
+      nullptr,
+      4,  // tensor parallel by SSM heads (in_proj column-, out_proj row-parallel; B, C, angles replicated)
   };
   return s;
 }

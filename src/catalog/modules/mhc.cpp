@@ -23,6 +23,9 @@ const ModuleSpec& spec_mhc() {
       nullptr,
       "",  // the defaults fit the tiny geometry
       &every_layer,  // the layers it wraps: one wrapper per layer (catalog::check)
+      // Tensor parallel: the stream maps and Sinkhorn replicated (the same on every rank), the wrapped
+      // blocks split as usual. Tested at tp 2, the article's (Dist/TensorParallelModule).
+      2,
   };
   return s;
 }

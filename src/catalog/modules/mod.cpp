@@ -92,6 +92,7 @@ const ModuleSpec& spec_mod() {
       // (the predictor decides in evaluation, so its path is the one the contract tests exercise).
       "capacity=0.25,predictor=true,predictor_hidden=16",
       &mod_layers,  // the layers it wraps: one wrapper per layer (catalog::check)
+      2,  // tensor parallel: router and predictor replicated (same routing on every rank), blocks split
   };
   return s;
 }

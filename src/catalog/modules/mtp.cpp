@@ -39,6 +39,8 @@ const ModuleSpec& spec_mtp() {
       check_mtp,
       nullptr,
       "depth=2",
+      nullptr,
+      2,  // tensor parallel: its blocks split as the model's, its projection and the shared head replicated
   };
   return s;
 }

@@ -26,6 +26,8 @@ const ModuleSpec& spec_top() {
       nullptr,
       nullptr,
       "window=4",
+      nullptr,
+      4,  // tensor parallel: the head and the loss replicated (read the replicated final hidden state)
   };
   return s;
 }
