@@ -23,6 +23,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "model/gpt.h"
+#include "model/moe.h"
 #include "train/checkpoint.h"
 #include "train/dist.h"
 #include "train/dry_run.h"
@@ -372,6 +373,12 @@ class Run {
     j["peak_flops_per_device"] = peak / s_.world.size;
     j["peak_rss_bytes"] = device::peak_rss_bytes();
     j["n_params"] = model->n_params();
+    // Active: what one token uses. Only MoE leaves parameters unused per token (its unrouted
+    // experts); MoD, GateSkip and DSA skip compute, not parameters (flops_per_token has that).
+    int64_t unrouted = 0;
+    for (auto& m : model->modules(/*include_self=*/false))
+      if (auto* moe = dynamic_cast<MoeImpl*>(m.get())) unrouted += moe->total_params() - moe->active_params();
+    j["active_params"] = model->n_params() - unrouted;
     j["flops_per_token"] = flops_tok;
     j["loss_spikes"] = st.spikes.n_spikes;
     j["world_size"] = s_.world.size;
