@@ -344,6 +344,7 @@ TEST(Plan, WrongTypesAreErrorsNamingKeyAndType) {
       {"[rule]\nallow_mixed_code = \"yes\"\n" + one, "'allow_mixed_code' must be true or false, got a string"},
       {"[rule]\ncorrection = \"bonferroni\"\n" + one, "correction 'bonferroni' is not one of none, holm"},
       {"[rule]\nmax_seeds = -1\n" + one, "max_seeds must be in [0, 64]"},
+      {"[rule]\ncompare_at = \"flops\"\n" + one, "compare_at 'flops' is not one of steps"},
       {"[rule]\nunstable_decides = 1\n" + one, "'unstable_decides' must be true or false, got an integer"},
       {one + "[[phases.experiments]]\nid = \"x\"\nbase = [\"baseline\"]\nseeds = [2]\n",
        "'base' must be a string, got an array"},

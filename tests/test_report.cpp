@@ -640,7 +640,18 @@ TEST(Report, CostRatiosAndTheDeltaAtEqualCompute) {
   const std::string txt = render_text(sc);
   EXPECT_NE(txt.find("params 1.78x, FLOPs/tok 2.00x, wall 2.00x"), std::string::npos) << txt;
   EXPECT_NE(txt.find("+3.05% @ 3.84e+08 FLOPs (interpolated)"), std::string::npos) << txt;
-  // Without costs (older ledgers) nothing is made up.
+  // The rule may decide at equal compute: there big is a real loss (+3.05%, t 4.9 on 4 df).
+  s.plan.rule.compare_at = "compute";
+  auto at_c = s.card();
+  const Card& cc = find_card(at_c, "big");
+  EXPECT_EQ(cc.verdict, "drop") << cc.evidence;
+  EXPECT_NEAR(cc.dec_delta, 0.04, 1e-12);
+  EXPECT_NEAR(cc.delta_pct, -100 * 0.1 / 1.3, 1e-9);  // the equal-steps delta is still shown
+  EXPECT_NE(cc.evidence.find("at equal compute"), std::string::npos) << cc.evidence;
+  EXPECT_NE(render_text(at_c).find("val_bpb at equal training FLOPs"), std::string::npos);
+  EXPECT_EQ(plan_info_from_json(plan_info_json(s.plan)).rule.compare_at, "compute");
+  // Without costs (older ledgers) nothing is made up: no equal-compute delta, and no verdict on it.
   for (auto& r : s.runs) r.flops_per_token = NAN;
   EXPECT_TRUE(std::isnan(find_card(s.card(), "big").eq_delta_pct));
+  EXPECT_EQ(find_card(s.card(), "big").verdict, "inconclusive");
 }

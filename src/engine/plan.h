@@ -21,7 +21,8 @@ struct DecisionRule {
   double k_noise = 2.0;
   std::string correction = "none";  // none | holm (family-wise rate) | bh (false-discovery rate), per phase
   int64_t max_seeds = 0;            // `ablate --decide` budget per experiment (0: no extra seeds, one look)
-  bool unstable_decides = true;     // an unstable run (final worse than best by > the noise floor) still counts
+  bool unstable_decides = true;
+  std::string compare_at = "steps";  // steps (best val_bpb) | compute (at equal training FLOPs, interpolated)     // an unstable run (final worse than best by > the noise floor) still counts
   double min_rel_delta = 0.005;     // 0.5%
   double provisional_factor = 3.0;  // step time above factor x the phase median: provisional
   int64_t max_retries = 2;          // a failed run is retried this often, then FAILED

@@ -53,7 +53,8 @@ std::string noise_text(const Group& g) {
 std::string rule_text(const Scorecard& s) {
   const DecisionRule& r = s.plan.rule;
   std::ostringstream os;
-  os << "rule: " << r.metric << ", lower is better; Welch t per comparison (each arm's own seed variance; an arm with "
+  os << "rule: " << r.metric << (r.compare_at == "compute" ? " at equal training FLOPs (interpolated on the eval curves)" : " at equal steps")
+     << ", lower is better; Welch t per comparison (each arm's own seed variance; an arm with "
      << "one counted run borrows the substrate's pooled sd), decided at two-sided alpha " << fixed_text(100 * s.alpha, 2)
      << "% (k_noise " << r.k_noise << " -> " << fixed_text(100 * rule_alpha(r), 2) << "%";
   if (s.looks > 1) os << " / " << s.looks << " looks: --decide up to " << r.max_seeds << " seeds, Bonferroni over looks";

@@ -47,7 +47,8 @@ std::string plan_info_json(const PlanInfo& p) {
               {"allow_mixed_code", p.rule.allow_mixed_code},
               {"correction", p.rule.correction},
               {"max_seeds", p.rule.max_seeds},
-              {"unstable_decides", p.rule.unstable_decides}}}};
+              {"unstable_decides", p.rule.unstable_decides},
+              {"compare_at", p.rule.compare_at}}}};
   j["experiments"] = json::array();
   for (auto& e : p.experiments)
     j["experiments"].push_back({{"id", e.id}, {"phase", e.phase}, {"base", e.base}, {"notes", e.notes},
@@ -73,6 +74,7 @@ PlanInfo plan_info_from_json(const std::string& text) {
     p.rule.correction = r.value("correction", "none");
     p.rule.max_seeds = r.value("max_seeds", int64_t(0));
     p.rule.unstable_decides = r.value("unstable_decides", true);
+    p.rule.compare_at = r.value("compare_at", "steps");
     for (auto& e : j.at("experiments"))
       p.experiments.push_back({e.at("id").get<std::string>(), e.value("phase", ""), e.value("base", ""),
                                e.value("notes", ""), e.value("modules", std::vector<std::string>{}),

@@ -79,105 +79,6 @@ void card_stats(Card& c) {
 
 std::set<std::string> name_set(const PlanInfo::Exp& e) { return {e.names.begin(), e.names.end()}; }
 
-// The comparison of c with its base: sets the verdict when a rule refuses to decide (pending,
-// no counted run, mixed code, no variance), else delta, t, df and p (the verdict comes later, once
-// the phase's comparisons are known together).
-void compare(Card& c, const Card& base, const Group& g, const DecisionRule& rule, double alpha, int max_seeds) {
-  if (c.n == 0) {
-    bool pending = false;
-    for (auto& r : c.runs)
-      pending |= r.row.status == Status::Queued || r.row.status == Status::Running ||
-                 (r.row.status == Status::Failed && r.row.attempts <= rule.max_retries);
-    c.verdict = pending ? "pending" : "inconclusive";
-    c.evidence = pending ? "runs not finished" : "no counted run (INVALID, failed, provisional or unstable)";
-    return;
-  }
-  if (base.n == 0) {
-    c.verdict = "inconclusive";
-    c.evidence = "base " + base.id + " has no counted run on this substrate";
-    return;
-  }
-  c.delta = c.mean - base.mean;
-  c.delta_pct = 100.0 * c.delta / base.mean;
-  if (!rule.allow_mixed_code) {
-    std::vector<std::string> ids;
-    for (const Card* k : {static_cast<const Card*>(&c), &base})
-      for (auto& v : k->runs)
-        if (v.counted && !v.row.code_id.empty() && std::find(ids.begin(), ids.end(), v.row.code_id) == ids.end())
-          ids.push_back(v.row.code_id);
-    if (ids.size() > 1) {
-      c.verdict = "inconclusive";
-      c.evidence = "mixed code: " + std::to_string(ids.size()) + " builds among these runs and " + base.id +
-                   "'s; re-run them on one build, or set [rule] allow_mixed_code = true";
-      return;
-    }
-  }
-  // Each arm's variance of its mean and the degrees of freedom of that variance: its own seeds, or
-  // with one counted run the substrate's pooled sd.
-  struct Arm {
-    double var, dof, sd;
-    bool own;
-  };
-  auto arm = [&](const Card& k) -> Arm {
-    if (k.n >= 2) return {k.sd * k.sd / k.n, double(k.n - 1), k.sd, true};
-    if (std::isfinite(g.noise_sd) && g.noise_dof > 0) return {g.noise_sd * g.noise_sd / k.n, double(g.noise_dof), g.noise_sd, false};
-    return {NAN, 0, NAN, false};
-  };
-  const Arm a = arm(c), b = arm(base);
-  if (!std::isfinite(a.var) || !std::isfinite(b.var)) {
-    c.verdict = "inconclusive";
-    c.evidence = "no noise floor: no experiment on this substrate has 2 counted seeds";
-    c.seeds_could_decide = true;
-    return;
-  }
-  c.sd_diff = std::sqrt(a.var + b.var);
-  const double den = (a.var > 0 ? a.var * a.var / a.dof : 0) + (b.var > 0 ? b.var * b.var / b.dof : 0);
-  c.df = den > 0 ? (a.var + b.var) * (a.var + b.var) / den : a.dof + b.dof;  // Welch-Satterthwaite
-  // A borrowed variance is not independent of the other arm's (the pooled sd includes it, or both
-  // borrow it): Satterthwaite would overcount, so the df is at most the pooled estimate's own.
-  if (!a.own || !b.own) c.df = std::min(c.df, double(g.noise_dof));
-  if (c.sd_diff > 0) {
-    c.t = c.delta / c.sd_diff;
-    c.p = t_two_sided_p(c.t, c.df);
-  } else {  // identical seeds on both arms: any difference is certain, none is none
-    c.t = c.delta == 0 ? 0 : std::copysign(INFINITY, c.delta);
-    c.p = c.delta == 0 ? 1 : 0;
-  }
-  c.alpha = alpha;
-  c.bar = student_t_quantile_upper(alpha / 2, c.df) * c.sd_diff;
-  auto arm_text = [](const Arm& x, int n) {
-    return "sd " + fixed_text(x.sd) + (x.own ? "" : " (pooled)") + " n " + std::to_string(n);
-  };
-  std::ostringstream ev;
-  ev << "delta " << std::showpos << std::fixed << std::setprecision(4) << c.delta << std::noshowpos << " ("
-     << pct_text(c.delta_pct) << ") vs " << base.id << "; Welch t " << fixed_text(c.t, 2) << " on " << fixed_text(c.df, 1)
-     << " df, sd of the difference " << fixed_text(c.sd_diff) << " (" << arm_text(a, c.n) << " vs " << arm_text(b, base.n)
-     << "); p " << fixed_text(c.p) << "; bar at alpha " << fixed_text(100 * alpha, 2) << "% = " << fixed_text(c.bar)
-     << "; min delta " << fixed_text(100 * rule.min_rel_delta, 2) << "%";
-  c.evidence = ev.str();
-  // Could more seeds decide it? The observed |delta| against the bar with both arms at max_seeds.
-  if (max_seeds > 0) {
-    const double M = max_seeds;
-    const double va = a.sd * a.sd / M, vb = b.sd * b.sd / M;
-    const double dena = (va > 0 ? va * va / (M - 1) : 0) + (vb > 0 ? vb * vb / (M - 1) : 0);
-    const double df_m = dena > 0 ? (va + vb) * (va + vb) / dena : 2 * (M - 1);
-    const double bar_m = M >= 2 ? student_t_quantile_upper(alpha / 2, df_m) * std::sqrt(va + vb) : INFINITY;
-    c.seeds_could_decide = std::fabs(c.delta) > bar_m;
-  }
-}
-
-void decide(Card& c, const DecisionRule& rule, const std::string& correction) {
-  if (!std::isfinite(c.p)) return;
-  const double gain = -c.delta, rel = gain / (c.mean - c.delta);
-  const bool decided = c.p_adj < c.alpha;
-  if (decided && gain > 0 && rel >= rule.min_rel_delta) c.verdict = "keep";
-  else if (decided && gain > 0) c.verdict = "park";  // real, but smaller than what is worth its cost
-  else if (decided && gain < 0) c.verdict = "drop";
-  else c.verdict = "inconclusive";
-  if (correction != "none") c.evidence += "; " + correction + "-adjusted p " + fixed_text(c.p_adj);
-  if (c.verdict != "inconclusive") c.seeds_could_decide = false;
-}
-
 // Mean over counted runs of a positive, finite field (NaN when no run has one).
 template <typename F>
 double run_mean(const Card& c, F field) {
@@ -246,6 +147,134 @@ void cost(Card& c, const Card& base) {
   c.eq_mean = mean_at(c);
   c.eq_base_mean = mean_at(b);
   c.eq_delta_pct = 100.0 * (c.eq_mean - c.eq_base_mean) / c.eq_base_mean;
+}
+
+// The comparison of c with its base: sets the verdict when a rule refuses to decide (pending,
+// no counted run, mixed code, no variance), else delta, t, df and p (the verdict comes later, once
+// the phase's comparisons are known together).
+void compare(Card& c, const Card& base, const Group& g, const DecisionRule& rule, double alpha, int max_seeds) {
+  if (c.n == 0) {
+    bool pending = false;
+    for (auto& r : c.runs)
+      pending |= r.row.status == Status::Queued || r.row.status == Status::Running ||
+                 (r.row.status == Status::Failed && r.row.attempts <= rule.max_retries);
+    c.verdict = pending ? "pending" : "inconclusive";
+    c.evidence = pending ? "runs not finished" : "no counted run (INVALID, failed, provisional or unstable)";
+    return;
+  }
+  if (base.n == 0) {
+    c.verdict = "inconclusive";
+    c.evidence = "base " + base.id + " has no counted run on this substrate";
+    return;
+  }
+  c.delta = c.mean - base.mean;
+  c.delta_pct = 100.0 * c.delta / base.mean;
+  // The arms the verdict is taken on: each run's number at equal steps (its best), or with
+  // compare_at = "compute" its eval curve at the equal-compute point (cost(), interpolated).
+  const bool at_compute = rule.compare_at == "compute";
+  Card cx, bx;
+  if (at_compute) {
+    cx = c;
+    bx = base;
+    for (Card* k : {&cx, &bx})
+      for (auto& v : k->runs)
+        if (v.counted) {
+          v.value = std::isfinite(c.eq_flops) ? curve_at_flops(v, c.eq_flops) : NAN;
+          v.counted = std::isfinite(v.value);
+        }
+    card_stats(cx);
+    card_stats(bx);
+    if (cx.n == 0 || bx.n == 0 || !std::isfinite(c.eq_delta_pct)) {
+      c.verdict = "inconclusive";
+      c.evidence = "no equal-compute value: the rule compares at equal compute and these runs lack costs "
+                   "(parameters, FLOPs per token, tokens) or an eval curve reaching " + fixed_text(c.eq_flops, 0) + " FLOPs";
+      return;
+    }
+  }
+  const Card& x = at_compute ? cx : c;
+  const Card& y = at_compute ? bx : base;
+  c.dec_delta = x.mean - y.mean;
+  c.dec_base = y.mean;
+  if (!rule.allow_mixed_code) {
+    std::vector<std::string> ids;
+    for (const Card* k : {static_cast<const Card*>(&c), &base})
+      for (auto& v : k->runs)
+        if (v.counted && !v.row.code_id.empty() && std::find(ids.begin(), ids.end(), v.row.code_id) == ids.end())
+          ids.push_back(v.row.code_id);
+    if (ids.size() > 1) {
+      c.verdict = "inconclusive";
+      c.evidence = "mixed code: " + std::to_string(ids.size()) + " builds among these runs and " + base.id +
+                   "'s; re-run them on one build, or set [rule] allow_mixed_code = true";
+      return;
+    }
+  }
+  // Each arm's variance of its mean and the degrees of freedom of that variance: its own seeds, or
+  // with one counted run the substrate's pooled sd.
+  struct Arm {
+    double var, dof, sd;
+    bool own;
+  };
+  auto arm = [&](const Card& k) -> Arm {
+    if (k.n >= 2) return {k.sd * k.sd / k.n, double(k.n - 1), k.sd, true};
+    if (std::isfinite(g.noise_sd) && g.noise_dof > 0) return {g.noise_sd * g.noise_sd / k.n, double(g.noise_dof), g.noise_sd, false};
+    return {NAN, 0, NAN, false};
+  };
+  const Arm a = arm(x), b = arm(y);
+  if (!std::isfinite(a.var) || !std::isfinite(b.var)) {
+    c.verdict = "inconclusive";
+    c.evidence = "no noise floor: no experiment on this substrate has 2 counted seeds";
+    c.seeds_could_decide = true;
+    return;
+  }
+  c.sd_diff = std::sqrt(a.var + b.var);
+  const double den = (a.var > 0 ? a.var * a.var / a.dof : 0) + (b.var > 0 ? b.var * b.var / b.dof : 0);
+  c.df = den > 0 ? (a.var + b.var) * (a.var + b.var) / den : a.dof + b.dof;  // Welch-Satterthwaite
+  // A borrowed variance is not independent of the other arm's (the pooled sd includes it, or both
+  // borrow it): Satterthwaite would overcount, so the df is at most the pooled estimate's own.
+  if (!a.own || !b.own) c.df = std::min(c.df, double(g.noise_dof));
+  const double d = c.dec_delta;
+  if (c.sd_diff > 0) {
+    c.t = d / c.sd_diff;
+    c.p = t_two_sided_p(c.t, c.df);
+  } else {  // identical seeds on both arms: any difference is certain, none is none
+    c.t = d == 0 ? 0 : std::copysign(INFINITY, d);
+    c.p = d == 0 ? 1 : 0;
+  }
+  c.alpha = alpha;
+  c.bar = student_t_quantile_upper(alpha / 2, c.df) * c.sd_diff;
+  auto arm_text = [](const Arm& x, int n) {
+    return "sd " + fixed_text(x.sd) + (x.own ? "" : " (pooled)") + " n " + std::to_string(n);
+  };
+  std::ostringstream ev;
+  if (at_compute)
+    ev << "at equal compute (" << std::setprecision(3) << c.eq_flops << " training FLOPs, interpolated on the eval curves): ";
+  ev << "delta " << std::showpos << std::fixed << std::setprecision(4) << d << std::noshowpos << " ("
+     << pct_text(100 * d / y.mean) << ") vs " << base.id << "; Welch t " << fixed_text(c.t, 2) << " on " << fixed_text(c.df, 1)
+     << " df, sd of the difference " << fixed_text(c.sd_diff) << " (" << arm_text(a, x.n) << " vs " << arm_text(b, y.n)
+     << "); p " << fixed_text(c.p) << "; bar at alpha " << fixed_text(100 * alpha, 2) << "% = " << fixed_text(c.bar)
+     << "; min delta " << fixed_text(100 * rule.min_rel_delta, 2) << "%";
+  c.evidence = ev.str();
+  // Could more seeds decide it? The observed |delta| against the bar with both arms at max_seeds.
+  if (max_seeds > 0) {
+    const double M = max_seeds;
+    const double va = a.sd * a.sd / M, vb = b.sd * b.sd / M;
+    const double dena = (va > 0 ? va * va / (M - 1) : 0) + (vb > 0 ? vb * vb / (M - 1) : 0);
+    const double df_m = dena > 0 ? (va + vb) * (va + vb) / dena : 2 * (M - 1);
+    const double bar_m = M >= 2 ? student_t_quantile_upper(alpha / 2, df_m) * std::sqrt(va + vb) : INFINITY;
+    c.seeds_could_decide = std::fabs(d) > bar_m;
+  }
+}
+
+void decide(Card& c, const DecisionRule& rule, const std::string& correction) {
+  if (!std::isfinite(c.p)) return;
+  const double gain = -c.dec_delta, rel = gain / c.dec_base;
+  const bool decided = c.p_adj < c.alpha;
+  if (decided && gain > 0 && rel >= rule.min_rel_delta) c.verdict = "keep";
+  else if (decided && gain > 0) c.verdict = "park";  // real, but smaller than what is worth its cost
+  else if (decided && gain < 0) c.verdict = "drop";
+  else c.verdict = "inconclusive";
+  if (correction != "none") c.evidence += "; " + correction + "-adjusted p " + fixed_text(c.p_adj);
+  if (c.verdict != "inconclusive") c.seeds_could_decide = false;
 }
 
 // Stacking: each module's marginal effect from an experiment adding exactly it to a subset of c.
@@ -416,7 +445,7 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
         }
       }
       c.delta = c.delta_pct = c.predicted_pct = c.measured_pct = NAN;
-      c.sd_diff = c.df = c.t = c.p = c.p_adj = c.alpha = c.bar = NAN;
+      c.sd_diff = c.df = c.t = c.p = c.p_adj = c.alpha = c.bar = c.dec_delta = c.dec_base = NAN;
       c.params = c.active = c.flops_tok = c.train_flops = c.wall = NAN;
       c.params_x = c.active_x = c.flops_x = c.wall_x = NAN;
       c.eq_flops = c.eq_mean = c.eq_base_mean = c.eq_delta_pct = NAN;
@@ -471,8 +500,8 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
         c.evidence = "base " + c.base + " has no run on this substrate";
         continue;
       }
-      compare(c, *base, g, plan.rule, s.alpha, static_cast<int>(plan.rule.max_seeds));
       cost(c, *base);
+      compare(c, *base, g, plan.rule, s.alpha, static_cast<int>(plan.rule.max_seeds));
     }
     // The phase's comparisons together: the correction, then the verdicts.
     std::vector<std::string> phases;

@@ -22,6 +22,9 @@
 //   union bound, the chance that a null comparison is ever called keep/park/drop over all L looks
 //   is at most alpha whatever the dependence between looks. Conservative, but it needs no
 //   simulation-calibrated boundary and holds for any M.
+// - The rule's compare_at = "compute" takes the verdict at equal training FLOPs instead of equal
+//   steps: each counted run's value is its eval curve at the equal-compute point (below), and the
+//   same test runs on those; the evidence says so. Equal steps stays the default.
 // - Stability: a counted run whose final val_bpb is worse than its best by more than the substrate's
 //   pooled seed sd is unstable (flagged in its row); with the rule's unstable_decides = false it
 //   leaves means and verdicts (the floor itself is measured before that exclusion).
@@ -84,6 +87,7 @@ struct Card {
   // correction, 'alpha' the per-comparison rate it is decided at, 'bar' the |delta| that would be
   // decided at this df before the phase's correction.
   double sd_diff = 0, df = 0, t = 0, p = 0, p_adj = 0, alpha = 0, bar = 0;
+  double dec_delta = 0, dec_base = 0;  // the delta and base mean the verdict is taken on (equal steps or compute)
   bool seeds_could_decide = false;  // inconclusive, and more seeds of the two arms may still decide it
   int unstable = 0;                 // counted runs flagged unstable
   // Cost beside quality (issue 21 §2), means over counted runs, and ratios to the base's (NaN when
