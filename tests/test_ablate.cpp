@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <limits>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -279,6 +280,16 @@ TEST(Ablate, DecideAddsASeedToAnInconclusiveRow) {
     EXPECT_EQ(l.evals(x.run_id).size(), 3u) << x.run_id;  // steps 0, 5, 10: an ordinary run
   }
   EXPECT_EQ(runs[1].run_id, "decide/again/s2");
+  // Costs (issue 21 §2) reach the ledger: a dense model uses all its parameters, every step the same
+  // FLOPs per token, so the trainer's per-step sum is the last step's figure x tokens (10 additions).
+  for (auto& x : runs) {
+    EXPECT_GT(x.n_params, 0) << x.run_id;
+    EXPECT_EQ(x.active_params, x.n_params) << x.run_id;
+    EXPECT_EQ(x.steps, 10);
+    EXPECT_DOUBLE_EQ(x.tokens, 2560);
+    EXPECT_GT(x.wall_seconds, 0);
+    EXPECT_NEAR(x.train_flops, x.flops_per_token * x.tokens, 16 * std::numeric_limits<double>::epsilon() * x.train_flops);
+  }
   // The budget is in the ledger's rule (reports test at alpha / 2 looks), and a plain ablate keeps it.
   auto again = slm::test::run(std::string(SLMLAB_BIN) + " ablate " + plan + " --jobs 2 --threads 2 --data " + f.data +
                               " --runs " + root + " --ledger " + root + "/ledger.sqlite");

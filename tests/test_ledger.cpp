@@ -314,6 +314,7 @@ TEST(Ledger, CostsRoundTripAndOldLedgersKeepTheirRows) {
   r.flops_per_token = 1.75e7;
   r.tokens = 64000;
   r.wall_seconds = 12.5;
+  r.train_flops = 1.1e12;
   l.upsert(r);
   got = l.get(r.run_id);
   EXPECT_EQ(got->status, Status::Done) << got->reason;
@@ -323,4 +324,5 @@ TEST(Ledger, CostsRoundTripAndOldLedgersKeepTheirRows) {
   EXPECT_DOUBLE_EQ(got->flops_per_token, 1.75e7);
   EXPECT_DOUBLE_EQ(got->tokens, 64000);
   EXPECT_DOUBLE_EQ(got->wall_seconds, 12.5);
+  EXPECT_DOUBLE_EQ(got->train_flops, 1.1e12);
 }

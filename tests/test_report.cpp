@@ -640,6 +640,12 @@ TEST(Report, CostRatiosAndTheDeltaAtEqualCompute) {
   const std::string txt = render_text(sc);
   EXPECT_NE(txt.find("params 1.78x, FLOPs/tok 2.00x, wall 2.00x"), std::string::npos) << txt;
   EXPECT_NE(txt.find("+3.05% @ 3.84e+08 FLOPs (interpolated)"), std::string::npos) << txt;
+  // The trainer's own sum over the steps as they ran (DSA's dense warm-up, say) wins over the last
+  // step's FLOPs per token x tokens.
+  for (auto& r : s.runs)
+    if (r.experiment == "big") r.train_flops = 1.5 * r.flops_per_token * r.tokens;
+  EXPECT_NEAR(find_card(s.card(), "big").flops_x, 3.0, 1e-12);
+  for (auto& r : s.runs) r.train_flops = NAN;
   // The rule may decide at equal compute: there big is a real loss (+3.05%, t 4.9 on 4 df).
   s.plan.rule.compare_at = "compute";
   auto at_c = s.card();

@@ -141,6 +141,7 @@ std::string cost_text(const RunRow& r) {
   put("flops_per_token", r.flops_per_token);
   put("tokens", r.tokens);
   put("wall_seconds", r.wall_seconds);
+  put("train_flops", r.train_flops);
   return j.dump();
 }
 
@@ -155,6 +156,7 @@ void read_cost(RunRow& r, const std::string& text) {
     r.flops_per_token = num("flops_per_token");
     r.tokens = num("tokens");
     r.wall_seconds = num("wall_seconds");
+    r.train_flops = num("train_flops");
   } catch (const nlohmann::json::exception&) {
     // sealed with the row: a checksum failure reports it; unparsable text here means unknown cost
   }

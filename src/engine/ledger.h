@@ -41,6 +41,7 @@ struct RunRow {
   // 0 / NaN when unknown (runs recorded before costs were).
   int64_t n_params = 0, active_params = 0, steps = 0;
   double flops_per_token = NAN, tokens = NAN, wall_seconds = NAN;
+  double train_flops = NAN;  // every step at the FLOPs per token of what ran in it (NaN: unknown)
   bool best_in_spike = false;  // the best checkpoint was saved inside a loss spike
   bool manual_invalid = false; // status/reason come from `slmlab invalidate`, overlaid on the run's own
 };

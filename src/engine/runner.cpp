@@ -152,6 +152,7 @@ RunRow ingest(RunRow row, std::vector<EvalPoint>& evals, std::string& bad_summar
     row.flops_per_token = num("flops_per_token");
     row.tokens = num("tokens");
     row.wall_seconds = num("wall_seconds");
+    row.train_flops = num("train_flops");
     row.best_in_spike = spike_at.count(row.best_step) && spike_at[row.best_step];
   } catch (const json::exception& x) {  // a value of the wrong type
     row.has_summary = false;

@@ -92,16 +92,22 @@ double run_mean(const Card& c, F field) {
   return n ? sum / n : NAN;
 }
 
+// A run's training FLOPs: the trainer's sum over its steps as they ran, else (older runs) its last
+// FLOPs per token x tokens.
+double run_train_flops(const RunRow& r) {
+  if (std::isfinite(r.train_flops) && r.train_flops > 0) return r.train_flops;
+  return r.flops_per_token > 0 && r.tokens > 0 ? r.flops_per_token * r.tokens : NAN;
+}
+
 // A run's val_bpb on its eval curve at cumulative training FLOPs F, linearly interpolated between
-// eval points (NaN outside the curve or without costs). Cumulative FLOPs at a step: FLOPs per token
-// x tokens per step x step, tokens per step from the run's total over its steps.
+// eval points (NaN outside the curve or without costs). Cumulative FLOPs at a step: the run's
+// training FLOPs spread evenly over its steps (a DSA run's dense warm-up makes its early steps
+// dearer than that; the total, and so the cheaper arm's point, is exact).
 double curve_at_flops(const RunView& v, double F) {
   const RunRow& r = v.row;
-  int64_t last = 0;
-  for (auto& e : v.evals) last = std::max(last, e.step);
-  if (!(r.flops_per_token > 0) || !(r.tokens > 0) || last <= 0) return NAN;
-  // tokens per step from the run's own total over its last step (the curve's last eval is its last step)
-  const double per_step = r.flops_per_token * r.tokens / static_cast<double>(last);
+  const double total = run_train_flops(r);
+  if (!(total > 0) || r.steps <= 0) return NAN;
+  const double per_step = total / static_cast<double>(r.steps);  // spread evenly over the steps
   const double s = F / per_step;
   const EvalPoint* lo = nullptr;
   for (auto& e : v.evals) {
@@ -113,15 +119,16 @@ double curve_at_flops(const RunView& v, double F) {
       return lo->val_bpb + w * (e.val_bpb - lo->val_bpb);
     }
   }
-  return lo && lo->step == s ? lo->val_bpb : NAN;
+  // F at the last eval: s is that step up to the rounding of total / (total / steps).
+  return lo && std::fabs(s - static_cast<double>(lo->step)) <= 1e-9 * std::max(1.0, s) ? lo->val_bpb : NAN;
 }
 
 void cost(Card& c, const Card& base) {
   auto fill = [](Card& k) {
     k.params = run_mean(k, [](const RunRow& r) { return double(r.n_params); });
     k.active = run_mean(k, [](const RunRow& r) { return double(r.active_params); });
-    k.flops_tok = run_mean(k, [](const RunRow& r) { return r.flops_per_token; });
-    k.train_flops = run_mean(k, [](const RunRow& r) { return r.flops_per_token * r.tokens; });
+    k.flops_tok = run_mean(k, [](const RunRow& r) { return r.tokens > 0 ? run_train_flops(r) / r.tokens : NAN; });
+    k.train_flops = run_mean(k, [](const RunRow& r) { return run_train_flops(r); });
     k.wall = run_mean(k, [](const RunRow& r) { return r.wall_seconds; });
   };
   fill(c);

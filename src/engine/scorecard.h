@@ -91,11 +91,13 @@ struct Card {
   bool seeds_could_decide = false;  // inconclusive, and more seeds of the two arms may still decide it
   int unstable = 0;                 // counted runs flagged unstable
   // Cost beside quality (issue 21 §2), means over counted runs, and ratios to the base's (NaN when
-  // unknown): total and active parameters, FLOPs per token, wall time.
+  // unknown): total and active parameters, FLOPs per token (training FLOPs / tokens: the average
+  // over what ran), wall time.
   double params = 0, active = 0, flops_tok = 0, train_flops = 0, wall = 0;
   double params_x = 0, active_x = 0, flops_x = 0, wall_x = 0;
   // Quality at equal compute: each counted run's eval curve as a function of its cumulative training
-  // FLOPs (flops_per_token x tokens per step x step), linearly interpolated at F = the smaller of
+  // FLOPs (its total, summed by the trainer over the steps as they ran, spread evenly over the
+  // steps), linearly interpolated at F = the smaller of
   // the two arms' mean training FLOPs (the base's, unless this arm is the cheaper one); the means
   // at F and their difference (NaN when a curve or a cost is missing).
   double eq_flops = 0, eq_mean = 0, eq_base_mean = 0, eq_delta_pct = 0;

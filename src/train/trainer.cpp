@@ -380,6 +380,7 @@ class Run {
       if (auto* moe = dynamic_cast<MoeImpl*>(m.get())) unrouted += moe->total_params() - moe->active_params();
     j["active_params"] = model->n_params() - unrouted;
     j["flops_per_token"] = flops_tok;
+    j["train_flops"] = st.train_flops >= 0 ? json(st.train_flops) : json(nullptr);  // every step as it ran
     j["loss_spikes"] = st.spikes.n_spikes;
     j["world_size"] = s_.world.size;
     fs::write_atomic(folder.summary(), j.dump(1) + "\n");
@@ -535,7 +536,7 @@ class Run {
     flops_tok = model->flops_per_token(sub_.context);  // what ran this step (DSA's stage, ...)
     const double tok_s = sub_.total_batch / dt, mfu = tok_s * flops_tok / peak;
     json rec = {{"step", st.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
-                {"step_ms", 1000 * dt}, {"tok_s", tok_s}, {"mfu", mfu}};
+                {"step_ms", 1000 * dt}, {"tok_s", tok_s}, {"mfu", mfu}, {"flops_tok", flops_tok}};
     if (spike) {
       rec["spike"] = true;
       rec["spike_start"] = st.spikes.spike_start;  // evals written since then were inside it
@@ -677,6 +678,7 @@ int train(const TrainOptions& opt) {
     st.loader = run.loader->state();
     const bool spike = st.spikes.observe(st.step, r.loss);
     run.log_step(r, dt, spike);
+    if (st.train_flops >= 0) st.train_flops += run.flops_tok * static_cast<double>(sub.total_batch);
 
     const bool last = st.step == sub.steps;
     if (last || (sub.eval_every > 0 && st.step % sub.eval_every == 0)) run.eval();
