@@ -22,6 +22,7 @@ plan() {  # plan NAME BODY: a plan file on cpu-tiny
 }
 plan k_noise_string "$(printf '[rule]\nk_noise = "5"\n%s' "$one")"
 plan max_retries_float "$(printf '[rule]\nmax_retries = 0.5\n%s' "$one")"
+plan correction_unknown "$(printf '[rule]\ncorrection = "bonferroni"\n%s' "$one")"
 plan base_array "$(printf '%s\n[[phases.experiments]]\nid = "x"\nbase = ["baseline"]\nseeds = [2]' "$one")"
 plan experiments_ints "$(printf '[[phases]]\nname = "a"\nexperiments = [1, 2]')"
 plan module_nan "$(printf '%s\n[[phases.experiments]]\nid = "x"\nseeds = [2]\nmodules = [{ name = "mtp", weight = nan }]' "$one")"
@@ -81,6 +82,9 @@ probes=(
   "data build --out $cwd/d --vocab 4294969344"
   "demo --jobs 4294967298 --runs $cwd/runs"
   "ablate $in/k_noise_string.toml --jobs -1"
+  "ablate $in/correction_unknown.toml --runs $cwd/runs --ledger $cwd/ledger.sqlite"
+  "ablate $in/ok.toml --max-seeds 3 --runs $cwd/runs --ledger $cwd/ledger.sqlite"
+  "ablate $in/ok.toml --decide --max-seeds 99 --runs $cwd/runs --ledger $cwd/ledger.sqlite"
   "ablate $in/ok.toml --runs $cwd/runs --ledger $in/held/ledger.sqlite"
   "eval bpb $in/run --context -5 --tokens -1"
   "eval bpb $in/run --tokens -1"

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <limits>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -247,4 +248,55 @@ TEST(Ablate, AnUnreadableSummaryFailsTheRunWithItsReason) {
   EXPECT_EQ(row->status, engine::Status::Failed) << row->reason;
   EXPECT_NE(row->reason.find("summary.json is not JSON"), std::string::npos) << row->reason;
   EXPECT_FALSE(row->code_id.empty());
+}
+
+// --decide end to end (issue 21 §3): one seed per arm leaves no variance to judge by, so the row is
+// inconclusive and more seeds could decide it; --decide gives it and its base one more seed each
+// (ordinary ledger runs), looks again, and stops at --max-seeds.
+TEST(Ablate, DecideAddsASeedToAnInconclusiveRow) {
+  const auto& f = fx();
+  const std::string root = f.t / "decide";
+  fs::mkdirs(root);
+  slm::test::write(root + "/tiny.toml",
+                   "name = \"decide-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
+                   "total_batch = 256\ndevice_batch = 8\nsteps = 10\neval_every = 5\neval_tokens = 512\n"
+                   "ckpt_every = 5\nprecision = \"auto\"\n");
+  const std::string plan = root + "/plan.toml";
+  slm::test::write(plan,
+                   "name = \"decide\"\nsubstrate = \"tiny.toml\"\n[[phases]]\nname = \"p\"\n"
+                   "[[phases.experiments]]\nid = \"baseline\"\nseeds = [1]\n"
+                   "[[phases.experiments]]\nid = \"again\"\nbase = \"baseline\"\nseeds = [1]\n");
+  const std::string cmd = std::string(SLMLAB_BIN) + " ablate " + plan + " --jobs 2 --threads 2 --data " + f.data +
+                          " --runs " + root + " --ledger " + root + "/ledger.sqlite --decide --max-seeds 2";
+  auto r = slm::test::run(cmd);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("decide: inconclusive and within reach: one more seed for baseline s2, again s2"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("at 2 seeds after 1 added wave"), std::string::npos) << r.out;
+  engine::Ledger l(root + "/ledger.sqlite");
+  auto runs = l.runs("decide");
+  ASSERT_EQ(runs.size(), 4u);
+  for (auto& x : runs) {
+    EXPECT_EQ(x.status, engine::Status::Done) << x.run_id;
+    EXPECT_EQ(l.evals(x.run_id).size(), 3u) << x.run_id;  // steps 0, 5, 10: an ordinary run
+  }
+  EXPECT_EQ(runs[1].run_id, "decide/again/s2");
+  // Costs (issue 21 §2) reach the ledger: a dense model uses all its parameters, every step the same
+  // FLOPs per token, so the trainer's per-step sum is the last step's figure x tokens (10 additions).
+  for (auto& x : runs) {
+    EXPECT_GT(x.n_params, 0) << x.run_id;
+    EXPECT_EQ(x.active_params, x.n_params) << x.run_id;
+    EXPECT_EQ(x.steps, 10);
+    EXPECT_DOUBLE_EQ(x.tokens, 2560);
+    EXPECT_GT(x.wall_seconds, 0);
+    EXPECT_NEAR(x.train_flops, x.flops_per_token * x.tokens, 16 * std::numeric_limits<double>::epsilon() * x.train_flops);
+  }
+  // The budget is in the ledger's rule (reports test at alpha / 2 looks), and a plain ablate keeps it.
+  auto again = slm::test::run(std::string(SLMLAB_BIN) + " ablate " + plan + " --jobs 2 --threads 2 --data " + f.data +
+                              " --runs " + root + " --ledger " + root + "/ledger.sqlite");
+  ASSERT_EQ(again.status, 0) << again.out;
+  EXPECT_NE(again.out.find("4 runs, 4 finished, 0 to run"), std::string::npos) << again.out;
+  EXPECT_NE(l.plan_spec("decide")->find("\"max_seeds\":2"), std::string::npos);
+  auto rep = slm::test::run(std::string(SLMLAB_BIN) + " report --plan decide --ledger " + root + "/ledger.sqlite");
+  ASSERT_EQ(rep.status, 0) << rep.out;
+  EXPECT_NE(rep.out.find("/ 2 looks"), std::string::npos) << rep.out;
 }

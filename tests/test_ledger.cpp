@@ -208,6 +208,8 @@ TEST(Ledger, RowsAlteredBehindItsBackReadAsDamaged) {
   r.tokens_per_second = 1000;
   r.step_ms = 12;
   r.code_id = "c0dec0dec0dec0de";
+  r.n_params = 2900000;
+  r.flops_per_token = 1.7e7;
   {
     Ledger l(path);
     l.upsert(r);
@@ -223,7 +225,7 @@ TEST(Ledger, RowsAlteredBehindItsBackReadAsDamaged) {
       {"status", "'failed'"}, {"reason", "'x'"}, {"substrate_id", "'abd'"}, {"config_json", "'{}'"},
       {"attempts", "7"}, {"tokens_per_second", "1001"}, {"best_in_spike", "1"}, {"manual_invalid", "'m'"},
       {"run_dir", "'/tmp/elsewhere'"}, {"git_commit", "'deadbeef'"},
-      {"code_id", "'0ther'"}, {"code_id", "''"}};
+      {"code_id", "'0ther'"}, {"code_id", "''"}, {"cost_json", "'{\"n_params\":1}'"}, {"cost_json", "''"}};
   for (auto& [col, value] : edits) {
     const std::string backup = t / ("backup.db");
     std::filesystem::copy_file(path, backup, std::filesystem::copy_options::overwrite_existing);
@@ -284,4 +286,43 @@ TEST(Ledger, OldLedgerWithoutCodeIdsKeepsItsRows) {
   l.upsert(r);
   EXPECT_EQ(l.get(r.run_id)->code_id, "abc");
   EXPECT_EQ(l.get(r.run_id)->status, Status::Done);
+}
+
+// Costs (issue 21 §2): parameters, FLOPs per token, tokens, steps and wall time round-trip; a ledger
+// from before them gets the column on open and its rows keep their checksums.
+TEST(Ledger, CostsRoundTripAndOldLedgersKeepTheirRows) {
+  slm::test::TempDir t;
+  const std::string path = t / "old.db";
+  RunRow r = row("plan", "base", 1);
+  r.status = Status::Done;
+  r.code_id = "abc";
+  {
+    Ledger l(path);
+    l.upsert(r);
+  }
+  sql(path, "ALTER TABLE runs DROP COLUMN cost_json");
+  Ledger l(path);
+  auto got = l.get(r.run_id);
+  EXPECT_EQ(got->status, Status::Done) << got->reason;
+  EXPECT_EQ(got->n_params, 0);
+  EXPECT_TRUE(std::isnan(got->flops_per_token));
+  r.has_summary = true;
+  r.best_val_bpb = 1.3;
+  r.n_params = 5160000;
+  r.active_params = 2900000;
+  r.steps = 250;
+  r.flops_per_token = 1.75e7;
+  r.tokens = 64000;
+  r.wall_seconds = 12.5;
+  r.train_flops = 1.1e12;
+  l.upsert(r);
+  got = l.get(r.run_id);
+  EXPECT_EQ(got->status, Status::Done) << got->reason;
+  EXPECT_EQ(got->n_params, 5160000);
+  EXPECT_EQ(got->active_params, 2900000);
+  EXPECT_EQ(got->steps, 250);
+  EXPECT_DOUBLE_EQ(got->flops_per_token, 1.75e7);
+  EXPECT_DOUBLE_EQ(got->tokens, 64000);
+  EXPECT_DOUBLE_EQ(got->wall_seconds, 12.5);
+  EXPECT_DOUBLE_EQ(got->train_flops, 1.1e12);
 }

@@ -35,6 +35,9 @@ description = "two phases"
 [rule]
 k_noise = 3.0
 min_rel_delta = 0.01
+correction = "holm"
+max_seeds = 6
+unstable_decides = false
 [[phases]]
 name = "one"
 [[phases.experiments]]
@@ -58,6 +61,9 @@ seeds = [4]
   EXPECT_TRUE(p.experiments[1].effective.empty());
   EXPECT_DOUBLE_EQ(p.rule.k_noise, 3.0);
   EXPECT_DOUBLE_EQ(p.rule.min_rel_delta, 0.01);
+  EXPECT_EQ(p.rule.correction, "holm");
+  EXPECT_EQ(p.rule.max_seeds, 6);
+  EXPECT_FALSE(p.rule.unstable_decides);
   EXPECT_EQ(p.find("again"), &p.experiments[1]);
 }
 
@@ -363,6 +369,10 @@ TEST(Plan, WrongTypesAreErrorsNamingKeyAndType) {
       {"[rule]\nmin_rel_delta = nan\n" + one, "'min_rel_delta' must be a number, got nan"},
       {"rule = 3\n" + one, "'rule' must be a table, got an integer"},
       {"[rule]\nallow_mixed_code = \"yes\"\n" + one, "'allow_mixed_code' must be true or false, got a string"},
+      {"[rule]\ncorrection = \"bonferroni\"\n" + one, "correction 'bonferroni' is not one of none, holm"},
+      {"[rule]\nmax_seeds = -1\n" + one, "max_seeds must be in [0, 64]"},
+      {"[rule]\ncompare_at = \"flops\"\n" + one, "compare_at 'flops' is not one of steps"},
+      {"[rule]\nunstable_decides = 1\n" + one, "'unstable_decides' must be true or false, got an integer"},
       {one + "[[phases.experiments]]\nid = \"x\"\nbase = [\"baseline\"]\nseeds = [2]\n",
        "'base' must be a string, got an array"},
       {"[[phases]]\nname = \"p\"\nexperiments = [1, 2]\n", "experiments[0] must be a table"},

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "common/stats.h"
 #include "engine/ledger.h"
 #include "engine/render.h"
 #include "engine/report.h"
@@ -72,6 +73,19 @@ struct Synth {
   Scorecard card() const { return build_scorecard(plan, runs, evals); }
 };
 
+// A seeded standard normal: Box-Muller over a splitmix64 stream.
+struct Gauss {
+  uint64_t x;
+  double u() {
+    x += 0x9E3779B97F4A7C15ull;
+    uint64_t z = x;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return ((z ^ (z >> 31)) >> 11) * 0x1.0p-53 + 1e-12;
+  }
+  double operator()() { return std::sqrt(-2 * std::log(u())) * std::cos(6.283185307179586 * u()); }
+};
+
 const Card& find_card(const Scorecard& s, const std::string& id, size_t group = 0) {
   for (auto& c : s.groups.at(group).cards)
     if (c.id == id) return c;
@@ -106,7 +120,7 @@ TEST(Report, PositiveNegativeAndNullControls) {
   EXPECT_EQ(find_card(sc, "null").verdict, "inconclusive");
   EXPECT_NEAR(find_card(sc, "better").delta_pct, -4.615, 0.01);
   EXPECT_EQ(find_card(sc, "better").n, 3);
-  EXPECT_NE(find_card(sc, "better").evidence.find("pooled sd"), std::string::npos);
+  EXPECT_NE(find_card(sc, "better").evidence.find("Welch t"), std::string::npos);
 }
 
 TEST(Report, NullControlIsRarelyAnythingButInconclusive) {
@@ -384,4 +398,266 @@ TEST(Report, CommandsReportAndInvalidate) {
   EXPECT_EQ(r.status, 2);
   r = slm::test::run(bin + " report --ledger " + (t / "missing.sqlite"));
   EXPECT_EQ(r.status, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 21 §3 and §5: per-comparison noise, many comparisons, seeds until decided, stability.
+
+TEST(Stats, StudentTAgainstTables) {
+  // Two-sided 95% quantiles from any t table; df -> infinity is the normal's 1.959964.
+  EXPECT_NEAR(slm::student_t_quantile_upper(0.025, 1), 12.7062, 1e-4);
+  EXPECT_NEAR(slm::student_t_quantile_upper(0.025, 2), 4.3027, 1e-4);
+  EXPECT_NEAR(slm::student_t_quantile_upper(0.025, 4), 2.7764, 1e-4);
+  EXPECT_NEAR(slm::student_t_quantile_upper(0.025, 10), 2.2281, 1e-4);
+  EXPECT_NEAR(slm::student_t_quantile_upper(0.025, 1e7), 1.959964, 1e-5);
+  // df = 1 is the Cauchy: P(T > t) = 1/2 - atan(t)/pi, exactly; df = 2 has a closed form too.
+  for (double t : {0.1, 1.0, 3.0, 30.0}) {
+    EXPECT_NEAR(slm::student_t_sf(t, 1), 0.5 - std::atan(t) / M_PI, 1e-13);
+    EXPECT_NEAR(slm::student_t_sf(t, 2), 0.5 - t / (2 * std::sqrt(2 + t * t)), 1e-13);
+    EXPECT_NEAR(slm::student_t_sf(-t, 2), 0.5 + t / (2 * std::sqrt(2 + t * t)), 1e-13);
+  }
+  EXPECT_NEAR(slm::normal_sf(2.0), 0.0227501319, 1e-9);
+}
+
+TEST(Stats, HolmAndBenjaminiHochbergWithKnownPValues) {
+  const std::vector<double> p = {0.01, 0.04, 0.03, 0.005, NAN};
+  // Holm: sorted 0.005 0.01 0.03 0.04 -> 4p, 3p, 2p, 1p = 0.02 0.03 0.06 0.04, then running max.
+  const auto h = slm::holm_adjust(p);
+  EXPECT_NEAR(h[3], 0.02, 1e-15);
+  EXPECT_NEAR(h[0], 0.03, 1e-15);
+  EXPECT_NEAR(h[2], 0.06, 1e-15);
+  EXPECT_NEAR(h[1], 0.06, 1e-15);
+  EXPECT_TRUE(std::isnan(h[4]));  // not in the family
+  // BH: m/rank x p = 0.02 0.02 0.04 0.04, then running min from the top.
+  const auto b = slm::bh_adjust(p);
+  EXPECT_NEAR(b[3], 0.02, 1e-15);
+  EXPECT_NEAR(b[0], 0.02, 1e-15);
+  EXPECT_NEAR(b[2], 0.04, 1e-15);
+  EXPECT_NEAR(b[1], 0.04, 1e-15);
+  EXPECT_TRUE(std::isnan(b[4]));
+}
+
+// One noisy arm must not blind the rest: a planted arm whose two seeds are 0.11 apart (the issue's
+// GateSkip) beside a real -3% effect. A pooled floor would be ~0.035 and read the -3% inconclusive;
+// Welch judges each comparison by its own two arms.
+TEST(Report, ANoisyArmDoesNotBlindTheRest) {
+  Synth s{make_plan({"real:baseline:good", "noisy:baseline:wild"}), {}, {}};
+  for (int i = 1; i <= 3; ++i) {
+    s.add("baseline", i, 1.300 + 0.005 * (i - 2));
+    s.add("real", i, 1.261 + 0.005 * (i - 2));  // -3.0%
+  }
+  s.add("noisy", 1, 1.245);
+  s.add("noisy", 2, 1.355);
+  auto sc = s.card();
+  EXPECT_GT(sc.groups[0].noise_sd, 0.03);  // the pooled floor the noisy arm inflates
+  const Card& real = find_card(sc, "real");
+  EXPECT_EQ(real.verdict, "keep") << real.evidence;
+  EXPECT_NEAR(real.df, 4.0, 1e-9);  // equal sds and n: Welch's df is n1 + n2 - 2
+  EXPECT_NEAR(real.sd_diff, 0.005 * std::sqrt(2.0 / 3), 1e-9);
+  EXPECT_EQ(find_card(sc, "noisy").verdict, "inconclusive");
+  const std::string txt = render_text(sc);
+  EXPECT_NE(txt.find("Welch t per comparison"), std::string::npos) << txt;
+}
+
+// An arm with one counted run borrows the pooled sd (with the pooled degrees of freedom).
+TEST(Report, ASingleRunArmBorrowsThePooledFloor) {
+  Synth s{make_plan({"one:baseline:m"}), {}, {}};
+  add_baseline(s);  // sd 0.01, n 3
+  s.add("one", 1, 1.20);
+  const Card& c = find_card(s.card(), "one");
+  EXPECT_NEAR(c.sd_diff, 0.01 * std::sqrt(1.0 + 1.0 / 3), 1e-9);
+  EXPECT_NEAR(c.df, 2.0, 1e-9);  // both variances rest on the baseline's 2 degrees of freedom (Satterthwaite: 3.2)
+  EXPECT_NE(c.evidence.find("(pooled)"), std::string::npos) << c.evidence;
+}
+
+// Many comparisons: with correction none the report states 1 - (1 - alpha)^m; holm and bh decide on
+// adjusted p-values, so a borderline effect among many decided at alpha alone is no longer decided.
+TEST(Report, ThePhaseStatesItsFalseVerdictRateAndCanCorrect) {
+  std::vector<std::string> specs;
+  for (int i = 0; i < 9; ++i) specs.push_back("null" + std::to_string(i) + ":baseline:same");
+  specs.push_back("edge:baseline:m");
+  Synth s{make_plan(specs), {}, {}};
+  add_baseline(s);  // 1.30 1.31 1.29
+  for (int i = 0; i < 9; ++i)
+    for (int seed = 1; seed <= 3; ++seed) s.add("null" + std::to_string(i), seed, 1.30 + 0.01 * (seed - 2) + 0.0001 * i);
+  for (int seed = 1; seed <= 3; ++seed) s.add("edge", seed, 1.27 + 0.01 * (seed - 2));  // t = -3.67 on 4 df: p ~ 0.021
+  auto none = s.card();
+  const double alpha = 2 * slm::normal_sf(2.0);
+  ASSERT_EQ(none.groups[0].families.size(), 1u);
+  EXPECT_EQ(none.groups[0].families[0].m, 10);
+  EXPECT_NEAR(none.groups[0].families[0].rate, 1 - std::pow(1 - alpha, 10), 1e-12);
+  EXPECT_NE(render_text(none).find("37.2%"), std::string::npos) << render_text(none);
+  const Card& e0 = find_card(none, "edge");
+  EXPECT_EQ(e0.verdict, "keep") << e0.evidence;
+  EXPECT_LT(e0.p, alpha);
+  s.plan.rule.correction = "holm";
+  auto holm = s.card();
+  const Card& e1 = find_card(holm, "edge");
+  EXPECT_EQ(e1.verdict, "inconclusive") << e1.evidence;
+  EXPECT_NEAR(e1.p_adj, std::min(1.0, 10 * e1.p), 1e-12);  // the smallest p of the ten: x m
+  EXPECT_NE(render_text(holm).find("correction holm"), std::string::npos);
+  EXPECT_NEAR(holm.groups[0].families[0].rate, alpha, 1e-12);
+  s.plan.rule.correction = "bh";
+  EXPECT_EQ(find_card(s.card(), "edge").verdict, "inconclusive");
+  EXPECT_EQ(plan_info_from_json(plan_info_json(s.plan)).rule.correction, "bh");
+}
+
+// Stability (§5): final worse than best by more than the floor is flagged; the rule decides whether it counts.
+TEST(Report, UnstableRunsAreFlaggedAndTheRuleSaysWhetherTheyDecide) {
+  Synth s{make_plan({"drifty:baseline:m"}), {}, {}};
+  add_baseline(s);
+  for (int i = 1; i <= 3; ++i) s.add("drifty", i, 1.25 + 0.001 * i);
+  for (auto& r : s.runs) r.final_val_bpb = r.best_val_bpb + 0.001;  // settled runs: 0.001 over best
+  s.runs.back().final_val_bpb = 1.253 + 0.05;  // drifty s3 drifts 0.05 back up, ~7x the pooled floor (0.0071)
+  auto sc = s.card();
+  const Card& c = find_card(sc, "drifty");
+  EXPECT_TRUE(c.runs[2].unstable);
+  EXPECT_FALSE(c.runs[0].unstable);
+  EXPECT_EQ(c.unstable, 1);
+  EXPECT_EQ(c.n, 3);
+  EXPECT_NE(render_text(sc).find("unstable (final +0.0500 over best)"), std::string::npos) << render_text(sc);
+  s.plan.rule.unstable_decides = false;
+  auto strict = s.card();
+  EXPECT_EQ(find_card(strict, "drifty").n, 2);
+  EXPECT_NE(render_text(strict).find("unstable runs do not decide"), std::string::npos);
+}
+
+// --decide's stopping rule under the null: many independent seed-only experiments (each with its own
+// base, all drawn from one distribution), given seeds by seeds_to_add until decided or out of
+// budget. The share called keep/park/drop must stay under the rate the rule states, within the
+// binomial sampling error of the estimate (3 sigma). Without the correction for repeated looks the
+// same draws are called far more often (printed, and checked to exceed the stated rate).
+TEST(Report, DecideKeepsNullFalseVerdictsUnderTheStatedRate) {
+  const int N = 4000, M = 8;
+  Gauss g{20261203};
+  int called = 0, called_naive = 0, added = 0, rounds_max = 0;
+  double alpha_stated = 0;
+  for (int i = 0; i < N; ++i) {
+    PlanInfo p;
+    p.name = "null";
+    p.rule.max_seeds = M;
+    p.experiments.push_back({"base", "p1", "", "", {}, {}, {1, 2}});
+    p.experiments.push_back({"null", "p1", "base", "", {"m"}, {"m"}, {1, 2}});
+    Synth s{p, {}, {}};
+    std::map<std::string, int64_t> next;
+    for (const char* e : {"base", "null"})
+      for (int seed = 1; seed <= 2; ++seed) s.add(e, seed, 1.3 + 0.01 * g());
+    next["base"] = next["null"] = 3;
+    bool naive = false;
+    for (int round = 0;; ++round) {
+      auto sc = s.card();
+      alpha_stated = rule_alpha(p.rule);
+      const Card& c = find_card(sc, "null");
+      naive |= std::isfinite(c.p) && c.p < alpha_stated;  // a look at the uncorrected alpha
+      auto more = seeds_to_add(sc);
+      if (more.empty()) {
+        called += c.verdict == "keep" || c.verdict == "park" || c.verdict == "drop";
+        rounds_max = std::max(rounds_max, round);
+        break;
+      }
+      for (auto& e : more) {
+        s.add(e, next[e]++, 1.3 + 0.01 * g());
+        ++added;
+      }
+    }
+    called_naive += naive;
+  }
+  const double rate = double(called) / N, naive_rate = double(called_naive) / N;
+  const double margin = 3 * std::sqrt(alpha_stated * (1 - alpha_stated) / N);
+  std::printf("[null test] %d experiments, max_seeds %d: %d called (%.2f%%), stated rate %.2f%% (+ %.2f%% margin); "
+              "uncorrected looks would call %d (%.2f%%); %d seeds added, at most %d rounds\n",
+              N, M, called, 100 * rate, 100 * alpha_stated, 100 * margin, called_naive, 100 * naive_rate, added, rounds_max);
+  EXPECT_LE(rate, alpha_stated + margin);
+  EXPECT_GT(naive_rate, alpha_stated + margin) << "the test must be able to see repeated looks";
+  EXPECT_GT(added, 0);
+  EXPECT_GE(rounds_max, 3);  // some experiments were looked at again and again
+  EXPECT_LE(rounds_max, M - 2);
+}
+
+// A real effect under --decide: inconclusive at two seeds, decided once seeds are added, within budget.
+TEST(Report, DecideAddsSeedsToAnInconclusiveRowUntilDecided) {
+  PlanInfo p;
+  p.name = "grow";
+  p.rule.max_seeds = 8;
+  p.experiments.push_back({"base", "p1", "", "", {}, {}, {1, 2}});
+  p.experiments.push_back({"better", "p1", "base", "", {"m"}, {"m"}, {1, 2}});
+  p.experiments.push_back({"flat", "p1", "base", "", {"z"}, {"z"}, {1, 2}});
+  Synth s{p, {}, {}};
+  Gauss g{7};
+  std::map<std::string, int64_t> next{{"base", 1}, {"better", 1}, {"flat", 1}};
+  auto draw = [&](const std::string& e) {
+    s.add(e, next[e]++, (e == "better" ? 1.28 : 1.30) + 0.01 * g());
+  };
+  for (const char* e : {"base", "better", "flat"}) draw(e), draw(e);
+  auto first = s.card();
+  ASSERT_EQ(find_card(first, "better").verdict, "inconclusive") << find_card(first, "better").evidence;
+  auto more = seeds_to_add(first);
+  EXPECT_NE(std::find(more.begin(), more.end(), "better"), more.end());
+  EXPECT_NE(std::find(more.begin(), more.end(), "base"), more.end());  // the base has no more seeds than it
+  Scorecard sc = first;
+  while (!(more = seeds_to_add(sc)).empty()) {
+    for (auto& e : more) draw(e);
+    sc = s.card();
+  }
+  const Card& b = find_card(sc, "better");
+  EXPECT_EQ(b.verdict, "keep") << b.evidence;
+  EXPECT_LE(b.runs.size(), 8u);
+  EXPECT_LE(find_card(sc, "base").runs.size(), 8u);
+  EXPECT_NE(render_text(sc).find("Bonferroni over looks"), std::string::npos);
+  // No budget: nothing is added.
+  s.plan.rule.max_seeds = 0;
+  EXPECT_TRUE(seeds_to_add(s.card()).empty());
+}
+
+// Cost beside quality (§2): ratios against the base, and the delta at equal training FLOPs read off
+// each run's eval curve (interpolated), beside the delta at equal steps.
+TEST(Report, CostRatiosAndTheDeltaAtEqualCompute) {
+  Synth s{make_plan({"big:baseline:engram"}), {}, {}};
+  add_baseline(s);  // bests 1.30 1.31 1.29; curves 100: best + 0.2, 200: best, 250: best + 0.01
+  for (int i = 1; i <= 3; ++i) s.add("big", i, 1.20 + 0.01 * (i == 2) - 0.01 * (i == 3));
+  for (auto& r : s.runs) {
+    const bool big = r.experiment == "big";
+    r.n_params = big ? 1780 : 1000;
+    r.active_params = r.n_params;
+    r.flops_per_token = big ? 12000 : 6000;  // twice the FLOPs per token
+    r.tokens = 64000;
+    r.steps = 250;
+    r.wall_seconds = big ? 20 : 10;
+  }
+  auto sc = s.card();
+  const Card& c = find_card(sc, "big");
+  EXPECT_EQ(c.verdict, "keep");  // -7.7% at equal steps
+  EXPECT_NEAR(c.params_x, 1.78, 1e-12);
+  EXPECT_NEAR(c.flops_x, 2.0, 1e-12);
+  EXPECT_NEAR(c.wall_x, 2.0, 1e-12);
+  // Equal compute: the base's whole budget, 6000 x 64000 FLOPs, is big's step 125: between its eval
+  // at 100 (best + 0.2) and 200 (best), a quarter of the way: best + 0.15 = 1.35 on average; the
+  // base there is at its step 250, best + 0.01 = 1.31.
+  EXPECT_DOUBLE_EQ(c.eq_flops, 6000.0 * 64000);
+  EXPECT_NEAR(c.eq_mean, 1.35, 1e-12);
+  EXPECT_NEAR(c.eq_base_mean, 1.31, 1e-12);
+  EXPECT_NEAR(c.eq_delta_pct, 100 * 0.04 / 1.31, 1e-9);
+  const std::string txt = render_text(sc);
+  EXPECT_NE(txt.find("params 1.78x, FLOPs/tok 2.00x, wall 2.00x"), std::string::npos) << txt;
+  EXPECT_NE(txt.find("+3.05% @ 3.84e+08 FLOPs (interpolated)"), std::string::npos) << txt;
+  // The trainer's own sum over the steps as they ran (DSA's dense warm-up, say) wins over the last
+  // step's FLOPs per token x tokens.
+  for (auto& r : s.runs)
+    if (r.experiment == "big") r.train_flops = 1.5 * r.flops_per_token * r.tokens;
+  EXPECT_NEAR(find_card(s.card(), "big").flops_x, 3.0, 1e-12);
+  for (auto& r : s.runs) r.train_flops = NAN;
+  // The rule may decide at equal compute: there big is a real loss (+3.05%, t 4.9 on 4 df).
+  s.plan.rule.compare_at = "compute";
+  auto at_c = s.card();
+  const Card& cc = find_card(at_c, "big");
+  EXPECT_EQ(cc.verdict, "drop") << cc.evidence;
+  EXPECT_NEAR(cc.dec_delta, 0.04, 1e-12);
+  EXPECT_NEAR(cc.delta_pct, -100 * 0.1 / 1.3, 1e-9);  // the equal-steps delta is still shown
+  EXPECT_NE(cc.evidence.find("at equal compute"), std::string::npos) << cc.evidence;
+  EXPECT_NE(render_text(at_c).find("val_bpb at equal training FLOPs"), std::string::npos);
+  EXPECT_EQ(plan_info_from_json(plan_info_json(s.plan)).rule.compare_at, "compute");
+  // Without costs (older ledgers) nothing is made up: no equal-compute delta, and no verdict on it.
+  for (auto& r : s.runs) r.flops_per_token = NAN;
+  EXPECT_TRUE(std::isnan(find_card(s.card(), "big").eq_delta_pct));
+  EXPECT_EQ(find_card(s.card(), "big").verdict, "inconclusive");
 }

@@ -54,6 +54,10 @@ int cmd_ablate(const Args& a) {
   o.backend = a.str("backend");
   o.poll_s = a.f64("poll");
   o.sbatch = a.str("sbatch");
+  o.decide = a.flag("decide");
+  o.max_seeds = a.i64("max-seeds");
+  SLM_CHECK(o.max_seeds >= 0 && o.max_seeds <= 64, "ablate: --max-seeds ", o.max_seeds, " is outside [0, 64]");
+  SLM_CHECK(o.decide || o.max_seeds == 0, "ablate: --max-seeds is --decide's budget; add --decide, or set [rule] max_seeds in the plan");
   return engine::ablate(o);
 }
 

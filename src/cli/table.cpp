@@ -51,6 +51,8 @@ const std::vector<OptionSpec>& option_table() {
       {"threads", "ablate", OptType::Int, "0", "N", "total threads for all jobs, 0 = all cores"},
       {"backend", "ablate", OptType::String, "local", "NAME", "local (child processes) or slurm (one sbatch job per run, requeued on preemption)"},
       {"poll", "ablate", OptType::Float, "2", "SECONDS", "slurm: how often squeue is asked which jobs are still queued"},
+      {"decide", "ablate", OptType::Flag, "", "", "after the plan's runs, give inconclusive experiments whose delta is within reach one more seed per wave (and their base when it has fewer) until decided or --max-seeds"},
+      {"max-seeds", "ablate", OptType::Int, "0", "N", "--decide's budget: seeds per experiment at most (0: the plan's [rule] max_seeds, else 6)"},
       {"sbatch", "ablate", OptType::String, "", "ARGS", "slurm: extra sbatch arguments, space separated (e.g. '--partition=cpu --time=2:00:00')"},
       {"data", "demo|train|ablate", OptType::String, "data/cpp-local", "DATA_DIR", "data set (the demo builds it if missing)"},
       {"plan", "report", OptType::String, "", "PLAN", "a plan name in the ledger or a plan .toml (default: every plan)"},

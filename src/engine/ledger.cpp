@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/hash.h"
+#include <nlohmann/json.hpp>
 
 namespace slm::engine {
 
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS runs (
   best_val_bpb REAL, best_step INTEGER, final_val_bpb REAL, tokens_per_second REAL, step_ms REAL,
   peak_rss_bytes INTEGER, best_in_spike INTEGER NOT NULL DEFAULT 0,
   code_id TEXT NOT NULL DEFAULT '', -- hash of the training sources of the binary that ran it (version.h)
+  cost_json TEXT NOT NULL DEFAULT '', -- params, active params, FLOPs/token, tokens, wall seconds ('' = unknown)
   row_sum TEXT,                   -- checksum of every column above (Ledger::seal_run)
   updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
@@ -116,11 +118,49 @@ struct Stmt {
 const char* kRunColumns =
     "run_id, plan, phase, experiment, seed, run_dir, status, reason, manual_invalid, substrate_id, "
     "data_fingerprint, git_commit, config_json, attempts, has_summary, best_val_bpb, best_step, final_val_bpb, "
-    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike, code_id";
-// A row without a code id (written before it was recorded) is sealed over the first 22 columns, so
-// the checksums of older ledgers still hold.
-constexpr int kNRunColumns = 23;
-int n_sealed(const Stmt& row) { return row.col_text(kNRunColumns - 1).empty() ? kNRunColumns - 1 : kNRunColumns; }
+    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike, code_id, cost_json";
+// A row without a code id (written before it was recorded) is sealed over the first 22 columns, one
+// without costs over the first 23 (or 22), so the checksums of older ledgers still hold.
+constexpr int kNRunColumns = 24;
+int n_sealed(const Stmt& row) {
+  if (!row.col_text(kNRunColumns - 1).empty()) return kNRunColumns;
+  return row.col_text(kNRunColumns - 2).empty() ? kNRunColumns - 2 : kNRunColumns - 1;
+}
+
+// The cost columns as one JSON object ("" when nothing is known); the ledger stays one column wider only.
+std::string cost_text(const RunRow& r) {
+  if (r.n_params <= 0 && !std::isfinite(r.flops_per_token) && !std::isfinite(r.tokens) && !std::isfinite(r.wall_seconds))
+    return "";
+  nlohmann::json j;
+  auto put = [&](const char* k, double v) {
+    if (std::isfinite(v)) j[k] = v;
+  };
+  if (r.n_params > 0) j["n_params"] = r.n_params;
+  if (r.active_params > 0) j["active_params"] = r.active_params;
+  if (r.steps > 0) j["steps"] = r.steps;
+  put("flops_per_token", r.flops_per_token);
+  put("tokens", r.tokens);
+  put("wall_seconds", r.wall_seconds);
+  put("train_flops", r.train_flops);
+  return j.dump();
+}
+
+void read_cost(RunRow& r, const std::string& text) {
+  if (text.empty()) return;
+  try {
+    auto j = nlohmann::json::parse(text);
+    auto num = [&](const char* k) { return j.contains(k) && j[k].is_number() ? j[k].get<double>() : NAN; };
+    r.n_params = j.contains("n_params") && j["n_params"].is_number() ? j["n_params"].get<int64_t>() : 0;
+    r.active_params = j.contains("active_params") && j["active_params"].is_number() ? j["active_params"].get<int64_t>() : 0;
+    r.steps = j.contains("steps") && j["steps"].is_number() ? j["steps"].get<int64_t>() : 0;
+    r.flops_per_token = num("flops_per_token");
+    r.tokens = num("tokens");
+    r.wall_seconds = num("wall_seconds");
+    r.train_flops = num("train_flops");
+  } catch (const nlohmann::json::exception&) {
+    // sealed with the row: a checksum failure reports it; unparsable text here means unknown cost
+  }
+}
 
 }  // namespace
 
@@ -168,6 +208,11 @@ Ledger::Ledger(const std::string& path) : path_(path) {
     {
       Stmt info(db_, "SELECT 1 FROM pragma_table_info('runs') WHERE name='code_id'");
       if (!info.step(db_)) exec("ALTER TABLE runs ADD COLUMN code_id TEXT NOT NULL DEFAULT ''");
+    }
+    // ... and from before costs (empty: unknown).
+    {
+      Stmt info(db_, "SELECT 1 FROM pragma_table_info('runs') WHERE name='cost_json'");
+      if (!info.step(db_)) exec("ALTER TABLE runs ADD COLUMN cost_json TEXT NOT NULL DEFAULT ''");
     }
     // A ledger from before row checksums: add the column and seal what is there (trusted once).
     for (const char* table : {"runs", "evals"}) {
@@ -243,12 +288,12 @@ void Ledger::upsert(const RunRow& r) {
     Stmt st(db_,
             "INSERT INTO runs (run_id, plan, phase, experiment, seed, run_dir, status, reason, substrate_id, "
             "data_fingerprint, git_commit, config_json, attempts, has_summary, best_val_bpb, best_step, final_val_bpb, "
-            "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike, code_id) "
-            "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?23) "
+            "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike, code_id, cost_json) "
+            "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?23,?24) "
             "ON CONFLICT(run_id) DO UPDATE SET plan=?2, phase=?3, experiment=?4, seed=?5, run_dir=?6, "
             "status=CASE WHEN ?22 THEN status ELSE ?7 END, reason=CASE WHEN ?22 THEN reason ELSE ?8 END, substrate_id=?9, data_fingerprint=?10, git_commit=?11, config_json=?12, attempts=?13, "
             "has_summary=?14, best_val_bpb=?15, best_step=?16, final_val_bpb=?17, tokens_per_second=?18, step_ms=?19, "
-            "peak_rss_bytes=?20, best_in_spike=?21, code_id=?23, updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')");
+            "peak_rss_bytes=?20, best_in_spike=?21, code_id=?23, cost_json=?24, updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')");
     st.text(1, r.run_id).text(2, r.plan).text(3, r.phase).text(4, r.experiment).i64(5, r.seed).text(6, r.run_dir);
     st.text(7, status_name(r.status)).text(8, r.reason).text(9, r.substrate_id).text(10, r.data_fingerprint);
     st.text(11, r.git_commit).text(12, r.config_json).i64(13, r.attempts).i64(14, r.has_summary);
@@ -259,6 +304,7 @@ void Ledger::upsert(const RunRow& r) {
       st.null(15).null(16).null(17).null(18).null(19).null(20);
     }
     st.i64(21, r.best_in_spike).i64(22, r.manual_invalid).text(23, r.code_id);  // a manual overlay is not the run's own status
+    st.text(24, r.has_summary ? cost_text(r) : "");
     st.step(db_);
     seal_run(r.run_id);
   });
@@ -317,7 +363,7 @@ namespace {
 const char* kSelect =
     "SELECT run_id, plan, phase, experiment, seed, run_dir, status, reason, manual_invalid, substrate_id, "
     "data_fingerprint, git_commit, config_json, attempts, has_summary, best_val_bpb, best_step, final_val_bpb, "
-    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike, code_id, row_sum FROM runs ";
+    "tokens_per_second, step_ms, peak_rss_bytes, best_in_spike, code_id, cost_json, row_sum FROM runs ";
 
 // A row as reports see it: a manual invalidation overrides the recorded status, with its reason.
 RunRow read_row(const Stmt& st) {
@@ -349,6 +395,7 @@ RunRow read_row(const Stmt& st) {
   r.peak_rss_bytes = st.col_i64(20);
   r.best_in_spike = st.col_i64(21) != 0;
   r.code_id = st.col_text(22);
+  read_cost(r, st.col_text(23));
   // A row whose checksum fails was altered after it was written (a flipped bit, a hand edit): its
   // numbers are not used, loudly.
   if (st.col_text(kNRunColumns) != st.sum(0, n_sealed(st))) {

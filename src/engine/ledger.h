@@ -5,6 +5,7 @@
 // Every row of runs and evals carries a checksum of its columns, so a row altered after it was
 // written (a flipped bit, a hand edit) reads back as INVALID with that reason, never as a number.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -34,6 +35,13 @@ struct RunRow {
   double best_val_bpb = 0, final_val_bpb = 0, tokens_per_second = 0, step_ms = 0;
   int64_t best_step = -1, peak_rss_bytes = 0;
   bool has_summary = false;
+  // Cost (issue 21 §2), from summary.json: total and active parameters (active: what a token uses;
+  // MoE's unrouted experts are not), training FLOPs per token of the model as it ran at the end
+  // (DSA's sparse stage, MoD's routed fraction, skipped branches), tokens seen, wall seconds.
+  // 0 / NaN when unknown (runs recorded before costs were).
+  int64_t n_params = 0, active_params = 0, steps = 0;
+  double flops_per_token = NAN, tokens = NAN, wall_seconds = NAN;
+  double train_flops = NAN;  // every step at the FLOPs per token of what ran in it (NaN: unknown)
   bool best_in_spike = false;  // the best checkpoint was saved inside a loss spike
   bool manual_invalid = false; // status/reason come from `slmlab invalidate`, overlaid on the run's own
 };

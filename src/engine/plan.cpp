@@ -119,18 +119,30 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, co
   }
   if (auto r = toml_read::get_table(t, "rule", path, errors)) {
     const std::string rw = path + " [rule]";
-    check_keys(*r, {"metric", "k_noise", "min_rel_delta", "provisional_factor", "max_retries", "allow_mixed_code"}, rw, errors);
+    check_keys(*r, {"metric", "k_noise", "min_rel_delta", "provisional_factor", "max_retries", "allow_mixed_code", "correction",
+                     "max_seeds", "unstable_decides", "compare_at"}, rw, errors);
     plan.rule.metric = get<std::string>(*r, "metric", rw, errors).value_or(plan.rule.metric);
     plan.rule.k_noise = get<double>(*r, "k_noise", rw, errors).value_or(plan.rule.k_noise);
     plan.rule.min_rel_delta = get<double>(*r, "min_rel_delta", rw, errors).value_or(plan.rule.min_rel_delta);
     plan.rule.provisional_factor = get<double>(*r, "provisional_factor", rw, errors).value_or(plan.rule.provisional_factor);
     plan.rule.max_retries = get<int64_t>(*r, "max_retries", rw, errors).value_or(plan.rule.max_retries);
     plan.rule.allow_mixed_code = get<bool>(*r, "allow_mixed_code", rw, errors).value_or(plan.rule.allow_mixed_code);
+    plan.rule.correction = get<std::string>(*r, "correction", rw, errors).value_or(plan.rule.correction);
+    plan.rule.max_seeds = get<int64_t>(*r, "max_seeds", rw, errors).value_or(plan.rule.max_seeds);
+    plan.rule.unstable_decides = get<bool>(*r, "unstable_decides", rw, errors).value_or(plan.rule.unstable_decides);
+    plan.rule.compare_at = get<std::string>(*r, "compare_at", rw, errors).value_or(plan.rule.compare_at);
   }
   if (plan.rule.metric != "val_bpb") errors.push_back(path + " [rule]: metric '" + plan.rule.metric + "' is not supported; use val_bpb");
   if (!(plan.rule.k_noise >= 0)) errors.push_back(path + " [rule]: k_noise must be >= 0");
   if (!(plan.rule.min_rel_delta >= 0 && plan.rule.min_rel_delta < 1)) errors.push_back(path + " [rule]: min_rel_delta must be in [0, 1)");
   if (!(plan.rule.provisional_factor > 1)) errors.push_back(path + " [rule]: provisional_factor must be > 1");
+  if (plan.rule.correction != "none" && plan.rule.correction != "holm" && plan.rule.correction != "bh")
+    errors.push_back(path + " [rule]: correction '" + toml_read::printable(plan.rule.correction) +
+                     "' is not one of none, holm (family-wise error rate), bh (false-discovery rate)");
+  if (plan.rule.compare_at != "steps" && plan.rule.compare_at != "compute")
+    errors.push_back(path + " [rule]: compare_at '" + toml_read::printable(plan.rule.compare_at) +
+                     "' is not one of steps (best val_bpb at equal steps), compute (at equal training FLOPs)");
+  if (plan.rule.max_seeds < 0 || plan.rule.max_seeds > 64) errors.push_back(path + " [rule]: max_seeds must be in [0, 64] (0: no extra seeds)");
   if (plan.rule.max_retries < 0 || plan.rule.max_retries > 100) errors.push_back(path + " [rule]: max_retries must be in [0, 100]");
 
   auto phases = toml_read::get_array(t, "phases", path, errors);

@@ -12,11 +12,17 @@
 
 namespace slm::engine {
 
-// A module keeps its place only when its improvement over its base exceeds both k x the noise
-// (sd of seed replicas) and a minimum relative delta. Lower val_bpb is better.
+// A module keeps its place only when its improvement over its base is significant (Welch's t per
+// comparison, at the two-sided rate k_noise implies for a normal: 2 P(Z > k), 4.55% at k = 2,
+// corrected for repeated looks and, when asked, for the number of comparisons in the phase) and
+// exceeds a minimum relative delta. Lower val_bpb is better. engine/scorecard.h has the details.
 struct DecisionRule {
   std::string metric = "val_bpb";
   double k_noise = 2.0;
+  std::string correction = "none";  // none | holm (family-wise rate) | bh (false-discovery rate), per phase
+  int64_t max_seeds = 0;            // `ablate --decide` budget per experiment (0: no extra seeds, one look)
+  bool unstable_decides = true;
+  std::string compare_at = "steps";  // steps (best val_bpb) | compute (at equal training FLOPs, interpolated)     // an unstable run (final worse than best by > the noise floor) still counts
   double min_rel_delta = 0.005;     // 0.5%
   double provisional_factor = 3.0;  // step time above factor x the phase median: provisional
   int64_t max_retries = 2;          // a failed run is retried this often, then FAILED

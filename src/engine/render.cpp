@@ -50,13 +50,36 @@ std::string noise_text(const Group& g) {
          std::to_string(g.noise_experiments) + " experiment" + (g.noise_experiments > 1 ? "s" : "");
 }
 
-std::string rule_text(const DecisionRule& r) {
+std::string rule_text(const Scorecard& s) {
+  const DecisionRule& r = s.plan.rule;
   std::ostringstream os;
-  os << "rule: " << r.metric << ", lower is better; keep when the gain over the base exceeds " << r.k_noise
-     << " x noise and " << fixed_text(100 * r.min_rel_delta, 2) << "%; provisional above " << r.provisional_factor
-     << "x the phase's median step time";
+  os << "rule: " << r.metric << (r.compare_at == "compute" ? " at equal training FLOPs (interpolated on the eval curves)" : " at equal steps")
+     << ", lower is better; Welch t per comparison (each arm's own seed variance; an arm with "
+     << "one counted run borrows the substrate's pooled sd), decided at two-sided alpha " << fixed_text(100 * s.alpha, 2)
+     << "% (k_noise " << r.k_noise << " -> " << fixed_text(100 * rule_alpha(r), 2) << "%";
+  if (s.looks > 1) os << " / " << s.looks << " looks: --decide up to " << r.max_seeds << " seeds, Bonferroni over looks";
+  os << "); correction " << r.correction
+     << (r.correction == "holm" ? " (family-wise rate per phase)" : r.correction == "bh" ? " (false-discovery rate per phase)" : "")
+     << "; keep also needs " << fixed_text(100 * r.min_rel_delta, 2) << "%; provisional above " << r.provisional_factor
+     << "x the phase's median step time; unstable runs " << (r.unstable_decides ? "decide (flagged)" : "do not decide");
   if (r.allow_mixed_code) os << "; allow_mixed_code: runs of different builds are compared";
   return os.str();
+}
+
+std::string family_text(const Scorecard& s, const Group& g) {
+  std::string out;
+  for (auto& f : g.families) {
+    out += (out.empty() ? "" : "; ") + std::string("phase ") + f.phase + ": " + std::to_string(f.m) + " comparison" +
+           (f.m > 1 ? "s" : "") + ", ";
+    if (s.plan.rule.correction == "none")
+      out += "chance that some null among them is called keep/park/drop: " + fixed_text(100 * f.rate, 1) +
+             "% (1 - (1 - alpha)^m, independent comparisons)";
+    else if (s.plan.rule.correction == "holm")
+      out += "family-wise false-verdict rate at most " + fixed_text(100 * f.rate, 2) + "% (Holm)";
+    else
+      out += "false-discovery rate at most " + fixed_text(100 * f.rate, 2) + "% (Benjamini-Hochberg; family-wise when all are null)";
+  }
+  return out.empty() ? "" : "false verdicts: " + out;
 }
 
 std::string mean_text(const Card& c) {
@@ -72,6 +95,7 @@ std::string run_value_text(const RunView& v) {
 std::string run_status_text(const RunView& v) {
   std::string s = status_name(v.row.status);
   if (v.provisional) s += ", provisional (" + fixed_text(v.step_ratio, 1) + "x median step)";
+  if (v.unstable) s += ", unstable (final +" + fixed_text(v.drift) + " over best)";
   return s;
 }
 
@@ -88,6 +112,20 @@ std::string run_reason(const RunView& v) {
   for (const std::string& part : {v.note, run_compiles(v)})
     if (!part.empty()) why += (why.empty() ? "" : "; ") + part;
   return why;
+}
+
+std::string cost_ratio_text(const Card& c) {
+  if (!std::isfinite(c.params_x) && !std::isfinite(c.flops_x) && !std::isfinite(c.wall_x)) return "-";
+  std::string s = "params " + fixed_text(c.params_x, 2) + "x";
+  if (std::isfinite(c.active_x) && std::fabs(c.active_x - c.params_x) > 1e-9) s += " (active " + fixed_text(c.active_x, 2) + "x)";
+  return s + ", FLOPs/tok " + fixed_text(c.flops_x, 2) + "x, wall " + fixed_text(c.wall_x, 2) + "x";
+}
+
+std::string equal_compute_text(const Card& c) {
+  if (!std::isfinite(c.eq_delta_pct)) return "-";
+  std::ostringstream os;
+  os << pct_text(c.eq_delta_pct) << " @ " << std::setprecision(3) << c.eq_flops << " FLOPs (interpolated)";
+  return os.str();
 }
 
 std::string stack_text(const Card& c) {
@@ -148,19 +186,24 @@ std::string one_line(std::string s) {
 std::string render_text(const Scorecard& s) {
   std::ostringstream os;
   os << "plan " << one_line(s.plan.name) << (s.plan.description.empty() ? "" : " -- " + one_line(s.plan.description))
-     << "\n" << rule_text(s.plan.rule) << "\n";
+     << "\n" << rule_text(s) << "\n";
   if (s.groups.empty()) os << "\nno runs in the ledger for this plan yet\n";
   for (size_t gi = 0; gi < s.groups.size(); ++gi) {
     const Group& g = s.groups[gi];
-    os << "\n" << group_title(s, gi) << "\n" << noise_text(g) << "\n\n";
+    os << "\n" << group_title(s, gi) << "\n" << noise_text(g) << "\n";
+    if (!family_text(s, g).empty()) os << family_text(s, g) << "\n";
+    os << "\n";
     Table t;
     bool any_compile = false;
     for (auto& c : g.cards) any_compile |= c.compile_n > 0 || c.compile_spiked > 0;
-    t.rows.push_back({"phase", "experiment", "base", "n", "val_bpb mean +- sd", "delta", "verdict"});
+    t.rows.push_back({"phase", "experiment", "base", "n", "val_bpb mean +- sd", "delta", "verdict", "cost vs base",
+                      "delta at equal compute"});
     if (any_compile) t.rows[0].push_back("compile rate");
     for (auto& c : g.cards) {
       t.rows.push_back({one_line(c.phase), one_line(c.id), c.base.empty() ? "-" : one_line(c.base), std::to_string(c.n),
-                        mean_text(c), pct_text(c.delta_pct), c.verdict});
+                        mean_text(c), pct_text(c.delta_pct),
+                        c.verdict + (c.unstable ? " (" + std::to_string(c.unstable) + " unstable)" : ""),
+                        c.base.empty() ? "-" : cost_ratio_text(c), c.base.empty() ? "-" : equal_compute_text(c)});
       if (any_compile) t.rows.back().push_back(card_compile(c));
     }
     os << t.str("  ") << "\n";
@@ -211,17 +254,20 @@ std::string render_markdown(const Scorecard& s) {
   std::ostringstream os;
   os << "# Plan " << md_escape(s.plan.name) << "\n\n";
   if (!s.plan.description.empty()) os << md_escape(s.plan.description) << "\n\n";
-  os << md_escape(rule_text(s.plan.rule)) << "\n";
+  os << md_escape(rule_text(s)) << "\n";
   for (size_t gi = 0; gi < s.groups.size(); ++gi) {
     const Group& g = s.groups[gi];
     os << "\n## " << md_escape(group_title(s, gi)) << "\n\n" << md_escape(noise_text(g)) << "\n\n";
-    os << "| phase | experiment | base | n | val_bpb mean ± sd | delta | verdict | compile rate | evidence |\n";
-    os << "|---|---|---|---:|---:|---:|---|---|---|\n";
+    if (!family_text(s, g).empty()) os << md_escape(family_text(s, g)) << "\n\n";
+    os << "| phase | experiment | base | n | val_bpb mean ± sd | delta | verdict | cost vs base | delta at equal compute | compile rate | evidence |\n";
+    os << "|---|---|---|---:|---:|---:|---|---|---|---|---|\n";
     for (auto& c : g.cards) {
       std::string ev = c.evidence + (stack_text(c).empty() ? "" : "; " + stack_text(c));
       os << "| " << md_escape(c.phase) << " | " << md_escape(c.id) << " | " << md_escape(c.base.empty() ? "-" : c.base)
          << " | " << c.n << " | " << md_escape(mean_text(c)) << " | " << pct_text(c.delta_pct) << " | **" << c.verdict
-         << "** | " << card_compile(c) << " | " << md_escape(ev) << " |\n";
+         << "**" << (c.unstable ? " (" + std::to_string(c.unstable) + " unstable)" : "") << " | "
+         << md_escape(c.base.empty() ? "-" : cost_ratio_text(c)) << " | " << md_escape(c.base.empty() ? "-" : equal_compute_text(c))
+         << " | " << card_compile(c) << " | " << md_escape(ev) << " |\n";
     }
     os << "\n| run | status | best val_bpb @ step | final | ms/step | reason |\n|---|---|---:|---:|---:|---|\n";
     for (auto& c : g.cards)
@@ -238,7 +284,9 @@ std::string render_csv(const Scorecard& s) {
   std::ostringstream os;
   os << "plan,substrate_id,data_fingerprint,phase,experiment,base,modules,seed,run_id,status,reason,counted,"
         "provisional,best_val_bpb,best_step,used_val_bpb,used_step,final_val_bpb,step_ms,tokens_per_second,"
-        "exp_n,exp_mean,exp_sd,delta_pct,verdict,noise_sd,exp_compile_k,exp_compile_n,git_commit,code_id\n";
+        "exp_n,exp_mean,exp_sd,delta_pct,verdict,noise_sd,exp_compile_k,exp_compile_n,git_commit,code_id,"
+        "unstable,p,p_adj,alpha,welch_df,n_params,active_params,flops_per_token,tokens,wall_seconds,"
+        "params_x,active_x,flops_x,wall_x,equal_compute_flops,equal_compute_delta_pct\n";
   auto num = [](double x) {
     if (!std::isfinite(x)) return std::string();
     std::ostringstream o;
@@ -258,7 +306,12 @@ std::string render_csv(const Scorecard& s) {
                                       v.value_step >= 0 ? std::to_string(v.value_step) : "", num(r.final_val_bpb),
                                       num(r.step_ms), num(r.tokens_per_second), std::to_string(c.n), num(c.mean),
                                       num(c.sd), num(c.delta_pct), c.verdict, num(g.noise_sd),
-                                      std::to_string(c.compile_k), std::to_string(c.compile_n), r.git_commit, r.code_id};
+                                      std::to_string(c.compile_k), std::to_string(c.compile_n), r.git_commit, r.code_id,
+                                      v.unstable ? "1" : "0", num(c.p), num(c.p_adj), num(c.alpha), num(c.df),
+                                      r.n_params > 0 ? std::to_string(r.n_params) : "",
+                                      r.active_params > 0 ? std::to_string(r.active_params) : "", num(r.flops_per_token),
+                                      num(r.tokens), num(r.wall_seconds), num(c.params_x), num(c.active_x), num(c.flops_x),
+                                      num(c.wall_x), num(c.eq_flops), num(c.eq_delta_pct)};
         for (size_t i = 0; i < f.size(); ++i) os << (i ? "," : "") << csv_field(f[i]);
         os << "\n";
       }

@@ -18,12 +18,15 @@ namespace phrase {
 std::string short_id(const std::string& id);            // a substrate id cut to 16, or "(not reported)"
 std::string group_title(const Scorecard& s, size_t i);  // "substrate ... (data ...)"
 std::string noise_text(const Group& g);                 // the noise floor and what it rests on
-std::string rule_text(const DecisionRule& r);           // the decision rule in one sentence
+std::string rule_text(const Scorecard& s);              // the decision rule in one sentence
+std::string family_text(const Scorecard& s, const Group& g);  // per phase: the false-verdict rate the rule implies
 std::string mean_text(const Card& c);                   // "mean +- sd"
 std::string run_value_text(const RunView& v);           // "value @ step"
 std::string run_status_text(const RunView& v);          // status, with the provisional ratio
 std::string card_compile(const Card& c);                // pooled compile rate with its interval
 std::string run_reason(const RunView& v);               // status reason, spike note, compile rates
+std::string cost_ratio_text(const Card& c);             // "params 1.78x, FLOPs/tok 1.10x, wall 1.25x" vs the base
+std::string equal_compute_text(const Card& c);          // the delta at equal training FLOPs, labelled interpolated
 std::string stack_text(const Card& c);                  // stacking: predicted vs measured
 std::string html_escape(const std::string& s);          // & < > " ' as entities
 }  // namespace phrase

@@ -121,14 +121,16 @@ std::string render_html(const Scorecard& s) {
      << "</style></head><body>\n";
   os << "<h1>Plan " << html_escape(s.plan.name) << "</h1>\n";
   if (!s.plan.description.empty()) os << "<p>" << html_escape(s.plan.description) << "</p>\n";
-  os << "<p class=\"muted\">" << html_escape(rule_text(s.plan.rule)) << "</p>\n";
+  os << "<p class=\"muted\">" << html_escape(rule_text(s)) << "</p>\n";
   if (s.groups.empty()) os << "<p>No runs in the ledger for this plan yet.</p>\n";
   for (size_t gi = 0; gi < s.groups.size(); ++gi) {
     const Group& g = s.groups[gi];
     os << "<h2>" << html_escape(group_title(s, gi)) << "</h2>\n<p class=\"muted\">" << html_escape(noise_text(g))
        << "</p>\n";
+    if (!family_text(s, g).empty()) os << "<p class=\"muted\">" << html_escape(family_text(s, g)) << "</p>\n";
     os << "<table><tr><th>phase</th><th>experiment</th><th>base</th><th>modules</th><th>n</th><th>val_bpb mean ± sd</th>"
-          "<th>delta</th><th>verdict</th><th>compile rate</th><th>evidence</th></tr>\n";
+          "<th>delta</th><th>verdict</th><th>cost vs base</th><th>delta at equal compute</th><th>compile rate</th>"
+          "<th>evidence</th></tr>\n";
     for (auto& c : g.cards) {
       std::string mods;
       for (auto& m : c.modules) {  // the name, with every resolved argument folded under it (no script needed)
@@ -140,7 +142,9 @@ std::string render_html(const Scorecard& s) {
          << html_escape(c.base.empty() ? "-" : c.base) << "</td><td>" << (mods.empty() ? "(baseline)" : mods)
          << "</td><td class=\"num\">" << c.n << "</td><td class=\"num\">" << html_escape(mean_text(c))
          << "</td><td class=\"num\">" << pct_text(c.delta_pct) << "</td><td class=\"" << c.verdict << "\"><b>" << c.verdict
-         << "</b></td><td>" << card_compile(c) << "</td><td class=\"ev\">" << html_escape(c.evidence)
+         << "</b>" << (c.unstable ? " (" + std::to_string(c.unstable) + " unstable)" : "") << "</td><td>"
+         << html_escape(c.base.empty() ? "-" : cost_ratio_text(c)) << "</td><td>"
+         << html_escape(c.base.empty() ? "-" : equal_compute_text(c)) << "</td><td>" << card_compile(c) << "</td><td class=\"ev\">" << html_escape(c.evidence)
          << (stack_text(c).empty() ? "" : "<br>" + html_escape(stack_text(c))) << "</td></tr>\n";
     }
     os << "</table>\n";

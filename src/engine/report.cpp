@@ -1,5 +1,6 @@
 #include "engine/report.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -43,7 +44,11 @@ std::string plan_info_json(const PlanInfo& p) {
               {"min_rel_delta", p.rule.min_rel_delta},
               {"provisional_factor", p.rule.provisional_factor},
               {"max_retries", p.rule.max_retries},
-              {"allow_mixed_code", p.rule.allow_mixed_code}}}};
+              {"allow_mixed_code", p.rule.allow_mixed_code},
+              {"correction", p.rule.correction},
+              {"max_seeds", p.rule.max_seeds},
+              {"unstable_decides", p.rule.unstable_decides},
+              {"compare_at", p.rule.compare_at}}}};
   j["experiments"] = json::array();
   for (auto& e : p.experiments)
     j["experiments"].push_back({{"id", e.id}, {"phase", e.phase}, {"base", e.base}, {"notes", e.notes},
@@ -66,6 +71,10 @@ PlanInfo plan_info_from_json(const std::string& text) {
     p.rule.provisional_factor = r.value("provisional_factor", 3.0);
     p.rule.max_retries = r.value("max_retries", int64_t(2));
     p.rule.allow_mixed_code = r.value("allow_mixed_code", false);
+    p.rule.correction = r.value("correction", "none");
+    p.rule.max_seeds = r.value("max_seeds", int64_t(0));
+    p.rule.unstable_decides = r.value("unstable_decides", true);
+    p.rule.compare_at = r.value("compare_at", "steps");
     for (auto& e : j.at("experiments"))
       p.experiments.push_back({e.at("id").get<std::string>(), e.value("phase", ""), e.value("base", ""),
                                e.value("notes", ""), e.value("modules", std::vector<std::string>{}),
@@ -86,7 +95,11 @@ int report(const ReportOptions& o) {
   Ledger ledger(o.ledger);
   std::vector<PlanInfo> plans;
   if (!o.plan.empty() && o.plan.find(".toml") != std::string::npos) {
-    plans.push_back(plan_info(load_plan(o.plan)));
+    PlanInfo p = plan_info(load_plan(o.plan));
+    // --decide's budget lives in the ledger's copy of the rule: the looks it allowed still count.
+    if (auto spec = ledger.plan_spec(p.name))
+      p.rule.max_seeds = std::max(p.rule.max_seeds, plan_info_from_json(*spec).rule.max_seeds);
+    plans.push_back(p);
   } else {
     std::vector<std::string> names = o.plan.empty() ? ledger.plan_names() : std::vector<std::string>{o.plan};
     SLM_CHECK(!names.empty(), "report: the ledger ", o.ledger, " has no runs yet");

@@ -146,6 +146,13 @@ RunRow ingest(RunRow row, std::vector<EvalPoint>& evals, std::string& bad_summar
     row.tokens_per_second = num("tokens_per_second");
     row.step_ms = num("step_ms");
     row.peak_rss_bytes = s.value("peak_rss_bytes", int64_t(0));
+    row.n_params = s["n_params"].is_number() ? s["n_params"].get<int64_t>() : 0;
+    row.active_params = s["active_params"].is_number() ? s["active_params"].get<int64_t>() : 0;
+    row.steps = s["step"].is_number() ? s["step"].get<int64_t>() : 0;
+    row.flops_per_token = num("flops_per_token");
+    row.tokens = num("tokens");
+    row.wall_seconds = num("wall_seconds");
+    row.train_flops = num("train_flops");
     row.best_in_spike = spike_at.count(row.best_step) && spike_at[row.best_step];
   } catch (const json::exception& x) {  // a value of the wrong type
     row.has_summary = false;
@@ -197,14 +204,23 @@ std::string list_text(const std::vector<std::string>& v) {
   return "[" + out + "]";
 }
 
+// An experiment's seeds: the plan's, then those `--decide` added earlier (in the ledger, not the plan).
+std::vector<int64_t> all_seeds(const Experiment& e, const std::vector<RunRow>& rows) {
+  std::vector<int64_t> seeds = e.seeds;
+  for (auto& r : rows)
+    if (r.experiment == e.id && std::find(seeds.begin(), seeds.end(), r.seed) == seeds.end()) seeds.push_back(r.seed);
+  return seeds;
+}
+
 // A finished run counts for its experiment only if it ran the modules the plan resolves to now: a
 // plan edited in place, or a module default changed since, would otherwise score old numbers under
 // a new definition. Checked before anything runs and before the plan is saved again.
 void refuse_stale_runs(const Plan& plan, Ledger& ledger) {
+  const auto rows = ledger.runs(plan.name);
   for (auto& e : plan.experiments) {
     std::vector<std::string> want;
     for (auto& m : e.effective) want.push_back(catalog::arg_text(m));
-    for (int64_t seed : e.seeds) {
+    for (int64_t seed : all_seeds(e, rows)) {
       const std::string id = plan.name + "/" + e.id + "/s" + std::to_string(seed);
       auto row = ledger.get(id);
       if (!row || row->status != Status::Done) continue;
@@ -249,6 +265,16 @@ int ablate(const AblateOptions& opt) {
   LedgerLock lock(opt.ledger);  // before the ledger is opened or any run started
   Ledger ledger(opt.ledger);
   refuse_stale_runs(plan, ledger);
+  // --decide's budget goes into the rule the ledger keeps: reports test at the alpha its looks imply.
+  // A budget once used stays (the larger one), so a later plain ablate cannot undo the correction.
+  if (opt.decide) plan.rule.max_seeds = opt.max_seeds > 0 ? opt.max_seeds : plan.rule.max_seeds > 0 ? plan.rule.max_seeds : kDefaultMaxSeeds;
+  if (auto prev = ledger.plan_spec(plan.name)) {
+    try {
+      plan.rule.max_seeds = std::max(plan.rule.max_seeds, plan_info_from_json(*prev).rule.max_seeds);
+    } catch (const Error&) {
+      // a malformed earlier spec is replaced below
+    }
+  }
   ledger.save_plan(plan.name, plan_info_json(plan_info(plan)));  // reports read bases and the rule from here
   const std::string bin = self_exe();
   std::string substrate = plan.substrate_ref;
@@ -275,32 +301,35 @@ int ablate(const AblateOptions& opt) {
   // Expand and register. Finished (done, INVALID) and exhausted (failed too often) runs stay as they are.
   std::vector<Run> pending;
   size_t n_total = 0, n_final = 0;
-  for (auto& e : plan.experiments)
-    for (int64_t seed : e.seeds) {
-      ++n_total;
-      Run r{plan.name + "/" + e.id + "/s" + std::to_string(seed),
-            fs::join(fs::join(fs::join(opt.runs, plan.name), e.id), "s" + std::to_string(seed)), e.id, e.phase, seed, &e};
-      auto row = ledger.get(r.id);
-      if (!row) {
-        RunRow nr;
-        nr.run_id = r.id;
-        nr.plan = plan.name;
-        nr.phase = e.phase;
-        nr.experiment = e.id;
-        nr.seed = seed;
-        nr.run_dir = r.dir;
-        nr.git_commit = git_commit();
-        ledger.upsert(nr);
-        row = ledger.get(r.id);
-      }
-      const bool finished = row->status == Status::Done || row->status == Status::Invalid;
-      const bool exhausted = row->status == Status::Failed && row->attempts > plan.rule.max_retries;
-      if (finished || exhausted) {
-        ++n_final;
-        continue;
-      }
-      pending.push_back(r);
+  const auto ledger_rows = ledger.runs(plan.name);
+  // Registers one run (a new row is queued); false when it is finished or out of retries.
+  auto enlist = [&](const Experiment& e, int64_t seed) {
+    ++n_total;
+    Run r{plan.name + "/" + e.id + "/s" + std::to_string(seed),
+          fs::join(fs::join(fs::join(opt.runs, plan.name), e.id), "s" + std::to_string(seed)), e.id, e.phase, seed, &e};
+    auto row = ledger.get(r.id);
+    if (!row) {
+      RunRow nr;
+      nr.run_id = r.id;
+      nr.plan = plan.name;
+      nr.phase = e.phase;
+      nr.experiment = e.id;
+      nr.seed = seed;
+      nr.run_dir = r.dir;
+      nr.git_commit = git_commit();
+      ledger.upsert(nr);
+      row = ledger.get(r.id);
     }
+    const bool finished = row->status == Status::Done || row->status == Status::Invalid;
+    const bool exhausted = row->status == Status::Failed && row->attempts > plan.rule.max_retries;
+    if (finished || exhausted) {
+      ++n_final;
+      return;
+    }
+    pending.push_back(r);
+  };
+  for (auto& e : plan.experiments)
+    for (int64_t seed : all_seeds(e, ledger_rows)) enlist(e, seed);
   if (plan.rule.allow_mixed_code)
     std::printf("[ablate] rule allow_mixed_code = true: reports will compare runs of different builds (code id now %s)\n",
                 code_id());
@@ -314,98 +343,125 @@ int ablate(const AblateOptions& opt) {
   double run_seconds = 0;
   size_t runs_timed = 0, wave = 0, n_preempted = 0;
   bool any_failed = false;
-  while (!pending.empty() && !stop_requested) {
-    ++wave;
-    std::vector<Run> batch(pending.begin(), pending.begin() + std::min<size_t>(opt.jobs, pending.size()));
-    pending.erase(pending.begin(), pending.begin() + batch.size());
-    std::map<std::string, Run> live;
-    std::map<std::string, clk::time_point> started;
-    std::map<std::string, std::filesystem::file_time_type> attempt_start;  // for failure_reason
-    for (auto& r : batch) {
-      fs::mkdirs(r.dir);
-      Job job{r.id, path_arg(r.dir), {}, per_job};
-      job.argv = {bin, "train", "--quiet", "--resume", "--data", path_arg(opt.data), "--substrate", path_arg(substrate),
-                  "--out", job.dir, "--threads", std::to_string(per_job), "--set", "seed=" + std::to_string(r.seed)};
-      for (auto& m : r.exp->effective) job.argv.insert(job.argv.end(), {"--module", catalog::arg_text(m)});
-      attempt_start[r.id] = std::filesystem::file_time_type::clock::now();
-      const bool attached = backend->start(job);
-      ledger.set_status(r.id, Status::Running, "", /*count_attempt=*/!attached);
-      live[r.id] = r;
-      started[r.id] = clk::now();
-    }
-    std::printf("[ablate] wave %zu: %zu running (%s%s)\n", wave, live.size(), batch[0].id.c_str(),
-                batch.size() > 1 ? ", ..." : "");
-    std::fflush(stdout);
-    while (!live.empty()) {
-      auto ended = backend->wait_any();
-      if (!ended) break;  // stopped; the backend left its runs running (Slurm)
-      auto it = live.find(ended->run_id);
-      if (it == live.end()) continue;
-      Run r = it->second;
-      live.erase(it);
-      const double secs = std::chrono::duration<double>(clk::now() - started[r.id]).count();
-      RunRow row = *ledger.get(r.id);
-      std::vector<EvalPoint> evals;
-      std::string bad_summary;
-      row = ingest(row, evals, bad_summary);
-      // The build that ran it. A run resumed by another build mixes both: it gets an id of its own,
-      // so reports never count it as either (engine/scorecard.h).
-      if (row.code_id.empty()) row.code_id = code_id();
-      else if (row.code_id.find(code_id()) == std::string::npos) row.code_id += std::string("+") + code_id();
-      ledger.set_evals(r.id, evals);
-      const int code = ended->code;
-      if (!bad_summary.empty() && (code == 0 || code == 3)) {
-        // The trainer ended but left no readable verdict: failed with that reason, never "running".
-        row.status = Status::Failed;
-        row.reason = bad_summary;
-        any_failed = true;
-      } else if (code == 0) {
-        row.status = Status::Done;
-        row.reason = "";
-        run_seconds += secs;
-        ++runs_timed;
-      } else if (code == 3 && summary_status(r.dir) == "INVALID") {
-        // The trainer's own verdict (non-finite loss), with its reason. Exit 3 without it is an
-        // internal error of the trainer: failed, below.
-        row.status = Status::Invalid;
-        std::string why;
-        auto s = read_run_json(fs::join(r.dir, "summary.json"), why);
-        row.reason = s && (*s)["reason"].is_string() ? (*s)["reason"].get<std::string>() : "INVALID";
-      } else if (code == 128 + SIGTERM && (summary_status(r.dir) == "preempted" || stop_requested)) {
-        // Stopped by a signal after checkpointing (ablate stopping, a preemption): not a failure.
-        // When ablate itself passed the signal on, a trainer that had not yet installed its handler
-        // (still loading) dies of it with nothing to save: stopped too, not failed (it resumes from
-        // its last checkpoint, or from the start, like any other).
-        row.status = Status::Queued;
-        row.reason = summary_status(r.dir) == "preempted" ? "preempted: " + last_line(fs::join(r.dir, "train.log"))
-                                                          : "preempted: stopped by ablate before its first checkpoint";
-        row.attempts = std::max<int64_t>(0, row.attempts - 1);
-        ++n_preempted;
-        if (!stop_requested) pending.push_back(r);  // resumes in a later wave
-      } else {
-        row.status = Status::Failed;
-        row.reason = ended->note.empty() ? "exit " + std::to_string(code) + ": " + failure_reason(r.dir, attempt_start[r.id]) : ended->note;
-        if (row.attempts <= plan.rule.max_retries) pending.push_back(r);  // retried in a later wave
-        else any_failed = true;
+  for (size_t decide_round = 0;; ++decide_round) {
+    while (!pending.empty() && !stop_requested) {
+      ++wave;
+      std::vector<Run> batch(pending.begin(), pending.begin() + std::min<size_t>(opt.jobs, pending.size()));
+      pending.erase(pending.begin(), pending.begin() + batch.size());
+      std::map<std::string, Run> live;
+      std::map<std::string, clk::time_point> started;
+      std::map<std::string, std::filesystem::file_time_type> attempt_start;  // for failure_reason
+      for (auto& r : batch) {
+        fs::mkdirs(r.dir);
+        Job job{r.id, path_arg(r.dir), {}, per_job};
+        job.argv = {bin, "train", "--quiet", "--resume", "--data", path_arg(opt.data), "--substrate", path_arg(substrate),
+                    "--out", job.dir, "--threads", std::to_string(per_job), "--set", "seed=" + std::to_string(r.seed)};
+        for (auto& m : r.exp->effective) job.argv.insert(job.argv.end(), {"--module", catalog::arg_text(m)});
+        attempt_start[r.id] = std::filesystem::file_time_type::clock::now();
+        const bool attached = backend->start(job);
+        ledger.set_status(r.id, Status::Running, "", /*count_attempt=*/!attached);
+        live[r.id] = r;
+        started[r.id] = clk::now();
       }
-      ledger.upsert(row);
-      if (row.status != Status::Queued) ++n_final;
-      const double avg = runs_timed ? run_seconds / runs_timed : NAN;
-      const double left_waves = std::ceil(double(pending.size() + live.size()) / opt.jobs);
-      std::printf("[ablate] %s %s%s | done %zu/%zu | wave %zu | elapsed %s | eta %s\n", r.id.c_str(),
-                  status_name(row.status), row.reason.empty() ? "" : (" (" + row.reason + ")").c_str(),
-                  std::min(n_final, n_total), n_total, wave,
-                  human_duration(std::chrono::duration<double>(clk::now() - t0).count()).c_str(), human_duration(avg * left_waves).c_str());
+      std::printf("[ablate] wave %zu: %zu running (%s%s)\n", wave, live.size(), batch[0].id.c_str(),
+                  batch.size() > 1 ? ", ..." : "");
       std::fflush(stdout);
+      while (!live.empty()) {
+        auto ended = backend->wait_any();
+        if (!ended) break;  // stopped; the backend left its runs running (Slurm)
+        auto it = live.find(ended->run_id);
+        if (it == live.end()) continue;
+        Run r = it->second;
+        live.erase(it);
+        const double secs = std::chrono::duration<double>(clk::now() - started[r.id]).count();
+        RunRow row = *ledger.get(r.id);
+        std::vector<EvalPoint> evals;
+        std::string bad_summary;
+        row = ingest(row, evals, bad_summary);
+        // The build that ran it. A run resumed by another build mixes both: it gets an id of its own,
+        // so reports never count it as either (engine/scorecard.h).
+        if (row.code_id.empty()) row.code_id = code_id();
+        else if (row.code_id.find(code_id()) == std::string::npos) row.code_id += std::string("+") + code_id();
+        ledger.set_evals(r.id, evals);
+        const int code = ended->code;
+        if (!bad_summary.empty() && (code == 0 || code == 3)) {
+          // The trainer ended but left no readable verdict: failed with that reason, never "running".
+          row.status = Status::Failed;
+          row.reason = bad_summary;
+          any_failed = true;
+        } else if (code == 0) {
+          row.status = Status::Done;
+          row.reason = "";
+          run_seconds += secs;
+          ++runs_timed;
+        } else if (code == 3 && summary_status(r.dir) == "INVALID") {
+          // The trainer's own verdict (non-finite loss), with its reason. Exit 3 without it is an
+          // internal error of the trainer: failed, below.
+          row.status = Status::Invalid;
+          std::string why;
+          auto s = read_run_json(fs::join(r.dir, "summary.json"), why);
+          row.reason = s && (*s)["reason"].is_string() ? (*s)["reason"].get<std::string>() : "INVALID";
+        } else if (code == 128 + SIGTERM && (summary_status(r.dir) == "preempted" || stop_requested)) {
+          // Stopped by a signal after checkpointing (ablate stopping, a preemption): not a failure.
+          // When ablate itself passed the signal on, a trainer that had not yet installed its handler
+          // (still loading) dies of it with nothing to save: stopped too, not failed (it resumes from
+          // its last checkpoint, or from the start, like any other).
+          row.status = Status::Queued;
+          row.reason = summary_status(r.dir) == "preempted" ? "preempted: " + last_line(fs::join(r.dir, "train.log"))
+                                                            : "preempted: stopped by ablate before its first checkpoint";
+          row.attempts = std::max<int64_t>(0, row.attempts - 1);
+          ++n_preempted;
+          if (!stop_requested) pending.push_back(r);  // resumes in a later wave
+        } else {
+          row.status = Status::Failed;
+          row.reason = ended->note.empty() ? "exit " + std::to_string(code) + ": " + failure_reason(r.dir, attempt_start[r.id]) : ended->note;
+          if (row.attempts <= plan.rule.max_retries) pending.push_back(r);  // retried in a later wave
+          else any_failed = true;
+        }
+        ledger.upsert(row);
+        if (row.status != Status::Queued) ++n_final;
+        const double avg = runs_timed ? run_seconds / runs_timed : NAN;
+        const double left_waves = std::ceil(double(pending.size() + live.size()) / opt.jobs);
+        std::printf("[ablate] %s %s%s | done %zu/%zu | wave %zu | elapsed %s | eta %s\n", r.id.c_str(),
+                    status_name(row.status), row.reason.empty() ? "" : (" (" + row.reason + ")").c_str(),
+                    std::min(n_final, n_total), n_total, wave,
+                    human_duration(std::chrono::duration<double>(clk::now() - t0).count()).c_str(), human_duration(avg * left_waves).c_str());
+        std::fflush(stdout);
+      }
+      if (stop_requested) {
+        for (auto& [id, r] : live) ledger.set_status(id, Status::Running, "ablate stopped; its Slurm job stays queued and the next ablate re-attaches");
+        std::printf("[ablate] stopped by a signal: %zu runs checkpointed%s; run the same command again to %s\n",
+                    n_preempted, live.empty() ? "" : (", " + std::to_string(live.size()) + " Slurm jobs left running").c_str(),
+                    live.empty() ? "resume" : "re-attach and resume");
+        std::fflush(stdout);
+        return 128 + SIGTERM;
+      }
     }
-    if (stop_requested) {
-      for (auto& [id, r] : live) ledger.set_status(id, Status::Running, "ablate stopped; its Slurm job stays queued and the next ablate re-attaches");
-      std::printf("[ablate] stopped by a signal: %zu runs checkpointed%s; run the same command again to %s\n",
-                  n_preempted, live.empty() ? "" : (", " + std::to_string(live.size()) + " Slurm jobs left running").c_str(),
-                  live.empty() ? "resume" : "re-attach and resume");
-      std::fflush(stdout);
-      return 128 + SIGTERM;
+    if (!opt.decide || stop_requested) break;
+    // --decide: look at the verdicts (the ledger's plan, rule and runs, as `report` does) and give
+    // each inconclusive experiment that more seeds could decide one more seed, its base too when
+    // it has fewer. Every look tests at alpha / looks (engine/scorecard.h), so the repeated looks
+    // keep the false keep/park/drop rate under the rule's alpha.
+    const PlanInfo info = plan_info_from_json(*ledger.plan_spec(plan.name));
+    const auto rows = ledger.runs(plan.name);
+    std::map<std::string, std::vector<EvalPoint>> evals;
+    for (auto& r : rows) evals[r.run_id] = ledger.evals(r.run_id);
+    const auto more = seeds_to_add(build_scorecard(info, rows, evals));
+    if (more.empty()) {
+      std::printf("[ablate] decide: every verdict decided, out of reach or at %lld seeds after %zu added wave%s\n",
+                  static_cast<long long>(plan.rule.max_seeds), decide_round, decide_round == 1 ? "" : "s");
+      break;
     }
+    std::string names;
+    for (auto& id : more) {
+      const Experiment* e = plan.find(id);
+      int64_t seed = 0;
+      for (int64_t x : all_seeds(*e, rows)) seed = std::max(seed, x + 1);
+      enlist(*e, seed);
+      names += (names.empty() ? "" : ", ") + id + " s" + std::to_string(seed);
+    }
+    std::printf("[ablate] decide: inconclusive and within reach: one more seed for %s\n", names.c_str());
+    std::fflush(stdout);
   }
   return any_failed ? 1 : 0;
 }

@@ -24,7 +24,15 @@ struct AblateOptions {
   std::string backend = "local";  // local | slurm
   double poll_s = 2;              // slurm: seconds between squeue calls
   std::string sbatch;             // slurm: extra sbatch arguments, space separated
+  // --decide: after the plan's runs, each wave's inconclusive experiments that more seeds could
+  // still decide get one more seed (their base too when it has fewer), until every verdict is
+  // decided or max_seeds is reached (engine/scorecard.h: seeds_to_add, and the looks correction).
+  // The budget is saved into the ledger's copy of the plan's rule, so every report tests at the
+  // alpha the looks imply.
+  bool decide = false;
+  int64_t max_seeds = 0;          // 0: the plan's [rule] max_seeds, else kDefaultMaxSeeds
 };
+constexpr int64_t kDefaultMaxSeeds = 6;
 
 // Returns 0 when every run ended done or INVALID, 1 when some run FAILED after its retries, 143
 // when a signal stopped ablate (nothing lost: the same command resumes).

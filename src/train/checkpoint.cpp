@@ -86,6 +86,7 @@ json TrainState::to_json() const {
           {"n_spikes", spikes.n_spikes},
           {"train_seconds", train_seconds},
           {"tokens", tokens},
+          {"train_flops", train_flops},
           {"loader", {{"epoch", loader.epoch}, {"doc", loader.doc}, {"offset", loader.offset}, {"rows", loader.rows}}}};
 }
 
@@ -102,6 +103,7 @@ TrainState TrainState::from_json(const json& j) {
   s.spikes.n_spikes = j.at("n_spikes");
   s.train_seconds = j.at("train_seconds");
   s.tokens = j.at("tokens");
+  s.train_flops = j.value("train_flops", -1.0);  // older checkpoints: unknown
   auto& l = j.at("loader");
   s.loader = {l.at("epoch"), l.at("doc"), l.at("offset"), l.at("rows")};
   return s;

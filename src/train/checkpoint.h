@@ -53,6 +53,9 @@ struct TrainState {
   SpikeDetector spikes;
   double train_seconds = 0;  // wall time of training steps across resumes
   int64_t tokens = 0;
+  // Training FLOPs of the steps taken, each step at the FLOPs per token of what ran in it (DSA's
+  // dense warm-up, then its sparse stage); -1 when unknown (resumed from a checkpoint before it).
+  double train_flops = 0;
   data::LoaderState loader;
 
   nlohmann::ordered_json to_json() const;  // inf as null (JSON has no inf)

@@ -23,6 +23,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "model/gpt.h"
+#include "model/moe.h"
 #include "train/checkpoint.h"
 #include "train/dist.h"
 #include "train/dry_run.h"
@@ -374,7 +375,14 @@ class Run {
     j["peak_flops_per_device"] = peak / s_.world.size;
     j["peak_rss_bytes"] = device::peak_rss_bytes();
     j["n_params"] = model->n_params();
+    // Active: what one token uses. Only MoE leaves parameters unused per token (its unrouted
+    // experts); MoD, GateSkip and DSA skip compute, not parameters (flops_per_token has that).
+    int64_t unrouted = 0;
+    for (auto& m : model->modules(/*include_self=*/false))
+      if (auto* moe = dynamic_cast<MoeImpl*>(m.get())) unrouted += moe->total_params() - moe->active_params();
+    j["active_params"] = model->n_params() - unrouted;
     j["flops_per_token"] = flops_tok;
+    j["train_flops"] = st.train_flops >= 0 ? json(st.train_flops) : json(nullptr);  // every step as it ran
     j["loss_spikes"] = st.spikes.n_spikes;
     j["world_size"] = s_.world.size;
     if (tp_replicas_equal >= 0) j["tp_replicas_equal"] = tp_replicas_equal;
@@ -545,7 +553,7 @@ class Run {
     flops_tok = model->flops_per_token(sub_.context);  // what ran this step (DSA's stage, ...)
     const double tok_s = sub_.total_batch / dt, mfu = tok_s * flops_tok / peak;
     json rec = {{"step", st.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
-                {"step_ms", 1000 * dt}, {"tok_s", tok_s}, {"mfu", mfu}};
+                {"step_ms", 1000 * dt}, {"tok_s", tok_s}, {"mfu", mfu}, {"flops_tok", flops_tok}};
     if (spike) {
       rec["spike"] = true;
       rec["spike_start"] = st.spikes.spike_start;  // evals written since then were inside it
@@ -691,6 +699,7 @@ int train(const TrainOptions& opt) {
     st.loader = run.loader->state();
     const bool spike = st.spikes.observe(st.step, r.loss);
     run.log_step(r, dt, spike);
+    if (st.train_flops >= 0) st.train_flops += run.flops_tok * static_cast<double>(sub.total_batch);
 
     const bool last = st.step == sub.steps;
     if (last || (sub.eval_every > 0 && st.step % sub.eval_every == 0)) run.eval();
