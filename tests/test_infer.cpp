@@ -350,6 +350,7 @@ TEST(Jacobi, CliEqualsGreedyAndReportsTokensPerForward) {
   }
   for (const auto& [opt, msg] : std::vector<std::pair<std::string, std::string>>{
            {" --decode jacobi --block 0", "jacobi_decode: block is outside [1, 1024]"},
+           {" --decode jacobi --block two", "jacobi_decode: block"},
            {" --decode jacobi --temperature 0.7", "--decode jacobi is greedy"},
            {" --block 4", "--block is Jacobi decoding's"},
            {" --decode beam", "--decode beam is not a method"}}) {

@@ -64,7 +64,7 @@ int cmd_generate(const Args& a) {
     // The row holds the default and the range (catalog/modules/jacobi_decode.cpp).
     std::vector<std::string> errors;
     std::map<std::string, std::string> given;
-    if (a.has("block")) given["block"] = std::to_string(a.i64("block"));
+    if (a.has("block")) given["block"] = a.str("block");  // parsed and range-checked by the row
     const catalog::ModuleArgs j = catalog::resolve("jacobi_decode", given, errors);
     if (!errors.empty()) fail("generate: --decode jacobi: ", errors[0]);
     g.block = j.i64("block");
