@@ -1,5 +1,5 @@
 // The inference lane: Jacobi decoding (model/generate.h) equals greedy decoding token for token,
-// for every mixer generation supports, with and without the cache; ring attention (model/ring.h)
+// for every mixer and block module generation supports, with and without the cache; ring attention (model/ring.h)
 // over 2, 3 and 4 ranks equals one process's attention, causal and document masks included, in the
 // model too, and `eval bpb --nproc 2` gives one process's val_bpb.
 #include <gtest/gtest.h>
@@ -110,6 +110,8 @@ TEST(Jacobi, EqualsGreedyWithEveryMixer) {
       {"mod.every=1,skip_first=1"},
       {"gateskip"},
       {"mhc.streams=2"},
+      {"flexidepth.router_bias=0,adapter_hidden=8,alpha=0.01"},
+      {"moe.n_shared=1,n_routed=4,top_k=2,expert_hidden=24,score=sigmoid,bias_rate=0.01,capacity_factor=1.0,layers=0,2"},
   };
   for (const auto& texts : stacks) {
     GPT m = build(texts, 40, 9, 0.3);
