@@ -318,6 +318,14 @@ TEST(Ring, EvalBpbThroughTheRingEqualsOneProcess) {
   const int64_t d = 64, hd = 16, T = 32, V = 512, L = 2;
   const int64_t terms = L * slm::test::block_terms(d, hd, T, 4 * d) + d + V;
   EXPECT_LE(std::abs(a - b), slm::test::fp32_bound(terms, 15.0) / std::log(2.0)) << one.out << "\n" << two.out;
+  // At twice the trained context with YaRN (new RoPE tables, a logit scale on q), the same.
+  const std::string yarn = " --context 64 --module yarn";
+  auto one_y = slm::test::run(eval + yarn), two_y = slm::test::run(eval + yarn + " --nproc 2");
+  ASSERT_EQ(one_y.status, 0) << one_y.out;
+  ASSERT_EQ(two_y.status, 0) << two_y.out;
+  const int64_t terms_y = L * slm::test::block_terms(d, hd, 2 * T, 4 * d) + d + V;
+  EXPECT_LE(std::abs(figure(one_y.out) - figure(two_y.out)), slm::test::fp32_bound(terms_y, 15.0) / std::log(2.0))
+      << one_y.out << "\n" << two_y.out;
   // A context the zigzag layout cannot split is refused before any rank starts; the ring is --nproc.
   auto bad = slm::test::run(eval + " --nproc 3 --context 32");
   EXPECT_NE(bad.status, 0);
