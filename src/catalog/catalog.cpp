@@ -1,6 +1,7 @@
 #include "catalog/catalog.h"
 #include "catalog/modules.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -326,9 +327,11 @@ std::string table(bool as_json) {
     return j.dump(1) + "\n";
   }
   std::ostringstream os;
-  os << std::left << std::setw(14) << "module" << std::setw(6) << "tier" << std::setw(11) << "family" << "default  summary\n";
+  int name_w = 14;  // the longest name and a space
+  for (auto& m : modules()) name_w = std::max(name_w, static_cast<int>(std::string(m.name).size()) + 1);
+  os << std::left << std::setw(name_w) << "module" << std::setw(6) << "tier" << std::setw(11) << "family" << "default  summary\n";
   for (auto& m : modules()) {
-    os << std::setw(14) << m.name << std::setw(6) << static_cast<int>(m.tier) << std::setw(11) << m.family << "off      "
+    os << std::setw(name_w) << m.name << std::setw(6) << static_cast<int>(m.tier) << std::setw(11) << m.family << "off      "
        << m.summary << "\n";
     for (auto& p : m.params)
       os << "    " << std::setw(16) << p.name << std::setw(10) << param_type_name(p.type) << "default " << std::setw(8)

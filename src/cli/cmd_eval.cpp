@@ -1,5 +1,6 @@
 // slmlab eval bpb: a trained run's val_bpb on the held-out split, at its trained context or a
-// longer one (plain RoPE extrapolated, or YaRN with --module yarn). slmlab generate: text from a
+// longer one (plain RoPE extrapolated, or YaRN with --module yarn), in one process or, with
+// --nproc P, over P processes whose attention runs through a ring (model/ring.h). slmlab generate: text from a
 // trained run, continuing a prompt or filling a middle.
 #include <cstdio>
 #include <thread>
@@ -15,6 +16,7 @@
 #include "engine/ledger.h"
 #include "eval/compile_rate.h"
 #include "model/generate.h"
+#include "train/dist.h"
 #include "train/run.h"
 
 namespace slm::cli {
@@ -54,15 +56,55 @@ int cmd_generate(const Args& a) {
   g.seed = static_cast<uint64_t>(a.i64("seed"));
   g.use_cache = !a.flag("no-cache");
   g.stop = {TOK_EOS, TOK_BOS};
-  auto out = generate(*run.model, prompt, g);
+  const std::string decode = a.str("decode");
+  SLM_CHECK(decode == "greedy" || decode == "jacobi", "generate: --decode ", decode, " is not a method; use greedy or jacobi");
+  g.jacobi = decode == "jacobi";
+  SLM_CHECK(g.jacobi || !a.has("block"), "generate: --block is Jacobi decoding's; add --decode jacobi or drop --block");
+  if (g.jacobi) {
+    // The row holds the default and the range (catalog/modules/jacobi_decode.cpp).
+    std::vector<std::string> errors;
+    std::map<std::string, std::string> given;
+    if (a.has("block")) given["block"] = a.str("block");  // parsed and range-checked by the row
+    const catalog::ModuleArgs j = catalog::resolve("jacobi_decode", given, errors);
+    if (!errors.empty()) fail("generate: --decode jacobi: ", errors[0]);
+    g.block = j.i64("block");
+    SLM_CHECK(g.temperature <= 0, "generate: --decode jacobi is greedy (its fixed point is greedy's output); drop --temperature ",
+              g.temperature, " or use --decode greedy to sample");
+  }
+  GenerateStats st;
+  auto out = generate(*run.model, prompt, g, &st);
   std::fputs(tok.decode(out).c_str(), stdout);
   std::fputs("\n", stdout);
+  // The cost, on stderr (stdout is the text): tokens per forward pass, the prompt's prefill included.
+  std::fprintf(stderr, "generate: %s%s, %lld tokens, %lld forwards (%lld iterations, %lld re-runs), %.3f tokens per iteration\n",
+               decode.c_str(), g.jacobi ? (" block " + std::to_string(g.block)).c_str() : "",
+               static_cast<long long>(st.tokens), static_cast<long long>(st.forwards), static_cast<long long>(st.iterations),
+               static_cast<long long>(st.replays),
+               st.iterations > 0 ? static_cast<double>(st.tokens) / static_cast<double>(st.iterations) : 0.0);
   return 0;
 }
 
 int cmd_eval_bpb(const Args& a) {
   const std::string run_dir = a.positional[0];
+  const int64_t nproc = a.i64("nproc");
+  SLM_CHECK(nproc >= 1 && nproc <= 64, "eval bpb: --nproc ", nproc, " is outside [1, 64]");
+  const bool launched = std::getenv("WORLD_SIZE") != nullptr;
+  if (nproc > 1 && !launched) {
+    // Refuse a context the zigzag layout cannot split before any rank starts.
+    if (a.i64("context") > 0)
+      SLM_CHECK(a.i64("context") % (2 * nproc) == 0, "eval bpb: --context ", a.i64("context"), " does not split over ",
+                nproc, " ring ranks (2 x ", nproc, " equal chunks each); use a multiple of ", 2 * nproc);
+    return dist::launch_local(static_cast<int>(nproc), "eval bpb");
+  }
   set_threads(a);
+  std::unique_ptr<dist::Comm> comm;
+  if (launched) {  // a rank of --nproc's ring: this rank's share of the cores
+    const dist::World w = dist::world_from_env();
+    const int threads = a.i64("threads") > 0 ? static_cast<int>(a.i64("threads"))
+                                             : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    at::set_num_threads(std::max(1, threads / w.local_size));
+    comm = std::make_unique<dist::Comm>(w, torch::kCPU);
+  }
 
   // Modules here are the inference lane's only: anything that would change training is refused.
   std::vector<std::string> errors;
@@ -71,6 +113,10 @@ int cmd_eval_bpb(const Args& a) {
   for (auto& m : mods)
     if (const catalog::ModuleSpec* s = catalog::find(m.name); s && s->tier != catalog::Tier::Inference)
       errors.push_back("module " + m.name + " changes the trained model; eval takes inference-lane modules only (yarn)");
+    else if (m.name == "ring_attention")
+      errors.push_back("module ring_attention is eval bpb's --nproc P (the context split over P processes), not a --module");
+    else if (s && m.name != "yarn")
+      errors.push_back("module " + m.name + " is a decoding method (slmlab generate --decode), not an eval bpb module");
   if (errors.empty()) errors = catalog::check(mods, catalog::ModelView{}, /*training=*/false);
   if (!errors.empty()) fail("eval bpb: ", errors[0]);
 
@@ -103,13 +149,28 @@ int cmd_eval_bpb(const Args& a) {
 
   const int64_t tokens = a.i64("tokens") > 0 ? a.i64("tokens") : run.config.value("eval_tokens", int64_t(32768));
   const bool bf16 = run.config.value("precision", std::string("fp32")) == "bf16";
+  const int64_t batch_rows = run.config.value("device_batch", int64_t(16));
   std::map<std::string, double> stats;
-  const double bpb =
-      val_bpb(*run.model, ds, context, tokens, run.config.value("device_batch", int64_t(16)), bf16, dev, &stats);
+  double bpb = 0;
+  if (comm) {
+    SLM_CHECK(dev.is_cpu(), "eval bpb: --nproc runs ranks on the CPU (Gloo); this run loads on ", dev.str());
+    SLM_CHECK(context % (2 * comm->world().size) == 0, "eval bpb: context ", context, " does not split over ",
+              comm->world().size, " ring ranks; use a multiple of ", 2 * comm->world().size);
+    run.model->use_ring(comm->as_ring_group());
+    auto parts = val_bpb_parts(*run.model, ds, context, tokens, batch_rows, bf16, dev);
+    auto t = torch::tensor(parts, torch::kFloat64);
+    comm->all_reduce_sum(t);  // every rank's targets: each row's nats and bytes, summed over the ring
+    bpb = val_bpb_total(std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel()));
+    how += ", ring attention over " + std::to_string(comm->world().size) + " processes (zigzag)";
+    if (!comm->world().is_main()) return 0;
+  } else {
+    bpb = val_bpb(*run.model, ds, context, tokens, batch_rows, bf16, dev, &stats);
+  }
   std::printf("val_bpb %.4f | %s checkpoint step %lld%s | context %lld (trained %lld, %s) | %lld tokens | %s\n", bpb,
               a.str("checkpoint").c_str(), (long long)run.step, run.in_spike ? " (saved inside a loss spike)" : "",
               (long long)context, (long long)trained, how.c_str(), (long long)tokens, run.config.value("precision", std::string("fp32")).c_str());
   std::printf("  %s\n", data::coverage_text(data::eval_rows(ds, context, static_cast<uint64_t>(tokens))).c_str());
+  std::printf("  val_bpb %.9f\n", bpb);  // the full figure, to compare evaluations (one process vs the ring)
   for (auto& [k, v] : stats) std::printf("  %s %.4g\n", k.c_str(), v);  // what modules did in evaluation
   return 0;
 }

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "common/device.h"
+#include "common/error.h"
 #include "data/loader.h"
 
 namespace slm {
@@ -19,6 +20,8 @@ std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64
   auto token_bytes = torch::tensor(ds.tokenizer().token_bytes(), torch::kInt64).to(dev);
   const data::EvalRows rows = data::eval_rows(ds, context, static_cast<uint64_t>(tokens));
   const int64_t row = context + 1;
+  const bool ring = model.ring && model.ring->size > 1;
+  SLM_CHECK(!ring || world == 1, "[eval] ring attention splits rows, not batches: pass world 1");
   std::vector<double> parts;
   for (int64_t done = 0, b = 0; done < rows.n_rows; done += batch_rows, ++b) {
     parts.push_back(0);
@@ -30,6 +33,13 @@ std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64
     auto t = torch::from_blob(const_cast<int32_t*>(tok), {n_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
     auto d = torch::from_blob(const_cast<int32_t*>(doc), {n_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
     auto x = t.slice(1, 0, context), y = t.slice(1, 1, row), dd = d.slice(1, 0, context);
+    torch::Tensor at;  // ring attention: the positions of this rank's share of each row
+    if (ring) {
+      at = zigzag_positions(context, model.ring->rank, model.ring->size).to(dev);
+      x = x.index_select(1, at);
+      y = y.index_select(1, at);
+      dd = dd.index_select(1, at);
+    }
     std::map<std::string, double> batch_stats;
     auto n = model.token_nats(x, y, dd, stats ? &batch_stats : nullptr);
     if (stats) {
@@ -37,8 +47,12 @@ std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64
       (*stats)["eval.batches"] += 1;
     }
     auto nb = token_bytes.index({y});
-    if (done + n_rows == rows.n_rows && rows.last_row_targets < context)  // the budget ends inside the last row
-      nb.select(0, n_rows - 1).slice(0, rows.last_row_targets).zero_();
+    if (done + n_rows == rows.n_rows && rows.last_row_targets < context) {  // the budget ends inside the last row
+      if (ring)
+        nb.select(0, n_rows - 1).masked_fill_(at >= rows.last_row_targets, 0);
+      else
+        nb.select(0, n_rows - 1).slice(0, rows.last_row_targets).zero_();
+    }
     parts[2 * b] = n.masked_select(nb > 0).to(torch::kFloat64).sum().item<double>();
     parts[2 * b + 1] = nb.sum().item<double>();
   }

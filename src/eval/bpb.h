@@ -33,5 +33,8 @@ std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64
                                   int64_t batch_rows, bool bf16, torch::Device dev, int rank = 0, int world = 1,
                                   std::map<std::string, double>* stats = nullptr);
 double val_bpb_total(const std::vector<double>& parts);
+// With ring attention on (GPTImpl::use_ring), every rank runs every batch (world 1) on its zigzag
+// share of each row and returns the {nats, bytes} of its own targets; summed over the ring's ranks,
+// they are the whole rows' (summation order aside: a tolerance, not bit for bit).
 
 }  // namespace slm

@@ -37,8 +37,16 @@ torch::Tensor visible_keys(const torch::Tensor& allowed, int64_t B, int64_t T, c
 
 // DSA's generation cache: the main keys and values (B, T, H, D) and the indexer's keys (B, T, DI)
 // of every position so far.
+// Replaced, never written in place: a copy of the handles is an independent copy.
 struct DsaCache : LayerCache {
   torch::Tensor k, v, index_k;
+  std::shared_ptr<LayerCache> clone() const override { return std::make_shared<DsaCache>(*this); }
+  int64_t length() const override { return k.defined() ? k.size(1) : 0; }
+  void truncate(int64_t n) override {
+    k = k.slice(1, 0, n);
+    v = v.slice(1, 0, n);
+    index_k = index_k.slice(1, 0, n);
+  }
 };
 
 // Dense attention that also returns its probabilities, for the KL target. Same arithmetic as

@@ -60,6 +60,12 @@ void init_linear(torch::nn::Linear& l, int64_t fan_in) {
 // Generation: the layer's carried state between calls (model/module.h).
 struct EngramCache : LayerCache {
   EngramState state;
+  std::shared_ptr<LayerCache> clone() const override {  // a running state: deep copy
+    auto c = std::make_shared<EngramCache>();
+    c->state.ids = state.ids.defined() ? state.ids.clone() : state.ids;
+    c->state.conv = state.conv.defined() ? state.conv.clone() : state.conv;
+    return c;
+  }
 };
 
 }  // namespace

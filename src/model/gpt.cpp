@@ -171,6 +171,12 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx)
   k = rms_norm(apply_rope(k, ctx.cos, ctx.sin));
   if (ctx.attn_logit_scale != 1.0) q = q * ctx.attn_logit_scale;  // YaRN's temperature on q.k
   torch::Tensor allowed = ctx.allowed;
+  if (ctx.ring) {  // context parallel: this rank's tokens at ctx.positions, the rest through the ring
+    auto y = ring_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.positions,
+                            doc_mask ? ctx.doc_ids : torch::Tensor(), *ctx.ring);
+    y = y.transpose(1, 2).contiguous().view({B, T, n_head * head_dim});
+    return tp_reduce_out(c_proj(y), tp);
+  }
   if (ctx.caches) {  // generation: attend to the cached keys too; query i sits at position pos + i
     auto& kv = ctx.cache<KVCache>("attn");
     if (kv.k.defined()) {
@@ -327,6 +333,16 @@ torch::Tensor GPTImpl::hidden(Ctx& ctx) {
   ctx.allowed = cfg.doc_mask ? document_causal_mask(ctx.doc_ids) : torch::Tensor();
   ctx.cos = rope_cos;
   ctx.sin = rope_sin;
+  if (ring && ring->size > 1) {  // this rank's share of each row: the ring sees the rest
+    SLM_CHECK(!ctx.caches, "[model] ring attention evaluates whole rows; generate without it");
+    const int64_t T = ctx.idx.size(1) * ring->size;
+    SLM_CHECK(T <= cfg.context, "[model] sequence of ", T, " tokens (over the ring) exceeds the context ", cfg.context);
+    ctx.positions = zigzag_positions(T, ring->rank, ring->size).to(ctx.idx.device());
+    ctx.cos = rope_cos.index_select(0, ctx.positions);
+    ctx.sin = rope_sin.index_select(0, ctx.positions);
+    ctx.allowed = torch::Tensor();  // the ring masks by positions and document ids
+    ctx.ring = ring.get();
+  }
   if (ctx.caches) {  // generation: one sequence, positions [pos, pos + T)
     const int64_t T = ctx.idx.size(1);
     SLM_CHECK(ctx.pos + T <= cfg.context, "[model] generation reached the context (", cfg.context,
@@ -399,6 +415,22 @@ int64_t GPTImpl::check_tp_replicas() {
               ": the replicas drifted apart (a gradient or a statistic not the same on every rank)");
   }
   return static_cast<int64_t>(names.size());
+}
+
+void GPTImpl::use_ring(const RingGroupPtr& g) {
+  SLM_CHECK(g && g->size >= 1 && g->rank >= 0 && g->rank < g->size, "[ring] invalid ring group");
+  SLM_CHECK(!tp, "[ring] the model is split by tensor parallelism; ring attention runs on whole models");
+  SLM_CHECK(!streams, "[ring] the model has residual streams; ring attention runs the baseline blocks only");
+  SLM_CHECK(cfg.modules.empty(), "[ring] the model has module ", cfg.modules.empty() ? "" : cfg.modules[0].name,
+              "; ring attention runs the baseline blocks (attention + relu2 MLP) only, so evaluate it in one process");
+  for (size_t i = 0; i < blocks->size(); ++i) {
+    auto b = blocks[i]->as<BlockImpl>();
+    const bool ok = std::dynamic_pointer_cast<CausalSelfAttentionImpl>(b->mixer) &&
+                    std::dynamic_pointer_cast<MLPImpl>(b->ffn) && b->branches.empty() && !b->wrap;
+    SLM_CHECK(ok, "[ring] layer ", i, " is ", b->mixer->describe(), " + ", b->ffn->describe(),
+              "; ring attention runs attention layers only, so evaluate this model in one process");
+  }
+  ring = g;
 }
 
 torch::Tensor GPTImpl::logits(const torch::Tensor& h) {

@@ -12,6 +12,7 @@
 
 #include "catalog/catalog.h"
 #include "model/module.h"
+#include "model/ring.h"
 #include "model/tp.h"
 #include "model/yarn.h"
 
@@ -55,8 +56,15 @@ torch::Tensor document_causal_mask(const torch::Tensor& doc_ids);
 torch::Tensor cached_causal_mask(int64_t T_new, int64_t T_all, torch::Device dev);
 
 // Attention's generation cache: keys and values of every position so far, (B, T, H, D).
+// The tensors are replaced, never written in place, so a copy of the handles is an independent copy.
 struct KVCache : LayerCache {
   torch::Tensor k, v;
+  std::shared_ptr<LayerCache> clone() const override { return std::make_shared<KVCache>(*this); }
+  int64_t length() const override { return k.defined() ? k.size(1) : 0; }
+  void truncate(int64_t n) override {
+    k = k.slice(1, 0, n);
+    v = v.slice(1, 0, n);
+  }
 };
 
 struct CausalSelfAttentionImpl : MixerImpl {
@@ -172,6 +180,14 @@ struct GPTImpl : torch::nn::Module {
   // shards under TP). Set by the trainer; null = one replica. Training forwards (loss()) and
   // after_step hand it to the modules, which reduce their state's statistics over it.
   TpGroupPtr dp;
+
+  // Context parallelism (inference): from now on every forward takes this rank's share of each row
+  // under the zigzag layout (model/ring.h; T / size tokens at zigzag_positions(T, rank, size)) and
+  // attention runs through the ring. Fails, naming the layer or module, on a model with anything
+  // but attention and the relu2 MLP in its blocks (other mixers and modules look across positions
+  // in ways the ring does not carry), and on a tensor-parallel model.
+  void use_ring(const RingGroupPtr& g);
+  RingGroupPtr ring;                         // null: each forward holds whole rows
 
   ModelConfig cfg;
   ModelPlan plan;

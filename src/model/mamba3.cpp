@@ -358,6 +358,12 @@ namespace {
 // Generation: the layer's carried state between calls (model/module.h).
 struct Mamba3Cache : LayerCache {
   Mamba3State state;
+  std::shared_ptr<LayerCache> clone() const override {  // a running state: deep copy
+    auto c = std::make_shared<Mamba3Cache>();
+    auto cp = [](const torch::Tensor& t) { return t.defined() ? t.clone() : t; };
+    c->state = {cp(state.angle), cp(state.ssm), cp(state.k), cp(state.v)};
+    return c;
+  }
 };
 }  // namespace
 

@@ -35,10 +35,22 @@ struct AuxLoss {
 
 // Per-layer state a component keeps between calls in incremental generation (a KV cache, an SSM
 // state, the last tokens of an n-gram). Each component defines its own subclass.
+// Speculative decoding (Jacobi, model/generate.h) runs draft tokens through the caches and then
+// keeps only the accepted ones: a cache that holds one entry per position says how many (length)
+// and drops the rest (truncate); any cache can be copied (clone) so that the state before the
+// drafts can be restored and the accepted tokens run again.
 struct LayerCache {
   virtual ~LayerCache() = default;
+  // An independent copy: later calls on either leave the other unchanged. Null: cannot be copied.
+  virtual std::shared_ptr<LayerCache> clone() const { return nullptr; }
+  // Positions held, one entry each; -1 for a running state (an SSM's, an n-gram's last tokens).
+  virtual int64_t length() const { return -1; }
+  // Keeps the first n positions (only where length() >= n).
+  virtual void truncate(int64_t /*n*/) {}
 };
 using Caches = std::vector<std::map<std::string, std::shared_ptr<LayerCache>>>;  // [layer][component]
+
+struct RingGroup;  // model/ring.h
 
 // One forward pass: what modules may read, and what they report back.
 struct Ctx {
@@ -64,6 +76,9 @@ struct Ctx {
   // (MoD: cos/sin are then gathered to match); undefined = consecutive from pos. A component with
   // position tables of its own (DSA's indexer RoPE) reads them here.
   torch::Tensor positions;
+  // Ring attention (model/ring.h): x holds this rank's share of each row, at `positions`; attention
+  // runs over the whole row through the ring. Null: the whole row is here.
+  const RingGroup* ring = nullptr;
   // Tensors a module carries from layer to layer within one forward (FlexiDepth's sum of gates).
   std::map<std::string, torch::Tensor> carry;
   // This layer's cache slot for a component, created on first use.

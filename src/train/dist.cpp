@@ -138,6 +138,25 @@ TpGroupPtr Comm::as_tp_group() {
   return g;
 }
 
+torch::Tensor Comm::ring_pass(const torch::Tensor& t) {
+  if (w_.size == 1) return t;
+  std::vector<at::Tensor> out{torch::empty_like(t.contiguous())};
+  std::vector<at::Tensor> in{t.contiguous()};
+  auto sent = pg_->send(in, (w_.rank + 1) % w_.size, /*tag=*/7);
+  auto got = pg_->recv(out, (w_.rank + w_.size - 1) % w_.size, /*tag=*/7);
+  got->wait();
+  sent->wait();
+  return out[0];
+}
+
+RingGroupPtr Comm::as_ring_group() {
+  auto g = std::make_shared<RingGroup>();
+  g->rank = w_.rank;
+  g->size = w_.size;
+  g->pass = [this](const torch::Tensor& t) { return ring_pass(t); };
+  return g;
+}
+
 Mesh mesh_of(const World& w, int tp) {
   SLM_CHECK(tp >= 1 && w.size % tp == 0, "[dist] tp ", tp, " does not divide the world of ", w.size,
             " ranks; run tp x dp ranks (--nproc a multiple of tp)");
@@ -416,9 +435,9 @@ std::string read_all(int fd) {
 
 }  // namespace
 
-int launch_local(int nproc) {
-  SLM_CHECK(nproc >= 1 && nproc <= 256, "train: --nproc ", nproc, " is outside [1, 256]");
-  SLM_CHECK(std::getenv("WORLD_SIZE") == nullptr, "train: --nproc ", nproc,
+int launch_local(int nproc, const std::string& what) {
+  SLM_CHECK(nproc >= 1 && nproc <= 256, what, ": --nproc ", nproc, " is outside [1, 256]");
+  SLM_CHECK(std::getenv("WORLD_SIZE") == nullptr, what, ": --nproc ", nproc,
             " with WORLD_SIZE already set by a launcher; use one or the other");
   std::vector<std::string> args = own_command_line();
   std::vector<std::string> child_args;
@@ -452,12 +471,12 @@ int launch_local(int nproc) {
     if (r > 0) {
       char tmpl[] = "/tmp/slmlab-rank-XXXXXX";
       err_fd[r] = ::mkstemp(tmpl);
-      SLM_CHECK(err_fd[r] >= 0, "train: --nproc: cannot create a temporary file in /tmp: ", std::strerror(errno));
+      SLM_CHECK(err_fd[r] >= 0, what, ": --nproc: cannot create a temporary file in /tmp: ", std::strerror(errno));
       ::unlink(tmpl);
     }
     std::fflush(nullptr);
     const pid_t pid = ::fork();
-    SLM_CHECK(pid >= 0, "train: --nproc: fork failed: ", std::strerror(errno));
+    SLM_CHECK(pid >= 0, what, ": --nproc: fork failed: ", std::strerror(errno));
     if (pid == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // a killed launcher takes its ranks with it
       ::setenv("RANK", std::to_string(r).c_str(), 1);
@@ -475,7 +494,7 @@ int launch_local(int nproc) {
       for (auto& a : child_args) cargv.push_back(const_cast<char*>(a.c_str()));
       cargv.push_back(nullptr);
       ::execv("/proc/self/exe", cargv.data());
-      std::fprintf(stderr, "slmlab: error: train: --nproc: cannot run /proc/self/exe: %s\n", std::strerror(errno));
+      std::fprintf(stderr, "slmlab: error: %s: --nproc: cannot run /proc/self/exe: %s\n", what.c_str(), std::strerror(errno));
       ::_exit(127);
     }
     pids[r] = pid;

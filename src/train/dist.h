@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "model/ring.h"
 #include "model/tp.h"
 
 namespace slm::dist {
@@ -73,6 +74,11 @@ class Comm {
   std::unique_ptr<Comm> subgroup(const std::string& name, const std::vector<int>& ranks);
   // This group as the model's tensor-parallel group (model/tp.h). The Comm must outlive it.
   TpGroupPtr as_tp_group();
+  // Sends t to rank + 1 (mod size) and returns what rank - 1 sent (same shape and dtype): Gloo's
+  // point-to-point send and recv, both started before either is waited on.
+  torch::Tensor ring_pass(const torch::Tensor& t);
+  // This group as ring attention's group (model/ring.h). The Comm must outlive it.
+  RingGroupPtr as_ring_group();
 
  private:
   World w_;
@@ -154,10 +160,10 @@ void check_replicas(Comm& group, const std::vector<std::pair<std::string, torch:
 c10::intrusive_ptr<Collectives> make_group(const c10::intrusive_ptr<c10d::Store>& store, const World& w,
                                            const torch::Device& dev);
 
-// `slmlab train ... --nproc N`: re-runs this binary's command line (from /proc/self/cmdline, --nproc
+// `slmlab train ... --nproc N` (and eval bpb's; `what` names the command in messages): re-runs this binary's command line (from /proc/self/cmdline, --nproc
 // removed) as N child processes with the launcher environment of a one-machine world, waits for
 // them, and stops the rest when one fails. Rank 0 prints to the terminal; the others are silent
 // unless they fail first. Returns the exit status to use.
-int launch_local(int nproc);
+int launch_local(int nproc, const std::string& what = "train");
 
 }  // namespace slm::dist
