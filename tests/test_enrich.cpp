@@ -270,4 +270,9 @@ TEST(Project, CMakeCompileDatabaseEnrichedEndToEnd) {
   EXPECT_EQ(files, (std::set<std::string>{"include/lib.h", "src/u0.cpp", "src/u1.cpp", "src/u2.cpp", "src/u3.cpp", "src/u4.cpp"}));
   auto v = slm::test::run(std::string(SLMLAB_BIN) + " data verify " + (t / "ds"));
   EXPECT_EQ(v.status, 0) << v.out;
+  // Deterministic: another thread count writes the same manifest (columns, checksums, fingerprint).
+  auto r1 = slm::test::run(std::string(SLMLAB_BIN) + " data build --project " + p + " --enrich --out " + (t / "ds1") +
+                           " --vocab 400 --val-frac 0.2 --val-min-bytes 1 --threads 1");
+  ASSERT_EQ(r1.status, 0) << r1.out;
+  EXPECT_EQ(fs::read_file(t / "ds1/manifest.json"), fs::read_file(t / "ds/manifest.json"));
 }

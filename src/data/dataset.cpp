@@ -374,8 +374,7 @@ BuildResult build(const BuildOptions& opt) {
     m["enrichment"] = {{"columns", {{"category", {{"dtype", "u8"}, {"values", cats}}},
                                     {"depth", {{"dtype", "u8"}, {"values", "AST depth of the innermost cursor, capped at 255"}}}}},
                        {"libclang", libclang_version()},
-                       {"files", n_files}, {"parsed", res.parsed}, {"raw", res.unparsed},
-                       {"seconds", res.seconds_enrich}};
+                       {"files", n_files}, {"parsed", res.parsed}, {"raw", res.unparsed}};
   }
   json skipped = json::array();
   for (auto& s : corpus.skipped) skipped.push_back({{"path", s.path}, {"reason", s.reason}});
@@ -691,7 +690,7 @@ std::string stats(const std::string& dir, int top, bool as_json) {
     json cats = json::object();
     for (int c = 0; c < kCategories; ++c) cats[category_name(c)] = per_cat[c];
     out["enrichment"] = {{"libclang", e["libclang"]}, {"files", e["files"]}, {"parsed", e["parsed"]}, {"raw", e["raw"]},
-                         {"parse_coverage", e["parsed"].get<double>() / files}, {"seconds", e["seconds"]},
+                         {"parse_coverage", e["parsed"].get<double>() / files},
                          {"token_categories", cats}};
   }
   json tops = json::array();
