@@ -9,6 +9,7 @@ pkgs=(
   libopenblas0-openmp       # fast BLAS: Debian's reference BLAS makes fp32 matmuls ~10x slower
   libxxhash-dev nlohmann-json3-dev libtomlplusplus-dev libsqlite3-dev
   libgtest-dev
+  libclang-14-dev           # data build --enrich: compiler structure per token (optional at build time)
   libgloo-dev               # the Gloo headers behind c10d::ProcessGroupGloo (data-parallel training)
   libsentencepiece-dev      # the tokenizer benchmark's peer
   python3                   # the safetensors reader in the tests (standard library only)

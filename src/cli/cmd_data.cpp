@@ -1,4 +1,5 @@
 // slmlab data build|verify|stats.
+#include <algorithm>
 #include <cstdio>
 
 #include "cli/commands.h"
@@ -30,12 +31,18 @@ int cmd_data_build(const Args& a) {
   o.name = a.str("name");
   o.threads = threads_of(a);
   o.force = a.flag("force");
+  o.projects = a.list("project");
+  o.enrich = a.flag("enrich");
   data::BuildResult r = data::build(o);
   std::printf("built %s: %llu files, train %llu docs / %llu tokens, val %llu docs / %llu tokens\n", o.out.c_str(),
               (unsigned long long)r.files, (unsigned long long)r.train_docs, (unsigned long long)r.train_tokens,
               (unsigned long long)r.val_docs, (unsigned long long)r.val_tokens);
   std::printf("time: collect %.1fs, tokenizer %.1fs, encode %.1fs\nfingerprint %s\n", r.seconds_collect,
               r.seconds_tokenizer, r.seconds_encode, r.fingerprint.c_str());
+  if (r.enriched)
+    std::printf("enrichment: %llu of %llu files parsed fully (%.1f%%), %llu kept raw; %.1fs (%.1f files/s)\n",
+                (unsigned long long)r.parsed, (unsigned long long)r.files, 100.0 * r.parsed / std::max<uint64_t>(1, r.files),
+                (unsigned long long)r.unparsed, r.seconds_enrich, r.files / std::max(1e-9, r.seconds_enrich));
   return 0;
 }
 

@@ -49,13 +49,11 @@ bool is_source_path(const std::string& rel) {
 
 namespace {
 
-struct Candidate {
-  uint32_t root;
-  std::string rel;
-};
+using Candidate = Listed;
 
-// Lists candidate files under one root in sorted order; unreadable subdirectories are skips.
-void walk(const std::string& root, uint32_t root_idx, std::vector<Candidate>& out, std::vector<Skip>& skipped) {
+}  // namespace
+
+void list_sources(const std::string& root, uint32_t root_idx, std::vector<Listed>& out, std::vector<Skip>& skipped) {
   std::error_code ec;
   auto it = stdfs::recursive_directory_iterator(root, stdfs::directory_options::none, ec);
   if (ec) fail("[data] cannot read source directory ", root, ": ", ec.message(), "; pass --src with a readable directory");
@@ -69,7 +67,7 @@ void walk(const std::string& root, uint32_t root_idx, std::vector<Candidate>& ou
       if (is_source_path(rel)) {
         bool regular = it->is_regular_file(e2);
         if (regular)
-          out.push_back({root_idx, rel});
+          out.push_back({root_idx, rel, "", {}, ""});
         else
           skipped.push_back({p.string(), "unreadable"});  // broken symlink, socket, fifo
       }
@@ -83,18 +81,23 @@ void walk(const std::string& root, uint32_t root_idx, std::vector<Candidate>& ou
   }
 }
 
-}  // namespace
-
 Corpus collect(const std::vector<std::string>& roots, uint64_t max_file_bytes, int threads) {
   SLM_CHECK(!roots.empty(), "[data] no source directories; pass --src DIR");
-  Corpus c;
-  c.roots = roots;
   std::vector<Candidate> cands;
+  std::vector<Skip> skipped;
   for (uint32_t i = 0; i < roots.size(); ++i) {
     SLM_CHECK(fs::is_dir(roots[i]), "[data] source directory ", roots[i],
               " does not exist or is not a directory; pass --src with an existing directory");
-    walk(roots[i], i, cands, c.skipped);
+    list_sources(roots[i], i, cands, skipped);
   }
+  return collect_listed(roots, std::move(cands), std::move(skipped), max_file_bytes, threads);
+}
+
+Corpus collect_listed(const std::vector<std::string>& roots, std::vector<Listed> cands, std::vector<Skip> skipped,
+                      uint64_t max_file_bytes, int threads) {
+  Corpus c;
+  c.roots = roots;
+  c.skipped = std::move(skipped);
   std::sort(cands.begin(), cands.end(),
             [](const Candidate& a, const Candidate& b) { return a.root != b.root ? a.root < b.root : a.rel < b.rel; });
 
@@ -110,6 +113,9 @@ Corpus collect(const std::vector<std::string>& roots, uint64_t max_file_bytes, i
         SourceFile& f = read[i];
         f.root = cands[i].root;
         f.rel = cands[i].rel;
+        f.project = cands[i].project;
+        f.args = cands[i].args;
+        f.command_hash = cands[i].command_hash;
         f.path = fs::join(roots[f.root], f.rel);
         std::error_code ec;
         auto size = stdfs::file_size(f.path, ec);

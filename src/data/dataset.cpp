@@ -18,6 +18,8 @@
 #include "common/fs.h"
 #include "common/hash.h"
 #include "data/corpus.h"
+#include "data/enrich.h"
+#include "data/project.h"
 
 namespace slm::data {
 
@@ -53,11 +55,14 @@ std::string split_rule(double frac, uint64_t min_bytes) {
   return os.str();
 }
 
-std::string shard_name(Split s, size_t i) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%s_%03zu.tok", split_name(s), i);
+std::string shard_name(Split s, size_t i, const char* ext = "tok") {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%s_%03zu.%s", split_name(s), i, ext);
   return buf;
 }
+
+constexpr const char* kColumnNames[2] = {"category", "depth"};
+constexpr const char* kColumnExt[2] = {"cat", "dep"};
 
 // The fingerprint covers everything that decides the tokens: tokenizer, split rule, and per split
 // the documents (content hash, token count) in order and the shard checksums.
@@ -76,6 +81,21 @@ std::string fingerprint_of(const json& m) {
     }
   }
   for (auto& sh : m.at("shards")) h.field(sh.at("file").get<std::string>()).field(sh.at("checksum").get<std::string>());
+  // Projects and enrichment, only when present (a data set without them keeps its fingerprint).
+  bool any_project = false;
+  for (auto& s : sources) any_project = any_project || s.contains("project");
+  if (any_project) {
+    h.field(std::string("projects"));
+    for (auto& s : sources)
+      h.field(s.value("project", "")).field(s.value("file", "")).field(s.value("command_hash", ""));
+  }
+  if (m.contains("enrichment")) {
+    h.field(std::string("enrichment")).field(m.at("enrichment").at("columns").dump());
+    for (auto& s : sources) h.field(s.at("enrich").get<std::string>());
+    for (auto& sh : m.at("shards"))
+      for (const char* c : kColumnNames)
+        h.field(sh.at("columns").at(c).at("file").get<std::string>()).field(sh.at("columns").at(c).at("checksum").get<std::string>());
+  }
   return h.hex();
 }
 
@@ -135,9 +155,26 @@ BuildResult build(const BuildOptions& opt) {
 
   // 1. Collect.
   auto t0 = clock::now();
-  std::vector<std::string> roots = opt.src.empty() ? default_source_roots() : opt.src;
-  SLM_CHECK(!roots.empty(), "data build: no default source trees (/usr/include, /usr/src) on this machine; pass --src DIR");
-  Corpus corpus = collect(roots, opt.max_file_bytes, threads);
+  SLM_CHECK(opt.projects.empty() || opt.src.empty(),
+            "data build: pass either --src trees or --project directories, not both");
+  std::vector<std::string> roots;
+  ProjectList projects;
+  Corpus corpus;
+  if (!opt.projects.empty()) {
+    projects = list_projects(opt.projects);
+    for (auto& note : projects.notes) log(opt.quiet, note);
+    roots = projects.roots;
+    corpus = collect_listed(roots, std::move(projects.files), std::move(projects.skipped), opt.max_file_bytes, threads);
+  } else {
+    roots = opt.src.empty() ? default_source_roots() : opt.src;
+    SLM_CHECK(!roots.empty(), "data build: no default source trees (/usr/include, /usr/src) on this machine; pass --src DIR");
+    corpus = collect(roots, opt.max_file_bytes, threads);
+  }
+  bool enrich_now = opt.enrich;
+  if (enrich_now && !enrich_available()) {
+    std::fprintf(stderr, "[data] --enrich: this slmlab was built without libclang (install libclang-14-dev and rebuild); building without enrichment\n");
+    enrich_now = false;
+  }
   SLM_CHECK(!corpus.files.empty(), "data build: no C/C++ source files found under ", roots[0],
             roots.size() > 1 ? " and the other --src trees" : "",
             " (looked for .h .hpp .cc .cpp ... and extension-less c++ headers); pass --src with C++ sources");
@@ -252,6 +289,36 @@ BuildResult build(const BuildOptions& opt) {
   }
   res.seconds_encode = seconds_since(t2);
 
+  // 4b. Enrich: each file parsed with its own compile command; a file that does not parse fully is
+  // kept raw (category "unknown") and counted.
+  std::vector<Enriched> enriched;
+  if (enrich_now) {
+    auto t3 = clock::now();
+    enriched.resize(n_files);
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&] {
+        std::vector<uint32_t> lens;
+        for (size_t i; (i = next++) < n_files;) {
+          const SourceFile& f = corpus.files[i];
+          lens.clear();
+          for (int32_t id : tokens[i]) lens.push_back(static_cast<uint32_t>(tok.token_string(id).size()));
+          std::vector<std::string> args = f.args;
+          if (f.project.empty() && std::filesystem::path(f.rel).extension() != ".c") args = {"-x", "c++", "-std=c++17"};
+          std::string path = std::filesystem::absolute(f.path).lexically_normal().string();
+          enriched[i] = enrich(path, f.content, args, lens);
+        }
+      });
+    for (auto& th : pool) th.join();
+    for (auto& e : enriched) (e.parsed ? res.parsed : res.unparsed)++;
+    res.enriched = true;
+    res.seconds_enrich = seconds_since(t3);
+    log(opt.quiet, "[data] enriched " + std::to_string(n_files) + " files with libclang in " +
+                       std::to_string(res.seconds_enrich) + "s: " + std::to_string(res.parsed) + " parsed fully, " +
+                       std::to_string(res.unparsed) + " kept raw (did not parse)");
+  }
+
   // 5. Write into a temporary sibling, then rename into place.
   std::string out = std::filesystem::path(opt.out).lexically_normal().string();
   if (!out.empty() && out.back() == '/') out.pop_back();
@@ -280,10 +347,35 @@ BuildResult build(const BuildOptions& opt) {
   json sources = json::array();
   for (size_t i = 0; i < n_files; ++i) {
     auto& f = corpus.files[i];
-    sources.push_back({{"path", f.path}, {"bytes", f.content.size()}, {"hash", f.hash},
-                       {"split", is_val[i] ? "val" : "train"}, {"tokens", tokens[i].size()}});
+    json src = {{"path", f.path}, {"bytes", f.content.size()}, {"hash", f.hash},
+                {"split", is_val[i] ? "val" : "train"}, {"tokens", tokens[i].size()}};
+    if (!f.project.empty()) {
+      src["project"] = f.project;
+      src["file"] = f.rel;
+      src["command_hash"] = f.command_hash;  // "" when the project has no compile database
+    }
+    if (enrich_now) {
+      src["enrich"] = enriched[i].parsed ? "parsed" : "raw";
+      if (!enriched[i].parsed) src["enrich_error"] = enriched[i].error.substr(0, 300);
+    }
+    sources.push_back(std::move(src));
   }
   m["sources"] = std::move(sources);
+  if (!opt.projects.empty()) {
+    json pj = json::array();
+    for (size_t p = 0; p < projects.roots.size(); ++p)
+      pj.push_back({{"name", projects.names[p]}, {"dir", projects.roots[p]},
+                    {"compile_commands", projects.databases[p].empty() ? json(nullptr) : json(projects.databases[p])}});
+    m["projects"] = std::move(pj);
+  }
+  if (enrich_now) {
+    json cats = json::array();
+    for (int c = 0; c < kCategories; ++c) cats.push_back(category_name(c));
+    m["enrichment"] = {{"columns", {{"category", {{"dtype", "u8"}, {"values", cats}}},
+                                    {"depth", {{"dtype", "u8"}, {"values", "AST depth of the innermost cursor, capped at 255"}}}}},
+                       {"libclang", libclang_version()},
+                       {"files", n_files}, {"parsed", res.parsed}, {"raw", res.unparsed}};
+  }
   json skipped = json::array();
   for (auto& s : corpus.skipped) skipped.push_back({{"path", s.path}, {"reason", s.reason}});
   m["skip_counts"] = corpus.skip_counts;
@@ -295,7 +387,7 @@ BuildResult build(const BuildOptions& opt) {
   for (Split sp : {Split::Train, Split::Val}) {
     const bool want_val = sp == Split::Val;
     std::vector<DocRecord> recs;
-    std::string payload;
+    std::string payload, cols[2];
     uint64_t in_shard = 0, split_tokens = 0, split_bytes = 0;
     uint32_t shard_idx = 0;
     json doc_list = json::array();
@@ -304,8 +396,16 @@ BuildResult build(const BuildOptions& opt) {
       std::string file = shard_name(sp, shard_idx);
       std::string bytes = encode_file(kTokMagic, dt, in_shard, payload);
       fs::write_atomic(fs::join(tmp.path, file), bytes);
-      shards.push_back({{"file", file}, {"split", split_name(sp)}, {"tokens", in_shard},
-                        {"checksum", hex64(hash64(payload))}});
+      json entry = {{"file", file}, {"split", split_name(sp)}, {"tokens", in_shard}, {"checksum", hex64(hash64(payload))}};
+      if (enrich_now) {
+        for (int c = 0; c < 2; ++c) {
+          std::string cf = shard_name(sp, shard_idx, kColumnExt[c]);
+          fs::write_atomic(fs::join(tmp.path, cf), encode_file(kColMagic, DType::U8, in_shard, cols[c]));
+          entry["columns"][kColumnNames[c]] = {{"file", cf}, {"checksum", hex64(hash64(cols[c]))}};
+          cols[c].clear();
+        }
+      }
+      shards.push_back(std::move(entry));
       payload.clear();
       in_shard = 0;
       ++shard_idx;
@@ -324,6 +424,10 @@ BuildResult build(const BuildOptions& opt) {
           uint16_t v = static_cast<uint16_t>(id);
           payload.append(reinterpret_cast<const char*>(&v), 2);
         }
+      }
+      if (enrich_now) {
+        cols[0].append(reinterpret_cast<const char*>(enriched[i].category.data()), t.size());
+        cols[1].append(reinterpret_cast<const char*>(enriched[i].depth.data()), t.size());
       }
       in_shard += t.size();
       split_tokens += t.size();
@@ -381,6 +485,7 @@ void DataSet::open(const json& m) {
   manifest_text_ = m.dump(-1, ' ', false, json::error_handler_t::replace);
   fingerprint_ = m.value("fingerprint", "");
   name_ = m.value("name", "");
+  enriched_ = m.contains("enrichment");
   std::string tok_path = fs::join(dir, m.at("tokenizer").at("file").get<std::string>());
   std::string tok_text = fs::read_file(tok_path);
   tok_ = Tokenizer::deserialize(tok_text);
@@ -391,6 +496,18 @@ void DataSet::open(const json& m) {
     SLM_CHECK(f.count() == sh.at("tokens").get<uint64_t>() && hex64(f.checksum()) == sh.at("checksum").get<std::string>(),
               "[data] ", f.path(), " does not match the manifest (count or checksum); rebuild the data set");
     f.verify();
+    SLM_CHECK(f.dtype() == DType::U16 || f.dtype() == DType::U32, "[data] ", f.path(), " is not a token shard; rebuild the data set");
+    if (enriched_) {
+      auto& cols = sh.at("split") == "val" ? val_cols_ : train_cols_;
+      for (const char* c : kColumnNames) {
+        const json& cj = sh.at("columns").at(c);
+        MappedFile col(fs::join(dir, cj.at("file").get<std::string>()), kColMagic);
+        SLM_CHECK(col.dtype() == DType::U8 && col.count() == f.count() && hex64(col.checksum()) == cj.at("checksum").get<std::string>(),
+                  "[data] ", col.path(), " does not match the manifest or its token shard (dtype, count or checksum); rebuild the data set");
+        col.verify();
+        cols.push_back(std::move(col));
+      }
+    }
     (sh.at("split") == "val" ? val_shards_ : train_shards_).push_back(std::move(f));
   }
   for (Split sp : {Split::Train, Split::Val}) {
@@ -432,11 +549,18 @@ std::vector<int32_t> DataSet::doc_tokens(Split s, size_t i) const {
   return out;
 }
 
+std::vector<uint8_t> DataSet::doc_column(Split s, size_t i, Column c) const {
+  SLM_CHECK(enriched_, "[data] ", dir_, " has no enrichment columns; rebuild it with slmlab data build --enrich");
+  const DocRecord& d = docs(s)[i];
+  const auto* p = static_cast<const uint8_t*>(column(s, d.shard, c).data());
+  return std::vector<uint8_t>(p + d.offset, p + d.offset + d.n_tokens);
+}
+
 VerifyResult verify(const std::string& dir, uint64_t sample, int threads) {
   VerifyResult r;
   json m = read_manifest(dir);
   DataSet ds(dir);  // headers, checksums of shards and indexes, tokenizer hash
-  r.files_checked = m["shards"].size() + 3;
+  r.files_checked = m["shards"].size() * (ds.enriched() ? 3 : 1) + 3;  // shards (and their columns), 2 indexes, tokenizer
   const std::string fp = fingerprint_of(m);
   SLM_CHECK(fp == m.value("fingerprint", ""), "[data] ", dir, "/manifest.json fingerprint does not match its contents");
   const json& sources = m["sources"];
@@ -475,6 +599,12 @@ VerifyResult verify(const std::string& dir, uint64_t sample, int threads) {
           for (int32_t id : ids)
             SLM_CHECK(id >= N_SPECIAL && id < vocab, "[data] token id ", id, " out of range in ",
                       src["path"].get<std::string>());
+          if (ds.enriched()) {  // categories in the fixed set; a raw file is unknown throughout, a parsed one nowhere
+            const bool parsed = src.at("enrich").get<std::string>() == "parsed";
+            for (uint8_t c : ds.doc_column(jobs[j].sp, jobs[j].i, DataSet::Category))
+              SLM_CHECK(c < kCategories && (c == kUnknown) != parsed, "[data] structure category ", int(c), " of ",
+                        src["path"].get<std::string>(), " is invalid for a ", parsed ? "parsed" : "raw", " file; rebuild the data set");
+          }
           std::string text = tok.decode(ids);
           SLM_CHECK(text.size() == src["bytes"].get<uint64_t>() && hash128_hex(text) == src["hash"].get<std::string>(),
                     "[data] tokens of ", src["path"].get<std::string>(), " do not decode to the source bytes");
@@ -547,6 +677,22 @@ std::string stats(const std::string& dir, int top, bool as_json) {
   }
   const double val_bpt = m["counts"]["val"]["bytes"].get<double>() / std::max<double>(1, m["counts"]["val"]["tokens"].get<double>());
   out["val_bytes_per_token"] = val_bpt;
+  if (m.contains("enrichment")) {
+    const json& e = m["enrichment"];
+    const double files = std::max<double>(1, e["files"].get<double>());
+    std::vector<uint64_t> per_cat(kCategories, 0);
+    for (Split sp : {Split::Train, Split::Val})
+      for (uint32_t s = 0; s < ds.n_shards(sp); ++s) {
+        const MappedFile& c = ds.column(sp, s, DataSet::Category);
+        const auto* p = static_cast<const uint8_t*>(c.data());
+        for (uint64_t i = 0; i < c.count(); ++i) per_cat[p[i] < kCategories ? p[i] : 0]++;
+      }
+    json cats = json::object();
+    for (int c = 0; c < kCategories; ++c) cats[category_name(c)] = per_cat[c];
+    out["enrichment"] = {{"libclang", e["libclang"]}, {"files", e["files"]}, {"parsed", e["parsed"]}, {"raw", e["raw"]},
+                         {"parse_coverage", e["parsed"].get<double>() / files},
+                         {"token_categories", cats}};
+  }
   json tops = json::array();
   for (int k = 0; k < top && k < static_cast<int>(ids.size()); ++k)
     tops.push_back({{"id", ids[k]}, {"count", freq[ids[k]]}, {"text", printable(tok.token_string(ids[k]))}});
@@ -568,6 +714,14 @@ std::string stats(const std::string& dir, int top, bool as_json) {
     const json& c = m["counts"][sp];
     os << std::left << std::setw(12) << sp << c["docs"].get<uint64_t>() << " docs, " << c["bytes"].get<uint64_t>()
        << " bytes, " << c["tokens"].get<uint64_t>() << " tokens\n";
+  }
+  if (out.contains("enrichment")) {
+    const json& e = out["enrichment"];
+    os << "enrichment  " << e["libclang"].get<std::string>() << ": parse coverage " << std::fixed << std::setprecision(1)
+       << 100.0 * e["parse_coverage"].get<double>() << "% (" << e["parsed"].get<uint64_t>() << " of " << e["files"].get<uint64_t>()
+       << " files parsed fully, " << e["raw"].get<uint64_t>() << " kept raw)\ntoken categories:";
+    for (auto& [k, v] : e["token_categories"].items()) os << " " << k << "=" << v.get<uint64_t>();
+    os << "\n";
   }
   os << "val bytes/token " << std::fixed << std::setprecision(3) << val_bpt << "\n"
      << "most frequent tokens:\n";

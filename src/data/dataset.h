@@ -3,6 +3,8 @@
 //                       shards with checksums, counts, and the data fingerprint
 //   tokenizer.bpe       the BPE tokenizer (Tokenizer::serialize)
 //   {train,val}_NNN.tok token shards (shard.h);  {train,val}.idx document indexes
+//   {train,val}_NNN.cat, .dep  (enriched data sets only) per-token structure category and AST depth
+//                       (u8, token-aligned with the shard of the same number; enrich.h)
 // Built into a temporary sibling directory and renamed into place only when complete.
 #pragma once
 #include <nlohmann/json_fwd.hpp>
@@ -29,13 +31,17 @@ struct BuildOptions {
   int threads = 0;                  // 0 = all cores
   bool force = false;               // replace an existing slmlab data set
   bool quiet = false;
+  std::vector<std::string> projects;  // --project DIRs (project.h); exclusive with src
+  bool enrich = false;                // per-token structure columns from libclang (enrich.h)
 };
 
 struct BuildResult {
   std::string fingerprint;
   uint64_t files = 0, train_docs = 0, val_docs = 0, train_tokens = 0, val_tokens = 0;
   uint64_t val_decontaminated = 0;  // validation files moved to training as near-duplicates
-  double seconds_collect = 0, seconds_tokenizer = 0, seconds_encode = 0;
+  double seconds_collect = 0, seconds_tokenizer = 0, seconds_encode = 0, seconds_enrich = 0;
+  bool enriched = false;
+  uint64_t parsed = 0, unparsed = 0;  // enrichment: files parsed fully / kept raw
 };
 
 BuildResult build(const BuildOptions& opt);
@@ -59,12 +65,21 @@ class DataSet {
   // Tokens of one document, widened to int32.
   std::vector<int32_t> doc_tokens(Split s, size_t i) const;
   const std::string& manifest_text() const { return manifest_text_; }
+  // Enrichment columns (enrich.h): present only in data sets built with --enrich.
+  enum Column { Category = 0, Depth = 1 };
+  bool enriched() const { return enriched_; }
+  const MappedFile& column(Split s, uint32_t shard, Column c) const {
+    return (s == Split::Train ? train_cols_ : val_cols_)[shard * 2 + c];
+  }
+  std::vector<uint8_t> doc_column(Split s, size_t i, Column c) const;
 
  private:
   void open(const nlohmann::ordered_json& manifest);
   std::string dir_, fingerprint_, name_, manifest_text_;
   Tokenizer tok_;
   std::vector<MappedFile> train_shards_, val_shards_;
+  bool enriched_ = false;
+  std::vector<MappedFile> train_cols_, val_cols_;  // per shard: category, depth
   std::vector<DocRecord> train_docs_, val_docs_;
 };
 

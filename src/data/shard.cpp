@@ -33,6 +33,7 @@ size_t dtype_size(DType t) {
     case DType::U16: return 2;
     case DType::U32: return 4;
     case DType::DocRecord: return sizeof(DocRecord);
+    case DType::U8: return 1;
   }
   return 0;
 }

@@ -9,7 +9,7 @@
 
 namespace slm::data {
 
-enum class DType : uint32_t { U16 = 1, U32 = 2, DocRecord = 3 };
+enum class DType : uint32_t { U16 = 1, U32 = 2, DocRecord = 3, U8 = 4 };
 
 // One document in a split: where its tokens are and which source it came from.
 struct DocRecord {
@@ -22,6 +22,7 @@ static_assert(sizeof(DocRecord) == 24, "DocRecord is written raw");
 
 constexpr char kTokMagic[8] = {'S', 'L', 'M', 'T', 'O', 'K', '0', '1'};
 constexpr char kIdxMagic[8] = {'S', 'L', 'M', 'I', 'D', 'X', '0', '1'};
+constexpr char kColMagic[8] = {'S', 'L', 'M', 'C', 'O', 'L', '0', '1'};  // token-aligned u8 column
 constexpr uint32_t kShardVersion = 1;
 
 size_t dtype_size(DType t);
