@@ -2,6 +2,7 @@
 // longer one (plain RoPE extrapolated, or YaRN with --module yarn). slmlab generate: text from a
 // trained run, continuing a prompt or filling a middle.
 #include <cstdio>
+#include <optional>
 #include <thread>
 
 #include "catalog/catalog.h"
@@ -13,7 +14,9 @@
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "engine/ledger.h"
+#include "eval/bpb.h"
 #include "eval/compile_rate.h"
+#include "eval/infill.h"
 #include "model/generate.h"
 #include "train/run.h"
 
@@ -63,6 +66,15 @@ int cmd_generate(const Args& a) {
 int cmd_eval_bpb(const Args& a) {
   const std::string run_dir = a.positional[0];
   set_threads(a);
+  const std::string metric = a.str("metric");
+  std::optional<InfillMetric> infill;
+  if (metric != "bpb") {
+    try {
+      infill = parse_infill_metric(metric);
+    } catch (const Error&) {
+      fail("eval bpb: --metric '", metric, "' is unknown; use bpb, fim, ifim, ifim_noinst or sri");
+    }
+  }
 
   // Modules here are the inference lane's only: anything that would change training is refused.
   std::vector<std::string> errors;
@@ -103,6 +115,20 @@ int cmd_eval_bpb(const Args& a) {
 
   const int64_t tokens = a.i64("tokens") > 0 ? a.i64("tokens") : run.config.value("eval_tokens", int64_t(32768));
   const bool bf16 = run.config.value("precision", std::string("fp32")) == "bf16";
+  if (infill) {
+    const int64_t rows = infill_rows(tokens / 4, context);  // the trainer's budget: the same samples it recorded
+    auto samples = infill_samples(ds, *infill, context, rows, kInfillSeed);
+    const double v = val_bpb_total(infill_parts(*run.model, ds, samples, context,
+                                                run.config.value("device_batch", int64_t(16)), bf16, dev));
+    int64_t bytes = 0;
+    for (auto& s : samples) bytes += static_cast<int64_t>(s.scored.size());
+    std::printf("%s_bpb %.4f | %s checkpoint step %lld%s | context %lld | %zu held-out validation samples (seed %llu), "
+                "%lld scored bytes | %s\n",
+                metric.c_str(), v, a.str("checkpoint").c_str(), (long long)run.step,
+                run.in_spike ? " (saved inside a loss spike)" : "", (long long)context, samples.size(),
+                (unsigned long long)kInfillSeed, (long long)bytes, run.config.value("precision", std::string("fp32")).c_str());
+    return 0;
+  }
   std::map<std::string, double> stats;
   const double bpb =
       val_bpb(*run.model, ds, context, tokens, run.config.value("device_batch", int64_t(16)), bf16, dev, &stats);
