@@ -271,6 +271,17 @@ TEST(Dist, TwoRanksFollowTheSingleProcessCurve) {
   ASSERT_EQ(v1.size(), 3u);  // steps 0, 5, 10
   ASSERT_EQ(v2.size(), 3u);
   EXPECT_EQ(v1[0], v2[0]) << "same weights: the split evaluation gives the single-process figure bit for bit";
+  // So do the objective metrics (eval/infill.h): each rank scores every dp-th batch of samples.
+  auto at0 = [](const std::string& run) {
+    for (auto& r : slm::test::metrics(run))
+      if (r.contains("val_bpb") && r["step"] == 0) return r;
+    return nlohmann::json();
+  };
+  const auto e1 = at0(one), e2 = at0(two);
+  for (const char* k : {"fim_bpb", "ifim_bpb", "ifim_noinst_bpb", "sri_bpb"}) {
+    ASSERT_TRUE(e1.contains(k) && e2.contains(k)) << k;
+    EXPECT_EQ(e1[k], e2[k]) << k;
+  }
   double worst_val = 0;
   for (auto& [step, v] : v1) {
     EXPECT_NEAR(v, v2[step], kValTol) << "step " << step;

@@ -326,3 +326,45 @@ TEST(Ledger, CostsRoundTripAndOldLedgersKeepTheirRows) {
   EXPECT_DOUBLE_EQ(got->wall_seconds, 12.5);
   EXPECT_DOUBLE_EQ(got->train_flops, 1.1e12);
 }
+
+// The objective metrics of each eval (fim_bpb, ...) are stored with it and sealed with it: they read
+// back as written, and a changed or erased value reads as damaged. A ledger from before the column
+// keeps its sealed rows.
+TEST(Ledger, EvalObjectiveMetricsAreStoredAndSealed) {
+  slm::test::TempDir t;
+  const std::string path = t / "ledger.db";
+  RunRow r = row("plan", "base", 1);
+  r.status = Status::Done;
+  {
+    Ledger l(path);
+    l.upsert(r);
+    l.set_evals(r.run_id, {{0, 3.8, false, {}}, {40, 1.25, false, {{"fim_bpb", 1.75}, {"sri_bpb", 2.5}}}});
+    auto e = l.evals(r.run_id);
+    ASSERT_EQ(e.size(), 2u);
+    EXPECT_TRUE(e[0].metrics.empty());
+    EXPECT_EQ(e[1].metrics, (std::map<std::string, double>{{"fim_bpb", 1.75}, {"sri_bpb", 2.5}}));
+    EXPECT_EQ(l.get(r.run_id)->status, Status::Done);
+  }
+  for (const char* value : {"'{\"fim_bpb\":1.7,\"sri_bpb\":2.5}'", "''"}) {
+    const std::string backup = t / "backup.db";
+    std::filesystem::copy_file(path, backup, std::filesystem::copy_options::overwrite_existing);
+    sql(path, std::string("UPDATE evals SET metrics_json=") + value + " WHERE step=40");
+    {
+      Ledger l(path);
+      EXPECT_EQ(l.get(r.run_id)->status, Status::Invalid) << value;
+      EXPECT_EQ(l.evals(r.run_id).size(), 1u) << value;
+    }
+    std::filesystem::copy_file(backup, path, std::filesystem::copy_options::overwrite_existing);
+  }
+  const std::string old = t / "old.db";
+  {
+    Ledger l(old);
+    l.upsert(r);
+    l.set_evals(r.run_id, {{0, 3.8, false}});
+  }
+  sql(old, "ALTER TABLE evals DROP COLUMN metrics_json");
+  Ledger l(old);
+  EXPECT_EQ(l.get(r.run_id)->status, Status::Done);
+  ASSERT_EQ(l.evals(r.run_id).size(), 1u);
+  EXPECT_TRUE(l.evals(r.run_id)[0].metrics.empty());
+}

@@ -95,7 +95,7 @@ base = "baseline"
 seeds = [3]
 )"),
             &errs);
-  EXPECT_TRUE(has(errs, "metric 'loss' is not supported")) << ::testing::PrintToString(errs);
+  EXPECT_TRUE(has(errs, "metric 'loss' is not one of val_bpb, fim_bpb")) << ::testing::PrintToString(errs);
   EXPECT_TRUE(has(errs, "k_noise must be >= 0"));
   EXPECT_TRUE(has(errs, "seed 1 listed twice"));
   EXPECT_TRUE(has(errs, "duplicate id 'a'"));
@@ -372,6 +372,8 @@ TEST(Plan, WrongTypesAreErrorsNamingKeyAndType) {
       {"[rule]\ncorrection = \"bonferroni\"\n" + one, "correction 'bonferroni' is not one of none, holm"},
       {"[rule]\nmax_seeds = -1\n" + one, "max_seeds must be in [0, 64]"},
       {"[rule]\ncompare_at = \"flops\"\n" + one, "compare_at 'flops' is not one of steps"},
+      {"[rule]\nmetric = \"fim\"\n" + one, "metric 'fim' is not one of val_bpb, fim_bpb, ifim_bpb"},
+      {"[rule]\nmetric = \"fim_bpb\"\ncompare_at = \"compute\"\n" + one, "interpolates val_bpb curves only"},
       {"[rule]\nunstable_decides = 1\n" + one, "'unstable_decides' must be true or false, got an integer"},
       {one + "[[phases.experiments]]\nid = \"x\"\nbase = [\"baseline\"]\nseeds = [2]\n",
        "'base' must be a string, got an array"},

@@ -661,3 +661,36 @@ TEST(Report, CostRatiosAndTheDeltaAtEqualCompute) {
   EXPECT_TRUE(std::isnan(find_card(s.card(), "big").eq_delta_pct));
   EXPECT_EQ(find_card(s.card(), "big").verdict, "inconclusive");
 }
+
+// A plan may decide on an objective metric (issue 21 §1): a FIM arm that costs val_bpb (the code
+// objectives can only cost on next-token code) but infills far better is kept on fim_bpb, dropped
+// on val_bpb; the scorecard shows val_bpb beside the deciding metric and says which one decided.
+TEST(Report, AnObjectiveMetricDecidesAndValBpbIsShownBesideIt) {
+  Synth s{make_plan({"fim:baseline:fim"}), {}, {}};
+  add_baseline(s);
+  for (int i = 1; i <= 3; ++i) s.add("fim", i, 1.33 + 0.01 * (i - 2));  // val_bpb +2.3%
+  // fim_bpb at each eval: the baseline's 2.0 (+- seed noise), the FIM arm's 1.6: -20%.
+  for (auto& r : s.runs) {
+    const double fim = (r.experiment == "fim" ? 1.6 : 2.0) + 0.01 * (r.seed - 2);
+    for (auto& e : s.evals[r.run_id]) e.metrics = {{"fim_bpb", fim + 0.001 * (250 - e.step) / 50}, {"sri_bpb", 3.0}};
+  }
+  auto on_val = s.card();
+  EXPECT_EQ(find_card(on_val, "fim").verdict, "drop");
+  s.plan.rule.metric = "fim_bpb";
+  auto sc = s.card();
+  const Card& c = find_card(sc, "fim");
+  EXPECT_EQ(c.verdict, "keep");
+  EXPECT_NEAR(c.mean, 1.6, 1e-12);  // the best (last) fim_bpb of each run
+  EXPECT_NEAR(c.delta_pct, -20.0, 1e-9);
+  EXPECT_NEAR(c.metric_means.at("val_bpb"), 1.33, 1e-12);
+  EXPECT_EQ(c.evidence.rfind("on fim_bpb: ", 0), 0u) << c.evidence;
+  const std::string text = render_text(sc);
+  EXPECT_NE(text.find("rule: fim_bpb"), std::string::npos) << text;
+  EXPECT_NE(text.find("fim_bpb mean +- sd"), std::string::npos) << text;
+  EXPECT_NE(text.find("val_bpb 1.3300, sri_bpb 3.0000"), std::string::npos) << text;
+  EXPECT_NE(render_markdown(sc).find("val\\_bpb 1.3300"), std::string::npos);  // md escapes _
+  EXPECT_NE(render_html(sc).find("fim_bpb mean ± sd"), std::string::npos);
+  // A run that did not record the rule's metric has no number and does not count.
+  for (auto& e : s.evals["synthetic/fim/s3"]) e.metrics.clear();
+  EXPECT_EQ(find_card(s.card(), "fim").n, 2);
+}

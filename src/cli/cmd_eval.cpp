@@ -3,6 +3,7 @@
 // --nproc P, over P processes whose attention runs through a ring (model/ring.h). slmlab generate: text from a
 // trained run, continuing a prompt or filling a middle.
 #include <cstdio>
+#include <optional>
 #include <thread>
 
 #include "catalog/catalog.h"
@@ -14,7 +15,9 @@
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "engine/ledger.h"
+#include "eval/bpb.h"
 #include "eval/compile_rate.h"
+#include "eval/infill.h"
 #include "model/generate.h"
 #include "train/dist.h"
 #include "train/run.h"
@@ -90,6 +93,7 @@ int cmd_eval_bpb(const Args& a) {
   SLM_CHECK(nproc >= 1 && nproc <= 64, "eval bpb: --nproc ", nproc, " is outside [1, 64]");
   const bool launched = std::getenv("WORLD_SIZE") != nullptr;
   if (nproc > 1 && !launched) {
+    SLM_CHECK(a.str("metric") == "bpb", "eval bpb: --metric ", a.str("metric"), " runs in one process; drop --nproc");
     // Refuse a context the zigzag layout cannot split before any rank starts.
     if (a.i64("context") > 0)
       SLM_CHECK(a.i64("context") % (2 * nproc) == 0, "eval bpb: --context ", a.i64("context"), " does not split over ",
@@ -104,6 +108,15 @@ int cmd_eval_bpb(const Args& a) {
                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     at::set_num_threads(std::max(1, threads / w.local_size));
     comm = std::make_unique<dist::Comm>(w, torch::kCPU);
+  }
+  const std::string metric = a.str("metric");
+  std::optional<InfillMetric> infill;
+  if (metric != "bpb") {
+    try {
+      infill = parse_infill_metric(metric);
+    } catch (const Error&) {
+      fail("eval bpb: --metric '", metric, "' is unknown; use bpb, fim, ifim, ifim_noinst or sri");
+    }
   }
 
   // Modules here are the inference lane's only: anything that would change training is refused.
@@ -150,6 +163,20 @@ int cmd_eval_bpb(const Args& a) {
   const int64_t tokens = a.i64("tokens") > 0 ? a.i64("tokens") : run.config.value("eval_tokens", int64_t(32768));
   const bool bf16 = run.config.value("precision", std::string("fp32")) == "bf16";
   const int64_t batch_rows = run.config.value("device_batch", int64_t(16));
+  if (infill) {
+    const int64_t rows = infill_rows(tokens / 4, context);  // the trainer's budget: the same samples it recorded
+    auto samples = infill_samples(ds, *infill, context, rows, kInfillSeed);
+    const double v = val_bpb_total(infill_parts(*run.model, ds, samples, context,
+                                                batch_rows, bf16, dev));
+    int64_t bytes = 0;
+    for (auto& s : samples) bytes += static_cast<int64_t>(s.scored.size());
+    std::printf("%s_bpb %.4f | %s checkpoint step %lld%s | context %lld | %zu held-out validation samples (seed %llu), "
+                "%lld scored bytes | %s\n",
+                metric.c_str(), v, a.str("checkpoint").c_str(), (long long)run.step,
+                run.in_spike ? " (saved inside a loss spike)" : "", (long long)context, samples.size(),
+                (unsigned long long)kInfillSeed, (long long)bytes, run.config.value("precision", std::string("fp32")).c_str());
+    return 0;
+  }
   std::map<std::string, double> stats;
   double bpb = 0;
   if (comm) {

@@ -108,6 +108,10 @@ const std::vector<OptionSpec>& option_table() {
        "latest, best, or a step kept by train --keep-checkpoints"},
       {"context", "eval bpb", OptType::Int, "0", "N", "evaluation context in tokens (0 = the trained context)"},
       {"tokens", "eval bpb", OptType::Int, "0", "N", "validation tokens to score (0 = the run's eval_tokens)"},
+      {"metric", "eval bpb", OptType::String, "bpb", "M",
+       "bpb (val_bpb, next token), or the bits per byte of held-out middles: fim, ifim, ifim_noinst (the ifim middles "
+       "without their instruction), sri (the replacement of a search/replace edit); these score tokens/4 worth of "
+       "held-out samples, the ones the trainer records"},
       {"data", "eval bpb", OptType::String, "", "DATA_DIR", "data set (default: the run's own)"},
       {"nproc", "eval bpb", OptType::Int, "1", "P",
        "evaluate over P processes on this machine, each holding 1/P of every row, attention through a ring (Gloo)"},

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS evals (
   run_id TEXT NOT NULL, step INTEGER NOT NULL, val_bpb REAL NOT NULL, in_spike INTEGER NOT NULL DEFAULT 0,
+  metrics_json TEXT NOT NULL DEFAULT '', -- the objective metrics of this eval ({"fim_bpb": ...}; '' = none)
   row_sum TEXT,
   PRIMARY KEY (run_id, step)
 );
@@ -127,6 +128,27 @@ int n_sealed(const Stmt& row) {
   return row.col_text(kNRunColumns - 2).empty() ? kNRunColumns - 2 : kNRunColumns - 1;
 }
 
+// The sealed columns of an eval row, then row_sum. metrics_json joins the checksum only when set, so
+// rows sealed before it existed still check (as n_sealed does for the runs' later columns).
+const char* kEvalColumns = "run_id, step, val_bpb, in_spike, metrics_json, row_sum";
+int n_eval_sealed(const Stmt& row) { return row.col_text(4).empty() ? 4 : 5; }
+
+// The objective metrics of an eval point as stored ("" for none) and back.
+std::string eval_metrics_text(const std::map<std::string, double>& m) {
+  if (m.empty()) return "";
+  nlohmann::json j = nlohmann::json::object();
+  for (auto& [k, v] : m) j[k] = std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+  return j.dump();
+}
+std::map<std::string, double> eval_metrics_of(const std::string& text) {
+  std::map<std::string, double> out;
+  if (text.empty()) return out;
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object()) return out;
+  for (auto& [k, v] : j.items()) out[k] = v.is_number() ? v.get<double>() : NAN;
+  return out;
+}
+
 // The cost columns as one JSON object ("" when nothing is known); the ledger stays one column wider only.
 std::string cost_text(const RunRow& r) {
   if (r.n_params <= 0 && !std::isfinite(r.flops_per_token) && !std::isfinite(r.tokens) && !std::isfinite(r.wall_seconds))
@@ -214,6 +236,11 @@ Ledger::Ledger(const std::string& path) : path_(path) {
       Stmt info(db_, "SELECT 1 FROM pragma_table_info('runs') WHERE name='cost_json'");
       if (!info.step(db_)) exec("ALTER TABLE runs ADD COLUMN cost_json TEXT NOT NULL DEFAULT ''");
     }
+    // ... and from before objective metrics (empty: none; a row's checksum covers the column once it is set).
+    {
+      Stmt info(db_, "SELECT 1 FROM pragma_table_info('evals') WHERE name='metrics_json'");
+      if (!info.step(db_)) exec("ALTER TABLE evals ADD COLUMN metrics_json TEXT NOT NULL DEFAULT ''");
+    }
     // A ledger from before row checksums: add the column and seal what is there (trusted once).
     for (const char* table : {"runs", "evals"}) {
       Stmt info(db_, (std::string("SELECT 1 FROM pragma_table_info('") + table + "') WHERE name='row_sum'").c_str());
@@ -243,11 +270,11 @@ void Ledger::seal_run(const std::string& run_id) {
 }
 
 void Ledger::seal_eval(const std::string& run_id, int64_t step) {
-  Stmt rd(db_, "SELECT run_id, step, val_bpb, in_spike FROM evals WHERE run_id=?1 AND step=?2");
+  Stmt rd(db_, (std::string("SELECT ") + kEvalColumns + " FROM evals WHERE run_id=?1 AND step=?2").c_str());
   rd.text(1, run_id).i64(2, step);
   if (!rd.step(db_)) return;
   Stmt wr(db_, "UPDATE evals SET row_sum=?3 WHERE run_id=?1 AND step=?2");
-  wr.text(1, run_id).i64(2, step).text(3, rd.sum(0, 4)).step(db_);
+  wr.text(1, run_id).i64(2, step).text(3, rd.sum(0, n_eval_sealed(rd))).step(db_);
 }
 
 Ledger::~Ledger() { sqlite3_close(db_); }
@@ -326,10 +353,10 @@ void Ledger::set_evals(const std::string& run_id, const std::vector<EvalPoint>& 
   write_txn([&] {
     Stmt del(db_, "DELETE FROM evals WHERE run_id=?1");
     del.text(1, run_id).step(db_);
-    Stmt ins(db_, "INSERT INTO evals (run_id, step, val_bpb, in_spike) VALUES (?1, ?2, ?3, ?4)");
+    Stmt ins(db_, "INSERT INTO evals (run_id, step, val_bpb, in_spike, metrics_json) VALUES (?1, ?2, ?3, ?4, ?5)");
     for (auto& e : evals) {
       sqlite3_reset(ins.s);
-      ins.text(1, run_id).i64(2, e.step).f64(3, e.val_bpb).i64(4, e.in_spike);
+      ins.text(1, run_id).i64(2, e.step).f64(3, e.val_bpb).i64(4, e.in_spike).text(5, eval_metrics_text(e.metrics));
       ins.step(db_);
       seal_eval(run_id, e.step);
     }
@@ -416,10 +443,10 @@ std::optional<RunRow> Ledger::get(const std::string& run_id) const {
 
 // A run with a damaged eval row is shown INVALID too: its curve and best are not what was measured.
 RunRow Ledger::checked(RunRow r) const {
-  Stmt st(db_, "SELECT run_id, step, val_bpb, in_spike, row_sum FROM evals WHERE run_id=?1 ORDER BY step");
+  Stmt st(db_, (std::string("SELECT ") + kEvalColumns + " FROM evals WHERE run_id=?1 ORDER BY step").c_str());
   st.text(1, r.run_id);
   while (st.step(db_))
-    if (st.col_text(4) != st.sum(0, 4)) {
+    if (st.col_text(5) != st.sum(0, n_eval_sealed(st))) {
       r.status = Status::Invalid;
       r.reason = "ledger eval row at step " + std::to_string(st.col_i64(1)) +
                  " damaged: its checksum does not match its contents; restore the ledger or re-run the run";
@@ -505,11 +532,12 @@ std::optional<std::string> Ledger::run_in_dir(std::string run_dir) const {
 }
 
 std::vector<EvalPoint> Ledger::evals(const std::string& run_id) const {
-  Stmt st(db_, "SELECT run_id, step, val_bpb, in_spike, row_sum FROM evals WHERE run_id=?1 ORDER BY step");
+  Stmt st(db_, (std::string("SELECT ") + kEvalColumns + " FROM evals WHERE run_id=?1 ORDER BY step").c_str());
   st.text(1, run_id);
   std::vector<EvalPoint> out;
   while (st.step(db_))  // a damaged point is left out; the run's row says so (checked)
-    if (st.col_text(4) == st.sum(0, 4)) out.push_back({st.col_i64(1), st.col_f64(2), st.col_i64(3) != 0});
+    if (st.col_text(5) == st.sum(0, n_eval_sealed(st)))
+      out.push_back({st.col_i64(1), st.col_f64(2), st.col_i64(3) != 0, eval_metrics_of(st.col_text(4))});
   return out;
 }
 

@@ -7,8 +7,10 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 struct sqlite3;
@@ -50,6 +52,12 @@ struct EvalPoint {
   int64_t step = 0;
   double val_bpb = 0;
   bool in_spike = false;
+  // The objective metrics measured at this eval (eval/infill.h): "fim_bpb", "ifim_bpb",
+  // "ifim_noinst_bpb", "sri_bpb"; empty for runs that recorded none.
+  std::map<std::string, double> metrics;
+  EvalPoint() = default;
+  EvalPoint(int64_t step_, double val_bpb_, bool in_spike_, std::map<std::string, double> metrics_ = {})
+      : step(step_), val_bpb(val_bpb_), in_spike(in_spike_), metrics(std::move(metrics_)) {}
 };
 
 // A compile-rate evaluation of one checkpoint of a run (slmlab eval compile).

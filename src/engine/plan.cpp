@@ -132,7 +132,15 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, co
     plan.rule.unstable_decides = get<bool>(*r, "unstable_decides", rw, errors).value_or(plan.rule.unstable_decides);
     plan.rule.compare_at = get<std::string>(*r, "compare_at", rw, errors).value_or(plan.rule.compare_at);
   }
-  if (plan.rule.metric != "val_bpb") errors.push_back(path + " [rule]: metric '" + plan.rule.metric + "' is not supported; use val_bpb");
+  {
+    const std::vector<std::string> metrics = {"val_bpb", "fim_bpb", "ifim_bpb", "ifim_noinst_bpb", "sri_bpb"};
+    if (std::find(metrics.begin(), metrics.end(), plan.rule.metric) == metrics.end())
+      errors.push_back(path + " [rule]: metric '" + toml_read::printable(plan.rule.metric) +
+                       "' is not one of val_bpb, fim_bpb, ifim_bpb, ifim_noinst_bpb, sri_bpb (eval/infill.h)");
+    else if (plan.rule.metric != "val_bpb" && plan.rule.compare_at == "compute")
+      errors.push_back(path + " [rule]: compare_at = \"compute\" interpolates val_bpb curves only; use compare_at = "
+                       "\"steps\" with metric '" + plan.rule.metric + "'");
+  }
   if (!(plan.rule.k_noise >= 0)) errors.push_back(path + " [rule]: k_noise must be >= 0");
   if (!(plan.rule.min_rel_delta >= 0 && plan.rule.min_rel_delta < 1)) errors.push_back(path + " [rule]: min_rel_delta must be in [0, 1)");
   if (!(plan.rule.provisional_factor > 1)) errors.push_back(path + " [rule]: provisional_factor must be > 1");

@@ -87,6 +87,31 @@ std::string mean_text(const Card& c) {
   return fixed_text(c.mean) + (c.n >= 2 ? " +- " + fixed_text(c.sd) : "");
 }
 
+std::string other_metrics_text(const Card& c, const std::string& rule_metric) {
+  std::string out;
+  auto add = [&](const std::string& k, double x) { out += (out.empty() ? "" : ", ") + k + " " + fixed_text(x); };
+  auto vb = c.metric_means.find("val_bpb");  // the headline first
+  if (vb != c.metric_means.end() && rule_metric != "val_bpb") add(vb->first, vb->second);
+  for (auto& [k, x] : c.metric_means)
+    if (k != rule_metric && k != "val_bpb") add(k, x);
+  return out.empty() ? "-" : out;
+}
+
+// The run's final value of the rule's metric: final val_bpb, or the last eval's objective metric.
+static double run_final(const RunView& v, const std::string& metric) {
+  if (metric == "val_bpb") return v.row.final_val_bpb;
+  if (v.evals.empty()) return NAN;
+  auto it = v.evals.back().metrics.find(metric);
+  return it == v.evals.back().metrics.end() ? NAN : it->second;
+}
+
+static bool any_other_metrics(const Group& g, const std::string& rule_metric) {
+  for (auto& c : g.cards)
+    for (auto& kv : c.metric_means)
+      if (kv.first != rule_metric) return true;
+  return false;
+}
+
 std::string run_value_text(const RunView& v) {
   if (!std::isfinite(v.value)) return "-";
   return fixed_text(v.value) + " @ " + std::to_string(v.value_step);
@@ -196,15 +221,19 @@ std::string render_text(const Scorecard& s) {
     Table t;
     bool any_compile = false;
     for (auto& c : g.cards) any_compile |= c.compile_n > 0 || c.compile_spiked > 0;
-    t.rows.push_back({"phase", "experiment", "base", "n", "val_bpb mean +- sd", "delta", "verdict", "cost vs base",
+    const std::string& metric = s.plan.rule.metric;
+    const bool others = any_other_metrics(g, metric);
+    t.rows.push_back({"phase", "experiment", "base", "n", metric + " mean +- sd", "delta", "verdict", "cost vs base",
                       "delta at equal compute"});
     if (any_compile) t.rows[0].push_back("compile rate");
+    if (others) t.rows[0].push_back("other metrics (mean of bests)");
     for (auto& c : g.cards) {
       t.rows.push_back({one_line(c.phase), one_line(c.id), c.base.empty() ? "-" : one_line(c.base), std::to_string(c.n),
                         mean_text(c), pct_text(c.delta_pct),
                         c.verdict + (c.unstable ? " (" + std::to_string(c.unstable) + " unstable)" : ""),
                         c.base.empty() ? "-" : cost_ratio_text(c), c.base.empty() ? "-" : equal_compute_text(c)});
       if (any_compile) t.rows.back().push_back(card_compile(c));
+      if (others) t.rows.back().push_back(other_metrics_text(c, metric));
     }
     os << t.str("  ") << "\n";
     for (auto& c : g.cards) {
@@ -218,7 +247,7 @@ std::string render_text(const Scorecard& s) {
       Table rt;
       for (auto& v : c.runs) {
         std::vector<std::string> row = {"s" + std::to_string(v.row.seed), run_status_text(v),
-                                         "best " + run_value_text(v), "final " + fixed_text(v.row.final_val_bpb),
+                                         "best " + run_value_text(v), "final " + fixed_text(run_final(v, metric)),
                                          std::isfinite(v.row.step_ms) && v.row.step_ms > 0 ? fixed_text(v.row.step_ms, 0) + " ms/step" : ""};
         const std::string why = run_reason(v);
         if (!why.empty()) row.push_back(one_line(why));
@@ -259,15 +288,17 @@ std::string render_markdown(const Scorecard& s) {
     const Group& g = s.groups[gi];
     os << "\n## " << md_escape(group_title(s, gi)) << "\n\n" << md_escape(noise_text(g)) << "\n\n";
     if (!family_text(s, g).empty()) os << md_escape(family_text(s, g)) << "\n\n";
-    os << "| phase | experiment | base | n | val_bpb mean ± sd | delta | verdict | cost vs base | delta at equal compute | compile rate | evidence |\n";
-    os << "|---|---|---|---:|---:|---:|---|---|---|---|---|\n";
+    os << "| phase | experiment | base | n | " << md_escape(s.plan.rule.metric)
+       << " mean ± sd | delta | verdict | cost vs base | delta at equal compute | compile rate | other metrics | evidence |\n";
+    os << "|---|---|---|---:|---:|---:|---|---|---|---|---|---|\n";
     for (auto& c : g.cards) {
       std::string ev = c.evidence + (stack_text(c).empty() ? "" : "; " + stack_text(c));
       os << "| " << md_escape(c.phase) << " | " << md_escape(c.id) << " | " << md_escape(c.base.empty() ? "-" : c.base)
          << " | " << c.n << " | " << md_escape(mean_text(c)) << " | " << pct_text(c.delta_pct) << " | **" << c.verdict
          << "**" << (c.unstable ? " (" + std::to_string(c.unstable) + " unstable)" : "") << " | "
          << md_escape(c.base.empty() ? "-" : cost_ratio_text(c)) << " | " << md_escape(c.base.empty() ? "-" : equal_compute_text(c))
-         << " | " << card_compile(c) << " | " << md_escape(ev) << " |\n";
+         << " | " << card_compile(c) << " | " << md_escape(other_metrics_text(c, s.plan.rule.metric)) << " | "
+         << md_escape(ev) << " |\n";
     }
     os << "\n| run | status | best val_bpb @ step | final | ms/step | reason |\n|---|---|---:|---:|---:|---|\n";
     for (auto& c : g.cards)

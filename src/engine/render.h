@@ -20,7 +20,9 @@ std::string group_title(const Scorecard& s, size_t i);  // "substrate ... (data 
 std::string noise_text(const Group& g);                 // the noise floor and what it rests on
 std::string rule_text(const Scorecard& s);              // the decision rule in one sentence
 std::string family_text(const Scorecard& s, const Group& g);  // per phase: the false-verdict rate the rule implies
-std::string mean_text(const Card& c);                   // "mean +- sd"
+std::string mean_text(const Card& c);
+// The metrics a card has besides the rule's, as means of its counted runs' bests ("val_bpb 1.2345, sri_bpb 2.0100"; "-").
+std::string other_metrics_text(const Card& c, const std::string& rule_metric);                   // "mean +- sd"
 std::string run_value_text(const RunView& v);           // "value @ step"
 std::string run_status_text(const RunView& v);          // status, with the provisional ratio
 std::string card_compile(const Card& c);                // pooled compile rate with its interval

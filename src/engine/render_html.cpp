@@ -128,9 +128,9 @@ std::string render_html(const Scorecard& s) {
     os << "<h2>" << html_escape(group_title(s, gi)) << "</h2>\n<p class=\"muted\">" << html_escape(noise_text(g))
        << "</p>\n";
     if (!family_text(s, g).empty()) os << "<p class=\"muted\">" << html_escape(family_text(s, g)) << "</p>\n";
-    os << "<table><tr><th>phase</th><th>experiment</th><th>base</th><th>modules</th><th>n</th><th>val_bpb mean ± sd</th>"
-          "<th>delta</th><th>verdict</th><th>cost vs base</th><th>delta at equal compute</th><th>compile rate</th>"
-          "<th>evidence</th></tr>\n";
+    os << "<table><tr><th>phase</th><th>experiment</th><th>base</th><th>modules</th><th>n</th><th>" << html_escape(s.plan.rule.metric)
+       << " mean ± sd</th><th>delta</th><th>verdict</th><th>cost vs base</th><th>delta at equal compute</th><th>compile rate</th>"
+          "<th>other metrics</th><th>evidence</th></tr>\n";
     for (auto& c : g.cards) {
       std::string mods;
       for (auto& m : c.modules) {  // the name, with every resolved argument folded under it (no script needed)
@@ -144,7 +144,8 @@ std::string render_html(const Scorecard& s) {
          << "</td><td class=\"num\">" << pct_text(c.delta_pct) << "</td><td class=\"" << c.verdict << "\"><b>" << c.verdict
          << "</b>" << (c.unstable ? " (" + std::to_string(c.unstable) + " unstable)" : "") << "</td><td>"
          << html_escape(c.base.empty() ? "-" : cost_ratio_text(c)) << "</td><td>"
-         << html_escape(c.base.empty() ? "-" : equal_compute_text(c)) << "</td><td>" << card_compile(c) << "</td><td class=\"ev\">" << html_escape(c.evidence)
+         << html_escape(c.base.empty() ? "-" : equal_compute_text(c)) << "</td><td>" << card_compile(c) << "</td><td>" << html_escape(other_metrics_text(c, s.plan.rule.metric))
+         << "</td><td class=\"ev\">" << html_escape(c.evidence)
          << (stack_text(c).empty() ? "" : "<br>" + html_escape(stack_text(c))) << "</td></tr>\n";
     }
     os << "</table>\n";

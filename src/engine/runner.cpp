@@ -116,8 +116,11 @@ RunRow ingest(RunRow row, std::vector<EvalPoint>& evals, std::string& bad_summar
     while (std::getline(in, line)) {
       try {
         auto j = json::parse(line);
-        if (j.contains("val_bpb"))
+        if (j.contains("val_bpb")) {
           evals.push_back({j["step"].get<int64_t>(), j["val_bpb"].get<double>(), j.value("in_spike", false)});
+          for (const char* k : {"fim_bpb", "ifim_bpb", "ifim_noinst_bpb", "sri_bpb"})  // eval/infill.h
+            if (j.contains(k)) evals.back().metrics[k] = j[k].is_number() ? j[k].get<double>() : NAN;
+        }
         if (j.value("spike", false))
           spikes.push_back({j.value("spike_start", j["step"].get<int64_t>()), j["step"].get<int64_t>()});
       } catch (const json::exception&) {

@@ -42,24 +42,47 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// The run's number: best val_bpb outside a loss spike, with its step.
-void choose_value(RunView& v) {
+// A metric of one eval point: val_bpb, or an objective metric it recorded (NaN when it did not).
+double metric_of(const EvalPoint& e, const std::string& metric) {
+  if (metric == "val_bpb") return e.val_bpb;
+  auto it = e.metrics.find(metric);
+  return it == e.metrics.end() ? NAN : it->second;
+}
+
+// The run's number: the best of the rule's metric outside a loss spike, with its step; and the best
+// of every metric it recorded (RunView::bests) for the scorecard to show beside it.
+void choose_value(RunView& v, const std::string& metric) {
   v.value = NAN;
   v.value_step = -1;
-  for (auto& e : v.evals)
-    if (!e.in_spike && std::isfinite(e.val_bpb) && (!std::isfinite(v.value) || e.val_bpb < v.value)) {
-      v.value = e.val_bpb;
+  v.bests.clear();
+  for (auto& e : v.evals) {
+    if (e.in_spike) continue;
+    std::map<std::string, double> all = e.metrics;
+    all["val_bpb"] = e.val_bpb;
+    for (auto& [k, x] : all)
+      if (std::isfinite(x) && (!v.bests.count(k) || x < v.bests[k])) v.bests[k] = x;
+    const double x = metric_of(e, metric);
+    if (std::isfinite(x) && (!std::isfinite(v.value) || x < v.value)) {
+      v.value = x;
       v.value_step = e.step;
     }
+  }
   const RunRow& r = v.row;
-  if (v.evals.empty() && r.has_summary && !r.best_in_spike && std::isfinite(r.best_val_bpb)) {
+  if (metric == "val_bpb" && v.evals.empty() && r.has_summary && !r.best_in_spike && std::isfinite(r.best_val_bpb)) {
     v.value = r.best_val_bpb;  // no eval points stored: the summary's best is all there is
     v.value_step = r.best_step;
+    v.bests["val_bpb"] = r.best_val_bpb;
   }
   if (r.has_summary && r.best_in_spike)
     v.note = "best " + fixed_text(r.best_val_bpb) + " @ " + std::to_string(r.best_step) +
              " was saved inside a loss spike: refused; using " +
              (std::isfinite(v.value) ? fixed_text(v.value) + " @ " + std::to_string(v.value_step) : std::string("nothing"));
+}
+
+// The final value of the rule's metric: the summary's final val_bpb, or the last eval's objective metric.
+double final_value(const RunView& v, const std::string& metric) {
+  if (metric == "val_bpb") return v.row.has_summary ? v.row.final_val_bpb : NAN;
+  return v.evals.empty() || !v.row.has_summary ? NAN : metric_of(v.evals.back(), metric);
 }
 
 // n, mean and sd over the counted runs.
@@ -253,6 +276,7 @@ void compare(Card& c, const Card& base, const Group& g, const DecisionRule& rule
     return "sd " + fixed_text(x.sd) + (x.own ? "" : " (pooled)") + " n " + std::to_string(n);
   };
   std::ostringstream ev;
+  ev << "on " << rule.metric << ": ";
   if (at_compute)
     ev << "at equal compute (" << std::setprecision(3) << c.eq_flops << " training FLOPs, interpolated on the eval curves): ";
   ev << "delta " << std::showpos << std::fixed << std::setprecision(4) << d << std::noshowpos << " ("
@@ -385,7 +409,7 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
       auto it = evals.find(r->run_id);
       if (it != evals.end()) v.evals = it->second;
       if (auto c = compiles.find(r->run_id); c != compiles.end()) v.compiles = c->second;
-      choose_value(v);
+      choose_value(v, plan.rule.metric);
       if (g.data_fingerprint.empty()) g.data_fingerprint = r->data_fingerprint;
       views.push_back(std::move(v));
     }
@@ -424,6 +448,18 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
       if (c.runs.empty()) continue;
       std::sort(c.runs.begin(), c.runs.end(), [](const RunView& a, const RunView& b) { return a.row.seed < b.row.seed; });
       card_stats(c);
+      // Every metric the counted runs all recorded, as the mean of their bests (the rule's one included).
+      {
+        std::map<std::string, std::pair<int, double>> acc;
+        for (auto& v : c.runs)
+          if (v.counted)
+            for (auto& [k, x] : v.bests) {
+              acc[k].first += 1;
+              acc[k].second += x;
+            }
+        for (auto& [k, a] : acc)
+          if (a.first == c.n) c.metric_means[k] = a.second / a.first;
+      }
       // Compile rate: each counted run's latest evaluated checkpoint, complete mode preferred. The
       // spike rule holds here too: a checkpoint saved inside a loss spike is never pooled (the
       // seed's step-25K rate); the run's latest one outside a spike is used, and the card says so.
@@ -479,7 +515,7 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
     // Stability: final worse than the run's number by more than the floor.
     for (auto& c : g.cards) {
       for (auto& v : c.runs) {
-        v.drift = v.row.has_summary && std::isfinite(v.value) ? v.row.final_val_bpb - v.value : NAN;
+        v.drift = std::isfinite(v.value) ? final_value(v, plan.rule.metric) - v.value : NAN;
         v.unstable = v.counted && std::isfinite(g.noise_sd) && std::isfinite(v.drift) && v.drift > g.noise_sd;
         c.unstable += v.unstable;
         if (v.unstable && !plan.rule.unstable_decides) v.counted = false;

@@ -63,7 +63,8 @@ struct PlanInfo {
 struct RunView {
   RunRow row;
   std::vector<EvalPoint> evals;
-  double value = 0;         // best val_bpb outside a loss spike (NaN when none)
+  double value = 0;         // best of the rule's metric (val_bpb unless the plan names another) outside a loss spike (NaN when none)
+  std::map<std::string, double> bests;  // best outside a loss spike of every metric it recorded (val_bpb, fim_bpb, ...)
   int64_t value_step = -1;
   std::string note;         // why `value` is not the recorded best, when it is not
   bool provisional = false;
@@ -81,6 +82,7 @@ struct Card {
   int n = 0;                  // counted runs
   double mean = 0, sd = 0;    // over counted runs (NaN when n = 0; sd NaN when n < 2)
   double delta = 0, delta_pct = 0;  // vs base (NaN without one)
+  std::map<std::string, double> metric_means;  // every metric all its counted runs recorded: mean of their bests
   std::string verdict;        // reference, keep, park, drop, inconclusive, pending
   // The comparison with its base (NaN when there is none): Welch's t on 'df' degrees of freedom,
   // 'sd_diff' the sd of the difference of means, 'p' two-sided, 'p_adj' after the phase's

@@ -22,6 +22,8 @@
 #include "common/version.h"
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "eval/bpb.h"
+#include "eval/infill.h"
 #include "model/gpt.h"
 #include "model/moe.h"
 #include "train/checkpoint.h"
@@ -301,6 +303,7 @@ class Run {
   std::map<std::string, double> module_stats;  // what modules report (expert load, codebook use, ...)
   std::map<std::string, double> eval_stats;    // the same, averaged over the last evaluation
   int64_t tp_replicas_equal = -1;               // replicated tensors found equal on every TP rank at the last save
+  std::vector<std::vector<InfillSample>> infill_cache_;  // the objective metrics' samples (fixed: built once)
 
   bool in_spike() const { return st.spikes.in_spike(st.step); }
 
@@ -416,11 +419,38 @@ class Run {
     return val_bpb_total(parts);
   }
 
+  // The objective metrics (eval/infill.h), every one at every eval whatever the run trains with: a
+  // comparison on fim_bpb needs the base's figure as much as the FIM arm's. Bounded: each scores at
+  // most eval_tokens / 4 tokens' worth of rows (and one row per validation document), so the four
+  // together cost at most one val_bpb evaluation. Data-parallel ranks split the batches as val_bpb
+  // does; the sums are added in batch order, so the figure is the single-process one bit for bit.
+  json objective_metrics() {
+    json out = json::object();
+    const int64_t rows = infill_rows(sub_.eval_tokens / 4, sub_.context);
+    for (InfillMetric m : {InfillMetric::Fim, InfillMetric::Ifim, InfillMetric::IfimNoInst, InfillMetric::Sri}) {
+      if (infill_cache_.size() < 4) infill_cache_.push_back(infill_samples(*s_.ds, m, sub_.context, rows, kInfillSeed));
+      const auto& samples = infill_cache_[static_cast<size_t>(m)];
+      auto parts = infill_parts(*model, *s_.ds, samples, sub_.context, sub_.device_batch, bf16_, dev_,
+                                g_.dp ? s_.mesh.dp_rank : 0, g_.dp ? s_.mesh.dp : 1);
+      if (g_.dp && !parts.empty()) {
+        auto t = torch::from_blob(parts.data(), {static_cast<int64_t>(parts.size())}, torch::kFloat64);
+        g_.dp->all_reduce_sum(t);
+      }
+      const double v = val_bpb_total(parts);
+      out[std::string(infill_metric_name(m)) + "_bpb"] = std::isfinite(v) ? json(v) : json(nullptr);
+    }
+    return out;
+  }
+
   // Evaluates, records it, and keeps the best checkpoint. Collective.
   void eval() {
     auto t0 = clk::now();
     st.last_val = evaluate();
     json e = {{"step", st.step}, {"val_bpb", st.last_val}, {"eval_ms", 1000 * seconds(t0)}};
+    auto t1 = clk::now();
+    const json objectives = objective_metrics();
+    for (auto& [k, v] : objectives.items()) e[k] = v;
+    e["objective_eval_ms"] = 1000 * seconds(t1);
     if (in_spike()) e["in_spike"] = true;
     if (!module_stats.empty()) e["modules"] = module_stats;  // from the last training step
     if (!eval_stats.empty()) e["eval_modules"] = eval_stats;  // from this evaluation
