@@ -363,3 +363,15 @@ TEST(Trainer, ProfileReportsPhasesOpsAndMachineWithoutChangingTheRun) {
   EXPECT_NE(b.out.find("aten::"), std::string::npos) << b.out;
   EXPECT_EQ(slm::test::curve(plain), slm::test::curve(profiled));
 }
+
+// A bad SLMLAB_ATTENTION (the process switch of the CPU attention kernel) fails in one line naming
+// it, before anything is written.
+TEST(Trainer, BadAttentionSwitchFailsBeforeWriting) {
+  const Fixture& f = fx();
+  slm::test::TempDir t;
+  const std::string out = t / "run";
+  auto r = slm::test::run("SLMLAB_ATTENTION=flash " + f.train_cmd(out, "--set steps=1"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("SLMLAB_ATTENTION='flash' is not a choice; use fused or math"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(out));
+}
