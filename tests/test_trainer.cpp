@@ -339,3 +339,39 @@ TEST(Trainer, RunFolderIsCheckedBeforeItIsBelieved) {
   EXPECT_NE(r.out.find(reason.substr(0, reason.size() - 1)), std::string::npos) << reason << " vs " << r.out;
   EXPECT_EQ(reason.rfind("error: train: ", 0), 0u) << reason;
 }
+
+// --profile: the phases of a step, the ops of the last two and the machine line, printed at the end;
+// profiling changes no bit of the run.
+TEST(Trainer, ProfileReportsPhasesOpsAndMachineWithoutChangingTheRun) {
+  const Fixture& f = fx();
+  slm::test::TempDir t;
+  const std::string few = "--set steps=6 --set eval_every=3 --set ckpt_every=0";
+  const std::string plain = t / "plain", profiled = t / "profiled";
+  auto a = slm::test::run(f.train_cmd(plain, few));
+  auto b = slm::test::run(f.train_cmd(profiled, few + " --profile"));
+  ASSERT_EQ(a.status, 0) << a.out;
+  ASSERT_EQ(b.status, 0) << b.out;
+  EXPECT_EQ(a.out.find("phases ("), std::string::npos);
+  EXPECT_NE(b.out.find("machine: "), std::string::npos) << b.out;
+  EXPECT_NE(b.out.find("BLAS_INFO="), std::string::npos) << b.out;
+  EXPECT_NE(b.out.find("load average at start"), std::string::npos) << b.out;
+  // Steps 3 and 4 of 6 timed (two warm-up steps, the last two profiled by op).
+  EXPECT_NE(b.out.find("phases (median of 2 steps, ms)"), std::string::npos) << b.out;
+  for (const char* phase : {"data", "forward", "backward", "clip", "muon_ns", "muon_other", "adamw", "host_read"})
+    EXPECT_NE(b.out.find(std::string("\n  ") + phase + " "), std::string::npos) << phase << "\n" << b.out;
+  EXPECT_NE(b.out.find("ops (autograd profiler over 2 steps of "), std::string::npos) << b.out;
+  EXPECT_NE(b.out.find("aten::"), std::string::npos) << b.out;
+  EXPECT_EQ(slm::test::curve(plain), slm::test::curve(profiled));
+}
+
+// A bad SLMLAB_ATTENTION (the process switch of the CPU attention kernel) fails in one line naming
+// it, before anything is written.
+TEST(Trainer, BadAttentionSwitchFailsBeforeWriting) {
+  const Fixture& f = fx();
+  slm::test::TempDir t;
+  const std::string out = t / "run";
+  auto r = slm::test::run("SLMLAB_ATTENTION=flash " + f.train_cmd(out, "--set steps=1"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("SLMLAB_ATTENTION='flash' is not a choice; use fused or math"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(out));
+}

@@ -30,6 +30,7 @@ int cmd_train(const Args& a) {
   SLM_CHECK(o.memory_budget_gib <= 1e9, "train: --memory-budget ", a.str("memory-budget"),
             " GiB is beyond any machine; give at most 1e9, or 0 for the machine's available memory");
   o.check_replicas = a.flag("check-replicas");
+  o.profile = a.flag("profile");
   if (a.has("threads")) o.sets.push_back("threads=" + std::to_string(a.i64("threads")));
   // --nproc N: this process becomes the launcher of N ranks (a dry run measures in one process).
   const int64_t nproc = a.i64("nproc");

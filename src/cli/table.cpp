@@ -82,6 +82,9 @@ const std::vector<OptionSpec>& option_table() {
       {"check-replicas", "train", OptType::Flag, "", "",
        "data parallel, a debug check: after every step fail unless every rank's parameters and buffers are bitwise "
        "equal, naming the first that differs"},
+      {"profile", "train", OptType::Flag, "", "",
+       "print where a step's time goes: phases (data, forward, backward, clip, Muon, Newton-Schulz, AdamW, host "
+       "reads; median from the third step), the last two steps' ops (LibTorch's profiler) and the machine line"},
       {"format", "export", OptType::String, "safetensors", "FMT", "export format (safetensors)"},
       {"n", "eval compile", OptType::Int, "32", "N", "prompts to score"},
       {"mode", "eval compile", OptType::String, "complete", "MODE", "complete (left to right) or fim (infill between prefix and suffix)"},

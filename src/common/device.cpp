@@ -7,12 +7,14 @@
 #include <torch/version.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/attention_cpu.h"
 #include "common/error.h"
 #include "common/fs.h"
 
@@ -163,16 +165,35 @@ torch::ScalarType matmul_dtype(const torch::Tensor& like) {
   return autocast_enabled(t) ? autocast_dtype(t) : like.scalar_type();
 }
 
-torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                        const torch::Tensor& allowed) {
-#if SLM_TORCH_AT_LEAST(2, 0)
-  // Default scale 1/sqrt(D); a bool mask is true where a query may attend, as `allowed` is.
-  if (!allowed.defined()) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
-  return at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
-#else
+namespace {
+// The fused CPU kernel is attention()'s default on 1.13 only where it measured faster at the
+// substrates' sizes with the golden curves within tolerance (docs/LOG.md).
+constexpr bool kFusedAttentionDefault = false;
+// SLMLAB_ATTENTION=fused|math overrides the default for a process (benchmarks, golden comparisons).
+bool initial_fused_attention() {
+  const char* e = std::getenv("SLMLAB_ATTENTION");
+  if (!e || !*e) return kFusedAttentionDefault;
+  const std::string v = e;
+  SLM_CHECK(v == "fused" || v == "math", "SLMLAB_ATTENTION='", v, "' is not a choice; use fused or math, or unset it");
+  return v == "fused";
+}
+std::atomic<int> g_fused_attention{-1};  // -1: not read yet (read at first use, so a bad value fails in one line)
+}  // namespace
+
+bool fused_attention() {
+  int v = g_fused_attention.load();
+  if (v < 0) {
+    v = initial_fused_attention() ? 1 : 0;
+    g_fused_attention.store(v);
+  }
+  return v == 1;
+}
+void set_fused_attention(bool on) { g_fused_attention.store(on ? 1 : 0); }
+
+torch::Tensor attention_math(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const torch::Tensor& allowed) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  // 1.13 has no public fused kernel: scores in fp32 (bf16 softmax loses too much), probabilities
-  // back in v's dtype for the second matmul.
+  // Scores in fp32 (bf16 softmax loses too much), probabilities back in v's dtype for the second matmul.
   auto scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat32).mul_(scale);
   torch::Tensor mask = allowed;
   if (!mask.defined()) {
@@ -182,6 +203,18 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
   scores.masked_fill_(mask.logical_not(), -std::numeric_limits<float>::infinity());
   auto p = torch::softmax(scores, -1).to(v.scalar_type());
   return torch::matmul(p, v);
+}
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& allowed) {
+#if SLM_TORCH_AT_LEAST(2, 0)
+  // Default scale 1/sqrt(D); a bool mask is true where a query may attend, as `allowed` is.
+  if (!allowed.defined()) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+  return at::scaled_dot_product_attention(q, k, v, allowed, 0.0, false);
+#else
+  // 1.13 has no public fused kernel: ours on the CPU, else the math path.
+  if (fused_attention() && attention_fused_cpu_supports(q, k, allowed)) return attention_fused_cpu(q, k, v, allowed);
+  return attention_math(q, k, v, allowed);
 #endif
 }
 
@@ -295,7 +328,7 @@ double attention_score_bytes() {
 #if SLM_TORCH_AT_LEAST(2, 0)
   return 0;
 #else
-  return 8;
+  return fused_attention() ? 0 : 8;
 #endif
 }
 

@@ -47,8 +47,17 @@ class AutocastOff {
 
 // Attention: softmax(q k^T * scale + mask) v. q,k,v: (B, H, T, D); allowed: (B, 1, T, T) bool or undefined
 // (undefined = causal). Uses the fused kernel where the LibTorch version has one.
+// On LibTorch 1.13's CPU, with the fused kernel on (fused_attention()), attention_fused_cpu
+// (common/attention_cpu.h) where it takes the arguments, else the math path below.
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const torch::Tensor& allowed);
+// The unfused math path: full T x T fp32 scores and probabilities (what 1.13 has without the kernel).
+torch::Tensor attention_math(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const torch::Tensor& allowed);
+// Whether attention() uses the fused CPU kernel on LibTorch 1.13 (process-wide; tests and benchmarks
+// switch it to compare the two; SLMLAB_ATTENTION=fused|math sets it for a whole process).
+bool fused_attention();
+void set_fused_attention(bool on);
 
 // Sustained matmul FLOP/s of this device at `dtype` with the current thread count, measured by a
 // short GEMM probe and cached in ~/.cache/slmlab (keyed by CPU model, threads, dtype, LibTorch version).
@@ -73,7 +82,7 @@ int64_t peak_rss_bytes();
 // this cgroup's memory.max less its memory.current; 0 where this build cannot tell (CUDA).
 double memory_available_bytes(const torch::Device& dev);
 // Bytes per attention score that attention() keeps for backward: the fp32 scores and probabilities
-// of LibTorch 1.13's unfused path (8), none for a fused kernel (0).
+// of LibTorch 1.13's unfused path (8), none for a fused kernel (0: SDPA, or the CPU kernel when on).
 double attention_score_bytes();
 
 }  // namespace slm::device

@@ -90,7 +90,7 @@ Optimizer::Optimizer(std::vector<ParamGroup> groups, OptimOptions opt) : groups_
 // correction) is global: a parameter skipped on some steps is corrected as if it had been updated.
 // Nothing here waits for the device: learning rates and corrections are host numbers, the fused
 // kernel's step count is written into a device tensor without reading anything back.
-void Optimizer::step(double lr_factor) {
+void Optimizer::step(double lr_factor, prof::Phases* phases) {
   SLM_CHECK(std::isfinite(lr_factor) && lr_factor >= 0, "[optim] lr factor ", lr_factor,
             " is not a finite non-negative number; check the lr schedule");
   torch::NoGradGuard no_grad;
@@ -98,9 +98,11 @@ void Optimizer::step(double lr_factor) {
   for (ParamGroup& g : groups_) {
     const double lr = g.base_lr * lr_factor;
     if (g.kind == "adamw") {
+      prof::Scope ps(phases, "adamw");
       adamw_step(g, lr);
       continue;
     }
+    prof::Scope ps(phases, "muon");
     for (size_t i = 0; i < g.params.size(); ++i) {
       torch::Tensor& p = g.params[i];
       if (!p.grad().defined()) continue;
@@ -116,7 +118,11 @@ void Optimizer::step(double lr_factor) {
       auto shard = tp_ ? tp_splits_.find(g.names[i]) : tp_splits_.end();
       const bool split = shard != tp_splits_.end();
       const torch::Tensor whole = split ? tp_unshard(update, shard->second, *tp_) : update;
-      torch::Tensor x = zeropower_newton_schulz(whole, opt_.ns_steps, p.is_cuda());
+      torch::Tensor x;
+      {
+        prof::Scope ns(phases, "muon_ns");
+        x = zeropower_newton_schulz(whole, opt_.ns_steps, p.is_cuda());
+      }
       // Orthogonalized updates have unit spectral norm; tall matrices get a larger step so their
       // per-element update RMS matches that of square ones.
       const double scale = std::sqrt(std::max(1.0, static_cast<double>(whole.size(0)) / whole.size(1)));

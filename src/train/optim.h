@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/tp.h"
+#include "train/step_profile.h"
 
 namespace slm {
 
@@ -32,7 +33,8 @@ class Optimizer {
  public:
   Optimizer(std::vector<ParamGroup> groups, OptimOptions opt);
   // One update with lr = base_lr * lr_factor for every group. Parameters without grad are skipped.
-  void step(double lr_factor);
+  // phases: where --profile times Muon's Newton-Schulz (muon_ns), the rest of Muon and AdamW.
+  void step(double lr_factor, prof::Phases* phases = nullptr);
   void zero_grad();
   // Every state tensor, named "<param name>.<state>" (e.g. "blocks.0.attn.c_q.weight.exp_avg"),
   // plus "step" counters; restore() takes exactly such a map and checks names and shapes.

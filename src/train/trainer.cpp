@@ -31,6 +31,7 @@
 #include "train/dry_run.h"
 #include "train/memory.h"
 #include "train/optim.h"
+#include "train/step_profile.h"
 #include "train/param_groups.h"
 #include "train/run.h"
 #include "train/run_folder.h"
@@ -294,6 +295,7 @@ class Run {
   RunFolder folder;
   GPT model{nullptr};
   std::unique_ptr<Optimizer> optim;
+  prof::Phases* phases = nullptr;  // --profile: this step's phase timers
   std::unique_ptr<data::Loader> loader;
   std::unique_ptr<dist::GradReducer> reducer;
   ckpt::TrainState st;
@@ -475,14 +477,25 @@ class Run {
     std::map<std::string, torch::Tensor> aux_sum;  // each micro-batch's value / accum, summed
     auto add = [](torch::Tensor& acc, const torch::Tensor& v) { acc = acc.defined() ? acc + v : v; };
     for (int64_t m = 0; m < accum; ++m) {
-      auto [x, y, d] = next_batch();
-      device::set_autocast(dev_, bf16_);
+      torch::Tensor x, y, d;
+      {
+        prof::Scope ps(phases, "data");
+        std::tie(x, y, d) = next_batch();
+      }
       GPTImpl::Parts parts;
-      auto total = model->loss(x, y, d, st.step, &parts);
-      device::set_autocast(dev_, false);
+      torch::Tensor total;
+      {
+        prof::Scope ps(phases, "forward");
+        device::set_autocast(dev_, bf16_);
+        total = model->loss(x, y, d, st.step, &parts);
+        device::set_autocast(dev_, false);
+      }
       auto scaled = total / static_cast<double>(accum);
       if (reducer && opt_.overlap_grad_reduce && m == accum - 1) reducer->arm(scaled);
-      scaled.backward();
+      {
+        prof::Scope ps(phases, "backward");
+        scaled.backward();
+      }
       add(loss_sum, parts.main.detach().to(torch::kFloat64));  // the language-model loss: comparable across modules
       for (auto& a : parts.aux) add(aux_sum[a.name], a.value.detach().to(torch::kFloat64) / static_cast<double>(accum));
       for (auto& [k, v] : parts.stats) module_stats[k] = v;
@@ -498,14 +511,22 @@ class Run {
     if (g_.world) g_.world->all_reduce_sum(vals);
     loader->align();  // every rank's loader at the step's end: the state a checkpoint keeps
     dist::Comm* tpc = g_.tp.get();
-    torch::Tensor gnorm = clip_grad_norm(*model, sub_.grad_clip,
-                                         tpc ? std::function<void(torch::Tensor&)>([tpc](torch::Tensor& t) { tpc->all_reduce_sum(t); })
-                                             : nullptr);
+    torch::Tensor gnorm;
+    {
+      prof::Scope ps(phases, "clip");
+      gnorm = clip_grad_norm(*model, sub_.grad_clip,
+                             tpc ? std::function<void(torch::Tensor&)>([tpc](torch::Tensor& t) { tpc->all_reduce_sum(t); })
+                                 : nullptr);
+    }
     r.lr = lr_factor(sub_, st.step);
-    optim->step(r.lr);
+    optim->step(r.lr, phases);
     optim->zero_grad();
     // The step's one wait.
-    auto host = torch::cat({vals, gnorm.reshape({1})}).to(torch::kCPU);
+    torch::Tensor host;
+    {
+      prof::Scope ps(phases, "host_read");
+      host = torch::cat({vals, gnorm.reshape({1})}).to(torch::kCPU);
+    }
     const auto hv = host.accessor<double, 1>();
     const double ranks = g_.world ? s_.world.size : 1;
     r.loss = hv[0] / ranks;
@@ -717,12 +738,40 @@ int train(const TrainOptions& opt) {
 
   // ---- the loop: step, log, evaluate, save
   model->train();
+  // --profile: phases timed from the third step of this process on (the first two warm up the
+  // allocator and autocast's caches), ops profiled over the last two steps (the profiler's overhead
+  // stays out of the phase times).
+  std::vector<std::map<std::string, double>> phase_steps;
+  std::vector<prof::OpRow> ops;
+  int op_steps = 0;
+  double op_ms = 0;
+  const int64_t first_step = st.step;
+  std::string machine;
+  if (opt.profile) machine = prof::machine_line();
   while (st.step < sub.steps) {
+    prof::Phases ph;
+    const int64_t k = st.step - first_step;
+    const bool op_prof = opt.profile && sub.steps - st.step <= 2 && k >= 2;
+    const bool time_phases = opt.profile && k >= 2 && !op_prof;
+    run.phases = time_phases ? &ph : nullptr;
+    if (op_prof && op_steps++ == 0) prof::op_profile_start();
     const auto t0 = clk::now();
     const StepResult r = run.step();
+    const double dt_step = seconds(t0);
+    if (op_prof) op_ms += 1000 * dt_step;
+    if (op_prof && st.step + 1 == sub.steps) ops = prof::op_profile_stop();
+    if (time_phases) {
+      ph.s["step"] = dt_step;
+      if (ph.s.count("muon")) {  // Muon's time less its Newton-Schulz iterations
+        ph.s["muon_other"] = ph.s["muon"] - ph.s["muon_ns"];
+        ph.s.erase("muon");
+      }
+      for (auto& [key, v] : ph.s) v *= 1000;
+      phase_steps.push_back(ph.s);
+    }
     if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) return run.invalid(r);
     ++st.step;
-    const double dt = seconds(t0);
+    const double dt = dt_step;
     run.check_replicas(st.step);  // outside the step's time
     st.train_seconds += dt;
     st.tokens += sub.total_batch;
@@ -745,6 +794,8 @@ int train(const TrainOptions& opt) {
   std::printf("done: best val_bpb %.4f @ step %lld, final %.4f, %s tokens in %s (%.0f tok/s)\n", st.best_val,
               (long long)st.best_step, st.last_val, human_count(st.tokens).c_str(), human_duration(st.train_seconds).c_str(),
               st.tokens / std::max(1e-9, st.train_seconds));
+  if (opt.profile && s.world.is_main())
+    std::printf("%s\n%s", machine.c_str(), prof::format_report(phase_steps, ops, op_steps, op_ms, 30).c_str());
   return 0;
 }
 

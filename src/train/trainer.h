@@ -26,6 +26,8 @@ struct TrainOptions {
   double memory_budget_gib = 0;      // > 0: bytes a rank may use, in GiB, instead of the machine's available memory
   bool check_replicas = false;       // data parallel: after every step, fail unless every rank's
                                      // parameters and buffers are bitwise equal (dist::check_replicas)
+  bool profile = false;              // time each step's phases, profile the last steps' ops, print both
+                                     // with the machine line at the end (train/step_profile.h)
 };
 
 // Exit status: 0 done, 3 INVALID (non-finite loss), kPreempted when SIGTERM or SIGINT stopped it
