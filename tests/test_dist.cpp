@@ -705,19 +705,29 @@ TEST(Dist, SplitByRowsWithSharedRowsRoundTrips) {
 }
 
 // A subclass of a split component that does not say how it splits is refused by the model, naming
-// the layer, rather than inheriting a split its own code does not follow: continual backprop's MLP
-// indexes units of the whole (the catalog refuses it at tp > 1 first; this is the model's guard).
+// the layer, rather than inheriting a split its own code may not follow (continual backprop's MLP
+// says how it splits: as the MLP, its units indexed from tp's rank).
+namespace {
+struct UnsplitMlpImpl : MLPImpl {
+  using MLPImpl::MLPImpl;
+};
+}  // namespace
+
 TEST(Dist, ComponentThatDoesNotSplitItselfIsRefusedByTheModel) {
   auto g = std::make_shared<TpGroup>();  // splitting is local: no collective runs
   g->rank = 0;
   g->size = 2;
   ModelConfig c = slm::test::tiny_config(2);
-  c.modules.push_back(slm::test::module_args("cbp"));
   GPT m(c);
+  auto b = m->blocks[0]->as<BlockImpl>();
+  b->ffn = Ffn(b->replace_module("ffn", std::make_shared<UnsplitMlpImpl>(c)));
   const std::string e = slm::test::error_of([&] { m->shard_tensor_parallel(g); });
   EXPECT_NE(e.find("[tp] blocks.0.ffn ("), std::string::npos) << e;
   EXPECT_NE(e.find("does not split over tp 2: "), std::string::npos) << e;
   EXPECT_NE(e.find("does not split its units"), std::string::npos) << e;
+  c.modules.push_back(slm::test::module_args("cbp"));
+  GPT cbp(c);
+  EXPECT_EQ(slm::test::error_of([&] { cbp->shard_tensor_parallel(g); }), "") << "CBP's MLP splits itself";
   GPT plain(slm::test::tiny_config(2));
   EXPECT_EQ(slm::test::error_of([&] { plain->shard_tensor_parallel(g); }), "");
   EXPECT_EQ(plain->tp_splits.size(), 2u * 6u) << "q, k, v, proj and the MLP's two per layer";
