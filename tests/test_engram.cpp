@@ -23,6 +23,7 @@
 #include "model/gpt.h"
 #include "test_util.h"
 #include "test_model_util.h"
+#include "test_tolerance.h"
 
 
 using namespace slm;
@@ -228,7 +229,12 @@ TEST(EngramBranch, DocumentsInAPackedRowSeeNothingOfEachOther) {
   EXPECT_EQ(max_diff(packed.index({Slice(), Slice(cut)}), changed.index({Slice(), Slice(cut)})), 0.0);
   // And it equals document 2 run alone, from a sequence start.
   auto alone = e->run(x.index({Slice(), Slice(cut)}), idx.index({Slice(), Slice(cut)}), {});
-  EXPECT_LT(max_diff(packed.index({Slice(), Slice(cut)}), alone), 1e-6);
+  // Another row count may take another BLAS kernel (another summation order): the bound of fp32 sums
+  // along the branch's path, each of its matrices' widest input plus the gate's norm and dot (2 C).
+  int64_t widest = 0;
+  for (auto& p : e->parameters())
+    if (p.dim() >= 2) widest = std::max(widest, p.size(-1) * (p.dim() > 2 ? p.size(-2) : 1));
+  EXPECT_TRUE(slm::test::fp32_close(packed.index({Slice(), Slice(cut)}), alone, 3 * widest + 2 * 32));
   // Without doc ids the second document does see the first: the test can fail.
   auto joined = e->run(x, idx, {});
   EXPECT_GT(max_diff(joined.index({Slice(), Slice(cut)}), alone), 1e-3);
