@@ -11,6 +11,9 @@ steps=${2:-12}
 bin=${SLMLAB_BIN:-$root/build/slmlab}
 py=/usr/bin/python3   # Debian's python3 with python3-torch (a pyenv python3 may shadow it on PATH)
 threads=$(nproc)
+# One OpenMP wait policy for both implementations (slmlab's binary waits passively unless told
+# otherwise, common/device.h; Python's torch would spin by default).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 vocab=$("$bin" data stats "$data" --json --top 0 | $py -c 'import json,sys; print(json.load(sys.stdin)["vocab"])')
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -21,7 +24,7 @@ configs=(
   "d6-384|6 64 64 512 8192 16"
 )
 warm=2
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $threads threads; data $data (vocab $vocab); $steps timed steps after $warm warm-up"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $threads threads, OMP_WAIT_POLICY=$OMP_WAIT_POLICY, load $(cut -d" " -f1-3 /proc/loadavg); data $data (vocab $vocab); $steps timed steps after $warm warm-up"
 printf "\n| config | precision | impl | tokens/s | step ms | peak RSS MiB | speedup |\n|---|---|---|---|---|---|---|\n"
 for cfg in "${configs[@]}"; do
   name=${cfg%%|*}

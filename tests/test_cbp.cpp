@@ -29,11 +29,7 @@ namespace {
 // The registry-wide tests' geometry: depth 3, d_model 32 (H = 128 hidden units), context 32.
 using slm::test::tiny_config;
 
-ModelConfig with_cbp(const std::map<std::string, std::string>& given) {
-  ModelConfig c = tiny_config();
-  c.modules = {slm::test::module_args("cbp", given)};
-  return c;
-}
+ModelConfig with_cbp(const std::map<std::string, std::string>& given) { return slm::test::tiny_with("cbp", given); }
 
 std::shared_ptr<CbpMlpImpl> cbp_layer(GPT& m, int64_t layer) {
   auto f = std::dynamic_pointer_cast<CbpMlpImpl>(m->blocks->ptr(layer)->as<BlockImpl>()->ffn);

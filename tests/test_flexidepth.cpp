@@ -26,9 +26,7 @@ namespace {
 using slm::test::tiny_config;
 
 ModelConfig with_flexidepth(const std::map<std::string, std::string>& over = {}) {
-  ModelConfig c = tiny_config();
-  c.modules = {slm::test::module_args("flexidepth", over)};
-  return c;
+  return slm::test::tiny_with("flexidepth", over);
 }
 
 FlexiDepthWrapImpl& wrap_of(GPT& m, int64_t layer) {

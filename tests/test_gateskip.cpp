@@ -27,9 +27,7 @@ namespace {
 using slm::test::tiny_config;
 
 ModelConfig with_gateskip(const std::map<std::string, std::string>& over = {}) {
-  ModelConfig c = tiny_config();
-  c.modules = {slm::test::module_args("gateskip", over)};
-  return c;
+  return slm::test::tiny_with("gateskip", over);
 }
 
 GateSkipWrapImpl& wrap_of(GPT& m, int64_t layer) {

@@ -29,11 +29,7 @@ namespace {
 // The registry-wide tests' geometry: depth 3, d_model 32, 2 heads of 16, context 32.
 using slm::test::tiny_config;
 
-ModelConfig with_mhc(const std::map<std::string, std::string>& over = {}) {
-  ModelConfig c = tiny_config();
-  c.modules = {slm::test::module_args("mhc", over)};
-  return c;
-}
+ModelConfig with_mhc(const std::map<std::string, std::string>& over = {}) { return slm::test::tiny_with("mhc", over); }
 
 MhcWrapImpl& wrap_of(GPT& m, int64_t layer) {
   auto* w = dynamic_cast<MhcWrapImpl*>(m->blocks->ptr(layer)->as<BlockImpl>()->wrap.get());

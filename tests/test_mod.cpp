@@ -31,8 +31,7 @@ namespace {
 using slm::test::tiny_config;
 
 ModelConfig with_mod(const std::map<std::string, std::string>& given = {}, ModelConfig c = tiny_config()) {
-  c.modules = {slm::test::module_args("mod", given)};
-  return c;
+  return slm::test::tiny_with("mod", given, c);
 }
 
 void randomize(torch::nn::Module& m, uint64_t seed, double scale = 0.1) { slm::test::perturb(m, seed, scale, true); }

@@ -4,8 +4,11 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <map>
+#include <string>
 
 #include "model/gpt.h"
+#include "test_util.h"
 
 namespace slm::test {
 
@@ -19,6 +22,13 @@ inline ModelConfig tiny_config(int64_t n_layer = 3) {
   c.n_head = 2;
   c.head_dim = 16;
   c.context = 32;
+  return c;
+}
+
+// The tiny geometry (or `c`) with one catalog module on, given these arguments over its defaults.
+inline ModelConfig tiny_with(const std::string& module, const std::map<std::string, std::string>& given = {},
+                             ModelConfig c = tiny_config()) {
+  c.modules = {module_args(module, given)};
   return c;
 }
 

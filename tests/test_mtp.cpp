@@ -26,11 +26,7 @@ namespace {
 // The registry-wide tests' geometry: depth 3, d_model 32, 2 heads of 16, context 32.
 using slm::test::tiny_config;
 
-ModelConfig with_mtp(const std::map<std::string, std::string>& over = {}) {
-  ModelConfig c = tiny_config();
-  c.modules = {slm::test::module_args("mtp", over)};
-  return c;
-}
+ModelConfig with_mtp(const std::map<std::string, std::string>& over = {}) { return slm::test::tiny_with("mtp", over); }
 
 MtpImpl& mtp_of(GPT& m) {
   auto* o = dynamic_cast<MtpImpl*>(m->objectives.at(0).get());
@@ -237,9 +233,11 @@ TEST(Mtp, EmbeddingAndHeadLearnFromBothLosses) {
     auto g0 = m0->named_parameters()[k].grad(), g1 = m1->named_parameters()[k].grad();
     EXPECT_GT((g1 - g0).abs().max().item<double>(), 1e-6) << k << " gets nothing from the MTP loss";
   }
-  for (auto& p : m1->named_parameters())
-    if (p.key().rfind("objective0.", 0) == 0)
+  for (auto& p : m1->named_parameters()) {
+    if (p.key().rfind("objective0.", 0) == 0) {
       EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key();
+    }
+  }
 }
 
 TEST(Mtp, WeightScheduleSwitchesAtItsStep) {
@@ -263,8 +261,11 @@ TEST(Mtp, NeverPartOfValBpbAndTheBackboneInitIsTheBaselines) {
   GPT base(tiny_config());
   GPT m(with_mtp({{"depth", "2"}}));
   auto bp = base->named_parameters();
-  for (auto& p : m->named_parameters())
-    if (p.key().rfind("objective0.", 0) != 0) EXPECT_TRUE(torch::equal(p.value(), bp[p.key()])) << p.key();
+  for (auto& p : m->named_parameters()) {
+    if (p.key().rfind("objective0.", 0) != 0) {
+      EXPECT_TRUE(torch::equal(p.value(), bp[p.key()])) << p.key();
+    }
+  }
   auto r = make_row(2, 32, 14);
   EXPECT_TRUE(torch::equal(m->token_nats(r.idx, r.targets, {}), base->token_nats(r.idx, r.targets, {})));
 }

@@ -27,9 +27,7 @@ namespace {
 ModelConfig tiny_config() { return slm::test::tiny_config(2); }
 
 ModelConfig with_ncp(const std::map<std::string, std::string>& args) {
-  ModelConfig c = tiny_config();
-  c.modules = {test::module_args("ncp", args)};
-  return c;
+  return slm::test::tiny_with("ncp", args, tiny_config());
 }
 
 NcpObjectiveImpl& ncp_of(GPT& m) { return *std::dynamic_pointer_cast<NcpObjectiveImpl>(m->objectives.at(0)); }

@@ -26,9 +26,7 @@ namespace {
 ModelConfig tiny_config() { return slm::test::tiny_config(2); }
 
 ModelConfig with_top(const std::map<std::string, std::string>& args) {
-  ModelConfig c = tiny_config();
-  c.modules = {test::module_args("top", args)};
-  return c;
+  return slm::test::tiny_with("top", args, tiny_config());
 }
 
 // The paper's seq_to_top (zaydzuhri/token-order-prediction, seq_to_top_naive.py), ported as written:

@@ -341,20 +341,22 @@ TEST(Trainer, RunFolderIsCheckedBeforeItIsBelieved) {
 }
 
 // --profile: the phases of a step, the ops of the last two and the machine line, printed at the end;
-// profiling changes no bit of the run.
+// profiling changes no bit of the run. Neither does OpenMP's wait policy: the binary waits passively
+// unless the user chose (device::exec_with_passive_openmp), and the machine line says which.
 TEST(Trainer, ProfileReportsPhasesOpsAndMachineWithoutChangingTheRun) {
   const Fixture& f = fx();
   slm::test::TempDir t;
   const std::string few = "--set steps=6 --set eval_every=3 --set ckpt_every=0";
   const std::string plain = t / "plain", profiled = t / "profiled";
-  auto a = slm::test::run(f.train_cmd(plain, few));
-  auto b = slm::test::run(f.train_cmd(profiled, few + " --profile"));
+  auto a = slm::test::run("OMP_WAIT_POLICY=ACTIVE " + f.train_cmd(plain, few));
+  auto b = slm::test::run("env -u OMP_WAIT_POLICY " + f.train_cmd(profiled, few + " --profile"));
   ASSERT_EQ(a.status, 0) << a.out;
   ASSERT_EQ(b.status, 0) << b.out;
   EXPECT_EQ(a.out.find("phases ("), std::string::npos);
   EXPECT_NE(b.out.find("machine: "), std::string::npos) << b.out;
   EXPECT_NE(b.out.find("BLAS_INFO="), std::string::npos) << b.out;
   EXPECT_NE(b.out.find("load average at start"), std::string::npos) << b.out;
+  EXPECT_NE(b.out.find("OMP_WAIT_POLICY=PASSIVE"), std::string::npos) << b.out;
   // Steps 3 and 4 of 6 timed (two warm-up steps, the last two profiled by op).
   EXPECT_NE(b.out.find("phases (median of 2 steps, ms)"), std::string::npos) << b.out;
   for (const char* phase : {"data", "forward", "backward", "clip", "muon_ns", "muon_other", "adamw", "host_read"})

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "common/device.h"
 #include "common/error.h"
 #include "common/failure.h"
 #include "common/fs.h"
@@ -69,6 +70,7 @@ static void record_failure(const std::string& line) {
 }
 
 int main(int argc, char** argv) {
+  slm::device::exec_with_passive_openmp(argv);
   // A write past a file-size limit then fails with EFBIG and a clear error instead of killing us.
   std::signal(SIGXFSZ, SIG_IGN);
   // Keep freed blocks in the process: the training step allocates the same large temporaries every

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/device.h"
+#include "common/fast_exp.h"
 
 namespace slm::device {
 
@@ -15,25 +16,6 @@ namespace {
 
 constexpr int64_t kBq = 32;  // query rows per block
 constexpr int64_t kBk = 64;  // keys per block: with kBq rows, q, k and v blocks stay in L1/L2 for D <= 128
-
-// exp(x) for x <= 0, as a branch-free polynomial the compiler vectorizes (the same as the loss
-// head's, model/fused_ce.cpp): max relative error ~2e-7, fp32 level.
-inline float exp_neg(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float kk = __builtin_roundf(x * 1.44269504088896341f);
-  const float r = x - kk * 0.693145751953125f - kk * 1.428606765330187e-06f;
-  float p = 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t e = static_cast<int32_t>(kk) + 127;
-  float s;
-  const int32_t bits = e << 23;
-  __builtin_memcpy(&s, &bits, 4);
-  return p * s;
-}
 
 inline float dot(const float* a, const float* b, int64_t D) {
   float s = 0;

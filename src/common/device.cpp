@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -288,6 +289,13 @@ void foreach_lerp_(at::TensorList self, at::TensorList end, double weight) {
   SLM_CHECK(self.size() == end.size(), "[device] foreach_lerp_ got ", self.size(), " tensors and ", end.size(), " ends; pass one end per tensor");
   for (size_t i = 0; i < self.size(); ++i) self[i].lerp_(end[i], weight);
 #endif
+}
+
+void exec_with_passive_openmp(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;  // the user's choice, or already re-executed
+  if (::setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+  ::execv("/proc/self/exe", argv);
+  ::unsetenv("OMP_WAIT_POLICY");  // exec failed: this process keeps the policy libgomp loaded with
 }
 
 int64_t peak_rss_bytes() {

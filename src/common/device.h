@@ -76,6 +76,15 @@ void fused_adamw_(at::TensorList params, at::TensorList grads, at::TensorList ex
 // (>= 2.0), else one lerp_ per tensor. On CPU both are the per-tensor kernel: the same bits.
 void foreach_lerp_(at::TensorList self, at::TensorList end, double weight);
 
+// OpenMP's threads wait passively (sleep) between parallel regions unless the user chose a policy
+// (OMP_WAIT_POLICY set, e.g. to ACTIVE): libgomp spins by default, and where another process shares
+// the cores, a spinning thread takes the time the working one needs (docs/LOG.md 2026-12-03: a
+// cpu-tiny step 2-4.5x slower with a `yes` beside it). libgomp reads the policy when it loads,
+// before main, so this re-executes the binary once (/proc/self/exe, the same argv) with it set.
+// Call first thing in main; returns when nothing needed doing or the exec failed (then the default
+// policy stays, and training is only slower under load).
+void exec_with_passive_openmp(char** argv);
+
 // Resident set size high-water mark of this process, bytes.
 int64_t peak_rss_bytes();
 // Bytes a new allocation on `dev` can still get: on the CPU the kernel's MemAvailable, bounded by

@@ -5,31 +5,13 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "common/fast_exp.h"
 
 namespace slm {
 
 namespace {
 
 constexpr int64_t kChunkRows = 256;  // (256 x V) fp32 logits per chunk: cache-sized for V ~ 8k-32k
-
-// exp(x) for x <= 0 (all our arguments are), as a branch-free polynomial the compiler vectorizes:
-// x = k ln2 + r, exp(r) by a degree-6 polynomial on |r| <= ln2/2 (max rel. error ~2e-7, fp32 level).
-inline float exp_neg(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float k = __builtin_roundf(x * 1.44269504088896341f);
-  const float r = x - k * 0.693145751953125f - k * 1.428606765330187e-06f;
-  float p = 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t e = static_cast<int32_t>(k) + 127;
-  float scale;
-  const int32_t bits = e << 23;
-  __builtin_memcpy(&scale, &bits, 4);
-  return p * scale;
-}
 
 // One row: cap*tanh(z/cap) in place, then max, sum of exponentials, nats; then (optionally) the
 // gradient (softmax - onehot) * (1 - tanh^2) * scale in place. Three passes over a cache-resident row.
