@@ -24,6 +24,7 @@
 #include "model/mamba3.h"
 #include "model/moe.h"
 #include "model/ncp.h"
+#include "test_dist_util.h"
 #include "test_model_util.h"
 #include "test_tolerance.h"
 #include "test_util.h"
@@ -34,27 +35,7 @@ using json = nlohmann::json;
 
 namespace {
 
-// Runs fn(comm) on `world` threads, each a rank of one Gloo group met through a shared HashStore.
-template <class Fn>
-void with_group(int world, Fn fn) {
-  auto store = c10::make_intrusive<c10d::HashStore>();
-  std::vector<std::thread> ts;
-  std::vector<std::string> errors(world);
-  for (int r = 0; r < world; ++r)
-    ts.emplace_back([&, r] {
-      try {
-        dist::World w;
-        w.rank = r;
-        w.size = world;
-        dist::Comm comm(store, w, torch::kCPU);
-        fn(comm);
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  for (auto& t : ts) t.join();
-  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
-}
+using slm::test::with_group;
 
 // Parameters with rank-specific gradients: 3 tensors, one larger than a small bucket, one of them
 // without a gradient on rank 1 only, one without a gradient anywhere.

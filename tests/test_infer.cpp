@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "model/generate.h"
 #include "model/gpt.h"
+#include "test_dist_util.h"
 #include "test_model_util.h"
 #include "test_tolerance.h"
 #include "test_util.h"
@@ -158,27 +159,7 @@ TEST(Jacobi, RefusesBadOptions) {
 
 namespace {
 
-// Runs fn(comm) on `world` threads, each a rank of one Gloo group met through a shared HashStore.
-template <class Fn>
-void with_group(int world, Fn fn) {
-  auto store = c10::make_intrusive<c10d::HashStore>();
-  std::vector<std::thread> ts;
-  std::vector<std::string> errors(world);
-  for (int r = 0; r < world; ++r)
-    ts.emplace_back([&, r] {
-      try {
-        dist::World w;
-        w.rank = r;
-        w.size = world;
-        dist::Comm comm(store, w, torch::kCPU);
-        fn(comm);
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  for (auto& t : ts) t.join();
-  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
-}
+using slm::test::with_group;
 
 // Two rows of three and two documents, boundaries off the zigzag chunks' edges.
 torch::Tensor doc_ids(int64_t T) {
