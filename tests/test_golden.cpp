@@ -8,6 +8,11 @@
 // made on; on the same kind the comparison is exact, on another one it is a relative bound of 1e-3
 // (8 fp32 steps of a 2-layer model drift by ~1e-6 between BLAS kernels; 1e-3 is far above that and
 // far below what any change to the model or the data order does), and the test says which it used.
+// Module statistics get no numeric bound across machine kinds, only the same keys and finite values:
+// some follow scalars whose gradient is at rounding level at init, which AdamW moves by about its
+// learning rate per step whatever the gradient's size, in the direction the rounding gives. Measured
+// (docs/LOG.md, 2026-12-03): one thread against two, same machine, 8 steps, moved mHC's map biases by
+// 6e-2 and `mhc.pre` by 2.2e-3 while losses and val_bpb moved by ~1e-7.
 //
 // Recording (after a deliberate change of the numbers, never to make a failure go away):
 //   SLMLAB_GOLDEN_RECORD=1 build/tests/test_golden
@@ -119,7 +124,7 @@ TEST_P(Golden, CurveEqualsTheRecordedOne) {
     EXPECT_EQ(got, want) << "bitwise comparison on the machine kind the curve was recorded on";
     return;
   }
-  // Another machine kind: every number within 1e-3 relative, every text otherwise equal.
+  // Another machine kind: every number of the curve within 1e-3 relative, every text otherwise equal.
   std::cout << "[golden] " << name << ": recorded on '" << recorded_machine << "', this is '" << machine_line()
             << "': comparing within 1e-3 relative instead of bitwise\n";
   ASSERT_EQ(got.size(), want.size());
@@ -137,9 +142,8 @@ TEST_P(Golden, CurveEqualsTheRecordedOne) {
         ASSERT_EQ(ja.size(), jb.size()) << name << " line " << i;
         for (auto& [k, v] : jb.items()) {
           ASSERT_TRUE(ja.contains(k)) << name << " line " << i << ": " << k;
-          if (v.is_number())
-            EXPECT_LE(std::fabs(ja[k].get<double>() - v.get<double>()), 1e-3 * std::max(1.0, std::fabs(v.get<double>())))
-                << name << " line " << i << ": " << k;
+          if (v.is_number())  // finite, not within a bound: see the header
+            EXPECT_TRUE(std::isfinite(ja[k].get<double>())) << name << " line " << i << ": " << k;
           else
             EXPECT_EQ(ja[k], v) << name << " line " << i << ": " << k;
         }

@@ -377,3 +377,26 @@ TEST(Trainer, BadAttentionSwitchFailsBeforeWriting) {
   EXPECT_NE(r.out.find("SLMLAB_ATTENTION='flash' is not a choice; use fused or math"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(out));
 }
+
+// The attention path is part of what reproduces a run: config.json records it, and a resume on the
+// other path is refused in one line naming the way back (the same path resumes).
+TEST(Trainer, ResumeOnAnotherAttentionPathIsRefused) {
+  const Fixture& f = fx();
+  slm::test::TempDir t;
+  const std::string out = t / "run";
+  auto a = slm::test::run("SLMLAB_ATTENTION=fused " + f.train_cmd(out, "--set steps=10 --set eval_every=0"));
+  ASSERT_EQ(a.status, 0) << a.out;
+  EXPECT_EQ(json::parse(fs::read_file(out + "/config.json"))["attention"], "fused");
+  const std::string before = fs::read_file(out + "/metrics.jsonl");
+  auto b = slm::test::run("SLMLAB_ATTENTION=math " + f.train_cmd(out, "--set steps=10 --set eval_every=0 --resume"));
+  EXPECT_NE(b.status, 0);
+  EXPECT_EQ(slm::test::count_lines(b.out), 1) << b.out;
+  EXPECT_NE(b.out.find("was trained with attention fused and this process computes math; resume it with "
+                       "SLMLAB_ATTENTION=fused"),
+            std::string::npos)
+      << b.out;
+  EXPECT_EQ(fs::read_file(out + "/metrics.jsonl"), before);
+  auto c = slm::test::run("SLMLAB_ATTENTION=fused " + f.train_cmd(out, "--set steps=10 --set eval_every=0 --resume"));
+  EXPECT_EQ(c.status, 0) << c.out;
+  EXPECT_EQ(last_step(out), 10);
+}

@@ -58,6 +58,9 @@ torch::Tensor attention_math(const torch::Tensor& q, const torch::Tensor& k, con
 // switch it to compare the two; SLMLAB_ATTENTION=fused|math sets it for a whole process).
 bool fused_attention();
 void set_fused_attention(bool on);
+// Which attention this process computes: "sdpa" (LibTorch >= 2.0), "fused" (our CPU kernel) or "math".
+// Recorded in a run's config.json and the machine line: the paths round differently.
+std::string attention_path();
 
 // Sustained matmul FLOP/s of this device at `dtype` with the current thread count, measured by a
 // short GEMM probe and cached in ~/.cache/slmlab (keyed by CPU model, threads, dtype, LibTorch version).

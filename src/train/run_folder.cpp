@@ -51,6 +51,11 @@ void check_run_folder(const RunFolder& f, const json& cfg, bool resume) {
   SLM_CHECK(old["substrate_id"] == cfg["substrate_id"], "train: --resume with a different configuration (substrate ",
             old["substrate_id"].get<std::string>(), " vs ", cfg["substrate_id"].get<std::string>(),
             "); use a new --out for a new configuration");
+  // The attention kernels round differently, so a resume on another one would not be bitwise the run
+  // (a folder from before the key was recorded trained with the math path).
+  const std::string old_attn = old.value("attention", std::string("math")), attn = cfg.value("attention", old_attn);
+  SLM_CHECK(old_attn == attn, "train: ", dir, " was trained with attention ", old_attn, " and this process computes ",
+            attn, "; resume it with SLMLAB_ATTENTION=", old_attn, " or start a new --out");
   // config.json is rewritten at every start, so it tells the world size of the latest checkpoint's run.
   const int old_world = old.value("world_size", 1), world = cfg.value("world_size", 1);
   SLM_CHECK(!fs::exists(f.latest()) || old_world == world, "train: ", f.latest(), " was written by a run with ", old_world,

@@ -77,6 +77,7 @@ struct RunConfig {
     j["precision"] = precision;
     j["precision_reason"] = precision_reason;
     j["device"] = device;
+    j["attention"] = device::attention_path();  // the kernels round differently: part of what reproduces a run
     j["threads"] = threads;
     j["modules"] = modules;
     j["world_size"] = world_size;
