@@ -221,6 +221,16 @@ TEST(Eagle2, CliDraftTrainResumeAndGenerate) {
   auto b2 = slm::test::run(bin + " draft train " + tr.run + " --out " + split + " --steps 6 --resume" + common);
   ASSERT_EQ(b2.status, 0) << b2.out;
   EXPECT_NE(b2.out.find("resuming"), std::string::npos) << b2.out;
+  // Bad input: one line, nothing written.
+  for (const auto& [opt, msg] : std::vector<std::pair<std::string, std::string>>{
+           {" --steps 0", "--steps must be >= 1"}, {" --lr 0", "--lr must be > 0"}, {" --checkpoint 7", "has no 7 checkpoint"}}) {
+    const std::string out = t / "bad";
+    auto r = slm::test::run(bin + " draft train " + tr.run + " --out " + out + opt);
+    EXPECT_NE(r.status, 0) << opt;
+    EXPECT_NE(r.out.find(msg), std::string::npos) << opt << ": " << r.out;
+    EXPECT_EQ(slm::test::count_lines(r.out), 1) << opt << ": " << r.out;
+    EXPECT_FALSE(fs::exists(out)) << opt;
+  }
   // The same head, bitwise, and the same curve.
   auto file_a = st::read(straight + "/draft_latest.safetensors"), file_b = st::read(split + "/draft_latest.safetensors");
   ASSERT_EQ(file_a.tensors.size(), file_b.tensors.size());

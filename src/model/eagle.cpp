@@ -160,14 +160,17 @@ class Eagle2 {
       pending_ = torch::Tensor();
       const int64_t committed = n - 1;  // draft cache entries that stay
       auto root_feat = root_out.slice(0, -1);  // (1, C): the predicted feature at the root's position
-      std::vector<torch::Tensor> parent_feat;  // per candidate: the feature its expansion reads
-      std::vector<int64_t> slot;               // per candidate: its draft cache entry once expanded, -1 before
+      // The feature a candidate's expansion reads is its parent's output: a row of the last
+      // expansion's output (`parents_out`; the root's for depth 1), since levels expand in order.
+      torch::Tensor parents_out = root_feat;
+      std::vector<int64_t> parent_row;  // per candidate: that row
+      std::vector<int64_t> slot;        // per candidate: its draft cache entry once expanded, -1 before
       auto [tok, lp] = top_rows(draft_logp(root_feat), k);
       std::vector<int64_t> level;
       for (int64_t j = 0; j < k; ++j) {
         level.push_back(static_cast<int64_t>(cand.size()));
         cand.push_back({tok[j], -1, lp[j], 1});
-        parent_feat.push_back(root_feat);
+        parent_row.push_back(0);
         slot.push_back(-1);
       }
       for (int64_t d = 1; d < depth; ++d) {
@@ -181,27 +184,29 @@ class Eagle2 {
         auto vis = visible.accessor<bool, 2>();
         std::vector<int32_t> ids_e;
         std::vector<int64_t> pos_e;
-        std::vector<torch::Tensor> feats;
+        std::vector<int64_t> rows;
         for (int64_t i = 0; i < m; ++i) {
           const int64_t c = level[i];
           vis[i][cached + i] = true;
           for (int64_t a = cand[c].parent; a >= 0; a = cand[a].parent) vis[i][slot[a]] = true;
           ids_e.push_back(cand[c].token);
           pos_e.push_back(n - 2 + cand[c].depth);  // the pair (f^, token) of a depth-d node sits at n-2+d
-          feats.push_back(parent_feat[c]);
+          rows.push_back(parent_row[c]);
           slot[c] = cached + i;
         }
-        auto out = draft_forward(torch::cat(feats, 0), ids_e, pos_e, visible);  // (m, C)
+        auto in_feat = parents_out.index_select(0, torch::tensor(rows, torch::kInt64).to(dev_));
+        auto out = draft_forward(in_feat, ids_e, pos_e, visible);  // (m, C)
         auto [ctok, clp] = top_rows(draft_logp(out), k);
         std::vector<int64_t> next;
         for (int64_t i = 0; i < m; ++i)
           for (int64_t j = 0; j < k; ++j) {
             next.push_back(static_cast<int64_t>(cand.size()));
             cand.push_back({ctok[i * k + j], level[i], cand[level[i]].score + clp[i * k + j], d + 1});
-            parent_feat.push_back(out.slice(0, i, i + 1));
+            parent_row.push_back(i);
             slot.push_back(-1);
           }
         level = std::move(next);
+        parents_out = out;
       }
       for (auto& layer : dcache_)  // the tree leaves the draft's cache; the committed pairs stay
         for (auto& kv : layer) kv.second->truncate(committed);
