@@ -14,6 +14,7 @@
 #include "train/safetensors.h"
 #include "test_build_model.h"
 #include "test_model_util.h"
+#include "test_tolerance.h"
 #include "test_util.h"
 
 using namespace slm;
@@ -307,4 +308,49 @@ TEST(Eagle2, DecodeTableMarksInexactMethodsInvalid) {
   const std::string t = eval::decode_table(rows);
   EXPECT_NE(t.find("| greedy (cached) | 4/4 | 1.000 | 40.0 | 1.00x |"), std::string::npos) << t;
   EXPECT_NE(t.find("| eagle2 6x10x60 | 3/4 INVALID (first diverging prompt 2) | 4.000 | 80.0 | 2.00x |"), std::string::npos) << t;
+}
+
+// The tree mask's defining property, at the model: one forward over a token tree gives every node
+// the hidden state its root-to-node path gets when run alone after the same cached prefix (within
+// the fp32 bound of the different summation orders); a mask that lets a node see a sibling does not.
+TEST(Eagle2, TreeForwardEqualsEachPathRunAlone) {
+  GPT m = build_model({}, 40, 3, 0.3);
+  m->eval();
+  torch::NoGradGuard ng;
+  const std::vector<int64_t> prefix = {0, 17, 42, 99, 3};
+  // Tree: r -> a, r -> b, a -> c; flat order [r, a, b, c].
+  const std::vector<int64_t> flat = {5, 77, 130, 9};
+  const std::vector<int64_t> parent = {-1, 0, 0, 1};
+  auto forward = [&](Caches& caches, const std::vector<int64_t>& ids, int64_t pos, const torch::Tensor& tree) {
+    Ctx ctx;
+    ctx.idx = torch::tensor(ids, torch::kInt64).view({1, -1});
+    ctx.caches = &caches;
+    ctx.pos = pos;
+    ctx.tree = tree;
+    return m->hidden(ctx).view({static_cast<int64_t>(ids.size()), -1});
+  };
+  Caches base;
+  forward(base, prefix, 0, {});
+  auto copy = [&] {
+    Caches c(base.size());
+    for (size_t l = 0; l < base.size(); ++l)
+      for (auto& kv : base[l]) c[l][kv.first] = kv.second->clone();
+    return c;
+  };
+  auto tree = torch::eye(4, torch::kBool);
+  for (int64_t i = 1; i < 4; ++i) tree[i] = tree[i].logical_or(tree[parent[i]]);
+  Caches tc = copy();
+  const auto h_tree = forward(tc, flat, 5, tree);
+  const int64_t terms = m->cfg.n_layer * slm::test::block_terms(32, 16, 9, 4 * 32);
+  Caches p1 = copy(), p2 = copy();
+  const auto h_rac = forward(p1, {flat[0], flat[1], flat[3]}, 5, {});  // r, a, c
+  const auto h_rb = forward(p2, {flat[0], flat[2]}, 5, {});             // r, b
+  EXPECT_TRUE(slm::test::fp32_close(h_tree.index_select(0, torch::tensor({0, 1, 3})), h_rac, terms));
+  EXPECT_TRUE(slm::test::fp32_close(h_tree[2], h_rb[1], terms));
+  // Planted: b also sees its sibling a. Its state moves by far more than the bound.
+  auto leaky = tree.clone();
+  leaky[2][1] = true;
+  Caches lc = copy();
+  const auto h_leak = forward(lc, flat, 5, leaky);
+  EXPECT_FALSE(slm::test::fp32_close(h_leak[2], h_rb[1], terms));
 }
