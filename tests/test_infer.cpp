@@ -17,6 +17,7 @@
 #include "model/generate.h"
 #include "model/gpt.h"
 #include "test_dist_util.h"
+#include "test_build_model.h"
 #include "test_model_util.h"
 #include "test_tolerance.h"
 #include "test_util.h"
@@ -28,23 +29,7 @@ using slm::test::tiny_config;
 
 namespace {
 
-// A tiny model with the given catalog modules (checked as the CLI does), perturbed so that no
-// zero-initialized projection hides a path.
-GPT build(const std::vector<std::string>& texts, int64_t context, uint64_t seed, double scale) {
-  std::vector<std::string> errors;
-  std::vector<catalog::ModuleArgs> mods;
-  for (auto& t : texts) mods.push_back(catalog::resolve_arg(t, errors));
-  ModelConfig c = tiny_config();
-  c.context = context;
-  auto v = slm::test::model_view(c.n_layer, c.d_model, c.n_head, c.head_dim, c.context);
-  if (errors.empty()) errors = catalog::check(mods, v, /*training=*/true);
-  EXPECT_TRUE(errors.empty()) << (errors.empty() ? "" : errors[0]);
-  c.layer_pattern = catalog::adjusted(mods, v).layer_pattern;
-  c.modules = mods;
-  GPT m(c);
-  slm::test::perturb(*m, seed, scale, true);
-  return m;
-}
+using slm::test::build_model;
 
 const std::vector<std::vector<int32_t>> kPrompts = {{0}, {0, 17, 42, 99, 3}, {0, 250, 7, 7, 7, 7, 11}, {0, 5, 123, 64, 200, 31, 9, 288, 1}};
 
@@ -96,7 +81,7 @@ Totals check_equal(GPTImpl& m, const std::string& what, int64_t max_tokens, cons
 }  // namespace
 
 TEST(Jacobi, EqualsGreedyOnThePlainModel) {
-  GPT m = build({}, 40, 3, 0.3);
+  GPT m = build_model({}, 40, 3, 0.3);
   const Totals t = check_equal(*m, "plain", 30, {1, 2, 3, 5, 8}, kPrompts.size());
   // The fixture's greedy text repeats itself, so some blocks converge past their first token.
   EXPECT_LT(t.iterations, t.tokens) << "no iteration accepted more than one token";
@@ -115,7 +100,7 @@ TEST(Jacobi, EqualsGreedyWithEveryMixer) {
       {"moe.n_shared=1,n_routed=4,top_k=2,expert_hidden=24,score=sigmoid,bias_rate=0.01,capacity_factor=1.0,layers=0,2"},
   };
   for (const auto& texts : stacks) {
-    GPT m = build(texts, 40, 9, 0.3);
+    GPT m = build_model(texts, 40, 9, 0.3);
     const Totals t = check_equal(*m, texts[0], 16, {1, 3, 8}, 3);
     // Running states (Mamba-3, Engram) cannot be truncated: they are restored and re-run.
     if (texts[0].rfind("mamba3", 0) == 0 || texts[0].rfind("engram", 0) == 0) {
@@ -125,7 +110,7 @@ TEST(Jacobi, EqualsGreedyWithEveryMixer) {
 }
 
 TEST(Jacobi, StopsAtStopTokensAndMaxTokens) {
-  GPT m = build({}, 40, 3, 0.3);
+  GPT m = build_model({}, 40, 3, 0.3);
   const std::vector<int32_t> prompt = {0, 17, 42, 99, 3};
   GenerateOptions g;
   g.max_tokens = 20;
@@ -144,7 +129,7 @@ TEST(Jacobi, StopsAtStopTokensAndMaxTokens) {
 }
 
 TEST(Jacobi, RefusesBadOptions) {
-  GPT m = build({}, 40, 3, 0.3);
+  GPT m = build_model({}, 40, 3, 0.3);
   GenerateOptions g;
   g.max_tokens = 5;
   g.jacobi = true;
@@ -253,30 +238,8 @@ TEST(Ring, RefusesModelsItCannotSplit) {
   EXPECT_NE(slm::test::error_of([&] { m->use_ring(g); }).find("[ring] the model has module mamba3"), std::string::npos);
 }
 
-// A tiny trained run, shared by the CLI tests below.
-struct TrainedRun {
-  slm::test::TempDir t;
-  std::string run;
-  int status = -1;
-  std::string out;
-  TrainedRun() {
-    const std::string data = slm::test::small_dataset(t.path, 30, 11, 12, 512, 4096);
-    const std::string sub = t / "tiny.toml";
-    run = t / "run";
-    slm::test::write(sub,
-                     "name = \"infer-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
-                     "total_batch = 128\ndevice_batch = 4\nsteps = 6\neval_every = 6\neval_tokens = 256\n"
-                     "ckpt_every = 6\nthreads = 1\nprecision = \"fp32\"\nlr_matrix = 0.05\n");
-    auto r = slm::test::run(std::string(SLMLAB_BIN) + " train --quiet --data " + data + " --substrate " + sub + " --out " + run);
-    status = r.status;
-    out = r.out;
-  }
-};
-
-const TrainedRun& trained() {
-  static TrainedRun r;
-  return r;
-}
+using slm::test::TrainedRun;
+using slm::test::trained;
 
 // `eval bpb --nproc 2` on a trained run: the same val_bpb as one process, within the bound on the
 // nats of each target (their sum's error over ln 2 x bytes is at most the per-target bound / ln 2,

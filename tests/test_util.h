@@ -197,4 +197,30 @@ inline std::vector<std::string> curve(const std::string& run) {
   return c;
 }
 
+// A tiny run trained once per test binary (2 layers of 32, context 32, 6 steps): for the tests of
+// what reads a finished run (eval bpb, generate, draft train).
+struct TrainedRun {
+  TempDir t;
+  std::string run;
+  int status = -1;
+  std::string out;
+  TrainedRun() {
+    const std::string data = small_dataset(t.path, 30, 11, 12, 512, 4096);
+    const std::string sub = t / "tiny.toml";
+    run = t / "run";
+    write(sub,
+          "name = \"infer-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
+          "total_batch = 128\ndevice_batch = 4\nsteps = 6\neval_every = 6\neval_tokens = 256\n"
+          "ckpt_every = 6\nthreads = 1\nprecision = \"fp32\"\nlr_matrix = 0.05\n");
+    auto r = slm::test::run(std::string(SLMLAB_BIN) + " train --quiet --data " + data + " --substrate " + sub + " --out " + run);
+    status = r.status;
+    out = r.out;
+  }
+};
+
+inline const TrainedRun& trained() {
+  static TrainedRun r;
+  return r;
+}
+
 }  // namespace slm::test

@@ -32,7 +32,8 @@
   X(sri, DATA)         \
   X(yarn, INFER)           \
   X(jacobi_decode, INFER)  \
-  X(ring_attention, INFER)
+  X(ring_attention, INFER) \
+  X(eagle2, INFER)
 
 // SLM_MODULE_IF(side, WANT, text...) expands to `text` when side is WANT, else to nothing: the
 // registries pick their side's entries with it, e.g. X(name, side) SLM_MODULE_IF(side, MODEL, ...).

@@ -74,6 +74,9 @@ int cmd_generate(const Args& a) {
     SLM_CHECK(g.temperature <= 0, "generate: --decode jacobi is greedy (its fixed point is greedy's output); drop --temperature ",
               g.temperature, " or use --decode greedy to sample");
   }
+  for (const char* o : {"draft", "draft-depth", "draft-top-k", "draft-tokens"})
+    SLM_CHECK(a.has("speculative") || !a.has(o), "generate: --", o, " is EAGLE-2's; add --speculative eagle2 or drop it");
+  if (a.has("speculative")) return generate_speculative(a, run, prompt, g, tok);
   GenerateStats st;
   auto out = generate(*run.model, prompt, g, &st);
   std::fputs(tok.decode(out).c_str(), stdout);

@@ -1,5 +1,8 @@
 // Command handlers: one function per subcommand, dispatched from main() by name.
 #pragma once
+#include <cstdint>
+#include <vector>
+
 #include "common/options.h"
 
 namespace slm::cli {
@@ -17,7 +20,20 @@ int cmd_ablate(const Args& a);
 int cmd_report(const Args& a);
 int cmd_eval_bpb(const Args& a);
 int cmd_generate(const Args& a);
+int cmd_draft_train(const Args& a);
+int cmd_eval_decode(const Args& a);
 int cmd_eval_compile(const Args& a);
 int cmd_invalidate(const Args& a);
 
 }  // namespace slm::cli
+
+namespace slm {
+struct LoadedRun;
+struct GenerateOptions;
+class Tokenizer;
+namespace cli {
+// generate --speculative eagle2 (cmd_infer.cpp): the rest of `generate` once the prompt is built.
+int generate_speculative(const Args& a, LoadedRun& run, const std::vector<int32_t>& prompt, const GenerateOptions& g,
+                         const Tokenizer& tok);
+}  // namespace cli
+}  // namespace slm

@@ -35,6 +35,8 @@ const std::map<std::string, Handler>& handlers() {
       {"report", slm::cli::cmd_report},
       {"eval bpb", slm::cli::cmd_eval_bpb},
       {"generate", slm::cli::cmd_generate},
+      {"draft train", slm::cli::cmd_draft_train},
+      {"eval decode", slm::cli::cmd_eval_decode},
       {"eval compile", slm::cli::cmd_eval_compile},
       {"invalidate", slm::cli::cmd_invalidate},
   };

@@ -22,6 +22,10 @@ const std::vector<CommandSpec>& command_table() {
       {"eval bpb", "RUN_DIR", "val_bpb of a run's checkpoint on the held-out split, optionally at a longer context (YaRN)"},
       {"eval compile", "RUN_DIR", "compile rate of generated function bodies, checked by g++ -fsyntax-only in a sandbox"},
       {"generate", "RUN_DIR", "continue a prompt (or fill a middle, with --suffix) from a trained run"},
+      {"eval decode", "RUN_DIR",
+       "decoding methods (jacobi, eagle2) against plain cached greedy on held-out C++ function prompts: exactness, "
+       "tokens per target forward, tokens/s, speedup"},
+      {"draft train", "RUN_DIR", "train EAGLE-2's draft head on a finished run (the target frozen), in a run folder of its own"},
   };
   return t;
 }
@@ -106,8 +110,30 @@ const std::vector<OptionSpec>& option_table() {
        "greedy (one token per forward, or sampled with --temperature) or jacobi (greedy's output, a block refined in parallel)"},
       {"block", "generate", OptType::String, "", "N",
        "jacobi: draft tokens refined together per forward (default and range: the jacobi_decode catalog row's)"},
+      {"speculative", "generate", OptType::String, "", "METHOD",
+       "eagle2: speculative decoding with a trained draft head (greedy's output, several tokens per target forward)"},
+      {"draft", "generate", OptType::String, "", "DRAFT_DIR", "eagle2: the draft head's run folder (default RUN_DIR/draft_eagle2)"},
+      {"draft-depth", "generate", OptType::String, "", "N", "eagle2: levels of draft tokens per cycle (default: the eagle2 row's)"},
+      {"draft-top-k", "generate", OptType::String, "", "K", "eagle2: children per expanded node (default: the eagle2 row's)"},
+      {"draft-tokens", "generate", OptType::String, "", "N", "eagle2: draft tokens verified per target forward (default: the eagle2 row's)"},
+      {"method", "eval decode", OptType::List, "", "METHOD",
+       "jacobi or eagle2 (repeatable); options: jacobi.block=N, eagle2.depth=N,top_k=K,total_tokens=N (defaults: the catalog rows')"},
+      {"prompts", "eval decode", OptType::Int, "16", "N", "held-out function prompts (validation files in a seeded order)"},
+      {"max-tokens", "eval decode", OptType::Int, "64", "N", "new tokens per prompt at most (greedy, stopping at EOS)"},
+      {"seed", "eval decode", OptType::Seed, "0", "S", "the order of the validation files the prompts come from"},
+      {"draft", "eval decode", OptType::String, "", "DRAFT_DIR", "eagle2: the draft head's run folder (default RUN_DIR/draft_eagle2)"},
+      {"out", "draft train", OptType::String, "", "DRAFT_DIR", "the draft's run folder (default RUN_DIR/draft_eagle2)"},
+      {"steps", "draft train", OptType::Int, "300", "N", "optimizer steps"},
+      {"batch-rows", "draft train", OptType::Int, "8", "N", "rows of the target's context per step"},
+      {"lr", "draft train", OptType::Float, "3e-3", "LR", "AdamW learning rate (constant)"},
+      {"w-token", "draft train", OptType::Float, "0.1", "W", "weight of the token loss beside the feature regression (EAGLE's 0.1)"},
+      {"eval-every", "draft train", OptType::Int, "100", "N", "steps between validation evals and checkpoints (0 = at the end)"},
+      {"eval-rows", "draft train", OptType::Int, "16", "N", "validation rows per eval"},
+      {"seed", "draft train", OptType::Seed, "1", "S", "the head's initialization and the data order"},
+      {"resume", "draft train", OptType::Flag, "", "", "continue DRAFT_DIR from its latest checkpoint, up to --steps (fresh start if none)"},
+      {"quiet", "draft train", OptType::Flag, "", "", "no per-step line (metrics.jsonl is still written)"},
       {"checkpoint", "export", OptType::String, "latest", "WHICH", "latest or best"},
-      {"checkpoint", "eval bpb|eval compile|generate", OptType::String, "latest", "WHICH",
+      {"checkpoint", "eval bpb|eval compile|generate|draft train|eval decode", OptType::String, "latest", "WHICH",
        "latest, best, or a step kept by train --keep-checkpoints"},
       {"context", "eval bpb", OptType::Int, "0", "N", "evaluation context in tokens (0 = the trained context)"},
       {"tokens", "eval bpb", OptType::Int, "0", "N", "validation tokens to score (0 = the run's eval_tokens)"},
@@ -120,7 +146,7 @@ const std::vector<OptionSpec>& option_table() {
        "evaluate over P processes on this machine, each holding 1/P of every row, attention through a ring (Gloo)"},
       {"module", "eval bpb", OptType::List, "", "NAME[.k=v,...]", "an inference-lane module, e.g. yarn or yarn.scale=4"},
       {"out", "export", OptType::String, "", "FILE", "output file (default RUN_DIR/model.safetensors)"},
-      {"threads", "bench peak|train|eval bpb|eval compile|generate", OptType::Int, "0", "N", "threads (0 = all cores; train: overrides the substrate)"},
+      {"threads", "bench peak|train|eval bpb|eval compile|generate|draft train|eval decode", OptType::Int, "0", "N", "threads (0 = all cores; train: overrides the substrate)"},
   };
   return t;
 }

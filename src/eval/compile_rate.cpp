@@ -23,6 +23,14 @@ std::vector<int32_t> head(const std::vector<int32_t>& ids, int64_t n) {
 
 }  // namespace
 
+std::vector<int32_t> completion_prompt(const Tokenizer& tok, const std::string& text, const FunctionPrompt& f,
+                                       int64_t budget) {
+  std::vector<int32_t> prompt = {TOK_BOS};
+  auto pre = tail(tok.encode(text.substr(0, f.body_begin)), budget);
+  prompt.insert(prompt.end(), pre.begin(), pre.end());
+  return prompt;
+}
+
 CompileEvalResult compile_rate(GPTImpl& model, const data::DataSet& ds, const CompileEvalOptions& o,
                                const std::function<void(const PromptRecord&, int64_t)>& progress) {
   SLM_CHECK(o.mode == "complete" || o.mode == "fim", "eval compile: --mode '", o.mode, "' is not complete or fim");
@@ -78,8 +86,7 @@ CompileEvalResult compile_rate(GPTImpl& model, const data::DataSet& ds, const Co
       std::vector<int32_t> prompt = {TOK_BOS};
       const int64_t budget = context - o.max_tokens - 4;
       if (o.mode == "complete") {
-        auto pre = tail(tok.encode(text.substr(0, f.body_begin)), budget);
-        prompt.insert(prompt.end(), pre.begin(), pre.end());
+        prompt = completion_prompt(tok, text, f, budget);
       } else {
         auto pre = tail(tok.encode(text.substr(0, f.body_begin)), budget - budget / 3);
         auto suf = head(tok.encode(text.substr(f.body_end)), budget / 3);

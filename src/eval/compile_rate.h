@@ -49,6 +49,11 @@ struct CompileEvalResult {
   std::vector<PromptRecord> prompts;
 };
 
+// The "complete" prompt of function f of file `text`: BOS and the last `budget` tokens of the file
+// up to the body's opening brace. Also the held-out prompts of decoding comparisons (eval/decode.h).
+std::vector<int32_t> completion_prompt(const Tokenizer& tok, const std::string& text, const FunctionPrompt& f,
+                                       int64_t budget);
+
 // Scores up to o.n prompts within o.max_seconds and o.max_files; `progress` (may be empty) is called after each.
 CompileEvalResult compile_rate(GPTImpl& model, const data::DataSet& ds, const CompileEvalOptions& o,
                                const std::function<void(const PromptRecord&, int64_t done)>& progress = {});

@@ -129,6 +129,19 @@ torch::Tensor cached_causal_mask(int64_t T_new, int64_t T_all, torch::Device dev
   return k.le(q).view({1, 1, T_new, T_all});
 }
 
+void set_tree_positions(Ctx& ctx, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t T = ctx.tree.size(0);
+  SLM_CHECK(ctx.tree.dim() == 2 && ctx.tree.size(1) == T, "[model] a token tree's mask must be (T, T)");
+  auto positions = ctx.tree.to(torch::kCPU).sum(1).to(torch::kInt64).sub(1).add(ctx.pos);  // depth 0 sits at pos
+  SLM_CHECK(positions.max().item<int64_t>() < cos.size(0), "[model] a token tree reaches position ",
+            positions.max().item<int64_t>(), ", past the context (", cos.size(0), " tokens); shorten the prompt or --max-tokens");
+  ctx.positions = positions.to(cos.device());
+  ctx.cos = cos.index_select(0, ctx.positions);
+  ctx.sin = sin.index_select(0, ctx.positions);
+  auto cached = torch::ones({T, ctx.pos}, ctx.tree.options());
+  ctx.allowed = torch::cat({cached, ctx.tree}, 1).view({1, 1, T, ctx.pos + T}).to(cos.device());
+}
+
 torch::Tensor document_causal_mask(const torch::Tensor& doc_ids) {
   if (!doc_ids.defined()) return {};
   const int64_t T = doc_ids.size(1);
@@ -185,7 +198,8 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx)
     }
     kv.k = k;
     kv.v = v;
-    allowed = cached_causal_mask(T, k.size(1), x.device());
+    // A token tree brings its own mask (set_tree_positions); the cache holds exactly the positions before it.
+    allowed = ctx.tree.defined() ? ctx.allowed : cached_causal_mask(T, k.size(1), x.device());
   }
   auto y = device::attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), allowed);  // (B, H, T, D)
   y = y.transpose(1, 2).contiguous().view({B, T, n_head * head_dim});
@@ -328,7 +342,7 @@ torch::Tensor GPTImpl::hidden(const torch::Tensor& idx, const torch::Tensor& doc
 }
 
 torch::Tensor GPTImpl::hidden(Ctx& ctx) {
-  SLM_CHECK(ctx.idx.size(1) <= cfg.context, "[model] sequence of ", ctx.idx.size(1), " tokens exceeds the context ",
+  SLM_CHECK(ctx.tree.defined() || ctx.idx.size(1) <= cfg.context, "[model] sequence of ", ctx.idx.size(1), " tokens exceeds the context ",
             cfg.context);
   ctx.allowed = cfg.doc_mask ? document_causal_mask(ctx.doc_ids) : torch::Tensor();
   ctx.cos = rope_cos;
@@ -345,12 +359,13 @@ torch::Tensor GPTImpl::hidden(Ctx& ctx) {
   }
   if (ctx.caches) {  // generation: one sequence, positions [pos, pos + T)
     const int64_t T = ctx.idx.size(1);
-    SLM_CHECK(ctx.pos + T <= cfg.context, "[model] generation reached the context (", cfg.context,
-              " tokens); shorten the prompt or --max-tokens");
+    SLM_CHECK(ctx.tree.defined() || ctx.pos + T <= cfg.context, "[model] generation reached the context (", cfg.context,
+              " tokens); shorten the prompt or --max-tokens");  // a tree checks its deepest position itself
     SLM_CHECK(!ctx.doc_ids.defined(), "[model] generation runs one document; pass no doc ids");
     if (ctx.caches->empty()) ctx.caches->resize(cfg.n_layer);
     ctx.cos = rope_cos.slice(0, ctx.pos, ctx.pos + T);
     ctx.sin = rope_sin.slice(0, ctx.pos, ctx.pos + T);
+    if (ctx.tree.defined()) set_tree_positions(ctx, rope_cos, rope_sin);
   }
   ctx.attn_logit_scale = attn_logit_scale;
   auto x = rms_norm(wte(ctx.idx));  // (B, T, C)

@@ -54,6 +54,10 @@ std::string layer_plan(const GPTImpl& m);
 torch::Tensor document_causal_mask(const torch::Tensor& doc_ids);
 // Generation with a cache: T_new queries at the last positions of T_all keys -> (1, 1, T_new, T_all).
 torch::Tensor cached_causal_mask(int64_t T_new, int64_t T_all, torch::Device dev);
+// Generation over a token tree (Ctx::tree): the T tree tokens' positions pos + depth, their rows
+// of the RoPE tables `cos`, `sin` (context, D/2), and allowed (1, 1, T, pos + T): every cached key
+// and the token's ancestors. Used by the model and by EAGLE's draft head.
+void set_tree_positions(Ctx& ctx, const torch::Tensor& cos, const torch::Tensor& sin);
 
 // Attention's generation cache: keys and values of every position so far, (B, T, H, D).
 // The tensors are replaced, never written in place, so a copy of the handles is an independent copy.

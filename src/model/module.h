@@ -76,6 +76,11 @@ struct Ctx {
   // (MoD: cos/sin are then gathered to match); undefined = consecutive from pos. A component with
   // position tables of its own (DSA's indexer RoPE) reads them here.
   torch::Tensor positions;
+  // Generation over a token tree (speculative decoding, model/eagle.h): (T, T) bool, new token i
+  // sees new token j where tree[i][j] (its ancestors and itself) and every cached position; token
+  // i sits at position pos + its depth (GPTImpl::hidden fills positions, cos/sin and allowed).
+  // Undefined: the new tokens are a chain, as always.
+  torch::Tensor tree;
   // Ring attention (model/ring.h): x holds this rank's share of each row, at `positions`; attention
   // runs over the whole row through the ring. Null: the whole row is here.
   const RingGroup* ring = nullptr;
