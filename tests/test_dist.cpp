@@ -448,6 +448,14 @@ TEST(Dist, TensorTimesDataParallelFollowsTheSingleProcessCurve) {
   ASSERT_EQ(r4.status, 0) << r4.out;
   EXPECT_NE(r4.out.find("tensor parallel: tp 2 x dp 2"), std::string::npos) << r4.out;
   const Gap gap = expect_follows(one, mesh);
+  // Each step logs its time inside the tensor-parallel collectives: some (every block all-reduces),
+  // and less than the step.
+  for (auto& r : slm::test::metrics(mesh))
+    if (r.contains("loss")) {
+      ASSERT_TRUE(r.contains("tp_comm_ms")) << r.dump();
+      EXPECT_GT(r["tp_comm_ms"].get<double>(), 0) << r.dump();
+      EXPECT_LT(r["tp_comm_ms"].get<double>(), r["step_ms"].get<double>()) << r.dump();
+    }
   auto l1 = series(one, "loss"), v4 = series(mesh, "val_bpb");
   std::printf("tp2 x dp2 vs one process: largest loss difference %.3g over %zu steps\n", gap.loss, l1.size());
   EXPECT_GT(l1.begin()->second - l1.rbegin()->second, 0.1) << "the curve must move for the comparison to mean anything";
