@@ -480,6 +480,20 @@ if ((build_ok)); then
     run_phase train 180 "$slmlog" -- "$bin" train --data "$data" --substrate "$substrate" --out "$run" "${setargs[@]}"
     cp "$run/metrics.jsonl" "$out/slmlab-metrics.jsonl" 2>/dev/null
     cp "$run/summary.json" "$work/slmlab-summary.json" 2>/dev/null
+    # ---- 2b. the same run at TP=2 (issue 20 §4): two ranks over NCCL, one GPU each (NCCL refuses two
+    # ranks on one device), the same total batch; tp_comm_ms is the step's time in TP collectives.
+    # The dry run takes two CPU ranks over Gloo, half the cores each.
+    ngpu=0
+    command -v nvidia-smi >/dev/null && ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+    if [[ $mode == cpu ]] || ((ngpu >= 2)); then
+      tpsets=()
+      [[ $mode == cpu ]] && tpsets=(--set threads=$(((jobs + 1) / 2)))
+      run_phase train-tp2 150 "$slmlog" -- "$bin" train --data "$data" --substrate "$substrate" --out "$run-tp2" \
+        "${setargs[@]}" "${tpsets[@]}" --set tp=2 --nproc 2
+      cp "$run-tp2/metrics.jsonl" "$work/slmlab-tp2-metrics.jsonl" 2>/dev/null
+    else
+      record train-tp2 skipped "" 0 "$ngpu GPU(s) here: TP=2 takes one GPU per rank (NCCL refuses two ranks on one device)"
+    fi
   else
     record train skipped "" 0 "no data set (see slmlab.log)"
   fi
@@ -686,6 +700,27 @@ if ov:
     L.append("\nBeside the build: " + "; ".join("%s %.1f ms/step" % (n, py[n]["step_ms_median"]) for n in ov) +
              " (the table takes the idle-machine runs when they completed).")
 L.append("")
+
+L.append("## Tensor parallelism: the same run at TP=2 (two GPUs over NCCL)\n")
+tps = []
+for line in read(os.path.join(work, "slmlab-tp2-metrics.jsonl")).splitlines():
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if "step_ms" in r and r.get("step", 0) > warm:
+        tps.append(r)
+if tps:
+    tms = statistics.median(r["step_ms"] for r in tps)
+    tcomm = statistics.median(r.get("tp_comm_ms", 0) for r in tps)
+    res["tp2"] = {"step_ms": tms, "tp_comm_ms": tcomm, "n": len(tps)}
+    L.append("TP=2 median step %.1f ms (%d steps), of which %.1f ms (%s) inside the TP all-reduces and all-gathers; "
+             "one process above: %s ms (TP=2 / 1 = %s).\n" % (
+                 tms, len(tps), tcomm, pct(tcomm / tms), "%.1f" % slm["step_ms"] if slm else "n/a",
+                 "%.2f" % (tms / slm["step_ms"]) if slm else "n/a"))
+else:
+    t = phases.get("train-tp2", {})
+    L.append("not measured (%s %s)\n" % (t.get("status") or "not run", t.get("note", "")))
 
 L.append("## DSA sparse attention against dense attention (one layer, d_model 256, forward + backward)\n")
 if mix:

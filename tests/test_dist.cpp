@@ -209,6 +209,44 @@ constexpr double kLossTol = 1e-4;   // absolute, nats, any of the 10 steps (seen
 constexpr double kFirstTol = 1e-5;  // step 1: same weights, so only the summation order differs (seen: 1e-7)
 constexpr double kValTol = 1e-5;    // absolute, bits per byte (seen: 8e-9)
 
+// A statistic a module logs in its records' `group` ("modules", "eval_modules", "aux"), by step.
+std::map<int64_t, double> module_stat(const std::string& run, const char* group, const std::string& key) {
+  std::map<int64_t, double> m;
+  for (auto& r : slm::test::metrics(run))
+    if (r.contains(group) && r[group].contains(key)) m[r["step"]] = r[group][key];
+  return m;
+}
+
+// The largest differences between two runs' curves.
+struct Gap {
+  double loss = 0, val = 0;
+};
+
+// Run `split` (another topology: same substrate and total batch, other ranks) follows run `one`:
+// both log `steps` training steps (rank 0 alone writes the records, one per step) and the same
+// evaluations, every step's loss within loss_tol and every val_bpb within val_tol. Returns the
+// largest differences, for the test's printed line.
+Gap expect_follows(const std::string& one, const std::string& split, double loss_tol = kLossTol,
+                   double val_tol = kValTol, size_t steps = 10) {
+  Gap g;
+  auto compare = [&](const char* key, double tol, double& worst) {
+    auto a = series(one, key), b = series(split, key);
+    EXPECT_EQ(a.size(), b.size()) << key << " records of " << split << " vs " << one;
+    for (auto& [step, v] : a) {
+      if (!b.count(step)) {
+        ADD_FAILURE() << split << " has no " << key << " at step " << step;
+        continue;
+      }
+      EXPECT_NEAR(b[step], v, tol) << key << ", step " << step;
+      worst = std::max(worst, std::abs(b[step] - v));
+    }
+    return a.size();
+  };
+  EXPECT_EQ(compare("loss", loss_tol, g.loss), steps) << one;
+  EXPECT_GT(compare("val_bpb", val_tol, g.val), 0u) << one << " has no evaluation";
+  return g;
+}
+
 }  // namespace
 
 TEST(Dist, TwoRanksFollowTheSingleProcessCurve) {
@@ -237,15 +275,9 @@ TEST(Dist, TwoRanksFollowTheSingleProcessCurve) {
   EXPECT_EQ(c2["code_id"].get<std::string>().size(), c1["code_id"].get<std::string>().size());
   EXPECT_FALSE(c2["code_id"].get<std::string>().empty());
 
+  const Gap gap = expect_follows(one, two);
   auto l1 = series(one, "loss"), l2 = series(two, "loss");
-  ASSERT_EQ(l1.size(), 10u);
-  ASSERT_EQ(l2.size(), 10u) << "rank 0 alone writes the records: one per step";
   EXPECT_NEAR(l1[1], l2[1], kFirstTol);
-  double worst = 0;
-  for (auto& [step, loss] : l1) {
-    EXPECT_NEAR(loss, l2[step], kLossTol) << "step " << step;
-    worst = std::max(worst, std::abs(loss - l2[step]));
-  }
   EXPECT_LT(l2[10], l2[1]) << "the two-rank run learns";
 
   auto v1 = series(one, "val_bpb"), v2 = series(two, "val_bpb");
@@ -263,13 +295,8 @@ TEST(Dist, TwoRanksFollowTheSingleProcessCurve) {
     ASSERT_TRUE(e1.contains(k) && e2.contains(k)) << k;
     EXPECT_EQ(e1[k], e2[k]) << k;
   }
-  double worst_val = 0;
-  for (auto& [step, v] : v1) {
-    EXPECT_NEAR(v, v2[step], kValTol) << "step " << step;
-    worst_val = std::max(worst_val, std::abs(v - v2[step]));
-  }
-  std::printf("DP=2 vs 1 process: max |loss diff| %.3g (step 1: %.3g), max |val_bpb diff| %.3g\n", worst,
-              std::abs(l1[1] - l2[1]), worst_val);
+  std::printf("DP=2 vs 1 process: max |loss diff| %.3g (step 1: %.3g), max |val_bpb diff| %.3g\n", gap.loss,
+              std::abs(l1[1] - l2[1]), gap.val);
   for (auto& r : slm::test::metrics(two)) {
     if (r.contains("loss")) {
       EXPECT_TRUE(r.contains("comm_ms"));
@@ -344,6 +371,50 @@ TEST(Dist, SigtermedTwoRankRunStopsTogetherAndResumesBitwise) {
   EXPECT_EQ(slm::test::curve(run), slm::test::curve(ref));
 }
 
+// The article's production stack on the article's topology (issue 20 §3), on the shipped CPU
+// substrate cpu-tp2dp2 (TP=2 x DP=2, four processes): DSA (its sparse top-k from step 4) + MoE
+// (2 shared + 16 routed, top-2, z-loss 0.01) + Engram on the attention layers + mHC + IFIM, with
+// Mamba-3 AAM (the hybrid variant: layer 2 is Mamba). It follows one process on the same substrate
+// (tp=1, dp=1, the step's 8 rows in one forward, as each data-parallel rank takes its 4 in one) over
+// 8 steps, every data-parallel replica bitwise equal after every step (--check-replicas) and every
+// tensor-parallel replica at every checkpoint.
+namespace {
+// The stack routes by top-k twice (MoE's experts per token, DSA's keys per query): a score within
+// rounding of the k-th can pick another expert or key in one run than in the other (the partial sums
+// meet in another order). One token of a step's 1024 whose loss moves by up to 1 nat moves the step's
+// mean by 1/1024; in evaluation, 1024 tokens of at least one byte each, by 1 / (1024 ln 2) bits per
+// byte. Above the summation-order tolerances of the plain model (as kRoutedValTol for MoD).
+constexpr double kStackLossTol = kLossTol + 1.0 / 1024;
+constexpr double kStackValTol = kValTol + 1.0 / (1024 * 0.6931471805599453);
+}  // namespace
+
+TEST(Dist, ArticleStackAtTensorTimesDataParallelFollowsOneProcess) {
+  const auto& f = fx();
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string stack =
+      " --module dsa.warmup_steps=4 --module moe.n_shared=2,n_routed=16,top_k=2,z_loss=0.01 --module engram.layers=0,1,3"
+      " --module mhc --module ifim --module mamba3.pattern=AAM";
+  const std::string sets = " --set steps=8 --set eval_every=4 --set eval_tokens=1024 --set ckpt_every=4";
+  auto cmd = [&](const std::string& out, const std::string& extra) {
+    return std::string(SLMLAB_BIN) + " train --quiet --data " + f.data + " --substrate " + SLMLAB_SOURCE_DIR +
+           "/substrates/cpu-tp2dp2.toml --out " + out + sets + stack + extra;
+  };
+  const std::string one = f.t / "stack_one", mesh = f.t / "stack_tp2dp2";
+  auto r1 = slm::test::run(cmd(one, " --set tp=1 --set dp=1 --set device_batch=8"));
+  ASSERT_EQ(r1.status, 0) << r1.out;
+  auto r4 = slm::test::run(cmd(mesh, " --nproc 4 --check-replicas"));
+  ASSERT_EQ(r4.status, 0) << r4.out;
+  EXPECT_NE(r4.out.find("tensor parallel: tp 2 x dp 2"), std::string::npos) << r4.out;
+  const Gap gap = expect_follows(one, mesh, kStackLossTol, kStackValTol, 8);
+  auto s4 = json::parse(fs::read_file(mesh + "/summary.json"));
+  EXPECT_GT(s4.value("tp_replicas_equal", int64_t{0}), 0) << s4.dump();
+  auto l1 = series(one, "loss");
+  ASSERT_FALSE(l1.empty());
+  EXPECT_GT(l1.begin()->second - l1.rbegin()->second, 0.1) << "the curve must move for the comparison to mean anything";
+  std::printf("article stack tp2 x dp2 vs one process: max |loss diff| %.3g, max |val_bpb diff| %.3g; %.1f s\n",
+              gap.loss, gap.val, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
+
 // Tensor parallelism (model/tp.h): TP=2 x DP=2 as four CPU processes follows the single-process
 // curve (same substrate but tp, same total batch); only summation orders differ (partial matmuls
 // summed by the all-reduce, Muon's update gathered whole). The checkpoint holds whole tensors, so
@@ -357,19 +428,19 @@ TEST(Dist, TensorTimesDataParallelFollowsTheSingleProcessCurve) {
   auto r4 = slm::test::run(f.train_cmd(mesh, "--nproc 4 --set tp=2 --check-replicas"));
   ASSERT_EQ(r4.status, 0) << r4.out;
   EXPECT_NE(r4.out.find("tensor parallel: tp 2 x dp 2"), std::string::npos) << r4.out;
-  auto l1 = series(one, "loss"), l4 = series(mesh, "loss");
-  ASSERT_EQ(l1.size(), 10u);
-  ASSERT_EQ(l4.size(), 10u);
-  double worst = 0;
-  for (auto& [step, v] : l1) {
-    EXPECT_NEAR(l4[step], v, kLossTol) << "step " << step;
-    worst = std::max(worst, std::abs(l4[step] - v));
-  }
-  std::printf("tp2 x dp2 vs one process: largest loss difference %.3g over %zu steps\n", worst, l1.size());
+  const Gap gap = expect_follows(one, mesh);
+  // Each step logs its time inside the tensor-parallel collectives: some (every block all-reduces),
+  // and less than the step.
+  for (auto& r : slm::test::metrics(mesh))
+    if (r.contains("loss")) {
+      ASSERT_TRUE(r.contains("tp_comm_ms")) << r.dump();
+      EXPECT_GT(r["tp_comm_ms"].get<double>(), 0) << r.dump();
+      EXPECT_LT(r["tp_comm_ms"].get<double>(), r["step_ms"].get<double>()) << r.dump();
+    }
+  auto l1 = series(one, "loss"), v4 = series(mesh, "val_bpb");
+  std::printf("tp2 x dp2 vs one process: largest loss difference %.3g over %zu steps\n", gap.loss, l1.size());
   EXPECT_GT(l1.begin()->second - l1.rbegin()->second, 0.1) << "the curve must move for the comparison to mean anything";
-  auto v1 = series(one, "val_bpb"), v4 = series(mesh, "val_bpb");
-  ASSERT_EQ(v1.size(), v4.size());
-  for (auto& [step, v] : v1) EXPECT_NEAR(v4[step], v, kValTol) << "step " << step;
+  ASSERT_FALSE(v4.empty());
   auto e = slm::test::run(std::string(SLMLAB_BIN) + " eval bpb " + mesh + " --threads 1");
   ASSERT_EQ(e.status, 0) << e.out;
   char want[32];
@@ -392,26 +463,14 @@ TEST(Dist, CbpAtTensorParallelTwoFollowsOneProcess) {
   auto r2 = slm::test::run(f.train_cmd(two, "--nproc 2 --set tp=2 --check-replicas" + mod));
   ASSERT_EQ(r2.status, 0) << r2.out;
   EXPECT_NE(r2.out.find("tensor parallel: tp 2 x dp 1"), std::string::npos) << r2.out;
-  auto l1 = series(one, "loss"), l2 = series(two, "loss");
-  ASSERT_EQ(l1.size(), 10u);
-  ASSERT_EQ(l2.size(), 10u);
-  double worst = 0;
-  for (auto& [step, v] : l1) {
-    EXPECT_NEAR(l2[step], v, kLossTol) << "step " << step;
-    worst = std::max(worst, std::abs(l2[step] - v));
-  }
-  auto v1 = series(one, "val_bpb"), v2 = series(two, "val_bpb");
-  ASSERT_EQ(v1.size(), v2.size());
-  for (auto& [step, v] : v1) EXPECT_NEAR(v2[step], v, kValTol) << "step " << step;
-  double replaced = 0;
-  for (auto& r : slm::test::metrics(two))
-    if (r.contains("modules") && r["modules"].contains("cbp.replaced")) replaced = r["modules"]["cbp.replaced"];
-  double replaced1 = 0;
-  for (auto& r : slm::test::metrics(one))
-    if (r.contains("modules") && r["modules"].contains("cbp.replaced")) replaced1 = r["modules"]["cbp.replaced"];
-  EXPECT_GT(replaced, 0) << "units were replaced";
-  EXPECT_EQ(replaced, replaced1);
-  std::printf("cbp tp2 vs one process: largest loss difference %.3g, %g units replaced\n", worst, replaced);
+  const Gap gap = expect_follows(one, two);
+  auto replaced = module_stat(two, "modules", "cbp.replaced"), replaced1 = module_stat(one, "modules", "cbp.replaced");
+  ASSERT_FALSE(replaced.empty());
+  ASSERT_FALSE(replaced1.empty());
+  EXPECT_GT(replaced.rbegin()->second, 0) << "units were replaced";
+  EXPECT_EQ(replaced.rbegin()->second, replaced1.rbegin()->second);
+  std::printf("cbp tp2 vs one process: largest loss difference %.3g, %g units replaced\n", gap.loss,
+              replaced.rbegin()->second);
 }
 
 // NCP at TP=2, replicated: each TP rank computes the same concepts from the whole final hidden
@@ -425,25 +484,12 @@ TEST(Dist, NcpAtTensorParallelTwoFollowsOneProcess) {
   ASSERT_EQ(r1.status, 0) << r1.out;
   auto r2 = slm::test::run(f.train_cmd(two, "--nproc 2 --set tp=2 --check-replicas" + mod));
   ASSERT_EQ(r2.status, 0) << r2.out;
-  auto l1 = series(one, "loss"), l2 = series(two, "loss");
-  ASSERT_EQ(l1.size(), 10u);
-  ASSERT_EQ(l2.size(), 10u);
-  double worst = 0;
-  for (auto& [step, v] : l1) {
-    EXPECT_NEAR(l2[step], v, kLossTol) << "step " << step;
-    worst = std::max(worst, std::abs(l2[step] - v));
-  }
-  auto v1 = series(one, "val_bpb"), v2 = series(two, "val_bpb");
-  ASSERT_EQ(v1.size(), v2.size());
-  for (auto& [step, v] : v1) EXPECT_NEAR(v2[step], v, kValTol) << "step " << step;
-  std::map<int64_t, double> a1, a2;  // the NCP loss per step
-  for (auto& r : slm::test::metrics(one))
-    if (r.contains("aux")) a1[r["step"]] = r["aux"]["ncp"];
-  for (auto& r : slm::test::metrics(two))
-    if (r.contains("aux")) a2[r["step"]] = r["aux"]["ncp"];
+  const Gap gap = expect_follows(one, two);
+  auto a1 = module_stat(one, "aux", "ncp"), a2 = module_stat(two, "aux", "ncp");  // the NCP loss per step
   ASSERT_EQ(a1.size(), 10u);
+  ASSERT_EQ(a2.size(), 10u);
   for (auto& [step, v] : a1) EXPECT_NEAR(a2[step], v, kLossTol) << "ncp loss, step " << step;
-  std::printf("ncp tp2 vs one process: largest loss difference %.3g\n", worst);
+  std::printf("ncp tp2 vs one process: largest loss difference %.3g\n", gap.loss);
 }
 
 TEST(Dist, GateSkipAtTensorParallelTwoFollowsOneProcess) {
@@ -454,12 +500,7 @@ TEST(Dist, GateSkipAtTensorParallelTwoFollowsOneProcess) {
   ASSERT_EQ(r1.status, 0) << r1.out;
   auto r2 = slm::test::run(f.train_cmd(two, "--nproc 2 --set tp=2" + mod));
   ASSERT_EQ(r2.status, 0) << r2.out;
-  auto l1 = series(one, "loss"), l2 = series(two, "loss");
-  ASSERT_EQ(l1.size(), 10u);
-  ASSERT_EQ(l2.size(), 10u);
-  for (auto& [step, v] : l1) EXPECT_NEAR(l2[step], v, kLossTol) << "step " << step;
-  auto v1 = series(one, "val_bpb"), v2 = series(two, "val_bpb");
-  for (auto& [step, v] : v1) EXPECT_NEAR(v2[step], v, kValTol) << "step " << step;
+  expect_follows(one, two);
   auto r3 = slm::test::run(f.train_cmd(f.t / "gs_tp4", "--nproc 4 --set tp=4" + mod));
   EXPECT_NE(r3.status, 0);
   EXPECT_NE(r3.out.find("gateskip was only validated at tp <= 2"), std::string::npos) << r3.out;
@@ -493,6 +534,9 @@ struct TpModuleCase {
   const char* module;  // --module, at the fixture's geometry (depth 2, d_model 64, 4 heads of 16, context 32)
   int tp;
   double val_tol = kValTol;
+  // Statistics that record the module's decisions or losses, as (record group, key): each moves in
+  // one process and is the same (within kLossTol, relative) in the split run at every step.
+  std::vector<std::pair<const char*, std::string>> stats = {};
 };
 
 // Evaluation that routes each token by a threshold (MoD: predictor > 0.5) may send a token whose
@@ -500,6 +544,14 @@ struct TpModuleCase {
 // bytes) whose loss changes by up to 1 nat moves val_bpb by 1 / (1500 ln 2) ~ 1e-3. (Seen: 2.0e-5 at
 // tp 2, and 1.9e-5 on one process between 1 and 2 threads.)
 constexpr double kRoutedValTol = 1e-3;
+
+// MoE with every piece that decides something on: sigmoid routing with the bias, z-loss, balance
+// loss, and capacity that drops in training.
+constexpr const char* kMoeTp =
+    "moe.n_shared=1,n_routed=4,top_k=2,expert_hidden=24,score=sigmoid,z_loss=0.01,aux_loss=0.01,bias_rate=0.01,"
+    "capacity_factor=1.0";
+const std::vector<std::pair<const char*, std::string>> kMoeStats = {
+    {"aux", "moe_z.L0"}, {"aux", "moe_aux.L1"}, {"modules", "moe.L0.bias_spread"}, {"modules", "moe.L1.dropped"}};
 
 class TensorParallelModule : public ::testing::TestWithParam<TpModuleCase> {};
 
@@ -514,20 +566,21 @@ TEST_P(TensorParallelModule, FollowsOneProcess) {
   const std::string tp = std::to_string(c.tp);
   auto r2 = slm::test::run(f.train_cmd(split, "--nproc " + tp + " --set tp=" + tp + mod));
   ASSERT_EQ(r2.status, 0) << r2.out;
-  auto l1 = series(one, "loss"), l2 = series(split, "loss");
-  ASSERT_EQ(l1.size(), 10u);
-  ASSERT_EQ(l2.size(), 10u);
-  double worst = 0, worst_val = 0;
-  for (auto& [step, v] : l1) {
-    EXPECT_NEAR(l2[step], v, kLossTol) << "step " << step;
-    worst = std::max(worst, std::abs(l2[step] - v));
-  }
+  const Gap gap = expect_follows(one, split, kLossTol, c.val_tol);
+  auto l1 = series(one, "loss"), v2 = series(split, "val_bpb");
+  ASSERT_FALSE(l1.empty());
+  ASSERT_FALSE(v2.empty());
   EXPECT_GT(l1.begin()->second - l1.rbegin()->second, 0.1) << "the curve must move for the comparison to mean anything";
-  auto v1 = series(one, "val_bpb"), v2 = series(split, "val_bpb");
-  ASSERT_EQ(v1.size(), v2.size());
-  for (auto& [step, v] : v1) {
-    EXPECT_NEAR(v2[step], v, c.val_tol) << "step " << step;
-    worst_val = std::max(worst_val, std::abs(v2[step] - v));
+  // The module's own decisions and losses, step by step: they acted, and the split run's are one process's.
+  for (auto& [group, key] : c.stats) {
+    auto a = module_stat(one, group, key), b = module_stat(split, group, key);
+    ASSERT_FALSE(a.empty()) << group << "." << key;
+    double most = 0;
+    for (auto& [step, v] : a) {
+      EXPECT_NEAR(b[step], v, kLossTol * std::max(1.0, std::abs(v))) << key << " at step " << step;
+      most = std::max(most, std::abs(v));
+    }
+    EXPECT_GT(most, 0) << key << " never moved: the comparison would show nothing";
   }
   // The checkpoint holds whole tensors (split rows gathered): one process evaluates it to the figure
   // the split run logged (printed to 4 decimals: within half a unit of the last, plus the tolerance).
@@ -541,7 +594,7 @@ TEST_P(TensorParallelModule, FollowsOneProcess) {
   EXPECT_GT(s2["tp_replicas_equal"].get<int64_t>(), 0) << "the replicated tensors were compared across ranks";
   std::printf("%s at tp %d vs one process: max |loss diff| %.3g, max |val_bpb diff| %.3g, %lld replicated tensors "
               "bitwise equal; %.1f s\n",
-              c.name, c.tp, worst, worst_val, (long long)s2["tp_replicas_equal"].get<int64_t>(),
+              c.name, c.tp, gap.loss, gap.val, (long long)s2["tp_replicas_equal"].get<int64_t>(),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
@@ -562,6 +615,10 @@ INSTANTIATE_TEST_SUITE_P(
         // they need not divide by tp)
         TpModuleCase{"dsa", "dsa.topk=8,window=2,path=sparse,warmup_steps=5,index_heads=3", 2},
         TpModuleCase{"dsa_tp4", "dsa.topk=8,window=2,path=sparse,warmup_steps=5,index_heads=3", 4},
+        // every expert split by hidden units (24: divides by 2 and 4), the router, z-loss, balance loss,
+        // bias balancing and capacity dropping replicated
+        TpModuleCase{"moe", kMoeTp, 2, kValTol, kMoeStats},
+        TpModuleCase{"moe_tp4", kMoeTp, 4, kValTol, kMoeStats},
         TpModuleCase{"mod", "mod.capacity=0.5,layers=1,predictor=true,predictor_hidden=16", 2, kRoutedValTol},
         TpModuleCase{"flexidepth", "flexidepth.layers=1,router_bias=0,adapter_hidden=8,alpha=0.01", 2}),
     [](const ::testing::TestParamInfo<TpModuleCase>& i) { return std::string(i.param.name); });
@@ -732,12 +789,17 @@ TEST(Dist, Mamba3AtTensorParallelTwoResumesBitwise) {
   EXPECT_EQ(slm::test::curve(run), slm::test::curve(ref));
 }
 
-// A module that does not split its weights is refused at tp > 1, with the reason, before any step.
-TEST(Dist, ModuleWithoutTensorParallelIsRefused) {
+// A module above the tp it is tested at (mHC: 2) is refused, with the reason, before any step.
+TEST(Dist, ModuleAboveItsTensorParallelLimitIsRefused) {
   const auto& f = fx();
-  auto r = slm::test::run(f.train_cmd(f.t / "tp_moe", "--nproc 2 --set tp=2 --module moe"));
+  const std::string out = f.t / "tp4_mhc";
+  auto r = slm::test::run(f.train_cmd(out, "--nproc 4 --set tp=4 --module mhc"));
   EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.out.find("module moe runs at tp <= 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("module mhc runs at tp <= 2 and the substrate has tp 4: it is tested against one process up "
+                       "to tp 2 only; use tp <= 2"),
+            std::string::npos)
+      << r.out;
+  EXPECT_FALSE(fs::exists(out + "/metrics.jsonl")) << "refused before any step";
 }
 
 // Issue 20 §1: the modules whose state follows batch statistics reduce them over the data-parallel
@@ -814,21 +876,7 @@ void check_stateful(size_t i) {
     auto m1 = slm::test::metrics(one), m2 = slm::test::metrics(two);
     EXPECT_TRUE(c.acted(m1)) << "the state never acted in one process: the comparison would show nothing";
     EXPECT_TRUE(c.acted(m2)) << "the state never acted at DP=2";
-    auto l1 = series(one, "loss"), l2 = series(two, "loss");
-    ASSERT_EQ(l1.size(), 10u);
-    ASSERT_EQ(l2.size(), 10u);
-    double worst = 0;
-    for (auto& [step, v] : l1) {
-      EXPECT_NEAR(l2[step], v, kLossTol) << "step " << step;
-      worst = std::max(worst, std::abs(l2[step] - v));
-    }
-    auto v1 = series(one, "val_bpb"), v2 = series(two, "val_bpb");
-    ASSERT_EQ(v1.size(), v2.size());
-    double worst_val = 0;
-    for (auto& [step, v] : v1) {
-      EXPECT_NEAR(v2[step], v, kValTol) << "step " << step;
-      worst_val = std::max(worst_val, std::abs(v2[step] - v));
-    }
+    const Gap gap = expect_follows(one, two);
     // The decisions themselves: rank 0's record of the state (updated from both ranks' rows) is the
     // one process's (from all rows).
     std::map<int64_t, const json*> by_step;
@@ -842,7 +890,7 @@ void check_stateful(size_t i) {
       }
     }
     std::printf("%s: DP=2 vs one process: max |loss diff| %.3g, max |val_bpb diff| %.3g (both runs %.1f s)\n", c.name,
-                worst, worst_val, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                gap.loss, gap.val, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
 }
 
@@ -939,7 +987,8 @@ TEST(Dist, NcpRankWithoutPairsTakesPartAndMatchesOneProcess) {
 // MoE split over two TP ranks (threads), each expert as the relu2 MLP: the output, the input
 // gradient, the router's gradient (whole on every rank: the partial expert outputs are summed
 // before the gates weight them) and each rank's expert gradients (its slice of the whole) are one
-// process's; the aux losses are the same on every rank. Not yet wired into the trainer (max_tp 1).
+// process's; the aux losses are the same on every rank. (The trainer's runs at tp 2 and 4:
+// Dist/TensorParallelModule.)
 TEST(Dist, MoeSplitOverTwoTensorParallelRanksIsTheWholeLayer) {
   MoeOptions o;
   o.d_model = 32;
@@ -990,10 +1039,10 @@ TEST(Dist, MoeSplitOverTwoTensorParallelRanksIsTheWholeLayer) {
   const Out whole = run_one(*ms[0]);
   ASSERT_GT(whole.grads.at("router.weight").abs().max().item<double>(), 1e-3) << "the router must get a gradient";
   std::vector<Out> part(2);
-  std::vector<std::map<std::string, int64_t>> splits(2);
+  std::vector<TpSplits> splits(2);
   with_group(2, [&](dist::Comm& c) {
     const int r = c.world().rank;
-    ASSERT_EQ(ms[1 + r]->split_tensor_parallel(c.as_tp_group(), splits[r]), "");
+    ASSERT_EQ(ms[1 + r]->shard_tensor_parallel(c.as_tp_group(), splits[r]), "");
     part[r] = run_one(*ms[1 + r]);
   });
   ASSERT_EQ(splits[0].size(), 2u * (o.n_routed + 1)) << "every expert's two matrices, the shared one's too";
@@ -1007,7 +1056,7 @@ TEST(Dist, MoeSplitOverTwoTensorParallelRanksIsTheWholeLayer) {
       ASSERT_TRUE(part[r].grads.count(name)) << name;
       auto want = g;
       if (splits[r].count(name)) {
-        const int64_t d = splits[r][name], len = g.size(d) / 2;
+        const int64_t d = splits[r].at(name).dim, len = g.size(d) / 2;
         want = g.narrow(d, r * len, len);
       }
       EXPECT_TRUE(slm::test::fp32_close(part[r].grads[name], want, n)) << name << " rank " << r;

@@ -200,7 +200,7 @@ TEST(Substrate, ErrorsAreClear) {
 }
 
 TEST(Substrate, ShippedSubstratesLoadAndValidate) {
-  for (const char* n : {"cpu-tiny", "seed-v6e4-d16", "gpu-d12"}) {
+  for (const char* n : {"cpu-tiny", "seed-v6e4-d16", "gpu-d12", "cpu-tp2dp2"}) {
     Substrate s = load_substrate(std::string(SLMLAB_SOURCE_DIR) + "/substrates/" + n + ".toml");
     EXPECT_NO_THROW(s.validate()) << n;
     EXPECT_EQ(s.name, n);
@@ -211,6 +211,11 @@ TEST(Substrate, ShippedSubstratesLoadAndValidate) {
   EXPECT_EQ(seed.context, 4096);
   EXPECT_EQ(seed.total_batch, 131072);
   EXPECT_EQ(seed.tp * seed.dp, 4);
+  // The article's topology on CPU processes (the production stack's test in test_dist.cpp).
+  Substrate mesh = load_substrate(std::string(SLMLAB_SOURCE_DIR) + "/substrates/cpu-tp2dp2.toml");
+  EXPECT_EQ(mesh.tp, 2);
+  EXPECT_EQ(mesh.dp, 2);
+  EXPECT_EQ(mesh.device, "cpu");
 }
 
 // The fused head + softcap + cross entropy against the plain composition of torch ops.

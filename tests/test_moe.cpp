@@ -388,6 +388,18 @@ TEST(Moe, CatalogRefusesWhatCannotRun) {
   EXPECT_NE(errors({{"score", "softmx"}}).find("did you mean 'softmax'"), std::string::npos);
   EXPECT_NE(errors({{"layers", "1,5"}}).find("layer 5 is beyond depth 3"), std::string::npos);
   EXPECT_NE(errors({{"layers", "1,1"}}).find("more than once"), std::string::npos);
+  // Tensor parallelism splits each expert's hidden units: they must divide by tp (the default at
+  // d_model 32: 4 x 32 / (2 + 2) = 32 hidden units divide by 2 and 4; 30 does not divide by 4), and
+  // tp 8 is beyond what is tested.
+  auto at_tp = [&](int tp, const std::map<std::string, std::string>& given) {
+    auto w = v;
+    w.tp = tp;
+    return joined(catalog::check({test::module_args("moe", given)}, w, true));
+  };
+  EXPECT_EQ(at_tp(2, {}), "");
+  EXPECT_EQ(at_tp(4, {}), "");
+  EXPECT_NE(at_tp(4, {{"expert_hidden", "30"}}).find("expert hidden size 30 does not divide by tp 4"), std::string::npos);
+  EXPECT_NE(at_tp(8, {}).find("module moe runs at tp <= 4 and the substrate has tp 8"), std::string::npos);
   std::vector<std::string> bad;
   catalog::resolve("moe", {{"capacity_factor", "-1"}}, bad);
   ASSERT_EQ(bad.size(), 1u);

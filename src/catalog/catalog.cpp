@@ -281,8 +281,11 @@ std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelV
     const bool touches_weights = std::string(m->family) != "data" && m->tier != Tier::Inference;
     if (touches_weights && m->max_tp > 0 && model.tp > m->max_tp)
       errors.push_back("module " + a.name + " runs at tp <= " + std::to_string(m->max_tp) + " and the substrate has tp " +
-                       std::to_string(model.tp) + ": its weights are not split across tensor-parallel ranks in this "
-                       "build; use tp=1 (scale with data parallelism, --nproc N)");
+                       std::to_string(model.tp) +
+                       (m->max_tp == 1 ? ": its weights are not split across tensor-parallel ranks in this build; use tp=1"
+                                       : ": it is tested against one process up to tp " + std::to_string(m->max_tp) +
+                                             " only; use tp <= " + std::to_string(m->max_tp)) +
+                       " (scale with data parallelism, --nproc N)");
     if (m->check && a.values.size() == m->params.size())
       for (auto& e : m->check(a, model)) errors.push_back("module " + a.name + ": " + e);
   }

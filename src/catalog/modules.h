@@ -20,4 +20,8 @@ void check_layers(const ModuleArgs& args, const ModelView& model, const char* em
 // MoD's routed layers for its resolved arguments at a geometry (shared by its check and its apply).
 std::vector<int64_t> mod_layers(const ModuleArgs& args, const ModelView& model);
 
+// MoE's expert hidden size h for its resolved arguments: expert_hidden, or 0 = 4 d_model /
+// (n_shared + top_k), at least 1 (shared by its check, which splits h over tp, and the model side).
+int64_t moe_expert_hidden(int64_t expert_hidden, int64_t d_model, int64_t n_shared, int64_t top_k);
+
 }  // namespace slm::catalog

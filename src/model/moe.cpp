@@ -54,10 +54,7 @@ void record(Ctx& ctx, int64_t layer, const MoeDispatch& d) {
 
 }  // namespace
 
-int64_t MoeOptions::hidden() const {
-  if (expert_hidden > 0) return expert_hidden;
-  return std::max<int64_t>(1, 4 * d_model / (n_shared + top_k));
-}
+int64_t MoeOptions::hidden() const { return catalog::moe_expert_hidden(expert_hidden, d_model, n_shared, top_k); }
 
 MoeOptions MoeOptions::from(const catalog::ModuleArgs& a, const ModelConfig& cfg, int64_t layer) {
   MoeOptions o;
@@ -232,7 +229,7 @@ torch::Tensor MoeImpl::forward(const torch::Tensor& x, Ctx& ctx) {
   return y.view(x.sizes());
 }
 
-std::string MoeImpl::split_tensor_parallel(const TpGroupPtr& g, std::map<std::string, int64_t>& splits) {
+std::string MoeImpl::shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) {
   if (!g || g->size == 1) return "";
   if (tp) return "already split";
   if (hidden % g->size != 0)

@@ -128,13 +128,15 @@ struct MoeImpl : FfnImpl {
   void update_bias(const torch::Tensor& load);
   // The bias update from the step's load (when bias_rate > 0); stats: the bias's spread max - min.
   void after_step(StepCtx& sc) override;
-  // Tensor parallelism (model/tp.h): splits every expert, the shared one included, as the relu2 MLP
-  // (c_fc by hidden units, c_proj by its input) over `g`, and adds each split parameter (named as
-  // registered here, "experts.0.c_fc.weight") with its dim to `splits`. The router and the bias stay
-  // whole on every rank: routing, z-loss, balance loss and the bias see the same (global) numbers
-  // everywhere. Returns "" or why it cannot split. The trainer does not call it yet (the model's TP
-  // split covers attention and the MLP; issue 20 §2 moves it into each component).
-  std::string split_tensor_parallel(const TpGroupPtr& g, std::map<std::string, int64_t>& splits);
+  // Tensor parallelism (model/tp.h): every expert, the shared one included, splits inside itself as
+  // the relu2 MLP (c_fc by hidden units, c_proj by its input), each split parameter added to `splits`
+  // (named as registered here, "experts.0.c_fc.weight"). Chosen over whole experts per rank because
+  // it needs no token exchange and keeps every rank's work equal whatever the router does: one
+  // all-reduce of the routed outputs and one of the shared expert's per layer, as the dense MLP.
+  // The router and the bias stay whole on every rank and read the replicated residual, so routing,
+  // capacity, z-loss, balance loss and the bias update see the same (global) numbers and take the
+  // same decisions everywhere. Returns "" or why it cannot split (hidden units that do not divide).
+  std::string shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) override;
 
   // Matrix parameters a token uses (router, shared, K routed experts) and all of them.
   int64_t active_params() const;
@@ -151,7 +153,7 @@ struct MoeImpl : FfnImpl {
   // with the weights (checkpoints, snapshots, export, eval) as the router does.
   torch::Tensor balance_bias;
   torch::Tensor step_load;         // (E) int64 buffer: picks per expert in this step's training forwards
-  TpGroupPtr tp;                   // set by split_tensor_parallel; null: whole
+  TpGroupPtr tp;                   // set by shard_tensor_parallel; null: whole
 };
 TORCH_MODULE(Moe);
 

@@ -335,7 +335,15 @@ void Comm::all_reduce_sum(torch::Tensor& t) {
     return;
   }
   std::vector<at::Tensor> v{t};
+  const auto t0 = std::chrono::steady_clock::now();
   pg_->allreduce(v)->wait();
+  collective_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double Comm::take_collective_seconds() {
+  const double s = collective_s_;
+  collective_s_ = 0;
+  return s;
 }
 
 std::vector<torch::Tensor> Comm::all_gather(const torch::Tensor& t) {
@@ -347,7 +355,9 @@ std::vector<torch::Tensor> Comm::all_gather(const torch::Tensor& t) {
   std::vector<at::Tensor> in{t.contiguous()};
   std::vector<std::vector<at::Tensor>> out(1);
   for (int r = 0; r < w_.size; ++r) out[0].push_back(torch::empty_like(in[0]));
+  const auto t0 = std::chrono::steady_clock::now();
   pg_->allgather(out, in)->wait();
+  collective_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out[0];
 }
 

@@ -79,8 +79,13 @@ class Comm {
   torch::Tensor ring_pass(const torch::Tensor& t);
   // This group as ring attention's group (model/ring.h). The Comm must outlive it.
   RingGroupPtr as_ring_group();
+  // Wall seconds spent inside this group's blocking all-reduces and all-gathers since the last call
+  // (waiting for the slowest rank included), and the count restarts: what a step of tensor
+  // parallelism spends in its collectives (the trainer logs it as tp_comm_ms).
+  double take_collective_seconds();
 
  private:
+  double collective_s_ = 0;
   World w_;
   torch::Device dev_;
   c10::intrusive_ptr<c10d::Store> store_;

@@ -264,6 +264,7 @@ void print_banner(const Setup& s, const RunConfig& rc, const Groups& g, int64_t 
 // What one optimizer step reports (the losses are means over every rank's rows).
 struct StepResult {
   double loss = 0, grad_norm = 0, lr = 0, comm_s = 0;
+  double tp_comm_s = 0;                // in the tensor-parallel group's collectives (forward, backward, clip, Muon)
   bool stop = false;                   // a rank was asked to stop (SIGTERM, SIGINT)
   std::map<std::string, double> aux;   // auxiliary losses by name
 };
@@ -473,6 +474,7 @@ class Run {
   // updated the weights in memory; the caller ends the run before anything is saved.
   StepResult step() {
     const int64_t accum = s_.accum;
+    if (g_.tp) g_.tp->take_collective_seconds();  // from here: the step's own (not the last evaluation's)
     const auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(dev_);
     torch::Tensor loss_sum;
     std::map<std::string, torch::Tensor> aux_sum;  // each micro-batch's value / accum, summed
@@ -522,6 +524,7 @@ class Run {
     r.lr = lr_factor(sub_, st.step);
     optim->step(r.lr, phases);
     optim->zero_grad();
+    if (g_.tp) r.tp_comm_s = g_.tp->take_collective_seconds();
     // The step's one wait.
     torch::Tensor host;
     {
@@ -612,6 +615,7 @@ class Run {
     }
     if (!r.aux.empty()) rec["aux"] = r.aux;
     if (g_.world) rec["comm_ms"] = 1000 * r.comm_s;  // the all-reduce time not hidden behind backward
+    if (g_.tp) rec["tp_comm_ms"] = 1000 * r.tp_comm_s;  // inside the tensor-parallel collectives
     if (reducer) rec["buckets_in_backward"] = reducer->sent_during_backward();
     metrics.write(rec);
     if (opt_.quiet) return;

@@ -25,10 +25,20 @@ std::vector<std::string> check_moe(const ModuleArgs& a, const ModelView& m) {
     e.push_back("score '" + score + "' is not softmax or sigmoid" + (near.empty() ? "" : "; did you mean '" + near + "'?"));
   }
   check_layers(a, m, "every layer", e);
+  // Tensor parallelism splits every expert's hidden units (model/moe.h): they must divide by tp.
+  const int64_t h = moe_expert_hidden(a.i64("expert_hidden"), m.d_model, a.i64("n_shared"), k);
+  if (m.tp > 1 && m.d_model > 0 && h % m.tp != 0)
+    e.push_back("expert hidden size " + std::to_string(h) + " does not divide by tp " + std::to_string(m.tp) +
+                "; set expert_hidden to a multiple of " + std::to_string(m.tp) + " or use a tp that divides it");
   return e;
 }
 
 }  // namespace
+
+int64_t moe_expert_hidden(int64_t expert_hidden, int64_t d_model, int64_t n_shared, int64_t top_k) {
+  if (expert_hidden > 0) return expert_hidden;
+  return std::max<int64_t>(1, 4 * d_model / (n_shared + top_k));
+}
 
 const ModuleSpec& spec_moe() {
   static const ModuleSpec s{
@@ -64,6 +74,13 @@ const ModuleSpec& spec_moe() {
       // At d_model 32: 1 shared + 4 routed experts of 24, the sigmoid path with the bias on, and a
       // capacity that drops in training (32 tokens x 2 picks over 4 experts: 16 a row at factor 1).
       "n_shared=1,n_routed=4,top_k=2,expert_hidden=24,score=sigmoid,bias_rate=0.01,capacity_factor=1.0,layers=0,2",
+      nullptr,
+      // Tensor parallel: every expert splits inside itself as the dense MLP (its hidden units over the
+      // ranks; no token exchange, equal work per rank whatever the router does); the router and the
+      // bias stay whole on every rank, so routing and the balancing decisions are the same everywhere.
+      // Up to 4 because that is what is tested against one process (Dist/TensorParallelModule, tp 2
+      // and 4, the article's Phase 4); check_moe asks the hidden size to divide by tp.
+      4,
   };
   return s;
 }
