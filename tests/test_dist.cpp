@@ -429,6 +429,11 @@ TEST(Dist, TensorTimesDataParallelFollowsTheSingleProcessCurve) {
   ASSERT_EQ(r4.status, 0) << r4.out;
   EXPECT_NE(r4.out.find("tensor parallel: tp 2 x dp 2"), std::string::npos) << r4.out;
   const Gap gap = expect_follows(one, mesh);
+  // FLOPs per token are the whole model's on every topology (a rank's shards counted alone read
+  // 17% low here), so MFU divides the same work by every device's peak.
+  auto f1 = series(one, "flops_tok"), f4 = series(mesh, "flops_tok");
+  ASSERT_EQ(f1.size(), f4.size());
+  for (auto& [step, v] : f1) EXPECT_NEAR(f4[step], v, 1e-12 * v) << "step " << step;
   // Each step logs its time inside the tensor-parallel collectives: some (every block all-reduces),
   // and less than the step.
   for (auto& r : slm::test::metrics(mesh))

@@ -303,6 +303,11 @@ class Run {
   ckpt::TrainState st;
   MetricsLog metrics;
   double flops_tok = 0, peak = 0;
+  // Under TP each rank's model holds its shards and counts their FLOPs only: the whole model's count at
+  // init over this rank's, which scales each step's count back to the model's (exact while each
+  // component's split share of its FLOPs stays as at init; DSA's replicated indexer after its sparse
+  // stage starts is the known exception, a small one).
+  double tp_flops_scale = 1;
   clk::time_point t_start = clk::now();
   std::map<std::string, double> module_stats;  // what modules report (expert load, codebook use, ...)
   std::map<std::string, double> eval_stats;    // the same, averaged over the last evaluation
@@ -605,7 +610,7 @@ class Run {
 
   // The step's record: one JSON line in metrics.jsonl, one human line on the terminal.
   void log_step(const StepResult& r, double dt, bool spike) {
-    flops_tok = model->flops_per_token(sub_.context);  // what ran this step (DSA's stage, ...)
+    flops_tok = model->flops_per_token(sub_.context) * tp_flops_scale;  // what ran this step (DSA's stage, ...)
     const double tok_s = sub_.total_batch / dt, mfu = tok_s * flops_tok / peak;
     json rec = {{"step", st.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
                 {"step_ms", 1000 * dt}, {"tok_s", tok_s}, {"mfu", mfu}, {"flops_tok", flops_tok}};
@@ -679,7 +684,10 @@ int train(const TrainOptions& opt) {
   cfg_json["layer_plan"] = layer_plan(*model);
   const int64_t n_params = model->n_params(), n_matmul = model->n_matmul_params();
   run.flops_tok = model->flops_per_token(sub.context);
-  if (groups.tp) model->shard_tensor_parallel(groups.tp->as_tp_group());
+  if (groups.tp) {
+    model->shard_tensor_parallel(groups.tp->as_tp_group());
+    run.tp_flops_scale = run.flops_tok / model->flops_per_token(sub.context);
+  }
   const std::vector<ParamGroup> lr_groups = param_groups(*model, sub);
   // This rank's parameters, exact, before the optimizer's state and the first step allocate theirs.
   const MemoryEstimate mem = estimate_memory(rc.model, param_counts(lr_groups), s.rank_batch, s.tp, bf16);
