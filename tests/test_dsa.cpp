@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "model/dsa.h"
 #include "model/gpt.h"
+#include "test_tolerance.h"
 #include "test_util.h"
 #include "test_model_util.h"
 
@@ -578,7 +579,10 @@ TEST(Dsa, WarmupRunsDenseThenSparse) {
   auto ctxe2 = make_ctx(c, {}, false);
   auto ye = d->forward(x, ctxe2);
   EXPECT_EQ(ctxe2.stats.at("dsa.warmup"), 0.0);
-  EXPECT_TRUE(torch::allclose(ye, y5));
+  // The same sparse stage; evaluation takes attention() (the fused kernel), training the path that
+  // also returns the probabilities for the KL: equal up to their summation orders (q.k, softmax,
+  // values, output projection).
+  EXPECT_TRUE(slm::test::fp32_close(ye, y5.detach(), c.head_dim + 2 * T + c.d_model));
   EXPECT_LT(d->flops_per_token(T), f_dense);  // FLOPs follow the stage that runs
 }
 
