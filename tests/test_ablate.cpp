@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <limits>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -299,4 +300,47 @@ TEST(Ablate, DecideAddsASeedToAnInconclusiveRow) {
   auto rep = slm::test::run(std::string(SLMLAB_BIN) + " report --plan decide --ledger " + root + "/ledger.sqlite");
   ASSERT_EQ(rep.status, 0) << rep.out;
   EXPECT_NE(rep.out.find("/ 2 looks"), std::string::npos) << rep.out;
+}
+
+// A parameter-matched control end to end (issue 21 §2): ablate derives the control arm before
+// anything runs, trains it on its derived substrate (written beside its runs), the ledger keeps it
+// under its own substrate id, and the report shows it as its own labeled group and the experiment's
+// delta against it in the row.
+TEST(Ablate, AParameterMatchedControlRunsOnItsDerivedSubstrate) {
+  const auto& f = fx();
+  const std::string root = f.t / "control";
+  fs::mkdirs(root);
+  slm::test::write(root + "/tiny.toml",
+                   "name = \"ctl-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 32\n"
+                   "total_batch = 256\ndevice_batch = 8\nsteps = 6\neval_every = 3\neval_tokens = 512\n"
+                   "ckpt_every = 3\nprecision = \"auto\"\n");
+  const std::string plan = root + "/plan.toml";
+  slm::test::write(plan,
+                   "name = \"ctl\"\nsubstrate = \"tiny.toml\"\n[rule]\nparam_control = \"deepen\"\nparam_tolerance = 0.5\n"
+                   "[[phases]]\nname = \"p\"\n[[phases.experiments]]\nid = \"baseline\"\nseeds = [1]\n"
+                   "[[phases.experiments]]\nid = \"mem\"\nbase = \"baseline\"\nseeds = [1]\n"
+                   "modules = [{ name = \"engram\", layers = [0, 1], table_size = 2039 }]\n");
+  const std::string cmd = std::string(SLMLAB_BIN) + " ablate " + plan + " --jobs 2 --threads 2 --data " + f.data +
+                          " --runs " + root + " --ledger " + root + "/ledger.sqlite";
+  auto r = slm::test::run(cmd);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("[ablate] control mem.deepen: parameter-matched control of mem: its base deepened to"),
+            std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(root + "/ctl/mem.deepen/substrate.toml"));
+  engine::Ledger l(root + "/ledger.sqlite");
+  auto base = l.get("ctl/baseline/s1"), mem = l.get("ctl/mem/s1"), ctl = l.get("ctl/mem.deepen/s1");
+  ASSERT_TRUE(base && mem && ctl);
+  for (auto* x : {&*base, &*mem, &*ctl}) EXPECT_EQ(x->status, engine::Status::Done) << x->run_id;
+  EXPECT_EQ(base->substrate_id, mem->substrate_id);
+  EXPECT_NE(ctl->substrate_id, base->substrate_id);  // its own group, never the base's
+  EXPECT_GT(ctl->n_params, base->n_params);
+  EXPECT_LE(std::fabs(double(ctl->n_params - mem->n_params)) / mem->n_params, 0.5);  // the plan's tolerance
+  auto rep = slm::test::run(std::string(SLMLAB_BIN) + " report --plan ctl --ledger " + root + "/ledger.sqlite");
+  ASSERT_EQ(rep.status, 0) << rep.out;
+  EXPECT_NE(rep.out.find("parameter-matched control arms on a derived substrate"), std::string::npos) << rep.out;
+  EXPECT_NE(rep.out.find("vs control mem.deepen"), std::string::npos) << rep.out;
+  // The same plan again: the same derived substrate, nothing to run.
+  auto again = slm::test::run(cmd);
+  ASSERT_EQ(again.status, 0) << again.out;
+  EXPECT_NE(again.out.find("3 runs, 3 finished, 0 to run"), std::string::npos) << again.out;
 }

@@ -118,3 +118,50 @@ TEST(EvalCompile, RateIntervalRecordsLedgerAndReport) {
   EXPECT_EQ(missing.status, 2);
   EXPECT_NE(missing.out.find("--keep-checkpoints"), std::string::npos) << missing.out;
 }
+
+// [rule] compile_rate = N (issue 21 §1): ablate scores the FIM-mode compile rate of each finished
+// run's best checkpoint itself, records it in the ledger, and the scorecard shows it with its
+// interval; a second ablate scores nothing again.
+TEST(EvalCompile, AblateJoinsTheFimRateAtEachRunsBestCheckpoint) {
+  test::TempDir t;
+  write_corpus(t / "src", 60);
+  const std::string bin = SLMLAB_BIN;
+  auto b = test::run(bin + " data build --src " + (t / "src") + " --out " + (t / "ds") +
+                     " --vocab 600 --val-frac 0.1 --val-min-bytes 2000 --threads 1");
+  ASSERT_EQ(b.status, 0) << b.out;
+  test::write(t / "tiny.toml",
+              "name = \"eval-tiny\"\ndepth = 2\naspect = 32\nhead_dim = 16\ncontext = 160\ntotal_batch = 1280\n"
+              "device_batch = 8\nsteps = 20\neval_every = 10\neval_tokens = 640\nckpt_every = 10\n"
+              "lr_matrix = 0.05\nlr_embed = 0.5\nlr_head = 0.02\n");
+  test::write(t / "plan.toml",
+              "name = \"cr\"\nsubstrate = \"tiny.toml\"\n[rule]\ncompile_rate = 3\n[[phases]]\nname = \"p\"\n"
+              "[[phases.experiments]]\nid = \"baseline\"\nseeds = [1]\n");
+  const std::string db = t / "ledger.sqlite";
+  const std::string cmd = bin + " ablate " + (t / "plan.toml") + " --jobs 1 --threads 1 --data " + (t / "ds") + " --runs " +
+                          (t / "runs") + " --ledger " + db;
+  auto a = test::run(cmd);
+  ASSERT_EQ(a.status, 0) << a.out;
+  EXPECT_NE(a.out.find("compile rate (fim, 3 prompts) at its best checkpoint"), std::string::npos) << a.out;
+  engine::Ledger l(db);
+  const auto row = l.get("cr/baseline/s1");
+  ASSERT_TRUE(row);
+  auto ce = l.compile_evals("cr/baseline/s1");
+  ASSERT_EQ(ce.size(), 1u);
+  EXPECT_EQ(ce[0].mode, "fim");
+  EXPECT_EQ(ce[0].checkpoint, "best");
+  EXPECT_EQ(ce[0].step, row->best_step);
+  EXPECT_EQ(ce[0].n, 3);
+  EXPECT_LE(ce[0].lo, static_cast<double>(ce[0].k) / ce[0].n);
+  EXPECT_GE(ce[0].hi, static_cast<double>(ce[0].k) / ce[0].n);
+  EXPECT_TRUE(fs::exists(row->run_dir + "/compile.log"));
+  auto rep = test::run(bin + " report --ledger " + db);
+  ASSERT_EQ(rep.status, 0) << rep.out;
+  EXPECT_NE(rep.out.find("compile rate (fim, 3 prompts) at each run's best checkpoint"), std::string::npos) << rep.out;
+  EXPECT_NE(rep.out.find("/3 ("), std::string::npos) << rep.out;  // k/3 (x%, 95% lo-hi%)
+  EXPECT_NE(rep.out.find("%) fim"), std::string::npos) << rep.out;
+  // Resumed: the run is finished and scored; nothing runs again.
+  auto again = test::run(cmd);
+  ASSERT_EQ(again.status, 0) << again.out;
+  EXPECT_EQ(again.out.find("compile rate (fim"), std::string::npos) << again.out;
+  EXPECT_EQ(l.compile_evals("cr/baseline/s1").size(), 1u);
+}

@@ -407,3 +407,79 @@ TEST(Plan, SubstrateFilesAreTypedAndNamed) {
   check("name = \"../s\"\n", "name must be 1 to 64 characters of [A-Za-z0-9._-]");
   check("depht = 4\n", "unknown substrate key 'depht'");  // unknown keys before the missing name
 }
+
+// Issue 21: a phase's rule names the metric it decides on; the rest of the rule stays plan-wide.
+// compile_rate and the parameter-matched control keys parse and refuse bad values in one line each.
+TEST(Plan, PhaseRuleNamesItsMetricAndTheRuleItsControlsAndCompileRate) {
+  slm::test::TempDir t;
+  auto p = load_plan(plan_file(t, kHead + R"(
+[rule]
+compile_rate = 16
+param_share = 0.2
+param_control = "widen"
+param_tolerance = 0.04
+[[phases]]
+name = "base"
+[[phases.experiments]]
+id = "baseline"
+seeds = [1]
+[[phases]]
+name = "objectives"
+[phases.rule]
+metric = "fim_bpb"
+[[phases.experiments]]
+id = "fim"
+base = "baseline"
+seeds = [1]
+modules = ["fim"]
+param_control = "deepen"
+)"));
+  EXPECT_EQ(p.rule.metric, "val_bpb");
+  EXPECT_EQ(p.phase_metrics, (std::map<std::string, std::string>{{"objectives", "fim_bpb"}}));
+  EXPECT_EQ(p.rule.compile_rate, 16);
+  EXPECT_DOUBLE_EQ(p.rule.param_share, 0.2);
+  EXPECT_EQ(p.rule.param_control, "widen");
+  EXPECT_DOUBLE_EQ(p.rule.param_tolerance, 0.04);
+  EXPECT_EQ(p.find("fim")->param_control, "deepen");
+  EXPECT_EQ(p.find("baseline")->param_control, "");
+
+  std::vector<std::string> errs;
+  load_plan(plan_file(t, kHead + R"(
+[rule]
+compile_rate = -1
+param_share = -0.1
+param_control = "sideways"
+param_tolerance = 0
+[[phases]]
+name = "a"
+[phases.rule]
+metric = "fim_bpp"
+k_noise = 3.0
+[[phases.experiments]]
+id = "baseline"
+seeds = [1]
+param_control = "bigger"
+)"), &errs);
+  EXPECT_TRUE(has(errs, "compile_rate must be in [0, 10000]")) << errs.size();
+  EXPECT_TRUE(has(errs, "param_share must be in [0, 100)"));
+  EXPECT_TRUE(has(errs, "param_control 'sideways' is not one of none, widen"));
+  EXPECT_TRUE(has(errs, "param_tolerance must be in (0, 1)"));
+  EXPECT_TRUE(has(errs, "[phases.rule]: metric 'fim_bpp' is not one of"));
+  EXPECT_TRUE(has(errs, "[phases.rule]: 'k_noise' is plan-wide"));
+  EXPECT_TRUE(has(errs, "experiment baseline: param_control 'bigger'"));
+  for (auto& e : errs) EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  // compare_at = "compute" interpolates val_bpb curves: a phase deciding on another metric cannot use it.
+  errs.clear();
+  load_plan(plan_file(t, kHead + R"(
+[rule]
+compare_at = "compute"
+[[phases]]
+name = "a"
+[phases.rule]
+metric = "sri_bpb"
+[[phases.experiments]]
+id = "baseline"
+seeds = [1]
+)"), &errs);
+  EXPECT_TRUE(has(errs, "compare_at = \"compute\" interpolates val_bpb curves only")) << (errs.empty() ? "" : errs[0]);
+}

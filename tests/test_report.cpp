@@ -26,10 +26,10 @@ PlanInfo make_plan(const std::vector<std::string>& specs) {
   p.rule.k_noise = 2.0;
   p.rule.min_rel_delta = 0.005;
   p.rule.provisional_factor = 3.0;
-  p.experiments.push_back({"baseline", "p1", "", "", {}, {}, {1, 2, 3}});
+  p.experiments.push_back({"baseline", "p1", "", "", {}, {}, {1, 2, 3}, ""});
   for (auto& s : specs) {
     auto a = s.find(':'), b = s.find(':', a + 1);
-    PlanInfo::Exp e{s.substr(0, a), "p1", s.substr(a + 1, b - a - 1), "", {}, {}, {1, 2, 3}};
+    PlanInfo::Exp e{s.substr(0, a), "p1", s.substr(a + 1, b - a - 1), "", {}, {}, {1, 2, 3}, ""};
     std::string mods = s.substr(b + 1);
     size_t pos = 0;
     while (pos < mods.size()) {
@@ -536,8 +536,8 @@ TEST(Report, DecideKeepsNullFalseVerdictsUnderTheStatedRate) {
     PlanInfo p;
     p.name = "null";
     p.rule.max_seeds = M;
-    p.experiments.push_back({"base", "p1", "", "", {}, {}, {1, 2}});
-    p.experiments.push_back({"null", "p1", "base", "", {"m"}, {"m"}, {1, 2}});
+    p.experiments.push_back({"base", "p1", "", "", {}, {}, {1, 2}, ""});
+    p.experiments.push_back({"null", "p1", "base", "", {"m"}, {"m"}, {1, 2}, ""});
     Synth s{p, {}, {}};
     std::map<std::string, int64_t> next;
     for (const char* e : {"base", "null"})
@@ -579,9 +579,9 @@ TEST(Report, DecideAddsSeedsToAnInconclusiveRowUntilDecided) {
   PlanInfo p;
   p.name = "grow";
   p.rule.max_seeds = 8;
-  p.experiments.push_back({"base", "p1", "", "", {}, {}, {1, 2}});
-  p.experiments.push_back({"better", "p1", "base", "", {"m"}, {"m"}, {1, 2}});
-  p.experiments.push_back({"flat", "p1", "base", "", {"z"}, {"z"}, {1, 2}});
+  p.experiments.push_back({"base", "p1", "", "", {}, {}, {1, 2}, ""});
+  p.experiments.push_back({"better", "p1", "base", "", {"m"}, {"m"}, {1, 2}, ""});
+  p.experiments.push_back({"flat", "p1", "base", "", {"z"}, {"z"}, {1, 2}, ""});
   Synth s{p, {}, {}};
   Gauss g{7};
   std::map<std::string, int64_t> next{{"base", 1}, {"better", 1}, {"flat", 1}};
@@ -638,7 +638,10 @@ TEST(Report, CostRatiosAndTheDeltaAtEqualCompute) {
   EXPECT_NEAR(c.eq_base_mean, 1.31, 1e-12);
   EXPECT_NEAR(c.eq_delta_pct, 100 * 0.04 / 1.31, 1e-9);
   const std::string txt = render_text(sc);
-  EXPECT_NE(txt.find("params 1.78x, FLOPs/tok 2.00x, wall 2.00x"), std::string::npos) << txt;
+  // +78% parameters is over the rule's 10% share: the row says so, and that no control arm ran.
+  EXPECT_TRUE(c.over_share);
+  EXPECT_NE(txt.find("params 1.78x (over the rule's param_share, no control arm), FLOPs/tok 2.00x, wall 2.00x"),
+            std::string::npos) << txt;
   EXPECT_NE(txt.find("+3.05% @ 3.84e+08 FLOPs (interpolated)"), std::string::npos) << txt;
   // The trainer's own sum over the steps as they ran (DSA's dense warm-up, say) wins over the last
   // step's FLOPs per token x tokens.
@@ -693,4 +696,76 @@ TEST(Report, AnObjectiveMetricDecidesAndValBpbIsShownBesideIt) {
   // A run that did not record the rule's metric has no number and does not count.
   for (auto& e : s.evals["synthetic/fim/s3"]) e.metrics.clear();
   EXPECT_EQ(find_card(s.card(), "fim").n, 2);
+}
+
+// A phase's own rule names its metric (issue 21 §1): the objectives phase decides on fim_bpb while
+// the plan (and the baseline's phase) stays on val_bpb. The base is re-valued on fim_bpb for the
+// comparison, the floor an arm borrows is the fim_bpb one, and the row names the metric.
+TEST(Report, APhaseDecidesOnItsOwnMetric) {
+  Synth s{make_plan({"fim:baseline:fim", "other:baseline:mtp"}), {}, {}};
+  s.plan.experiments[1].phase = "objectives";
+  s.plan.phase_metrics = {{"objectives", "fim_bpb"}};
+  add_baseline(s);
+  for (int i = 1; i <= 3; ++i) s.add("fim", i, 1.33 + 0.01 * (i - 2)).phase = "objectives";  // val_bpb +2.3%
+  for (int i = 1; i <= 3; ++i) s.add("other", i, 1.30 + 0.01 * (i - 2));
+  for (auto& r : s.runs) {
+    const double fim = (r.experiment == "fim" ? 1.6 : 2.0) + 0.01 * (r.seed - 2);
+    for (auto& e : s.evals[r.run_id]) e.metrics = {{"fim_bpb", fim + 0.001 * (250 - e.step) / 50}};
+  }
+  auto sc = s.card();
+  const Card& c = find_card(sc, "fim");
+  EXPECT_EQ(c.metric, "fim_bpb");
+  EXPECT_EQ(c.verdict, "keep") << c.evidence;
+  EXPECT_NEAR(c.mean, 1.6, 1e-12);
+  EXPECT_NEAR(c.delta_pct, -20.0, 1e-9);  // against the baseline's fim_bpb, 2.0
+  EXPECT_EQ(c.evidence.rfind("on fim_bpb: ", 0), 0u) << c.evidence;
+  EXPECT_NEAR(c.metric_means.at("val_bpb"), 1.33, 1e-12);
+  // The baseline's own phase is on val_bpb; so is the other experiment's verdict.
+  EXPECT_EQ(find_card(sc, "baseline").metric, "val_bpb");
+  EXPECT_NEAR(find_card(sc, "baseline").mean, 1.30, 1e-12);
+  EXPECT_EQ(find_card(sc, "other").evidence.rfind("on val_bpb: ", 0), 0u);
+  // One floor per decided metric: seeds spread 0.01 in both, so both floors are 0.01.
+  const Group& g = sc.groups[0];
+  ASSERT_EQ(g.noise_by_metric.count("fim_bpb"), 1u);
+  EXPECT_NEAR(g.noise_by_metric.at("fim_bpb").sd, 0.01, 1e-9);
+  EXPECT_NEAR(g.noise_sd, 0.01, 1e-9);
+  const std::string txt = render_text(sc);
+  EXPECT_NE(txt.find("phase objectives decides on fim_bpb"), std::string::npos) << txt;
+  EXPECT_NE(txt.find("1.6000 +- 0.0100 (fim_bpb)"), std::string::npos) << txt;
+  // The per-phase metric survives the ledger's copy of the plan.
+  EXPECT_EQ(plan_info_from_json(plan_info_json(s.plan)).phase_metrics, s.plan.phase_metrics);
+}
+
+// Parameter-matched control (issue 21 §2): the control arm's runs are on a derived substrate, in a
+// group of their own (never in the base group's floor), and the experiment's row shows its delta
+// and verdict against the control beside those against its base.
+TEST(Report, AnExperimentIsComparedWithItsParameterMatchedControl) {
+  Synth s{make_plan({"big:baseline:engram"}), {}, {}};
+  s.plan.experiments.push_back({"big.widen", "p1", "", "parameter-matched control of big: ...", {}, {}, {1, 2, 3}, "big"});
+  add_baseline(s);
+  for (int i = 1; i <= 3; ++i) s.add("big", i, 1.20 + 0.01 * (i - 2));
+  // A same-size plain model gets part of the way: big is -2.4% against it, 1.23 -> 1.20.
+  for (int i = 1; i <= 3; ++i) s.add("big.widen", i, 1.23 + 0.01 * (i - 2), "sub-W");
+  for (auto& r : s.runs) r.n_params = r.experiment == "baseline" ? 1000 : 1780;
+  auto sc = s.card();
+  ASSERT_EQ(sc.groups.size(), 2u);
+  const Card& c = find_card(sc, "big");
+  EXPECT_EQ(c.verdict, "keep");
+  EXPECT_TRUE(c.over_share);
+  EXPECT_EQ(c.control_id, "big.widen");
+  EXPECT_NEAR(c.control_delta_pct, -100 * 0.03 / 1.23, 1e-9);
+  EXPECT_EQ(c.control_verdict, "keep") << c.evidence;  // t = 0.03 / (0.01 sqrt(2/3)) = 3.67 on 4 df: p 0.021 < 4.55%
+  EXPECT_NE(c.evidence.find("vs parameter-matched control on val_bpb: delta -0.0300"), std::string::npos) << c.evidence;
+  const Card& ctl = find_card(sc, "big.widen", 1);
+  EXPECT_EQ(ctl.verdict, "control");
+  // The base group's floor is the base's and big's seeds only (6 runs), never the control's.
+  EXPECT_EQ(sc.groups[0].noise_runs, 6);
+  const std::string txt = render_text(sc);
+  EXPECT_NE(txt.find("(over the rule's param_share; vs control big.widen -2.44% keep)"), std::string::npos) << txt;
+  EXPECT_NE(txt.find("parameter-matched control arms on a derived substrate"), std::string::npos) << txt;
+  // Under the share nothing is flagged.
+  for (auto& r : s.runs) r.n_params = r.experiment == "baseline" ? 1000 : 1050;
+  EXPECT_FALSE(find_card(s.card(), "big").over_share);
+  // The control arm's link survives the ledger's copy of the plan.
+  EXPECT_EQ(plan_info_from_json(plan_info_json(s.plan)).find("big.widen")->control_of, "big");
 }

@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/fs.h"
+#include "engine/control.h"
 #include "engine/ledger.h"
 #include "engine/plan.h"
 #include "engine/report.h"
@@ -58,6 +59,7 @@ int cmd_ablate(const Args& a) {
   o.max_seeds = a.i64("max-seeds");
   SLM_CHECK(o.max_seeds >= 0 && o.max_seeds <= 64, "ablate: --max-seeds ", o.max_seeds, " is outside [0, 64]");
   SLM_CHECK(o.decide || o.max_seeds == 0, "ablate: --max-seeds is --decide's budget; add --decide, or set [rule] max_seeds in the plan");
+  o.count_params = engine::model_params;  // parameter-matched controls count the models they compare
   return engine::ablate(o);
 }
 

@@ -73,7 +73,30 @@ std::string node_text(const toml::node& n) {
   return "<table>";
 }
 
+// The rule's (or a phase's) metric: one the evaluation records, and compare_at = "compute" only on val_bpb.
+void check_metric(const std::string& metric, const std::string& compare_at, const std::string& where,
+                  std::vector<std::string>& errors) {
+  const auto& metrics = decision_metrics();
+  if (std::find(metrics.begin(), metrics.end(), metric) == metrics.end())
+    errors.push_back(where + ": metric '" + toml_read::printable(metric) +
+                     "' is not one of val_bpb, fim_bpb, ifim_bpb, ifim_noinst_bpb, sri_bpb (eval/infill.h)");
+  else if (metric != "val_bpb" && compare_at == "compute")
+    errors.push_back(where + ": compare_at = \"compute\" interpolates val_bpb curves only; use compare_at = "
+                     "\"steps\" with metric '" + metric + "'");
+}
+
+void check_param_control(const std::string& v, const std::string& where, std::vector<std::string>& errors) {
+  if (v != "none" && v != "widen" && v != "deepen")
+    errors.push_back(where + ": param_control '" + toml_read::printable(v) +
+                     "' is not one of none, widen (the base wider at the same depth), deepen (the base deeper at the same width)");
+}
+
 }  // namespace
+
+const std::vector<std::string>& decision_metrics() {
+  static const std::vector<std::string> m = {"val_bpb", "fim_bpb", "ifim_bpb", "ifim_noinst_bpb", "sri_bpb"};
+  return m;
+}
 
 Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, const std::string& substrate) {
   std::vector<std::string> errors;
@@ -120,7 +143,8 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, co
   if (auto r = toml_read::get_table(t, "rule", path, errors)) {
     const std::string rw = path + " [rule]";
     check_keys(*r, {"metric", "k_noise", "min_rel_delta", "provisional_factor", "max_retries", "allow_mixed_code", "correction",
-                     "max_seeds", "unstable_decides", "compare_at"}, rw, errors);
+                     "max_seeds", "unstable_decides", "compare_at", "compile_rate", "param_share", "param_control",
+                     "param_tolerance"}, rw, errors);
     plan.rule.metric = get<std::string>(*r, "metric", rw, errors).value_or(plan.rule.metric);
     plan.rule.k_noise = get<double>(*r, "k_noise", rw, errors).value_or(plan.rule.k_noise);
     plan.rule.min_rel_delta = get<double>(*r, "min_rel_delta", rw, errors).value_or(plan.rule.min_rel_delta);
@@ -131,16 +155,12 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, co
     plan.rule.max_seeds = get<int64_t>(*r, "max_seeds", rw, errors).value_or(plan.rule.max_seeds);
     plan.rule.unstable_decides = get<bool>(*r, "unstable_decides", rw, errors).value_or(plan.rule.unstable_decides);
     plan.rule.compare_at = get<std::string>(*r, "compare_at", rw, errors).value_or(plan.rule.compare_at);
+    plan.rule.compile_rate = get<int64_t>(*r, "compile_rate", rw, errors).value_or(plan.rule.compile_rate);
+    plan.rule.param_share = get<double>(*r, "param_share", rw, errors).value_or(plan.rule.param_share);
+    plan.rule.param_control = get<std::string>(*r, "param_control", rw, errors).value_or(plan.rule.param_control);
+    plan.rule.param_tolerance = get<double>(*r, "param_tolerance", rw, errors).value_or(plan.rule.param_tolerance);
   }
-  {
-    const std::vector<std::string> metrics = {"val_bpb", "fim_bpb", "ifim_bpb", "ifim_noinst_bpb", "sri_bpb"};
-    if (std::find(metrics.begin(), metrics.end(), plan.rule.metric) == metrics.end())
-      errors.push_back(path + " [rule]: metric '" + toml_read::printable(plan.rule.metric) +
-                       "' is not one of val_bpb, fim_bpb, ifim_bpb, ifim_noinst_bpb, sri_bpb (eval/infill.h)");
-    else if (plan.rule.metric != "val_bpb" && plan.rule.compare_at == "compute")
-      errors.push_back(path + " [rule]: compare_at = \"compute\" interpolates val_bpb curves only; use compare_at = "
-                       "\"steps\" with metric '" + plan.rule.metric + "'");
-  }
+  check_metric(plan.rule.metric, plan.rule.compare_at, path + " [rule]", errors);
   if (!(plan.rule.k_noise >= 0)) errors.push_back(path + " [rule]: k_noise must be >= 0");
   if (!(plan.rule.min_rel_delta >= 0 && plan.rule.min_rel_delta < 1)) errors.push_back(path + " [rule]: min_rel_delta must be in [0, 1)");
   if (!(plan.rule.provisional_factor > 1)) errors.push_back(path + " [rule]: provisional_factor must be > 1");
@@ -152,6 +172,13 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, co
                      "' is not one of steps (best val_bpb at equal steps), compute (at equal training FLOPs)");
   if (plan.rule.max_seeds < 0 || plan.rule.max_seeds > 64) errors.push_back(path + " [rule]: max_seeds must be in [0, 64] (0: no extra seeds)");
   if (plan.rule.max_retries < 0 || plan.rule.max_retries > 100) errors.push_back(path + " [rule]: max_retries must be in [0, 100]");
+  if (plan.rule.compile_rate < 0 || plan.rule.compile_rate > 10000)
+    errors.push_back(path + " [rule]: compile_rate must be in [0, 10000] prompts (0: no compile-rate evaluation)");
+  if (!(plan.rule.param_share >= 0 && plan.rule.param_share < 100))
+    errors.push_back(path + " [rule]: param_share must be in [0, 100) (a share of the base's parameters, 0.10 = 10%)");
+  if (!(plan.rule.param_tolerance > 0 && plan.rule.param_tolerance < 1))
+    errors.push_back(path + " [rule]: param_tolerance must be in (0, 1) (the control's parameter count within this share of the experiment's)");
+  check_param_control(plan.rule.param_control, path + " [rule]", errors);
 
   auto phases = toml_read::get_array(t, "phases", path, errors);
   if (!t.get("phases") || (phases && phases->empty()))
@@ -171,9 +198,22 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, co
         pname = "phase" + std::to_string(pi + 1);
       }
       const std::string where = path + " phase " + pname;
-      check_keys(*ph, {"name", "notes", "experiments"}, where, errors);
+      check_keys(*ph, {"name", "notes", "experiments", "rule"}, where, errors);
       get<std::string>(*ph, "notes", where, errors);
       plan.phases.push_back(pname);
+      // A phase's own rule names the metric it decides on; the rest of the rule is the plan's (one
+      // alpha, one correction, one budget for every phase).
+      if (auto pr = toml_read::get_table(*ph, "rule", where, errors)) {
+        const std::string prw = where + " [phases.rule]";
+        for (auto& [k, v] : *pr)
+          if (k.str() != "metric")
+            errors.push_back(prw + ": '" + toml_read::printable(std::string(k.str())) +
+                             "' is plan-wide; a phase's rule names only its metric (set the rest in [rule])");
+        if (auto m = get<std::string>(*pr, "metric", prw, errors)) {
+          check_metric(*m, plan.rule.compare_at, prw, errors);
+          plan.phase_metrics[pname] = *m;
+        }
+      }
       auto exps = toml_read::get_array(*ph, "experiments", where, errors);
       if (!ph->get("experiments") || (exps && exps->empty())) errors.push_back(where + ": no [[phases.experiments]]");
       if (!exps) continue;
@@ -192,7 +232,7 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, co
         e.id = idv.value_or("");
         const std::string id_problem = idv ? name_problem("experiment id", e.id) : "";
         const std::string ew = (e.id.empty() || !id_problem.empty()) ? ew0 : where + " experiment " + e.id;
-        check_keys(*et, {"id", "base", "modules", "seeds", "notes"}, ew, errors);
+        check_keys(*et, {"id", "base", "modules", "seeds", "notes", "param_control"}, ew, errors);
         if (!idn) {
           errors.push_back(ew + ": 'id' is required");
         } else if (!id_problem.empty()) {
@@ -206,6 +246,10 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, co
         }
         e.base = get<std::string>(*et, "base", ew, errors).value_or("");
         e.notes = get<std::string>(*et, "notes", ew, errors).value_or("");
+        if (auto pc = get<std::string>(*et, "param_control", ew, errors)) {
+          e.param_control = *pc;
+          check_param_control(*pc, ew, errors);
+        }
         if (auto seeds = toml_read::get_array(*et, "seeds", ew, errors)) {
           std::set<int64_t> uniq;
           for (auto& s : *seeds) {

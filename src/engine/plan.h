@@ -4,6 +4,7 @@
 // be known before a step runs and lists every problem at once.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -21,8 +22,16 @@ struct DecisionRule {
   double k_noise = 2.0;
   std::string correction = "none";  // none | holm (family-wise rate) | bh (false-discovery rate), per phase
   int64_t max_seeds = 0;            // `ablate --decide` budget per experiment (0: no extra seeds, one look)
-  bool unstable_decides = true;
-  std::string compare_at = "steps";  // steps (best val_bpb) | compute (at equal training FLOPs, interpolated)     // an unstable run (final worse than best by > the noise floor) still counts
+  bool unstable_decides = true;     // an unstable run (final worse than best by > the noise floor) still counts
+  std::string compare_at = "steps";  // steps (best val_bpb) | compute (at equal training FLOPs, interpolated)
+  int64_t compile_rate = 0;         // prompts of the FIM-mode compile rate scored at each finished run's best checkpoint, 0 = none
+  // Parameter-matched controls (issue 21 section 2, engine/control.h): an experiment with more than
+  // param_share more parameters than its base is flagged in its row; with param_control widen or
+  // deepen it also gets a control arm, its base grown to the experiment's parameter count within
+  // param_tolerance (relative), on a derived substrate of its own.
+  double param_share = 0.10;
+  std::string param_control = "none";  // none | widen (wider model, same depth) | deepen (more layers, same width)
+  double param_tolerance = 0.05;
   double min_rel_delta = 0.005;     // 0.5%
   double provisional_factor = 3.0;  // step time above factor x the phase median: provisional
   int64_t max_retries = 2;          // a failed run is retried this often, then FAILED
@@ -34,6 +43,8 @@ struct Experiment {
   std::vector<int64_t> seeds;
   std::vector<catalog::ModuleArgs> modules;    // as written in this experiment
   std::vector<catalog::ModuleArgs> effective;  // base's effective modules + these (same name: these win)
+  std::string param_control;                   // "" = the rule's; none | widen | deepen
+  std::string control_of;                      // set on a parameter-matched control arm ablate added (engine/control.h)
 };
 
 struct Plan {
@@ -41,9 +52,13 @@ struct Plan {
   Substrate substrate;
   DecisionRule rule;
   std::vector<std::string> phases;
+  std::map<std::string, std::string> phase_metrics;  // a phase's own [phases.rule] metric, when it names one
   std::vector<Experiment> experiments;  // in file order
   const Experiment* find(const std::string& id) const;
 };
+
+// The metrics a rule may decide on (eval/infill.h), for checks and messages.
+const std::vector<std::string>& decision_metrics();
 
 // Parses and validates; on problems throws slm::Error whose message lists every one ("; "-joined)
 // unless `errors` is given, in which case they are appended there and a best-effort plan returned.

@@ -39,7 +39,10 @@ std::string group_title(const Scorecard& s, size_t i) {
   const Group& g = s.groups[i];
   std::string t = "substrate " + short_id(g.substrate_id);
   if (!g.data_fingerprint.empty()) t += " (data " + g.data_fingerprint.substr(0, 12) + ")";
-  if (i > 0 && !g.substrate_id.empty()) t += " -- a different substrate: compared only within this group";
+  bool controls = !g.cards.empty();
+  for (auto& c : g.cards) controls &= c.verdict == "control";
+  if (controls) t += " -- parameter-matched control arms on a derived substrate: compared only with the experiments they control";
+  else if (i > 0 && !g.substrate_id.empty()) t += " -- a different substrate: compared only within this group";
   if (g.code_ids.size() > 1) t += " -- mixed code: " + std::to_string(g.code_ids.size()) + " builds";
   return t;
 }
@@ -63,6 +66,12 @@ std::string rule_text(const Scorecard& s) {
      << "; keep also needs " << fixed_text(100 * r.min_rel_delta, 2) << "%; provisional above " << r.provisional_factor
      << "x the phase's median step time; unstable runs " << (r.unstable_decides ? "decide (flagged)" : "do not decide");
   if (r.allow_mixed_code) os << "; allow_mixed_code: runs of different builds are compared";
+  for (auto& [ph, m] : s.plan.phase_metrics) os << "; phase " << ph << " decides on " << m;
+  os << "; parameters over +" << fixed_text(100 * r.param_share, 0) << "% of the base flagged";
+  if (r.param_control != "none")
+    os << " and " << (r.param_control == "widen" ? "widened" : "deepened") << "-base controls within "
+       << fixed_text(100 * r.param_tolerance, 1) << "% of their parameters";
+  if (r.compile_rate > 0) os << "; compile rate (fim, " << r.compile_rate << " prompts) at each run's best checkpoint";
   return os.str();
 }
 
@@ -84,10 +93,11 @@ std::string family_text(const Scorecard& s, const Group& g) {
 
 std::string mean_text(const Card& c) {
   if (c.n == 0) return "-";
-  return fixed_text(c.mean) + (c.n >= 2 ? " +- " + fixed_text(c.sd) : "");
+  return fixed_text(c.mean) + (c.n >= 2 ? " +- " + fixed_text(c.sd) : "") + (c.metric_named ? " (" + c.metric + ")" : "");
 }
 
-std::string other_metrics_text(const Card& c, const std::string& rule_metric) {
+std::string other_metrics_text(const Card& c, const std::string& plan_metric) {
+  const std::string& rule_metric = c.metric.empty() ? plan_metric : c.metric;  // its phase's, when it names one
   std::string out;
   auto add = [&](const std::string& k, double x) { out += (out.empty() ? "" : ", ") + k + " " + fixed_text(x); };
   auto vb = c.metric_means.find("val_bpb");  // the headline first
@@ -143,6 +153,10 @@ std::string cost_ratio_text(const Card& c) {
   if (!std::isfinite(c.params_x) && !std::isfinite(c.flops_x) && !std::isfinite(c.wall_x)) return "-";
   std::string s = "params " + fixed_text(c.params_x, 2) + "x";
   if (std::isfinite(c.active_x) && std::fabs(c.active_x - c.params_x) > 1e-9) s += " (active " + fixed_text(c.active_x, 2) + "x)";
+  if (c.over_share)  // the parameter-matched view belongs beside the parameter count it answers
+    s += " (over the rule's param_share" +
+         (c.control_id.empty() ? std::string(", no control arm")
+                               : "; vs control " + c.control_id + " " + pct_text(c.control_delta_pct) + " " + c.control_verdict) + ")";
   return s + ", FLOPs/tok " + fixed_text(c.flops_x, 2) + "x, wall " + fixed_text(c.wall_x, 2) + "x";
 }
 
@@ -247,7 +261,7 @@ std::string render_text(const Scorecard& s) {
       Table rt;
       for (auto& v : c.runs) {
         std::vector<std::string> row = {"s" + std::to_string(v.row.seed), run_status_text(v),
-                                         "best " + run_value_text(v), "final " + fixed_text(run_final(v, metric)),
+                                         "best " + run_value_text(v), "final " + fixed_text(run_final(v, c.metric)),
                                          std::isfinite(v.row.step_ms) && v.row.step_ms > 0 ? fixed_text(v.row.step_ms, 0) + " ms/step" : ""};
         const std::string why = run_reason(v);
         if (!why.empty()) row.push_back(one_line(why));

@@ -22,8 +22,9 @@ PlanInfo plan_info(const Plan& p) {
   o.substrate = p.substrate_ref;
   o.rule = p.rule;
   o.phases = p.phases;
+  o.phase_metrics = p.phase_metrics;
   for (auto& e : p.experiments) {
-    PlanInfo::Exp x{e.id, e.phase, e.base, e.notes, {}, {}, e.seeds};
+    PlanInfo::Exp x{e.id, e.phase, e.base, e.notes, {}, {}, e.seeds, e.control_of};
     for (auto& m : e.effective) {
       x.modules.push_back(catalog::arg_text(m));
       x.names.push_back(m.name);
@@ -48,11 +49,16 @@ std::string plan_info_json(const PlanInfo& p) {
               {"correction", p.rule.correction},
               {"max_seeds", p.rule.max_seeds},
               {"unstable_decides", p.rule.unstable_decides},
-              {"compare_at", p.rule.compare_at}}}};
+              {"compare_at", p.rule.compare_at},
+              {"compile_rate", p.rule.compile_rate},
+              {"param_share", p.rule.param_share},
+              {"param_control", p.rule.param_control},
+              {"param_tolerance", p.rule.param_tolerance}}},
+            {"phase_metrics", p.phase_metrics}};
   j["experiments"] = json::array();
   for (auto& e : p.experiments)
     j["experiments"].push_back({{"id", e.id}, {"phase", e.phase}, {"base", e.base}, {"notes", e.notes},
-                                {"modules", e.modules}, {"names", e.names}, {"seeds", e.seeds}});
+                                {"modules", e.modules}, {"names", e.names}, {"seeds", e.seeds}, {"control_of", e.control_of}});
   return j.dump();
 }
 
@@ -75,11 +81,16 @@ PlanInfo plan_info_from_json(const std::string& text) {
     p.rule.max_seeds = r.value("max_seeds", int64_t(0));
     p.rule.unstable_decides = r.value("unstable_decides", true);
     p.rule.compare_at = r.value("compare_at", "steps");
+    p.rule.compile_rate = r.value("compile_rate", int64_t(0));
+    p.rule.param_share = r.value("param_share", 0.10);
+    p.rule.param_control = r.value("param_control", "none");
+    p.rule.param_tolerance = r.value("param_tolerance", 0.05);
+    p.phase_metrics = j.value("phase_metrics", std::map<std::string, std::string>{});
     for (auto& e : j.at("experiments"))
       p.experiments.push_back({e.at("id").get<std::string>(), e.value("phase", ""), e.value("base", ""),
                                e.value("notes", ""), e.value("modules", std::vector<std::string>{}),
                                e.value("names", std::vector<std::string>{}),
-                               e.value("seeds", std::vector<int64_t>{})});
+                               e.value("seeds", std::vector<int64_t>{}), e.value("control_of", "")});
     return p;
   } catch (const json::exception& e) {
     fail("[report] the plan saved in the ledger is malformed (", e.what(), "); re-run `slmlab ablate PLAN` to save it again");
@@ -97,8 +108,12 @@ int report(const ReportOptions& o) {
   if (!o.plan.empty() && o.plan.find(".toml") != std::string::npos) {
     PlanInfo p = plan_info(load_plan(o.plan));
     // --decide's budget lives in the ledger's copy of the rule: the looks it allowed still count.
-    if (auto spec = ledger.plan_spec(p.name))
-      p.rule.max_seeds = std::max(p.rule.max_seeds, plan_info_from_json(*spec).rule.max_seeds);
+    if (auto spec = ledger.plan_spec(p.name)) {
+      const PlanInfo saved = plan_info_from_json(*spec);
+      p.rule.max_seeds = std::max(p.rule.max_seeds, saved.rule.max_seeds);
+      for (auto& e : saved.experiments)  // control arms exist only where ablate added them (engine/control.h)
+        if (!e.control_of.empty() && !p.find(e.id)) p.experiments.push_back(e);
+    }
     plans.push_back(p);
   } else {
     std::vector<std::string> names = o.plan.empty() ? ledger.plan_names() : std::vector<std::string>{o.plan};
@@ -115,7 +130,7 @@ int report(const ReportOptions& o) {
         PlanInfo p;
         p.name = n;
         for (auto& r : ledger.runs(n))
-          if (!p.find(r.experiment)) p.experiments.push_back({r.experiment, r.phase, "", "", {}, {}, {}});
+          if (!p.find(r.experiment)) p.experiments.push_back({r.experiment, r.phase, "", "", {}, {}, {}, ""});
         plans.push_back(p);
       } else {
         plans.push_back(plan_info_from_json(*spec));

@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,12 +26,14 @@
 #include "common/format.h"
 #include "common/fs.h"
 #include "common/version.h"
+#include "data/dataset.h"
 #include "engine/backend.h"
 #include "engine/ledger.h"
 #include "engine/local.h"
 #include "engine/plan.h"
 #include "engine/report.h"
 #include "engine/slurm.h"
+#include "eval/sandbox.h"
 
 namespace slm::engine {
 
@@ -250,6 +254,45 @@ void refuse_stale_runs(const Plan& plan, Ledger& ledger) {
   }
 }
 
+// [rule] compile_rate = N: the FIM-mode compile rate of a finished run's best checkpoint, scored by
+// `slmlab eval compile` (which records it in the ledger) as a child process on this machine, its
+// output in the run folder's compile.log. Blocking: the trainers of the wave keep running meanwhile,
+// and nothing else writes the ledger until it returns. A run already scored at its best step is
+// skipped, so a resumed ablate scores only what is missing. False when the evaluation failed.
+bool join_compile_rate(const Plan& plan, Ledger& ledger, const std::string& ledger_path, const std::string& bin,
+                       const RunRow& row, int threads) {
+  if (plan.rule.compile_rate <= 0 || row.status != Status::Done) return true;
+  for (auto& e : ledger.compile_evals(row.run_id))
+    if (e.mode == "fim" && e.checkpoint == "best" && e.step == row.best_step) return true;
+  const std::string log = fs::join(row.run_dir, "compile.log");
+  const std::vector<std::string> args = {bin, "eval", "compile", row.run_dir, "--checkpoint", "best", "--mode", "fim", "--n",
+                                         std::to_string(plan.rule.compile_rate), "--threads", std::to_string(threads),
+                                         "--ledger", ledger_path};
+  std::printf("[ablate] %s: compile rate (fim, %lld prompts) at its best checkpoint (step %lld)\n", row.run_id.c_str(),
+              static_cast<long long>(plan.rule.compile_rate), static_cast<long long>(row.best_step));
+  std::fflush(stdout);
+  const pid_t pid = ::fork();
+  SLM_CHECK(pid >= 0, "ablate: cannot start the compile-rate evaluation of ", row.run_id, ": fork failed");
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // dies with ablate, like the trainers
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) ::dup2(fd, 1), ::dup2(fd, 2);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(args[0].c_str(), argv.data());
+    ::_exit(127);
+  }
+  int st = 0;
+  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 0) return true;
+  std::printf("[ablate] %s: the compile-rate evaluation failed (%s); see %s\n", row.run_id.c_str(),
+              last_line(log).c_str(), log.c_str());
+  std::fflush(stdout);
+  return false;
+}
+
 }  // namespace
 
 volatile std::sig_atomic_t stop_requested = 0;
@@ -261,7 +304,18 @@ int ablate(const AblateOptions& opt) {
   SLM_CHECK(opt.poll_s > 0 && opt.poll_s <= 600, "ablate: --poll ", opt.poll_s, " is outside (0, 600] seconds");
   const bool on_slurm = opt.backend == "slurm";
   Plan plan = load_plan(opt.plan);  // every problem at once, before anything runs
+  // Parameter-matched control arms (engine/control.h): decided before anything runs, from the
+  // models' parameter counts at the data set's vocabulary.
+  std::vector<ControlArm> arms;
+  bool wants_controls = false;
+  for (auto& e : plan.experiments) wants_controls |= control_kind(plan, e) != "none";
+  if (wants_controls) {
+    SLM_CHECK(opt.count_params, "ablate: plan ", opt.plan, " asks for parameter-matched controls but this build cannot count parameters");
+    arms = plan_controls(plan, data::DataSet(opt.data).tokenizer().vocab_size(), opt.count_params);
+    add_controls(plan, arms);
+  }
   if (on_slurm) slurm::check_available();  // before the ledger is touched
+  if (plan.rule.compile_rate > 0) eval::require_sandbox();  // [rule] compile_rate needs it: say so before anything runs
   const int total_threads = opt.threads > 0 ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
   const int per_job = std::max(1, total_threads / opt.jobs);
   fs::mkdirs(fs::parent(opt.ledger));
@@ -282,6 +336,15 @@ int ablate(const AblateOptions& opt) {
   const std::string bin = self_exe();
   std::string substrate = plan.substrate_ref;
   if (substrate.find(".toml") != std::string::npos && substrate[0] != '/') substrate = fs::join(fs::parent(opt.plan), substrate);
+  // Each control arm trains on its derived substrate, written beside its runs.
+  std::map<std::string, std::string> substrate_of;
+  for (auto& a : arms) {
+    const std::string dir = fs::join(fs::join(opt.runs, plan.name), a.id);
+    fs::mkdirs(dir);
+    substrate_of[a.id] = fs::join(dir, "substrate.toml");
+    fs::write_atomic(substrate_of[a.id], "# " + a.describe() + "\n" + a.substrate.to_toml());
+    std::printf("[ablate] control %s: %s\n", a.id.c_str(), a.describe().c_str());
+  }
   // A Slurm job runs elsewhere, in its run folder: it gets absolute paths (on the shared filesystem).
   auto path_arg = [&](const std::string& p) {
     return on_slurm && fs::exists(p) ? std::filesystem::absolute(p).lexically_normal().string() : p;
@@ -333,6 +396,9 @@ int ablate(const AblateOptions& opt) {
   };
   for (auto& e : plan.experiments)
     for (int64_t seed : all_seeds(e, ledger_rows)) enlist(e, seed);
+  bool compile_failed = false;
+  for (auto& r : ledger_rows)  // finished before, scored not yet (an ablate stopped in between, a rule changed)
+    if (!stop_requested && plan.find(r.experiment)) compile_failed |= !join_compile_rate(plan, ledger, opt.ledger, bin, r, total_threads);
   if (plan.rule.allow_mixed_code)
     std::printf("[ablate] rule allow_mixed_code = true: reports will compare runs of different builds (code id now %s)\n",
                 code_id());
@@ -357,7 +423,9 @@ int ablate(const AblateOptions& opt) {
       for (auto& r : batch) {
         fs::mkdirs(r.dir);
         Job job{r.id, path_arg(r.dir), {}, per_job};
-        job.argv = {bin, "train", "--quiet", "--resume", "--data", path_arg(opt.data), "--substrate", path_arg(substrate),
+        const auto own = substrate_of.find(r.experiment);
+        job.argv = {bin, "train", "--quiet", "--resume", "--data", path_arg(opt.data), "--substrate",
+                    path_arg(own == substrate_of.end() ? substrate : own->second),
                     "--out", job.dir, "--threads", std::to_string(per_job), "--set", "seed=" + std::to_string(r.seed)};
         for (auto& m : r.exp->effective) job.argv.insert(job.argv.end(), {"--module", catalog::arg_text(m)});
         attempt_start[r.id] = std::filesystem::file_time_type::clock::now();
@@ -422,6 +490,7 @@ int ablate(const AblateOptions& opt) {
           else any_failed = true;
         }
         ledger.upsert(row);
+        if (!stop_requested) compile_failed |= !join_compile_rate(plan, ledger, opt.ledger, bin, row, per_job);
         if (row.status != Status::Queued) ++n_final;
         const double avg = runs_timed ? run_seconds / runs_timed : NAN;
         const double left_waves = std::ceil(double(pending.size() + live.size()) / opt.jobs);
@@ -466,7 +535,7 @@ int ablate(const AblateOptions& opt) {
     std::printf("[ablate] decide: inconclusive and within reach: one more seed for %s\n", names.c_str());
     std::fflush(stdout);
   }
-  return any_failed ? 1 : 0;
+  return any_failed || compile_failed ? 1 : 0;
 }
 
 }  // namespace slm::engine

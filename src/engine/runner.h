@@ -11,6 +11,8 @@
 #pragma once
 #include <string>
 
+#include "engine/control.h"
+
 namespace slm::engine {
 
 struct AblateOptions {
@@ -31,10 +33,17 @@ struct AblateOptions {
   // alpha the looks imply.
   bool decide = false;
   int64_t max_seeds = 0;          // 0: the plan's [rule] max_seeds, else kDefaultMaxSeeds
+  // Counts a model's parameters, for parameter-matched controls (engine/control.h); the CLI passes
+  // engine::model_params. A plan that asks for controls without one is refused.
+  ParamCounter count_params;
 };
 constexpr int64_t kDefaultMaxSeeds = 6;
 
-// Returns 0 when every run ended done or INVALID, 1 when some run FAILED after its retries, 143
+// With [rule] compile_rate = N, each run that ends done gets its FIM-mode compile rate scored at its
+// best checkpoint (N prompts, `slmlab eval compile`, recorded in the ledger; on this machine, also
+// under --backend slurm), and a resumed ablate scores the finished runs that lack it.
+// Returns 0 when every run ended done or INVALID, 1 when some run FAILED after its retries (or a
+// compile-rate evaluation the rule asks for failed: its run stays done, the same command retries it), 143
 // when a signal stopped ablate (nothing lost: the same command resumes).
 int ablate(const AblateOptions& opt);
 

@@ -16,6 +16,11 @@ const PlanInfo::Exp* PlanInfo::find(const std::string& id) const {
   return nullptr;
 }
 
+const std::string& PlanInfo::metric_of(const std::string& phase) const {
+  auto it = phase_metrics.find(phase);
+  return it == phase_metrics.end() ? rule.metric : it->second;
+}
+
 std::string fixed_text(double x, int prec) {
   if (!std::isfinite(x)) return "-";
   std::ostringstream os;
@@ -182,7 +187,25 @@ void cost(Card& c, const Card& base) {
 // The comparison of c with its base: sets the verdict when a rule refuses to decide (pending,
 // no counted run, mixed code, no variance), else delta, t, df and p (the verdict comes later, once
 // the phase's comparisons are known together).
-void compare(Card& c, const Card& base, const Group& g, const DecisionRule& rule, double alpha, int max_seeds) {
+// A card's counted runs re-valued on another metric (their best of it outside a spike): a base whose
+// own phase decides on val_bpb, compared with an experiment of a phase deciding on fim_bpb.
+Card on_metric(const Card& k, const std::string& metric) {
+  if (k.metric == metric) return k;
+  Card x = k;
+  x.metric = metric;
+  for (auto& v : x.runs)
+    if (v.counted) {
+      auto it = v.bests.find(metric);
+      v.value = it == v.bests.end() ? NAN : it->second;
+      v.counted = std::isfinite(v.value);
+    }
+  card_stats(x);
+  return x;
+}
+
+void compare(Card& c, const Card& base_own, const Group& g, const DecisionRule& rule, double alpha, int max_seeds) {
+  const Card base = on_metric(base_own, c.metric);
+  const Group::Noise nz = g.noise_by_metric.count(c.metric) ? g.noise_by_metric.at(c.metric) : Group::Noise{};
   if (c.n == 0) {
     bool pending = false;
     for (auto& r : c.runs)
@@ -194,7 +217,8 @@ void compare(Card& c, const Card& base, const Group& g, const DecisionRule& rule
   }
   if (base.n == 0) {
     c.verdict = "inconclusive";
-    c.evidence = "base " + base.id + " has no counted run on this substrate";
+    c.evidence = "base " + base.id + " has no counted run on this substrate" +
+                 (base_own.metric == c.metric ? "" : " with " + c.metric + " recorded");
     return;
   }
   c.delta = c.mean - base.mean;
@@ -246,7 +270,7 @@ void compare(Card& c, const Card& base, const Group& g, const DecisionRule& rule
   };
   auto arm = [&](const Card& k) -> Arm {
     if (k.n >= 2) return {k.sd * k.sd / k.n, double(k.n - 1), k.sd, true};
-    if (std::isfinite(g.noise_sd) && g.noise_dof > 0) return {g.noise_sd * g.noise_sd / k.n, double(g.noise_dof), g.noise_sd, false};
+    if (std::isfinite(nz.sd) && nz.dof > 0) return {nz.sd * nz.sd / k.n, double(nz.dof), nz.sd, false};
     return {NAN, 0, NAN, false};
   };
   const Arm a = arm(x), b = arm(y);
@@ -261,7 +285,7 @@ void compare(Card& c, const Card& base, const Group& g, const DecisionRule& rule
   c.df = den > 0 ? (a.var + b.var) * (a.var + b.var) / den : a.dof + b.dof;  // Welch-Satterthwaite
   // A borrowed variance is not independent of the other arm's (the pooled sd includes it, or both
   // borrow it): Satterthwaite would overcount, so the df is at most the pooled estimate's own.
-  if (!a.own || !b.own) c.df = std::min(c.df, double(g.noise_dof));
+  if (!a.own || !b.own) c.df = std::min(c.df, double(nz.dof));
   const double d = c.dec_delta;
   if (c.sd_diff > 0) {
     c.t = d / c.sd_diff;
@@ -276,7 +300,7 @@ void compare(Card& c, const Card& base, const Group& g, const DecisionRule& rule
     return "sd " + fixed_text(x.sd) + (x.own ? "" : " (pooled)") + " n " + std::to_string(n);
   };
   std::ostringstream ev;
-  ev << "on " << rule.metric << ": ";
+  ev << "on " << c.metric << ": ";
   if (at_compute)
     ev << "at equal compute (" << std::setprecision(3) << c.eq_flops << " training FLOPs, interpolated on the eval curves): ";
   ev << "delta " << std::showpos << std::fixed << std::setprecision(4) << d << std::noshowpos << " ("
@@ -311,7 +335,7 @@ void decide(Card& c, const DecisionRule& rule, const std::string& correction) {
 // Stacking: each module's marginal effect from an experiment adding exactly it to a subset of c.
 void stacking(Card& c, const std::vector<Card>& cards, const PlanInfo& plan, const Card* root) {
   const PlanInfo::Exp* e = plan.find(c.id);
-  if (!e || e->names.size() < 2 || !root || root->n == 0 || c.n == 0) return;
+  if (!e || e->names.size() < 2 || !root || root->n == 0 || c.n == 0 || root->metric != c.metric) return;
   const auto target = name_set(*e);
   auto card_of = [&](const std::string& id) -> const Card* {
     for (auto& k : cards)
@@ -330,7 +354,7 @@ void stacking(Card& c, const std::vector<Card>& cards, const PlanInfo& plan, con
       if (!xs.count(m) || bs.count(m) || xs.size() != bs.size() + 1) continue;
       if (!std::includes(target.begin(), target.end(), xs.begin(), xs.end())) continue;
       const Card *xc = card_of(x.id), *bc = card_of(b->id);
-      if (!xc || !bc || xc->n == 0 || bc->n == 0) continue;
+      if (!xc || !bc || xc->n == 0 || bc->n == 0 || xc->metric != c.metric || bc->metric != c.metric) continue;  // one metric
       sum += xc->mean - bc->mean;
       from += (from.empty() ? "" : " + ") + m + " (" + x.id + " - " + b->id + ")";
       found = true;
@@ -409,7 +433,8 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
       auto it = evals.find(r->run_id);
       if (it != evals.end()) v.evals = it->second;
       if (auto c = compiles.find(r->run_id); c != compiles.end()) v.compiles = c->second;
-      choose_value(v, plan.rule.metric);
+      const PlanInfo::Exp* pe = plan.find(r->experiment);
+      choose_value(v, plan.metric_of(pe ? pe->phase : r->phase));
       if (g.data_fingerprint.empty()) g.data_fingerprint = r->data_fingerprint;
       views.push_back(std::move(v));
     }
@@ -446,6 +471,8 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
           c.runs.push_back(v);
         }
       if (c.runs.empty()) continue;
+      c.metric = plan.metric_of(c.phase);
+      c.metric_named = c.metric != plan.rule.metric;
       std::sort(c.runs.begin(), c.runs.end(), [](const RunView& a, const RunView& b) { return a.row.seed < b.row.seed; });
       card_stats(c);
       // Every metric the counted runs all recorded, as the mean of their bests (the rule's one included).
@@ -491,7 +518,7 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
       c.sd_diff = c.df = c.t = c.p = c.p_adj = c.alpha = c.bar = c.dec_delta = c.dec_base = NAN;
       c.params = c.active = c.flops_tok = c.train_flops = c.wall = NAN;
       c.params_x = c.active_x = c.flops_x = c.wall_x = NAN;
-      c.eq_flops = c.eq_mean = c.eq_base_mean = c.eq_delta_pct = NAN;
+      c.eq_flops = c.eq_mean = c.eq_base_mean = c.eq_delta_pct = c.control_delta_pct = NAN;
       g.cards.push_back(std::move(c));
     }
     // Builds: the distinct code ids of the counted runs ("" = unknown, an older ledger: not a build).
@@ -500,23 +527,36 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
         if (v.counted && !v.row.code_id.empty() &&
             std::find(g.code_ids.begin(), g.code_ids.end(), v.row.code_id) == g.code_ids.end())
           g.code_ids.push_back(v.row.code_id);
-    // Noise floor: the pooled sd of every experiment with replicas.
-    double ss = 0;
-    int dof = 0;
-    for (auto& c : g.cards)
-      if (c.n >= 2) {
+    // Noise floor: the pooled sd of every experiment with replicas, per metric a phase decides on.
+    std::set<std::string> decided = {plan.rule.metric};
+    for (auto& [ph, m] : plan.phase_metrics) decided.insert(m);
+    for (auto& m : decided) {
+      double ss = 0;
+      Group::Noise nz;
+      for (auto& c0 : g.cards) {
+        const Card c = on_metric(c0, m);
+        if (c.n < 2) continue;
         ss += c.sd * c.sd * (c.n - 1);
-        dof += c.n - 1;
-        g.noise_runs += c.n;
-        ++g.noise_experiments;
+        nz.dof += c.n - 1;
+        nz.runs += c.n;
+        ++nz.experiments;
       }
-    g.noise_sd = dof > 0 ? std::sqrt(ss / dof) : NAN;
-    g.noise_dof = dof;
-    // Stability: final worse than the run's number by more than the floor.
+      nz.sd = nz.dof > 0 ? std::sqrt(ss / nz.dof) : NAN;
+      g.noise_by_metric[m] = nz;
+    }
+    {
+      const Group::Noise& nz = g.noise_by_metric[plan.rule.metric];
+      g.noise_sd = nz.sd;
+      g.noise_dof = nz.dof;
+      g.noise_runs = nz.runs;
+      g.noise_experiments = nz.experiments;
+    }
+    // Stability: final worse than the run's number by more than the floor (of the metric it is on).
     for (auto& c : g.cards) {
+      const double floor_sd = g.noise_by_metric[c.metric].sd;
       for (auto& v : c.runs) {
-        v.drift = std::isfinite(v.value) ? final_value(v, plan.rule.metric) - v.value : NAN;
-        v.unstable = v.counted && std::isfinite(g.noise_sd) && std::isfinite(v.drift) && v.drift > g.noise_sd;
+        v.drift = std::isfinite(v.value) ? final_value(v, c.metric) - v.value : NAN;
+        v.unstable = v.counted && std::isfinite(floor_sd) && std::isfinite(v.drift) && v.drift > floor_sd;
         c.unstable += v.unstable;
         if (v.unstable && !plan.rule.unstable_decides) v.counted = false;
       }
@@ -530,6 +570,12 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
         break;
       }
     for (auto& c : g.cards) {
+      const PlanInfo::Exp* pe = plan.find(c.id);
+      if (pe && !pe->control_of.empty()) {
+        c.verdict = "control";
+        c.evidence = pe->notes + (c.n ? "" : "; no counted run");
+        continue;
+      }
       if (c.base.empty()) {
         c.verdict = "reference";
         c.evidence = c.n ? "baseline of its phase" : "no counted run";
@@ -544,6 +590,7 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
         continue;
       }
       cost(c, *base);
+      c.over_share = std::isfinite(c.params_x) && c.params_x - 1 > plan.rule.param_share;
       compare(c, *base, g, plan.rule, s.alpha, static_cast<int>(plan.rule.max_seeds));
     }
     // The phase's comparisons together: the correction, then the verdicts.
@@ -570,6 +617,33 @@ Scorecard build_scorecard(const PlanInfo& plan, const std::vector<RunRow>& runs,
     for (auto& c : g.cards) stacking(c, g.cards, plan, root);
     s.groups.push_back(std::move(g));
   }
+  // Each experiment against its parameter-matched control arm, whose runs are in a group of their
+  // own (a derived substrate): the same test as against the base, uncorrected (one extra
+  // comparison per experiment, shown beside its verdict, never replacing it).
+  for (auto& g : s.groups)
+    for (auto& c : g.cards) {
+      for (auto& x : plan.experiments)
+        if (x.control_of == c.id && !c.base.empty()) c.control_id = x.id;
+      if (c.control_id.empty()) continue;
+      const Card* ctl = nullptr;
+      for (auto& h : s.groups)
+        for (auto& k : h.cards)
+          if (k.id == c.control_id) ctl = &k;
+      if (!ctl) {
+        c.control_verdict = "pending";
+        continue;
+      }
+      Card t = c;
+      t.verdict.clear();
+      t.sd_diff = t.df = t.t = t.p = t.p_adj = t.alpha = t.bar = t.dec_delta = t.dec_base = NAN;
+      cost(t, *ctl);
+      compare(t, *ctl, g, plan.rule, s.alpha, 0);
+      t.p_adj = t.p;
+      decide(t, plan.rule, "none");
+      c.control_verdict = t.verdict;
+      c.control_delta_pct = 100.0 * t.dec_delta / t.dec_base;
+      c.evidence += "; vs parameter-matched control " + t.evidence;
+    }
   return s;
 }
 

@@ -36,6 +36,7 @@
 // - Stacking: for an experiment of two or more modules, the sum of each module's measured marginal
 //   effect (from experiments that add exactly that module to a subset) beside the measured delta.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -53,12 +54,16 @@ struct PlanInfo {
     std::vector<std::string> modules;  // effective modules as "name.k=v,..." (base's included)
     std::vector<std::string> names;    // their names
     std::vector<int64_t> seeds;
+    std::string control_of;            // a parameter-matched control arm of that experiment (engine/control.h)
   };
   std::string name, description, substrate;
   DecisionRule rule;
   std::vector<std::string> phases;
+  std::map<std::string, std::string> phase_metrics;  // phases that decide on another metric than the rule's
   std::vector<Exp> experiments;
   const Exp* find(const std::string& id) const;
+  // The metric a phase decides on: its own [phases.rule] metric, else the rule's.
+  const std::string& metric_of(const std::string& phase) const;
 };
 struct RunView {
   RunRow row;
@@ -77,6 +82,8 @@ struct RunView {
 
 struct Card {
   std::string id, phase, base, notes;
+  std::string metric;         // the metric its phase decides on: its mean, sd, delta and verdict are on it
+  bool metric_named = false;  // its phase names it ([phases.rule]) and it is not the plan's: rows say which
   std::vector<std::string> modules;
   std::vector<RunView> runs;
   int n = 0;                  // counted runs
@@ -111,12 +118,25 @@ struct Card {
   double compile_lo = 0, compile_hi = 1;
   std::string compile_mode;
   int compile_spiked = 0;     // counted runs with a compile eval of a checkpoint inside a loss spike (never pooled)
+  // Parameters beyond the rule's share (params_x - 1 > param_share): flagged in the row. With a
+  // parameter-matched control arm (engine/control.h; its runs in their own group), the comparison
+  // with it, by the same test as with the base: verdict, delta in % of the control's mean, evidence.
+  bool over_share = false;
+  std::string control_id, control_verdict;
+  double control_delta_pct = 0;
 };
 
 struct Group {
   std::string substrate_id, data_fingerprint;  // "" for runs that have not reported yet
-  double noise_sd = 0;                          // pooled sd of seed replicas (NaN when unmeasured)
+  double noise_sd = 0;                          // pooled sd of seed replicas (NaN when unmeasured), on the rule's metric
   int noise_runs = 0, noise_experiments = 0, noise_dof = 0;
+  // The same floor for every metric a phase decides on (the rule's included): a phase deciding on
+  // fim_bpb borrows a fim_bpb floor, never the val_bpb one.
+  struct Noise {
+    double sd = NAN;
+    int runs = 0, experiments = 0, dof = 0;
+  };
+  std::map<std::string, Noise> noise_by_metric;
   // Per phase: its decided comparisons' family and the false-verdict rate the rule implies if every
   // one of them were null (correction none: 1 - (1 - alpha)^m; holm: alpha family-wise; bh: alpha
   // false-discovery rate, alpha family-wise when all are null).
