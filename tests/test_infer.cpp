@@ -350,13 +350,14 @@ TEST(Jacobi, CliEqualsGreedyAndReportsTokensPerForward) {
   };
   auto greedy = slm::test::run(gen);
   ASSERT_EQ(greedy.status, 0) << greedy.out;
-  EXPECT_NE(greedy.out.find("generate: greedy, 20 tokens, 20 forwards"), std::string::npos) << greedy.out;
+  EXPECT_NE(greedy.out.find("generate: greedy, 20 tokens, 1.000 tokens per forward (20 decoding forwards; 20 forwards in all"),
+            std::string::npos) << greedy.out;
   for (const char* block : {"", " --block 3"}) {
     auto jac = slm::test::run(gen + " --decode jacobi" + block);
     ASSERT_EQ(jac.status, 0) << jac.out;
     EXPECT_EQ(text(jac.out), text(greedy.out)) << "block" << block;
     EXPECT_NE(jac.out.find(std::string("generate: jacobi block ") + (block[0] ? "3" : "8")), std::string::npos) << jac.out;
-    EXPECT_NE(jac.out.find("tokens per iteration"), std::string::npos) << jac.out;
+    EXPECT_NE(jac.out.find("tokens per forward ("), std::string::npos) << jac.out;
   }
   for (const auto& [opt, msg] : std::vector<std::pair<std::string, std::string>>{
            {" --decode jacobi --block 0", "jacobi_decode: block is outside [1, 1024]"},
