@@ -179,7 +179,10 @@ void JacobiForcingImpl::add_loss(const torch::Tensor& h, GPTImpl& model, Ctx& ct
     auto si = torch::tensor(student, torch::kInt64).to(dev), ti = torch::tensor(teacher, torch::kInt64).to(dev);
     auto log_p = torch::log_softmax(model.logits(hp.index_select(0, si)), -1);           // student (S, V)
     auto log_q = torch::log_softmax(model.logits(hp.index_select(0, ti)), -1).detach();  // teacher (S, V)
-    loss = (log_q.exp() * (log_q - log_p)).sum(-1).mean();  // KL(teacher || student): 0 at the fixed point
+    // KL(teacher || student), 0 at the fixed point, over every noisy position (an unscored one has the
+    // clean context and counts 0): a batch's loss is the mean of its rows', so data-parallel ranks
+    // average it like the main loss.
+    loss = (log_q.exp() * (log_q - log_p)).sum() / static_cast<double>(R * T * N);
   }
   ctx.aux.push_back({"jacobi_forcing", loss, opt.weight});
 }

@@ -17,7 +17,8 @@
 //     plain causal sequence [prompt, y*] and the noisy stream is the same text with noisy blocks.
 //  4. Consistency loss: at each offset o of a noisy block from its first token that differs from
 //     y* on, KL(teacher || student) between the clean block's distribution at o (detached: the fixed
-//     point's, greedy's own) and the noisy block's at o; the mean over those positions. The paper's
+//     point's, greedy's own) and the noisy block's at o; summed, over the R T N noisy positions (the
+//     others have the clean context: 0), so a batch's loss is the mean of its rows'. The paper's
 //     L = L_pc + lambda L_AR keeps an AR term on the model's own greedy output; in training from
 //     data the next-token loss on the data plays that part, so the objective adds weight x L_pc
 //     beside it (an AuxLoss, never part of val_bpb).
@@ -25,7 +26,9 @@
 // Only attention reads the noise-aware mask and the shared positions, so the objective refuses
 // models whose layers look across positions otherwise (Mamba-3, Engram, MoD, DSA), with the reason.
 // It keeps no state between steps and has no parameters: under data parallelism each rank collects
-// on its own rows and the loss is averaged like the main loss.
+// on one row in row_every of its own rows and the losses average like the main loss (with row_every
+// 1, DP=2 follows one process: tests/test_dist.cpp). Tensor parallelism is refused (max_tp 1): the
+// collection's greedy picks would run on a split model, untested.
 //
 // Shapes: R prompt rows, P prompt tokens, T blocks, N tokens per block, L = P + 2 T N packed tokens.
 #pragma once
