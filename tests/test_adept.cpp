@@ -96,6 +96,44 @@ TEST(Adept, ExitedTokensKeepTheirStateAndLaterTokensAttendToTheirBackfilledKV) {
   EXPECT_DOUBLE_EQ(r->layers_per_token(), 2.0 - n_exit / static_cast<double>(n));
 }
 
+TEST(Adept, APrefillInPiecesWithTheCacheEqualsTheWholeSequence) {
+  // Generation's path: the first 20 tokens through the cache, then 12 more; exited tokens of the
+  // first piece are in the cache of layer 1 by their backfilled K/V. Two layers and a threshold in a
+  // clear gap of layer 0's updates, as above, so both runs take the same decisions.
+  ModelConfig c = tiny_config(2);
+  GPT m = random_model(c, 7);
+  torch::NoGradGuard ng;
+  torch::manual_seed(8);
+  auto idx = torch::randint(0, 300, {1, 32}, torch::kInt64);
+  Ctx a;
+  a.idx = idx;
+  a.cos = m->rope_cos;
+  a.sin = m->rope_sin;
+  auto x0 = rms_norm(m->wte(idx));
+  auto moved = (m->blocks[0]->as<Block>()->forward(x0, a) - x0).norm(2, -1) / x0.norm(2, -1);
+  auto sorted = std::get<0>(moved.flatten().sort());
+  double thr = 0, gap = -1;
+  for (int64_t i = 8; i < 24; ++i) {
+    const double g = sorted[i + 1].item<double>() - sorted[i].item<double>();
+    if (g > gap) gap = g, thr = 0.5 * (sorted[i].item<double>() + sorted[i + 1].item<double>());
+  }
+  ASSERT_GT(gap, 1e-4 * thr);
+  auto r = use_adept(*m, AdeptOptions{thr, 1});
+  auto whole = m->hidden(idx, {});
+  Caches caches;
+  for (auto [from, to] : {std::pair<int64_t, int64_t>{0, 20}, {20, 32}}) {
+    Ctx g;
+    g.idx = idx.slice(1, from, to);
+    g.caches = &caches;
+    g.pos = from;
+    auto piece = m->hidden(g);
+    const int64_t terms = 2 * slm::test::block_terms(c.d_model, c.head_dim, 32, 4 * c.d_model);
+    EXPECT_TRUE(slm::test::fp32_close(piece, whole.slice(1, from, to), terms)) << "tokens " << from << ".." << to;
+  }
+  EXPECT_LT(r->layers_per_token(), 2.0) << "some tokens exited";
+  EXPECT_GT(r->layers_per_token(), 1.0) << "some tokens ran both layers";
+}
+
 TEST(Adept, ComputeFallsAsTheThresholdRises) {
   GPT m = random_model(tiny_config(4), 5);
   torch::NoGradGuard ng;
