@@ -25,7 +25,9 @@
 //
 // Only attention reads the noise-aware mask and the shared positions, so the objective refuses
 // models whose layers look across positions otherwise (Mamba-3, Engram, MoD, DSA), with the reason.
-// It keeps no state between steps and has no parameters: under data parallelism each rank collects
+// The packed forward is a training forward: components that gather step statistics (MoE's expert
+// load, CBP's activations) count its tokens too; the collection runs in evaluation mode and counts
+// nothing. It keeps no state between steps and has no parameters: under data parallelism each rank collects
 // on one row in row_every of its own rows and the losses average like the main loss (with row_every
 // 1, DP=2 follows one process: tests/test_dist.cpp). Tensor parallelism is refused (max_tp 1): the
 // collection's greedy picks would run on a split model, untested.
