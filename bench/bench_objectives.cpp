@@ -1,6 +1,8 @@
 // Auxiliary objectives against the baseline: the step time of a full training step (model.loss +
 // backward) of the cpu-tiny model (substrates/cpu-tiny.toml: geometry, context, device batch,
-// precision rule) with and without TOP, and with NCP, side by side in one run. Steps interleave the
+// precision rule) with and without TOP, with NCP, and with Jacobi forcing, side by side in one run.
+// Jacobi forcing's cost varies with how fast the model's own trajectories converge (at most `block`
+// forwards per block): the untrained model's tokens per forward is printed beside it. Steps interleave the
 // variants, so load from other processes falls on all of them alike; the median is reported.
 //   build/bench/bench_objectives [--threads N] [--steps N] [--vocab V]
 #include <algorithm>
@@ -58,9 +60,10 @@ int main(int argc, char** argv) {
     std::string name;  // the catalog module, or "baseline"
     GPT model{nullptr};
     std::vector<double> ms;
+    double note = 0;  // Jacobi forcing: tokens per forward of its trajectories (last step)
   };
   std::vector<Variant> vs;
-  for (const char* name : {"baseline", "top", "ncp"}) {
+  for (const char* name : {"baseline", "top", "ncp", "jacobi_forcing"}) {
     ModelConfig mc = c;
     if (std::string(name) != "baseline") {
       std::vector<std::string> errs;
@@ -78,20 +81,24 @@ int main(int argc, char** argv) {
       v.model->zero_grad();
       auto t0 = clk::now();
       device::set_autocast(dev, bf16);
-      auto loss = v.model->loss(x, y, doc, s);
+      GPTImpl::Parts parts;
+      auto loss = v.model->loss(x, y, doc, s, &parts);
+      if (parts.stats.count("jacobi_forcing.tokens_per_forward")) v.note = parts.stats["jacobi_forcing.tokens_per_forward"];
       device::set_autocast(dev, false);
       loss.backward();
       device::clear_autocast_cache();
       if (s >= 2) v.ms.push_back(1000 * std::chrono::duration<double>(clk::now() - t0).count());
     }
-  std::printf("%-10s %10s %10s %12s %14s\n", "variant", "ms/step", "vs base", "tok/s", "model MF/token");
+  std::printf("%-14s %10s %10s %12s %14s\n", "variant", "ms/step", "vs base", "tok/s", "model MF/token");
   double base = 0;
   for (auto& v : vs) {
     std::sort(v.ms.begin(), v.ms.end());
     const double med = v.ms[v.ms.size() / 2];
     if (base == 0) base = med;
-    std::printf("%-10s %10.1f %9.2fx %12.0f %14.2f\n", v.name.c_str(), med, med / base, B * T / (med / 1000),
+    std::printf("%-14s %10.1f %9.2fx %12.0f %14.2f", v.name.c_str(), med, med / base, B * T / (med / 1000),
                 v.model->flops_per_token(T) / 1e6);
+    if (v.note > 0) std::printf("   (trajectories: %.2f tokens per forward)", v.note);
+    std::printf("\n");
   }
   return 0;
 }

@@ -847,6 +847,11 @@ const std::vector<StatefulCase>& stateful_cases() {
       {"gateskip", "gateskip.ramp_steps=4,skip_final=0.2",
        [](const std::vector<json>& r) { return any_stat(r, "eval_modules", "gateskip.skipped"); },
        {{"eval_modules", "gateskip.skipped"}, {"eval_modules", "gateskip.L0.skip_ffn"}}},
+      // Not stateful, but per rank: each rank collects trajectories on its own rows (every row: ranks
+      // take alternate rows, so row_every > 1 would pick others than one process) and its consistency
+      // loss, a mean over its rows, averages with the other's like the main loss; no decision to compare.
+      {"jacobi_forcing", "jacobi_forcing.block=4,blocks=2,prompt=8,row_every=1",
+       [](const std::vector<json>& r) { return any_stat(r, "aux", "jacobi_forcing"); }, {}},
   };
   return cases;
 }
@@ -905,6 +910,7 @@ TEST(Dist, CbpKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_s
 TEST(Dist, MoeKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_stateful(1); }
 TEST(Dist, NcpKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_stateful(2); }
 TEST(Dist, GateSkipKeepsReplicasEqualAndFollowsOneProcessAtDataParallelTwo) { check_stateful(3); }
+TEST(Dist, JacobiForcingFollowsOneProcessAtDataParallelTwo) { check_stateful(4); }
 
 // The replica check itself: a tensor planted different on one rank is found and named; equal
 // tensors pass. (Without it, a check that hashes nothing or compares a rank with itself would pass.)

@@ -294,13 +294,14 @@ TEST(Jacobi, CliEqualsGreedyAndReportsTokensPerForward) {
   };
   auto greedy = slm::test::run(gen);
   ASSERT_EQ(greedy.status, 0) << greedy.out;
-  EXPECT_NE(greedy.out.find("generate: greedy, 20 tokens, 20 forwards"), std::string::npos) << greedy.out;
+  EXPECT_NE(greedy.out.find("generate: greedy, 20 tokens, 1.000 tokens per forward (20 decoding forwards; 20 forwards in all"),
+            std::string::npos) << greedy.out;
   for (const char* block : {"", " --block 3"}) {
     auto jac = slm::test::run(gen + " --decode jacobi" + block);
     ASSERT_EQ(jac.status, 0) << jac.out;
     EXPECT_EQ(text(jac.out), text(greedy.out)) << "block" << block;
     EXPECT_NE(jac.out.find(std::string("generate: jacobi block ") + (block[0] ? "3" : "8")), std::string::npos) << jac.out;
-    EXPECT_NE(jac.out.find("tokens per iteration"), std::string::npos) << jac.out;
+    EXPECT_NE(jac.out.find("tokens per forward ("), std::string::npos) << jac.out;
   }
   for (const auto& [opt, msg] : std::vector<std::pair<std::string, std::string>>{
            {" --decode jacobi --block 0", "jacobi_decode: block is outside [1, 1024]"},
@@ -312,5 +313,44 @@ TEST(Jacobi, CliEqualsGreedyAndReportsTokensPerForward) {
     EXPECT_NE(r.status, 0) << opt;
     EXPECT_NE(r.out.find(msg), std::string::npos) << opt << ": " << r.out;
     EXPECT_EQ(slm::test::count_lines(r.out), 1) << opt << ": " << r.out;
+  }
+}
+
+// `--module adept` (model/adept.h) from the CLI: exits off, eval bpb's figure and generate's text are
+// the plain model's; a threshold above every update exits every token after its first layer and
+// changes the figure; the compute line; bad uses refused in one line.
+TEST(Adept, CliExitsOffIsThePlainModelAndReportsLayersPerToken) {
+  const TrainedRun& tr = trained();
+  ASSERT_EQ(tr.status, 0) << tr.out;
+  auto figure = [](const std::string& out) {
+    auto at = out.find("  val_bpb ");
+    return at == std::string::npos ? std::string() : out.substr(at + 10, out.find('\n', at) - at - 10);
+  };
+  const std::string eval = std::string(SLMLAB_BIN) + " eval bpb " + tr.run + " --threads 1 --tokens 512";
+  auto plain = slm::test::run(eval), off = slm::test::run(eval + " --module adept.threshold=0"),
+       all = slm::test::run(eval + " --module adept.threshold=10");
+  ASSERT_EQ(plain.status, 0) << plain.out;
+  ASSERT_EQ(off.status, 0) << off.out;
+  ASSERT_EQ(all.status, 0) << all.out;
+  EXPECT_FALSE(figure(plain.out).empty()) << plain.out;
+  EXPECT_EQ(figure(off.out), figure(plain.out)) << off.out;
+  EXPECT_NE(off.out.find("adept threshold 0 (min_layers 1): 2.000 of 2 layers per token"), std::string::npos) << off.out;
+  EXPECT_NE(all.out.find("1.000 of 2 layers per token"), std::string::npos) << all.out;
+  EXPECT_NE(figure(all.out), figure(plain.out)) << "early exit is lossy";
+
+  const std::string gen = std::string(SLMLAB_BIN) + " generate " + tr.run + " --threads 1 --max-tokens 20 --prompt 'int main() {'";
+  auto g_plain = slm::test::run(gen), g_off = slm::test::run(gen + " --module adept.threshold=0");
+  ASSERT_EQ(g_off.status, 0) << g_off.out;
+  auto text = [](const std::string& out) { return out.substr(0, out.find("generate: ")); };
+  EXPECT_EQ(text(g_off.out), text(g_plain.out));
+  EXPECT_NE(g_off.out.find("generate: adept threshold 0"), std::string::npos) << g_off.out;
+  for (const auto& [cmd, msg] : std::vector<std::pair<std::string, std::string>>{
+           {eval + " --module adept.threshold=-1", "adept: threshold is outside"},
+           {eval + " --module adept --nproc 2", "--module adept runs in one process"},
+           {gen + " --module yarn", "module yarn does not act in generate"}}) {
+    auto r = slm::test::run(cmd);
+    EXPECT_NE(r.status, 0) << cmd;
+    EXPECT_NE(r.out.find(msg), std::string::npos) << cmd << ": " << r.out;
+    EXPECT_EQ(slm::test::count_lines(r.out), 1) << cmd << ": " << r.out;
   }
 }

@@ -27,6 +27,7 @@
   X(cbp, MODEL)        \
   X(top, MODEL)        \
   X(ncp, MODEL)        \
+  X(jacobi_forcing, MODEL) \
   X(fim, DATA)         \
   X(ifim, DATA)        \
   X(sri, DATA)         \
@@ -34,6 +35,7 @@
   X(jacobi_decode, INFER)  \
   X(ring_attention, INFER) \
   X(eagle2, INFER)
+  X(adept, INFER)
 
 // SLM_MODULE_IF(side, WANT, text...) expands to `text` when side is WANT, else to nothing: the
 // registries pick their side's entries with it, e.g. X(name, side) SLM_MODULE_IF(side, MODEL, ...).

@@ -2,6 +2,7 @@
 // longer one (plain RoPE extrapolated, or YaRN with --module yarn), in one process or, with
 // --nproc P, over P processes whose attention runs through a ring (model/ring.h). slmlab generate: text from a
 // trained run, continuing a prompt or filling a middle.
+#include <chrono>
 #include <cstdio>
 #include <optional>
 #include <thread>
@@ -18,6 +19,7 @@
 #include "eval/bpb.h"
 #include "eval/compile_rate.h"
 #include "eval/infill.h"
+#include "model/adept.h"
 #include "model/generate.h"
 #include "train/dist.h"
 #include "train/run.h"
@@ -30,12 +32,41 @@ void set_threads(const Args& a) {
   SLM_CHECK(threads >= 0 && threads <= 1024, "--threads ", threads, " is outside [0, 1024]");
   at::set_num_threads(threads > 0 ? static_cast<int>(threads) : std::max(1u, std::thread::hardware_concurrency()));
 }
+// `--module adept[.k=v]` (model/adept.h): early exit installed on the loaded model, or null.
+std::shared_ptr<AdeptRunner> install_adept(const std::vector<catalog::ModuleArgs>& mods, GPTImpl& model) {
+  for (auto& m : mods)
+    if (m.name == "adept") {
+      AdeptOptions o;
+      o.threshold = m.f64("threshold");
+      o.min_layers = m.i64("min_layers");
+      return use_adept(model, o);
+    }
+  return nullptr;
+}
+
+// The early-exit line: compute beside quality and speed.
+std::string adept_text(const AdeptRunner& r, int64_t n_layer) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "adept threshold %g (min_layers %lld): %.3f of %lld layers per token",
+                r.opt.threshold, static_cast<long long>(r.opt.min_layers), r.layers_per_token(),
+                static_cast<long long>(n_layer));
+  return buf;
+}
 }  // namespace
 
 int cmd_generate(const Args& a) {
   set_threads(a);
   const std::string run_dir = a.positional[0];
+  // Inference-lane modules that act while decoding: early exit only.
+  std::vector<std::string> errors;
+  std::vector<catalog::ModuleArgs> mods;
+  for (auto& text : a.list("module")) mods.push_back(catalog::resolve_arg(text, errors));
+  for (auto& m : mods)
+    if (errors.empty() && m.name != "adept")
+      errors.push_back("module " + m.name + " does not act in generate; it takes adept (early exit) only");
+  if (!errors.empty()) fail("generate: ", errors[0]);
   LoadedRun run = load_run(run_dir, a.str("checkpoint"));
+  const auto adept = install_adept(mods, *run.model);
   data::DataSet ds(run.config.at("data").at("dir").get<std::string>());
   const Tokenizer& tok = ds.tokenizer();
   SLM_CHECK(tok.hash() == run.config.at("data").at("tokenizer_hash").get<std::string>(), "generate: the data set ",
@@ -65,7 +96,6 @@ int cmd_generate(const Args& a) {
   SLM_CHECK(g.jacobi || !a.has("block"), "generate: --block is Jacobi decoding's; add --decode jacobi or drop --block");
   if (g.jacobi) {
     // The row holds the default and the range (catalog/modules/jacobi_decode.cpp).
-    std::vector<std::string> errors;
     std::map<std::string, std::string> given;
     if (a.has("block")) given["block"] = a.str("block");  // parsed and range-checked by the row
     const catalog::ModuleArgs j = catalog::resolve("jacobi_decode", given, errors);
@@ -78,15 +108,23 @@ int cmd_generate(const Args& a) {
     SLM_CHECK(a.has("speculative") || !a.has(o), "generate: --", o, " is EAGLE-2's; add --speculative eagle2 or drop it");
   if (a.has("speculative")) return generate_speculative(a, run, prompt, g, tok);
   GenerateStats st;
+  const auto t0 = std::chrono::steady_clock::now();
   auto out = generate(*run.model, prompt, g, &st);
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::fputs(tok.decode(out).c_str(), stdout);
   std::fputs("\n", stdout);
-  // The cost, on stderr (stdout is the text): tokens per forward pass, the prompt's prefill included.
-  std::fprintf(stderr, "generate: %s%s, %lld tokens, %lld forwards (%lld iterations, %lld re-runs), %.3f tokens per iteration\n",
+  // The cost, on stderr (stdout is the text): tokens per decoding forward (an iteration: one token
+  // plainly, a block in Jacobi), and the forwards in all (the prompt's prefill and re-runs included).
+  std::fprintf(stderr,
+               "generate: %s%s, %lld tokens, %.3f tokens per forward (%lld decoding forwards; %lld forwards in all with "
+               "the prefill and %lld re-runs), %.1f tokens/s at %d threads\n",
                decode.c_str(), g.jacobi ? (" block " + std::to_string(g.block)).c_str() : "",
-               static_cast<long long>(st.tokens), static_cast<long long>(st.forwards), static_cast<long long>(st.iterations),
-               static_cast<long long>(st.replays),
-               st.iterations > 0 ? static_cast<double>(st.tokens) / static_cast<double>(st.iterations) : 0.0);
+               static_cast<long long>(st.tokens),
+               st.iterations > 0 ? static_cast<double>(st.tokens) / static_cast<double>(st.iterations) : 0.0,
+               static_cast<long long>(st.iterations), static_cast<long long>(st.forwards),
+               static_cast<long long>(st.replays), sec > 0 ? static_cast<double>(st.tokens) / sec : 0.0,
+               at::get_num_threads());
+  if (adept) std::fprintf(stderr, "generate: %s\n", adept_text(*adept, run.model_cfg.n_layer).c_str());
   return 0;
 }
 
@@ -95,6 +133,8 @@ int cmd_eval_bpb(const Args& a) {
   const int64_t nproc = a.i64("nproc");
   SLM_CHECK(nproc >= 1 && nproc <= 64, "eval bpb: --nproc ", nproc, " is outside [1, 64]");
   const bool launched = std::getenv("WORLD_SIZE") != nullptr;
+  for (auto& text : a.list("module"))
+    SLM_CHECK(nproc == 1 || text.rfind("adept", 0) != 0, "eval bpb: --module adept runs in one process; drop --nproc");
   if (nproc > 1 && !launched) {
     SLM_CHECK(a.str("metric") == "bpb", "eval bpb: --metric ", a.str("metric"), " runs in one process; drop --nproc");
     // Refuse a context the zigzag layout cannot split before any rank starts.
@@ -131,7 +171,7 @@ int cmd_eval_bpb(const Args& a) {
       errors.push_back("module " + m.name + " changes the trained model; eval takes inference-lane modules only (yarn)");
     else if (m.name == "ring_attention")
       errors.push_back("module ring_attention is eval bpb's --nproc P (the context split over P processes), not a --module");
-    else if (s && m.name != "yarn")
+    else if (s && m.name != "yarn" && m.name != "adept")
       errors.push_back("module " + m.name + " is a decoding method (slmlab generate --decode), not an eval bpb module");
   if (errors.empty()) errors = catalog::check(mods, catalog::ModelView{}, /*training=*/false);
   if (!errors.empty()) fail("eval bpb: ", errors[0]);
@@ -162,6 +202,7 @@ int cmd_eval_bpb(const Args& a) {
       how = buf;
     }
   if (how == "rope" && context != trained) run.model->set_context(context, nullptr);
+  const auto adept = install_adept(mods, *run.model);  // refused with --nproc above
 
   const int64_t tokens = a.i64("tokens") > 0 ? a.i64("tokens") : run.config.value("eval_tokens", int64_t(32768));
   const bool bf16 = run.config.value("precision", std::string("fp32")) == "bf16";
@@ -202,6 +243,7 @@ int cmd_eval_bpb(const Args& a) {
   std::printf("  %s\n", data::coverage_text(data::eval_rows(ds, context, static_cast<uint64_t>(tokens))).c_str());
   std::printf("  val_bpb %.9f\n", bpb);  // the full figure, to compare evaluations (one process vs the ring)
   for (auto& [k, v] : stats) std::printf("  %s %.4g\n", k.c_str(), v);  // what modules did in evaluation
+  if (adept) std::printf("  %s\n", adept_text(*adept, run.model_cfg.n_layer).c_str());
   return 0;
 }
 

@@ -144,7 +144,8 @@ const std::vector<OptionSpec>& option_table() {
       {"data", "eval bpb", OptType::String, "", "DATA_DIR", "data set (default: the run's own)"},
       {"nproc", "eval bpb", OptType::Int, "1", "P",
        "evaluate over P processes on this machine, each holding 1/P of every row, attention through a ring (Gloo)"},
-      {"module", "eval bpb", OptType::List, "", "NAME[.k=v,...]", "an inference-lane module, e.g. yarn or yarn.scale=4"},
+      {"module", "eval bpb|generate", OptType::List, "", "NAME[.k=v,...]",
+       "an inference-lane module: yarn or yarn.scale=4 (eval bpb), adept or adept.threshold=0.5 (early exit; both)"},
       {"out", "export", OptType::String, "", "FILE", "output file (default RUN_DIR/model.safetensors)"},
       {"threads", "bench peak|train|eval bpb|eval compile|generate|draft train|eval decode", OptType::Int, "0", "N", "threads (0 = all cores; train: overrides the substrate)"},
   };

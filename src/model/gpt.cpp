@@ -174,34 +174,43 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const ModelConfig& c)
   c_proj->weight.zero_();  // the block starts as the identity
 }
 
-torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
-  const int64_t B = x.size(0), T = x.size(1);
-  const torch::Tensor xin = tp_copy_in(x, tp);  // one gradient all-reduce for q, k and v together
-  auto q = c_q(xin).view({B, T, n_head, head_dim});
-  auto k = c_k(xin).view({B, T, n_head, head_dim});
-  auto v = c_v(xin).view({B, T, n_head, head_dim});
-  q = rms_norm(apply_rope(q, ctx.cos, ctx.sin));  // QK-norm after RoPE, as nanochat
-  k = rms_norm(apply_rope(k, ctx.cos, ctx.sin));
-  if (ctx.attn_logit_scale != 1.0) q = q * ctx.attn_logit_scale;  // YaRN's temperature on q.k
-  torch::Tensor allowed = ctx.allowed;
-  if (ctx.ring) {  // context parallel: this rank's tokens at ctx.positions, the rest through the ring
-    auto y = ring_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx.positions,
-                            doc_mask ? ctx.doc_ids : torch::Tensor(), *ctx.ring);
-    y = y.transpose(1, 2).contiguous().view({B, T, n_head * head_dim});
-    return tp_reduce_out(c_proj(y), tp);
-  }
+CausalSelfAttentionImpl::Projected CausalSelfAttentionImpl::project_qkv(const torch::Tensor& xin, Ctx& ctx) {
+  const int64_t B = xin.size(0), T = xin.size(1);
+  Projected p;
+  p.q = c_q(xin).view({B, T, n_head, head_dim});
+  p.k = c_k(xin).view({B, T, n_head, head_dim});
+  p.v = c_v(xin).view({B, T, n_head, head_dim});
+  p.q = rms_norm(apply_rope(p.q, ctx.cos, ctx.sin));  // QK-norm after RoPE, as nanochat
+  p.k = rms_norm(apply_rope(p.k, ctx.cos, ctx.sin));
+  if (ctx.attn_logit_scale != 1.0) p.q = p.q * ctx.attn_logit_scale;  // YaRN's temperature on q.k
+  p.allowed = ctx.allowed;
   if (ctx.caches) {  // generation: attend to the cached keys too; query i sits at position pos + i
     auto& kv = ctx.cache<KVCache>("attn");
     if (kv.k.defined()) {
-      k = torch::cat({kv.k, k}, 1);
-      v = torch::cat({kv.v, v}, 1);
+      p.k = torch::cat({kv.k, p.k}, 1);
+      p.v = torch::cat({kv.v, p.v}, 1);
     }
     kv.k = k;
     kv.v = v;
     // A token tree brings its own mask (set_tree_positions); the cache holds exactly the positions before it.
     allowed = ctx.tree.defined() ? ctx.allowed : cached_causal_mask(T, k.size(1), x.device());
+    kv.k = p.k;
+    kv.v = p.v;
+    p.allowed = cached_causal_mask(T, p.k.size(1), xin.device());
   }
-  auto y = device::attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), allowed);  // (B, H, T, D)
+  return p;
+}
+
+torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x, Ctx& ctx) {
+  const int64_t B = x.size(0), T = x.size(1);
+  const torch::Tensor xin = tp_copy_in(x, tp);  // one gradient all-reduce for q, k and v together
+  const Projected p = project_qkv(xin, ctx);
+  torch::Tensor y;
+  if (ctx.ring)  // context parallel: this rank's tokens at ctx.positions, the rest through the ring
+    y = ring_attention(p.q.transpose(1, 2), p.k.transpose(1, 2), p.v.transpose(1, 2), ctx.positions,
+                       doc_mask ? ctx.doc_ids : torch::Tensor(), *ctx.ring);
+  else
+    y = device::attention(p.q.transpose(1, 2), p.k.transpose(1, 2), p.v.transpose(1, 2), p.allowed);  // (B, H, T, D)
   y = y.transpose(1, 2).contiguous().view({B, T, n_head * head_dim});
   return tp_reduce_out(c_proj(y), tp);
 }
@@ -344,9 +353,14 @@ torch::Tensor GPTImpl::hidden(const torch::Tensor& idx, const torch::Tensor& doc
 torch::Tensor GPTImpl::hidden(Ctx& ctx) {
   SLM_CHECK(ctx.tree.defined() || ctx.idx.size(1) <= cfg.context, "[model] sequence of ", ctx.idx.size(1), " tokens exceeds the context ",
             cfg.context);
-  ctx.allowed = cfg.doc_mask ? document_causal_mask(ctx.doc_ids) : torch::Tensor();
-  ctx.cos = rope_cos;
-  ctx.sin = rope_sin;
+  // A packed layout of the caller's own (Jacobi forcing's noisy and clean blocks): `allowed` and
+  // `positions` preset and kept, RoPE read at the positions.
+  const bool packed = ctx.allowed.defined() && ctx.positions.defined();
+  SLM_CHECK(!packed || (!ctx.caches && !(ring && ring->size > 1)),
+            "[model] a preset mask and positions run whole rows, without the cache or the ring");
+  if (!packed) ctx.allowed = cfg.doc_mask ? document_causal_mask(ctx.doc_ids) : torch::Tensor();
+  ctx.cos = packed ? rope_cos.index_select(0, ctx.positions) : rope_cos;
+  ctx.sin = packed ? rope_sin.index_select(0, ctx.positions) : rope_sin;
   if (ring && ring->size > 1) {  // this rank's share of each row: the ring sees the rest
     SLM_CHECK(!ctx.caches, "[model] ring attention evaluates whole rows; generate without it");
     const int64_t T = ctx.idx.size(1) * ring->size;
@@ -370,10 +384,14 @@ torch::Tensor GPTImpl::hidden(Ctx& ctx) {
   ctx.attn_logit_scale = attn_logit_scale;
   auto x = rms_norm(wte(ctx.idx));  // (B, T, C)
   if (streams) x = streams->expand(x);
-  ctx.layer = 0;
-  for (auto& m : *blocks) {
-    x = m->as<Block>()->forward(x, ctx);
-    ++ctx.layer;
+  if (layer_runner) {  // the inference lane's own pass over the blocks (early exit)
+    x = layer_runner->run(*this, x, ctx);
+  } else {
+    ctx.layer = 0;
+    for (auto& m : *blocks) {
+      x = m->as<Block>()->forward(x, ctx);
+      ++ctx.layer;
+    }
   }
   if (streams) x = streams->collapse(x);
   return x;

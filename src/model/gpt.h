@@ -75,6 +75,14 @@ struct CausalSelfAttentionImpl : MixerImpl {
   explicit CausalSelfAttentionImpl(const ModelConfig& c);
   // x: (B, T, C) -> (B, T, C); RoPE tables and the document mask come from ctx.
   torch::Tensor forward(const torch::Tensor& x, Ctx& ctx) override;
+  // q, k, v of x (the normed input): (B, T, H, D), RoPE'd and QK-normed, q scaled; with ctx.caches
+  // the cache's keys and values before this call's (and the cache extended by them), and the mask
+  // of the T queries over the keys (undefined: plain causal). Early exit (model/adept.h) runs the
+  // projections of tokens that left the stack so that later tokens can attend to them.
+  struct Projected {
+    torch::Tensor q, k, v, allowed;
+  };
+  Projected project_qkv(const torch::Tensor& x, Ctx& ctx);
   double flops_per_token(int64_t T) const override;  // matmuls + 12 H D T for scores and values
   std::string describe() const override;
   std::string shard_tensor_parallel(const TpGroupPtr& g, TpSplits& splits) override;  // by heads
@@ -124,7 +132,9 @@ struct GPTImpl : torch::nn::Module {
 
   // Final hidden state before the last norm: idx (B, T) int64, doc_ids (B, T) or undefined -> (B, T, C)
   torch::Tensor hidden(const torch::Tensor& idx, const torch::Tensor& doc_ids);
-  torch::Tensor hidden(Ctx& ctx);  // ctx.idx and ctx.doc_ids set; fills the rest
+  // ctx.idx and ctx.doc_ids set; fills the rest. A caller that presets both ctx.allowed (B, 1, T, T)
+  // and ctx.positions (T) runs its own packed layout (model/jacobi_forcing.h): mask and positions kept.
+  torch::Tensor hidden(Ctx& ctx);
   // Logits in fp32, softcapped: (B, T, V).
   torch::Tensor logits(const torch::Tensor& h);
   // Per-target cross entropy in nats: (B, T), fp32, no gradient (evaluation), through the fused head.
@@ -192,6 +202,15 @@ struct GPTImpl : torch::nn::Module {
   // in ways the ring does not carry), and on a tensor-parallel model.
   void use_ring(const RingGroupPtr& g);
   RingGroupPtr ring;                         // null: each forward holds whole rows
+
+  // The inference lane's own pass over the blocks (model/adept.h: token-level early exit), in place of
+  // running every token through every block: (B, T, C) embeddings -> final residual. Null: the plain
+  // pass. Never set in training.
+  struct LayerRunner {
+    virtual ~LayerRunner() = default;
+    virtual torch::Tensor run(GPTImpl& model, torch::Tensor x, Ctx& ctx) = 0;
+  };
+  std::shared_ptr<LayerRunner> layer_runner;
 
   ModelConfig cfg;
   ModelPlan plan;
