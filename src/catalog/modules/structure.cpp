@@ -37,7 +37,8 @@ const ModuleSpec& spec_structure() {
       "category, name role, AST depth) added to the token embedding; needs a data set built with --enrich (refused "
       "otherwise); evaluation reads the columns from the data, generation runs without a parse (every position reads "
       "as unparsed); val_bpb stays next-token bits per byte on the same tokens",
-      "(9 + 4 + depth_max + 1) x C embedding params, gathered (no FLOPs); the loader reads three u8 columns per token",
+      "(9 + 4 + depth_max + 1) x C embedding params, gathered and added (2 C flops/token per column, no matmul); the "
+      "loader reads three u8 columns per token",
       {
           {"columns", ParamType::String, "category:role:depth", 0, 0,
            "which columns to embed, joined by ':' (category, role, depth)"},
