@@ -214,3 +214,32 @@ TEST(Structure, TrainsFromTheBaselinesStartingPoint) {
   const json cfg = json::parse(slm::fs::read_file(t / "st/config.json"));
   EXPECT_NE(cfg["layer_plan"].get<std::string>().find("input: structure embeddings (category:role:depth"), std::string::npos);
 }
+
+// Data parallel: each rank's loader feeds the columns of its own rows. Two ranks start from the
+// single process's model on the same validation rows (eval is bitwise across world sizes), and follow
+// its losses to the bound tests/test_dist.cpp documents for the baseline (only the order of the
+// floating-point sums differs: 1e-4 nats absolute).
+TEST(Structure, TwoDataParallelRanksFollowOneProcess) {
+  if (!data::enrich_available()) GTEST_SKIP() << "built without libclang";
+  TempDir t;
+  const std::string ds = enriched_dataset(t, true), sub = tiny_substrate(t / "sub.toml");
+  const std::string cmd = std::string(SLMLAB_BIN) + " train --quiet --data " + ds + " --substrate " + sub + " --module structure --set steps=6 --out ";
+  auto one = test::run(cmd + (t / "one"));
+  ASSERT_EQ(one.status, 0) << one.out;
+  auto two = test::run(cmd + (t / "two") + " --nproc 2");
+  ASSERT_EQ(two.status, 0) << two.out;
+  std::map<int64_t, double> l1, l2, v1, v2;
+  auto read = [](const std::string& run, std::map<int64_t, double>& loss, std::map<int64_t, double>& val) {
+    for (auto& j : test::metrics(run)) {
+      if (j.contains("loss")) loss[j["step"]] = j["loss"].get<double>();
+      if (j.contains("val_bpb")) val[j["step"]] = j["val_bpb"].get<double>();
+    }
+  };
+  read(t / "one", l1, v1);
+  read(t / "two", l2, v2);
+  ASSERT_EQ(l1.size(), 6u);
+  ASSERT_EQ(l2.size(), 6u);
+  EXPECT_EQ(v1.at(0), v2.at(0));
+  for (auto& [step, loss] : l1) EXPECT_NEAR(l2.at(step), loss, 1e-4) << "step " << step;
+  EXPECT_EQ(json::parse(slm::fs::read_file(t / "two/summary.json"))["world_size"], 2);
+}

@@ -10,7 +10,8 @@
 //   evaluation  val_bpb reads the validation documents' columns from the data set
 //   generation  runs without a parse: every position reads as unparsed (code 0: category unknown, no
 //               role, depth 0), the rows a file libclang could not parse trains
-// Tensor parallel: refused at tp > 1 (catalog row); data parallel needs nothing of its own.
+// Tensor parallel: refused at tp > 1 (catalog row); data parallel needs nothing of its own (each rank's
+// loader feeds its own rows' columns; tests/test_structure.cpp checks dp 2 against one process).
 //
 // Shapes: B batch rows, T tokens, C model dim.
 #include "catalog/modules.h"

@@ -50,7 +50,7 @@ const ModuleSpec& spec_structure() {
       nullptr,
       // Tensor parallel: refused at tp > 1 (untested). Like the token embedding it would stay replicated
       // (a gather of rows, no matmul to split); data parallel needs nothing (each rank's loader feeds its
-      // rows' columns, gradients are averaged like every parameter's).
+      // rows' columns, gradients are averaged like every parameter's; tested at dp 2 against one process).
       1,
       true,  // reads the structure columns
   };
