@@ -22,44 +22,8 @@ using json = nlohmann::json;
 
 namespace {
 
-// Valid C++ (libclang parses it without errors), distinct per seed.
-std::string valid_cpp(uint64_t seed, int n_funcs) {
-  std::mt19937_64 rng(seed);
-  const char* words[] = {"alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"};
-  std::string s = "// unit " + std::to_string(seed) + "\n#include \"lib.h\"\n\n";
-  for (int f = 0; f < n_funcs; ++f) {
-    s += "int f" + std::to_string(seed) + "_" + std::to_string(f) + "(int a, int b) {\n";
-    for (int l = 0, n = 2 + rng() % 5; l < n; ++l) {
-      std::string k = std::to_string(rng() % 100000);
-      switch (rng() % 4) {
-        case 0: s += "  int v" + std::to_string(l) + " = a * " + k + " + b;\n  b -= v" + std::to_string(l) + ";\n"; break;
-        case 1: s += "  if (a > " + k + ") { b += " + k + "; }\n"; break;
-        case 2: s += "  for (int i = 0; i < " + k + "; ++i) a ^= i;\n"; break;
-        default: s += "  // " + std::string(words[rng() % 8]) + " " + k + "\n  b = lib_add(b, " + k + ");\n";
-      }
-    }
-    s += "  return a + b;\n}\n\n";
-  }
-  return s;
-}
-
-// A small project: include/lib.h (reached by -Iinclude from every unit), n units under src/, and a
-// header outside every include path (notes/loose.h). Returns the project directory.
-std::string make_project(const std::string& dir, int n_units, bool with_db) {
-  write(dir + "/include/lib.h", "#pragma once\n/* the library */\ninline int lib_add(int a, int b) { return a + b; }\n");
-  write(dir + "/notes/loose.h", "#pragma once\nint loose_function(int q);\n");
-  json db = json::array();
-  for (int i = 0; i < n_units; ++i) {
-    std::string f = "src/u" + std::to_string(i) + ".cpp";
-    write(dir + "/" + f, valid_cpp(100 + i, 6));
-    db.push_back({{"directory", dir + "/build"},
-                  {"command", "/usr/bin/c++ -I" + dir + "/include -std=c++17 -DUNIT=" + std::to_string(i) +
-                                  " -o CMakeFiles/u.dir/" + f + ".o -c " + dir + "/" + f},
-                  {"file", dir + "/" + f}});
-  }
-  if (with_db) write(dir + "/build/compile_commands.json", db.dump(1));
-  return dir;
-}
+using slm::test::make_project;
+using slm::test::valid_cpp;
 
 BuildOptions opts(const std::string& project, const std::string& out, bool enrich) {
   BuildOptions o;
@@ -275,4 +239,153 @@ TEST(Project, CMakeCompileDatabaseEnrichedEndToEnd) {
                            " --vocab 400 --val-frac 0.2 --val-min-bytes 1 --threads 1");
   ASSERT_EQ(r1.status, 0) << r1.out;
   EXPECT_EQ(fs::read_file(t / "ds1/manifest.json"), fs::read_file(t / "ds/manifest.json"));
+}
+
+TEST(Enrich, RolesEdgesAndTopLevelBoundaries) {
+  if (!enrich_available()) GTEST_SKIP() << "built without libclang";
+  TempDir t;
+  const std::string src =
+      "int g(int v);\n"
+      "struct Point { int px; };\n"
+      "namespace geo {\n"
+      "/// scales a point\n"
+      "int scale(Point p) {\n"
+      "  return g(p.px) * 2;\n"
+      "}\n"
+      "}  // namespace geo\n"
+      "int g(int v) { return v + 1; }\n";
+  write(t / "a.cpp", src);
+  Enriched e = per_byte(t / "a.cpp", src, {"-std=c++17"});
+  ASSERT_TRUE(e.parsed) << e.error;
+  auto at = [&](const std::string& needle) {
+    size_t i = src.find(needle);
+    EXPECT_NE(i, std::string::npos) << needle;
+    return i;
+  };
+  ASSERT_EQ(e.role.size(), src.size());
+  EXPECT_EQ(int(e.role[at("g(int v);")]), kDeclares);        // a declaration without a body
+  EXPECT_EQ(int(e.role[at("g(int v) {")]), kDefines);         // its definition
+  EXPECT_EQ(int(e.role[at("Point {")]), kDefines);
+  EXPECT_EQ(int(e.role[at("Point p")]), kUses);               // the type named
+  EXPECT_EQ(int(e.role[at("g(p.px)")]), kUses);               // the function called
+  EXPECT_EQ(int(e.role[at("px) *")]), kUses);                 // the member read
+  EXPECT_EQ(int(e.role[at("return g")]), kNoRole);            // a keyword names nothing
+  EXPECT_EQ(int(e.role[at("2;")]), kNoRole);
+  // Edges from the function defined around each reference to what the compiler resolved.
+  EXPECT_EQ(e.edges, (std::vector<Edge>{{"geo::scale", "Point", 't'}, {"geo::scale", "g", 'c'}}));
+  // Top-level starts (each byte a token here): the declaration, the struct, the namespace, the
+  // function inside it moved back over its doc comment, the definition; nothing inside a body.
+  std::vector<uint32_t> want = {uint32_t(at("struct Point")), uint32_t(at("namespace geo")), uint32_t(at("/// scales")),
+                                uint32_t(at("int g(int v) {"))};
+  EXPECT_EQ(e.boundaries, want);
+}
+
+TEST(Chunk, CutsAtTheLastBoundaryWithinTheBudgetElseMidDeclaration) {
+  // 100 tokens, boundaries at 30, 55, 60, 95: budget 40 cuts at 30, then 60 (55 and 60 fit, the
+  // later is taken), then 100 (the rest) - 40 tokens left fit.
+  Chunking c = chunk_document(100, 40, {30, 55, 60, 95});
+  EXPECT_EQ(c.sizes, (std::vector<uint64_t>{30, 30, 40}));
+  EXPECT_EQ(c.at_boundary, 2u);
+  EXPECT_EQ(c.mid, 0u);
+  // No boundary inside the budget: cut at the budget (counted as inside a declaration).
+  c = chunk_document(100, 20, {30, 95});
+  EXPECT_EQ(c.sizes, (std::vector<uint64_t>{20, 10, 20, 20, 20, 10}));
+  EXPECT_EQ(c.at_boundary, 1u);  // at 30; 95 never lies within 20 of a chunk's start
+  EXPECT_EQ(c.mid, 4u);
+  // Budget 0 or a short file: one document.
+  EXPECT_EQ(chunk_document(100, 0, {30}).sizes, (std::vector<uint64_t>{100}));
+  EXPECT_EQ(chunk_document(10, 40, {3}).sizes, (std::vector<uint64_t>{10}));
+}
+
+TEST(Enrich, ChunkedRolesAndEdgesRoundTripVerifyAndCount) {
+  if (!enrich_available()) GTEST_SKIP() << "built without libclang";
+  TempDir t;
+  std::string p = make_project(t / "proj", 6, true);
+  auto r = slm::test::run(std::string(SLMLAB_BIN) + " data build --project " + p + " --enrich --doc-tokens 120 --out " +
+                          (t / "ds") + " --vocab 400 --val-frac 0.2 --val-min-bytes 1 --threads 2");
+  ASSERT_EQ(r.status, 0) << r.out;
+  json m = manifest(t / "ds");
+  const uint64_t at_b = m["chunking"]["cuts_at_boundary"], mid = m["chunking"]["cuts_mid_declaration"];
+  EXPECT_GT(at_b, 0u) << "six functions a unit: most cuts fall between them";
+  EXPECT_NE(r.out.find("chunking: documents of at most 120 tokens; " + std::to_string(at_b) + " cuts at a top-level declaration, " +
+                       std::to_string(mid) + " inside one"),
+            std::string::npos) << r.out;
+  DataSet ds(t / "ds");
+  ASSERT_TRUE(ds.has_column(DataSet::Role) && ds.has_edges());
+  const std::string root = std::filesystem::canonical(p).string();
+  uint64_t n_docs = 0, n_edges = 0;
+  for (Split sp : {Split::Train, Split::Val}) {
+    const auto& docs = ds.docs(sp);
+    for (size_t i = 0; i < docs.size();) {  // the documents of one file, in order
+      const json& s = m["sources"][docs[i].source];
+      std::vector<int32_t> ids;
+      std::vector<uint8_t> cat, role;
+      size_t j = i;
+      for (; j < docs.size() && docs[j].source == docs[i].source; ++j) {
+        EXPECT_LE(docs[j].n_tokens, 120u);
+        auto part = ds.doc_tokens(sp, j);
+        auto c = ds.doc_column(sp, j, DataSet::Category), ro = ds.doc_column(sp, j, DataSet::Role);
+        ids.insert(ids.end(), part.begin(), part.end());
+        cat.insert(cat.end(), c.begin(), c.end());
+        role.insert(role.end(), ro.begin(), ro.end());
+      }
+      const std::string file = s["file"];
+      const bool header = file.rfind("include/", 0) == 0;
+      std::vector<uint32_t> lens;
+      for (int32_t id : ids) lens.push_back(ds.tokenizer().token_string(id).size());
+      std::vector<std::string> args;
+      if (header) args = {"-x", "c++"};
+      args.push_back("-I" + root + "/include");
+      args.push_back("-std=c++17");
+      args.push_back("-DUNIT=" + std::to_string(header ? 0 : file[5] - '0'));
+      Enriched e = enrich(root + "/" + file, fs::read_file(root + "/" + file), args, lens);
+      ASSERT_TRUE(e.parsed) << file << ": " << e.error;
+      EXPECT_EQ(cat, e.category) << file;
+      EXPECT_EQ(role, e.role) << file;
+      EXPECT_EQ(ds.edges(docs[i].source), e.edges) << file;  // exact round trip of the file's edges
+      // The stored cut is the one chunk_document gives for the file's boundaries.
+      std::vector<uint64_t> sizes;
+      for (size_t k = i; k < j; ++k) sizes.push_back(docs[k].n_tokens);
+      EXPECT_EQ(sizes, chunk_document(ids.size(), 120, e.boundaries).sizes) << file;
+      n_edges += e.edges.size();
+      n_docs += j - i;
+      i = j;
+    }
+  }
+  EXPECT_GT(n_docs, m["sources"].size());
+  EXPECT_GT(n_edges, 0u);  // every unit calls lib_add
+  EXPECT_EQ(m["enrichment"]["edges"]["count"], n_edges);
+  auto v = slm::test::run(std::string(SLMLAB_BIN) + " data verify " + (t / "ds"));
+  EXPECT_EQ(v.status, 0) << v.out;
+  auto st = slm::test::run(std::string(SLMLAB_BIN) + " data stats " + (t / "ds"));
+  EXPECT_NE(st.out.find("token roles: none="), std::string::npos) << st.out;
+  EXPECT_NE(st.out.find("dependency edges " + std::to_string(n_edges)), std::string::npos) << st.out;
+  EXPECT_NE(st.out.find(std::to_string(at_b) + " at a top-level declaration"), std::string::npos) << st.out;
+  // One changed byte in the edge list is refused on open.
+  std::string path = t / "ds/edges.tsv";
+  std::string text = fs::read_file(path);
+  text[text.size() / 2] = text[text.size() / 2] == 'a' ? 'b' : 'a';
+  std::filesystem::permissions(path, std::filesystem::perms::owner_write, std::filesystem::perm_options::add);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+  auto bad = slm::test::run(std::string(SLMLAB_BIN) + " data verify " + (t / "ds"));
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.out.find("edges.tsv is corrupt"), std::string::npos) << bad.out;
+}
+
+TEST(Chunk, WithoutEnrichmentEveryCutIsAtTheBudgetAndTheDataSetIsValid) {
+  TempDir t;
+  std::string p = make_project(t / "proj", 4, true);
+  BuildOptions o = opts(p, t / "ds", false);
+  o.doc_tokens = 100;
+  BuildResult r = build(o);
+  EXPECT_EQ(r.cuts_at_boundary, 0u);  // no parse, no boundaries
+  EXPECT_GT(r.cuts_mid, 0u);
+  DataSet ds(t / "ds");
+  EXPECT_FALSE(ds.enriched());
+  EXPECT_EQ(ds.docs(Split::Train).size() + ds.docs(Split::Val).size(), r.train_docs + r.val_docs);
+  EXPECT_GT(r.train_docs + r.val_docs, 5u);
+  auto v = slm::test::run(std::string(SLMLAB_BIN) + " data verify " + (t / "ds"));
+  EXPECT_EQ(v.status, 0) << v.out;
+  auto e = slm::test::error_of([&] { ds.doc_column(Split::Train, 0, DataSet::Role); });
+  EXPECT_NE(e.find("rebuild it with this slmlab's data build --enrich"), std::string::npos) << e;
 }

@@ -101,6 +101,45 @@ inline std::string small_dataset(const std::string& dir, int n_files, uint64_t s
   return o.out;
 }
 
+// Valid C++ (libclang parses it without errors), distinct per seed.
+inline std::string valid_cpp(uint64_t seed, int n_funcs) {
+  std::mt19937_64 rng(seed);
+  const char* words[] = {"alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"};
+  std::string s = "// unit " + std::to_string(seed) + "\n#include \"lib.h\"\n\n";
+  for (int f = 0; f < n_funcs; ++f) {
+    s += "int f" + std::to_string(seed) + "_" + std::to_string(f) + "(int a, int b) {\n";
+    for (int l = 0, n = 2 + rng() % 5; l < n; ++l) {
+      std::string k = std::to_string(rng() % 100000);
+      switch (rng() % 4) {
+        case 0: s += "  int v" + std::to_string(l) + " = a * " + k + " + b;\n  b -= v" + std::to_string(l) + ";\n"; break;
+        case 1: s += "  if (a > " + k + ") { b += " + k + "; }\n"; break;
+        case 2: s += "  for (int i = 0; i < " + k + "; ++i) a ^= i;\n"; break;
+        default: s += "  // " + std::string(words[rng() % 8]) + " " + k + "\n  b = lib_add(b, " + k + ");\n";
+      }
+    }
+    s += "  return a + b;\n}\n\n";
+  }
+  return s;
+}
+
+// A small project: include/lib.h (reached by -Iinclude from every unit), n units under src/, and a
+// header outside every include path (notes/loose.h). Returns the project directory.
+inline std::string make_project(const std::string& dir, int n_units, bool with_db) {
+  write(dir + "/include/lib.h", "#pragma once\n/* the library */\ninline int lib_add(int a, int b) { return a + b; }\n");
+  write(dir + "/notes/loose.h", "#pragma once\nint loose_function(int q);\n");
+  nlohmann::json db = nlohmann::json::array();
+  for (int i = 0; i < n_units; ++i) {
+    std::string f = "src/u" + std::to_string(i) + ".cpp";
+    write(dir + "/" + f, valid_cpp(100 + i, 6));
+    db.push_back({{"directory", dir + "/build"},
+                  {"command", "/usr/bin/c++ -I" + dir + "/include -std=c++17 -DUNIT=" + std::to_string(i) +
+                                  " -o CMakeFiles/u.dir/" + f + ".o -c " + dir + "/" + f},
+                  {"file", dir + "/" + f}});
+  }
+  if (with_db) write(dir + "/build/compile_commands.json", db.dump(1));
+  return dir;
+}
+
 struct RunResult {
   int status;
   std::string out;  // stdout + stderr

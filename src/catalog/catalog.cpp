@@ -114,6 +114,15 @@ const ModuleSpec* find(const std::string& name) {
 
 namespace {
 
+// Whether the module has weights (a model side in module_list.h): what tensor parallelism must split.
+// A data transform and the inference lane have none; structure is family "data" with weights.
+bool has_weights(const ModuleSpec& m) {
+#define SLM_MODULE_WEIGHTS(n, side) SLM_MODULE_IF(side, MODEL, if (std::string(m.name) == #n) return true;)
+  SLM_MODULES(SLM_MODULE_WEIGHTS)
+#undef SLM_MODULE_WEIGHTS
+  return false;
+}
+
 std::vector<std::string> module_names() {
   std::vector<std::string> n;
   for (auto& m : modules()) n.push_back(m.name);
@@ -258,7 +267,18 @@ std::vector<int64_t> listed_or_every_layer(const ModuleArgs& args, const ModelVi
 
 std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelView& base, bool training) {
   const ModelView model = adjusted(mods, base);
+  // The structure columns follow the documents as parsed; a transform reorders a document's tokens.
+  bool structure = false;
+  std::string transforms;
+  for (auto& a : mods) {
+    const ModuleSpec* m = find(a.name);
+    if (m && m->reads_structure) structure = true;
+    if (m && std::string(m->family) == "data" && !has_weights(*m)) transforms += (transforms.empty() ? "" : ", ") + a.name;
+  }
   std::vector<std::string> errors;
+  if (structure && !transforms.empty())
+    errors.push_back("module structure reads the structure columns of each document as parsed and " + transforms +
+                     " reorders documents' tokens; drop one of them");
   // Data transforms draw at most one per document: their rates share one probability.
   double rates = 0;
   std::string names;
@@ -278,7 +298,7 @@ std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelV
     if (training && m->tier == Tier::Inference)
       errors.push_back("module " + a.name +
                        " is Tier 3 (inference-only) and never part of a training ablation; evaluate it in its own lane");
-    const bool touches_weights = std::string(m->family) != "data" && m->tier != Tier::Inference;
+    const bool touches_weights = has_weights(*m);
     if (touches_weights && m->max_tp > 0 && model.tp > m->max_tp)
       errors.push_back("module " + a.name + " runs at tp <= " + std::to_string(m->max_tp) + " and the substrate has tp " +
                        std::to_string(model.tp) +
@@ -309,7 +329,7 @@ std::vector<std::string> check(const std::vector<ModuleArgs>& mods, const ModelV
 namespace {
 // What `max_tp` means for a row, in words.
 std::string tp_text(const ModuleSpec& m) {
-  if (std::string(m.family) == "data" || m.tier == Tier::Inference) return "any tp (touches no weights)";
+  if (!has_weights(m)) return "any tp (touches no weights)";
   if (m.max_tp == 0) return "any tp its check allows";
   if (m.max_tp == 1) return "tp 1 only (its weights are not split across ranks yet)";
   return "up to tp " + std::to_string(m.max_tp);

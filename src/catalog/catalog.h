@@ -73,6 +73,9 @@ struct ModuleSpec {
   // weights and are never limited. Every other module stays at 1 until it splits its own weights and
   // a test shows it matching one process, so check() refuses it at tp > 1 with the reason.
   int max_tp = 1;
+  // The model reads the data set's structure columns (data build --enrich; the structure module): a
+  // run on a data set without them is refused before any step.
+  bool reads_structure = false;
 };
 
 // For `wraps`: every layer of the model, or the module's `layers` list when it is not empty.

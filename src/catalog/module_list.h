@@ -9,6 +9,7 @@
 //          src/model/<name>.cpp edits the model plan (model/module.h)
 //   DATA   `void add_<name>(const catalog::ModuleArgs&, TransformSet&)` in src/data/ turns on a
 //          loader transform (data/transforms.h); family "data"
+//          (structure is a MODEL module of family "data": it reads the data set's columns, data/loader.h)
 //   INFER  the inference lane only (Tier 3): read by `slmlab eval` and generation, never trained
 // A missing spec_/apply_/add_ function is a link error; tests/test_modules.cpp checks that each
 // row's name and family agree with its entry here.
@@ -28,6 +29,7 @@
   X(top, MODEL)        \
   X(ncp, MODEL)        \
   X(jacobi_forcing, MODEL) \
+  X(structure, MODEL)  \
   X(fim, DATA)         \
   X(ifim, DATA)        \
   X(sri, DATA)         \

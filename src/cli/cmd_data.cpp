@@ -33,6 +33,9 @@ int cmd_data_build(const Args& a) {
   o.force = a.flag("force");
   o.projects = a.list("project");
   o.enrich = a.flag("enrich");
+  const int64_t dt = a.i64("doc-tokens");
+  SLM_CHECK(dt >= 0, "data build: --doc-tokens must be >= 0 (0 = a document per file), got ", dt);
+  o.doc_tokens = static_cast<uint64_t>(dt);
   data::BuildResult r = data::build(o);
   std::printf("built %s: %llu files, train %llu docs / %llu tokens, val %llu docs / %llu tokens\n", o.out.c_str(),
               (unsigned long long)r.files, (unsigned long long)r.train_docs, (unsigned long long)r.train_tokens,
@@ -43,6 +46,10 @@ int cmd_data_build(const Args& a) {
     std::printf("enrichment: %llu of %llu files parsed fully (%.1f%%), %llu kept raw; %.1fs (%.1f files/s)\n",
                 (unsigned long long)r.parsed, (unsigned long long)r.files, 100.0 * r.parsed / std::max<uint64_t>(1, r.files),
                 (unsigned long long)r.unparsed, r.seconds_enrich, r.files / std::max(1e-9, r.seconds_enrich));
+  if (r.enriched) std::printf("dependency edges: %llu\n", (unsigned long long)r.edges);
+  if (o.doc_tokens > 0)
+    std::printf("chunking: documents of at most %llu tokens; %llu cuts at a top-level declaration, %llu inside one\n",
+                (unsigned long long)o.doc_tokens, (unsigned long long)r.cuts_at_boundary, (unsigned long long)r.cuts_mid);
   return 0;
 }
 

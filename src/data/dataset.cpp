@@ -61,8 +61,9 @@ std::string shard_name(Split s, size_t i, const char* ext = "tok") {
   return buf;
 }
 
-constexpr const char* kColumnNames[2] = {"category", "depth"};
-constexpr const char* kColumnExt[2] = {"cat", "dep"};
+constexpr const char* kColumnNames[DataSet::kColumns] = {"category", "depth", "role"};
+constexpr const char* kColumnExt[DataSet::kColumns] = {"cat", "dep", "rol"};
+constexpr const char* kEdgesFile = "edges.tsv";
 
 // The fingerprint covers everything that decides the tokens: tokenizer, split rule, and per split
 // the documents (content hash, token count) in order and the shard checksums.
@@ -93,8 +94,15 @@ std::string fingerprint_of(const json& m) {
     h.field(std::string("enrichment")).field(m.at("enrichment").at("columns").dump());
     for (auto& s : sources) h.field(s.at("enrich").get<std::string>());
     for (auto& sh : m.at("shards"))
-      for (const char* c : kColumnNames)
-        h.field(sh.at("columns").at(c).at("file").get<std::string>()).field(sh.at("columns").at(c).at("checksum").get<std::string>());
+      for (auto& [c, cj] : sh.at("columns").items())
+        h.field(cj.at("file").get<std::string>()).field(cj.at("checksum").get<std::string>());
+    if (m.at("enrichment").contains("edges"))
+      h.field(std::string("edges")).field(m.at("enrichment").at("edges").at("checksum").get<std::string>());
+  }
+  if (m.contains("chunks")) {  // --doc-tokens: every document's token count
+    h.field(std::string("chunks")).field(m.at("chunking").at("doc_tokens").get<uint64_t>());
+    for (const char* sp : {"train", "val"})
+      for (auto& n : m.at("chunks").at(sp)) h.field(n.get<uint64_t>());
   }
   return h.hex();
 }
@@ -131,6 +139,28 @@ void log(bool quiet, const std::string& s) {
 const char* split_name(Split s) { return s == Split::Train ? "train" : "val"; }
 
 bool is_dataset(const std::string& dir) { return fs::exists(fs::join(dir, "manifest.json")); }
+
+Chunking chunk_document(uint64_t n_tokens, uint64_t budget, const std::vector<uint32_t>& boundaries) {
+  Chunking c;
+  uint64_t start = 0;
+  auto b = boundaries.begin();
+  while (budget > 0 && n_tokens - start > budget) {
+    // The last boundary in (start, start + budget]: the chunk then holds whole declarations.
+    while (b != boundaries.end() && *b <= start) ++b;
+    uint64_t cut = 0;
+    for (auto it = b; it != boundaries.end() && *it <= start + budget; ++it) cut = *it;
+    if (cut > start) {
+      ++c.at_boundary;
+    } else {
+      cut = start + budget;
+      ++c.mid;
+    }
+    c.sizes.push_back(cut - start);
+    start = cut;
+  }
+  c.sizes.push_back(n_tokens - start);
+  return c;
+}
 
 BuildResult build(const BuildOptions& opt) {
   using clock = std::chrono::steady_clock;
@@ -371,8 +401,11 @@ BuildResult build(const BuildOptions& opt) {
   if (enrich_now) {
     json cats = json::array();
     for (int c = 0; c < kCategories; ++c) cats.push_back(category_name(c));
+    json roles = json::array();
+    for (int r = 0; r < kRoles; ++r) roles.push_back(role_name(r));
     m["enrichment"] = {{"columns", {{"category", {{"dtype", "u8"}, {"values", cats}}},
-                                    {"depth", {{"dtype", "u8"}, {"values", "AST depth of the innermost cursor, capped at 255"}}}}},
+                                    {"depth", {{"dtype", "u8"}, {"values", "AST depth of the innermost cursor, capped at 255"}}},
+                                    {"role", {{"dtype", "u8"}, {"values", roles}}}}},
                        {"libclang", libclang_version()},
                        {"files", n_files}, {"parsed", res.parsed}, {"raw", res.unparsed}};
   }
@@ -383,11 +416,22 @@ BuildResult build(const BuildOptions& opt) {
   m["skipped"] = std::move(skipped);
 
   fs::write_atomic(fs::join(tmp.path, "tokenizer.bpe"), tok.serialize());
+  if (enrich_now) {  // the edges of every file, in source order, one a line
+    std::string text;
+    for (size_t i = 0; i < n_files; ++i)
+      for (const Edge& e : enriched[i].edges) {
+        text += std::to_string(i) + (e.kind == 'c' ? "\tcall\t" : "\ttype\t") + e.from + "\t" + e.to + "\n";
+        ++res.edges;
+      }
+    fs::write_atomic(fs::join(tmp.path, kEdgesFile), text);
+    m["enrichment"]["edges"] = {{"file", kEdgesFile}, {"count", res.edges}, {"checksum", hex64(hash64(text))}};
+  }
+  json chunks = json::object();
   json shards = json::array(), documents = json::object(), counts_json = json::object();
   for (Split sp : {Split::Train, Split::Val}) {
     const bool want_val = sp == Split::Val;
     std::vector<DocRecord> recs;
-    std::string payload, cols[2];
+    std::string payload, cols[DataSet::kColumns];
     uint64_t in_shard = 0, split_tokens = 0, split_bytes = 0;
     uint32_t shard_idx = 0;
     json doc_list = json::array();
@@ -398,7 +442,7 @@ BuildResult build(const BuildOptions& opt) {
       fs::write_atomic(fs::join(tmp.path, file), bytes);
       json entry = {{"file", file}, {"split", split_name(sp)}, {"tokens", in_shard}, {"checksum", hex64(hash64(payload))}};
       if (enrich_now) {
-        for (int c = 0; c < 2; ++c) {
+        for (int c = 0; c < DataSet::kColumns; ++c) {
           std::string cf = shard_name(sp, shard_idx, kColumnExt[c]);
           fs::write_atomic(fs::join(tmp.path, cf), encode_file(kColMagic, DType::U8, in_shard, cols[c]));
           entry["columns"][kColumnNames[c]] = {{"file", cf}, {"checksum", hex64(hash64(cols[c]))}};
@@ -414,8 +458,17 @@ BuildResult build(const BuildOptions& opt) {
       if (static_cast<bool>(is_val[i]) != want_val) continue;
       const auto& t = tokens[i];
       if (in_shard > 0 && in_shard + t.size() > kShardTokens) flush();
-      recs.push_back({shard_idx, static_cast<uint32_t>(i), in_shard, t.size()});
-      doc_list.push_back(i);
+      // A file's documents: one, or its chunks at the token budget (cut where a top-level declaration starts).
+      const Chunking ch = chunk_document(t.size(), opt.doc_tokens, enrich_now ? enriched[i].boundaries : std::vector<uint32_t>{});
+      res.cuts_at_boundary += ch.at_boundary;
+      res.cuts_mid += ch.mid;
+      uint64_t first = in_shard;
+      for (uint64_t n : ch.sizes) {
+        recs.push_back({shard_idx, static_cast<uint32_t>(i), first, n});
+        doc_list.push_back(i);
+        if (opt.doc_tokens > 0) chunks[split_name(sp)].push_back(n);
+        first += n;
+      }
       for (int32_t id : t) {
         if (wide) {
           uint32_t v = static_cast<uint32_t>(id);
@@ -428,6 +481,7 @@ BuildResult build(const BuildOptions& opt) {
       if (enrich_now) {
         cols[0].append(reinterpret_cast<const char*>(enriched[i].category.data()), t.size());
         cols[1].append(reinterpret_cast<const char*>(enriched[i].depth.data()), t.size());
+        cols[2].append(reinterpret_cast<const char*>(enriched[i].role.data()), t.size());
       }
       in_shard += t.size();
       split_tokens += t.size();
@@ -445,6 +499,13 @@ BuildResult build(const BuildOptions& opt) {
   }
   m["shards"] = std::move(shards);
   m["documents"] = std::move(documents);
+  if (opt.doc_tokens > 0) {
+    for (const char* sp : {"train", "val"})
+      if (!chunks.contains(sp)) chunks[sp] = json::array();
+    m["chunking"] = {{"doc_tokens", opt.doc_tokens}, {"boundary", "top-level declaration or directive (libclang)"},
+                     {"cuts_at_boundary", res.cuts_at_boundary}, {"cuts_mid_declaration", res.cuts_mid}};
+    m["chunks"] = std::move(chunks);
+  }
   m["counts"] = std::move(counts_json);
   res.fingerprint = fingerprint_of(m);
   m["fingerprint"] = res.fingerprint;
@@ -486,6 +547,7 @@ void DataSet::open(const json& m) {
   fingerprint_ = m.value("fingerprint", "");
   name_ = m.value("name", "");
   enriched_ = m.contains("enrichment");
+  for (int c = 0; c < kColumns; ++c) has_col_[c] = enriched_ && m.at("enrichment").at("columns").contains(kColumnNames[c]);
   std::string tok_path = fs::join(dir, m.at("tokenizer").at("file").get<std::string>());
   std::string tok_text = fs::read_file(tok_path);
   tok_ = Tokenizer::deserialize(tok_text);
@@ -499,8 +561,12 @@ void DataSet::open(const json& m) {
     SLM_CHECK(f.dtype() == DType::U16 || f.dtype() == DType::U32, "[data] ", f.path(), " is not a token shard; rebuild the data set");
     if (enriched_) {
       auto& cols = sh.at("split") == "val" ? val_cols_ : train_cols_;
-      for (const char* c : kColumnNames) {
-        const json& cj = sh.at("columns").at(c);
+      for (int ci = 0; ci < kColumns; ++ci) {
+        if (!has_col_[ci]) {
+          cols.emplace_back();
+          continue;
+        }
+        const json& cj = sh.at("columns").at(kColumnNames[ci]);
         MappedFile col(fs::join(dir, cj.at("file").get<std::string>()), kColMagic);
         SLM_CHECK(col.dtype() == DType::U8 && col.count() == f.count() && hex64(col.checksum()) == cj.at("checksum").get<std::string>(),
                   "[data] ", col.path(), " does not match the manifest or its token shard (dtype, count or checksum); rebuild the data set");
@@ -527,10 +593,45 @@ void DataSet::open(const json& m) {
     const json& listed = m.at("documents").at(split_name(sp));
     SLM_CHECK(listed.size() == docs.size(), "[data] ", idx.path(), " holds ", docs.size(), " documents, the manifest lists ",
               listed.size(), "; rebuild the data set");
-    for (size_t i = 0; i < docs.size(); ++i)
+    // Chunked (--doc-tokens): each document's count is listed, and a file's documents add up to it.
+    const json* chunks = m.contains("chunks") ? &m.at("chunks").at(split_name(sp)) : nullptr;
+    SLM_CHECK(!chunks || chunks->size() == docs.size(), "[data] ", dir, "/manifest.json lists ", chunks ? chunks->size() : 0,
+              " chunk sizes for ", docs.size(), " ", split_name(sp), " documents; rebuild the data set");
+    uint64_t run = 0;  // tokens of the current file's documents so far
+    for (size_t i = 0; i < docs.size(); ++i) {
+      const uint64_t file_tokens = m.at("sources").at(docs[i].source).at("tokens").get<uint64_t>();
+      run += docs[i].n_tokens;
+      const bool last_of_file = i + 1 == docs.size() || docs[i + 1].source != docs[i].source;
       SLM_CHECK(listed.at(i).get<uint64_t>() == docs[i].source &&
-                    m.at("sources").at(docs[i].source).at("tokens").get<uint64_t>() == docs[i].n_tokens,
+                    (chunks ? chunks->at(i).get<uint64_t>() == docs[i].n_tokens && (run <= file_tokens) &&
+                                  (!last_of_file || run == file_tokens)
+                            : file_tokens == docs[i].n_tokens),
                 "[data] ", idx.path(), " document ", i, " disagrees with the manifest (source or token count); rebuild the data set");
+      if (last_of_file) run = 0;
+    }
+  }
+  if (enriched_ && m.at("enrichment").contains("edges")) {
+    const json& ej = m.at("enrichment").at("edges");
+    const std::string path = fs::join(dir, ej.at("file").get<std::string>());
+    SLM_CHECK(fs::exists(path), "[data] missing ", path, "; rebuild the data set");
+    const std::string text = fs::read_file(path);
+    SLM_CHECK(hex64(hash64(text)) == ej.at("checksum").get<std::string>(), "[data] ", path,
+              " is corrupt (checksum differs from the manifest); rebuild the data set");
+    for (size_t at = 0; at < text.size();) {
+      const size_t eol = text.find('\n', at);
+      const std::string line = text.substr(at, eol == std::string::npos ? std::string::npos : eol - at);
+      at = eol == std::string::npos ? text.size() : eol + 1;
+      const size_t t1 = line.find('\t'), t2 = line.find('\t', t1 + 1), t3 = line.find('\t', t2 + 1);
+      SLM_CHECK(t3 != std::string::npos && line.find('\t', t3 + 1) == std::string::npos, "[data] ", path,
+                " has a malformed line; rebuild the data set");
+      const std::string kind = line.substr(t1 + 1, t2 - t1 - 1);
+      SLM_CHECK(kind == "call" || kind == "type", "[data] ", path, " has an edge of unknown kind '", kind, "'; rebuild the data set");
+      edges_.push_back({static_cast<uint32_t>(std::stoul(line.substr(0, t1))),
+                        Edge{line.substr(t2 + 1, t3 - t2 - 1), line.substr(t3 + 1), kind == "call" ? 'c' : 't'}});
+    }
+    SLM_CHECK(edges_.size() == ej.at("count").get<uint64_t>(), "[data] ", path, " holds ", edges_.size(),
+              " edges, the manifest says ", ej.at("count").get<uint64_t>(), "; rebuild the data set");
+    has_edges_ = true;
   }
   SLM_CHECK(!val_docs_.empty(), "[data] ", dir, " has an empty validation split; rebuild it");
 }
@@ -549,8 +650,18 @@ std::vector<int32_t> DataSet::doc_tokens(Split s, size_t i) const {
   return out;
 }
 
+std::vector<Edge> DataSet::edges(uint32_t source) const {
+  SLM_CHECK(has_edges_, "[data] ", dir_, " has no dependency edges; rebuild it with slmlab data build --enrich");
+  std::vector<Edge> out;
+  auto it = std::lower_bound(edges_.begin(), edges_.end(), source,
+                             [](const std::pair<uint32_t, Edge>& e, uint32_t s) { return e.first < s; });
+  for (; it != edges_.end() && it->first == source; ++it) out.push_back(it->second);
+  return out;
+}
+
 std::vector<uint8_t> DataSet::doc_column(Split s, size_t i, Column c) const {
-  SLM_CHECK(enriched_, "[data] ", dir_, " has no enrichment columns; rebuild it with slmlab data build --enrich");
+  SLM_CHECK(has_column(c), "[data] ", dir_, " has no ", kColumnNames[c],
+            " column; rebuild it with this slmlab's data build --enrich");
   const DocRecord& d = docs(s)[i];
   const auto* p = static_cast<const uint8_t*>(column(s, d.shard, c).data());
   return std::vector<uint8_t>(p + d.offset, p + d.offset + d.n_tokens);
@@ -560,16 +671,19 @@ VerifyResult verify(const std::string& dir, uint64_t sample, int threads) {
   VerifyResult r;
   json m = read_manifest(dir);
   DataSet ds(dir);  // headers, checksums of shards and indexes, tokenizer hash
-  r.files_checked = m["shards"].size() * (ds.enriched() ? 3 : 1) + 3;  // shards (and their columns), 2 indexes, tokenizer
+  int n_cols = 0;
+  for (int c = 0; c < DataSet::kColumns; ++c) n_cols += ds.has_column(static_cast<DataSet::Column>(c));
+  // shards (and their columns), 2 indexes, tokenizer, edges
+  r.files_checked = m["shards"].size() * (1 + n_cols) + 3 + (ds.has_edges() ? 1 : 0);
   const std::string fp = fingerprint_of(m);
   SLM_CHECK(fp == m.value("fingerprint", ""), "[data] ", dir, "/manifest.json fingerprint does not match its contents");
   const json& sources = m["sources"];
   const Tokenizer& tok = ds.tokenizer();
   const int32_t vocab = tok.vocab_size();
   // Every document decodes to the exact bytes of its source (hash and size); a sample re-encodes.
-  struct Job {
+  struct Job {  // one source file: its documents i .. i + n - 1 (several when chunked)
     Split sp;
-    size_t i;
+    size_t i, n;
   };
   std::vector<Job> jobs;
   for (Split sp : {Split::Train, Split::Val}) {
@@ -579,7 +693,8 @@ VerifyResult verify(const std::string& dir, uint64_t sample, int threads) {
     for (size_t i = 0; i < ds.docs(sp).size(); ++i) {
       SLM_CHECK(listed[i].get<size_t>() == ds.docs(sp)[i].source, "[data] ", split_name(sp),
                 ".idx disagrees with the manifest at document ", i);
-      jobs.push_back({sp, i});
+      if (i > 0 && ds.docs(sp)[i - 1].source == ds.docs(sp)[i].source) ++jobs.back().n;
+      else jobs.push_back({sp, i, 1});
     }
   }
   const uint64_t stride = (sample == 0 || sample >= jobs.size()) ? 1 : jobs.size() / sample;
@@ -593,7 +708,11 @@ VerifyResult verify(const std::string& dir, uint64_t sample, int threads) {
         for (size_t j; (j = next++) < jobs.size();) {
           const auto& d = ds.docs(jobs[j].sp)[jobs[j].i];
           const json& src = sources[d.source];
-          std::vector<int32_t> ids = ds.doc_tokens(jobs[j].sp, jobs[j].i);
+          std::vector<int32_t> ids;
+          for (size_t k = 0; k < jobs[j].n; ++k) {
+            auto part = ds.doc_tokens(jobs[j].sp, jobs[j].i + k);
+            ids.insert(ids.end(), part.begin(), part.end());
+          }
           SLM_CHECK(src["tokens"].get<uint64_t>() == ids.size(), "[data] token count of ", src["path"].get<std::string>(),
                     " differs from the manifest");
           for (int32_t id : ids)
@@ -601,9 +720,15 @@ VerifyResult verify(const std::string& dir, uint64_t sample, int threads) {
                       src["path"].get<std::string>());
           if (ds.enriched()) {  // categories in the fixed set; a raw file is unknown throughout, a parsed one nowhere
             const bool parsed = src.at("enrich").get<std::string>() == "parsed";
-            for (uint8_t c : ds.doc_column(jobs[j].sp, jobs[j].i, DataSet::Category))
-              SLM_CHECK(c < kCategories && (c == kUnknown) != parsed, "[data] structure category ", int(c), " of ",
-                        src["path"].get<std::string>(), " is invalid for a ", parsed ? "parsed" : "raw", " file; rebuild the data set");
+            for (size_t k = 0; k < jobs[j].n; ++k) {
+              for (uint8_t c : ds.doc_column(jobs[j].sp, jobs[j].i + k, DataSet::Category))
+                SLM_CHECK(c < kCategories && (c == kUnknown) != parsed, "[data] structure category ", int(c), " of ",
+                          src["path"].get<std::string>(), " is invalid for a ", parsed ? "parsed" : "raw", " file; rebuild the data set");
+              if (ds.has_column(DataSet::Role))
+                for (uint8_t r : ds.doc_column(jobs[j].sp, jobs[j].i + k, DataSet::Role))
+                  SLM_CHECK(r < kRoles && (parsed || r == kNoRole), "[data] name role ", int(r), " of ",
+                            src["path"].get<std::string>(), " is invalid; rebuild the data set");
+            }
           }
           std::string text = tok.decode(ids);
           SLM_CHECK(text.size() == src["bytes"].get<uint64_t>() && hash128_hex(text) == src["hash"].get<std::string>(),
@@ -622,7 +747,7 @@ VerifyResult verify(const std::string& dir, uint64_t sample, int threads) {
   for (auto& th : pool) th.join();
   for (auto& e : errors)
     if (!e.empty()) throw Error(e);
-  r.docs_decoded = jobs.size();
+  r.docs_decoded = ds.docs(Split::Train).size() + ds.docs(Split::Val).size();
   r.docs_reencoded = reencoded;
   return r;
 }
@@ -692,7 +817,21 @@ std::string stats(const std::string& dir, int top, bool as_json) {
     out["enrichment"] = {{"libclang", e["libclang"]}, {"files", e["files"]}, {"parsed", e["parsed"]}, {"raw", e["raw"]},
                          {"parse_coverage", e["parsed"].get<double>() / files},
                          {"token_categories", cats}};
+    if (ds.has_column(DataSet::Role)) {
+      std::vector<uint64_t> per_role(kRoles, 0);
+      for (Split sp : {Split::Train, Split::Val})
+        for (uint32_t s = 0; s < ds.n_shards(sp); ++s) {
+          const MappedFile& c = ds.column(sp, s, DataSet::Role);
+          const auto* p = static_cast<const uint8_t*>(c.data());
+          for (uint64_t i = 0; i < c.count(); ++i) per_role[p[i] < kRoles ? p[i] : 0]++;
+        }
+      json roles = json::object();
+      for (int r = 0; r < kRoles; ++r) roles[role_name(r)] = per_role[r];
+      out["enrichment"]["token_roles"] = roles;
+    }
+    if (e.contains("edges")) out["enrichment"]["edges"] = e["edges"]["count"];
   }
+  if (m.contains("chunking")) out["chunking"] = m["chunking"];
   json tops = json::array();
   for (int k = 0; k < top && k < static_cast<int>(ids.size()); ++k)
     tops.push_back({{"id", ids[k]}, {"count", freq[ids[k]]}, {"text", printable(tok.token_string(ids[k]))}});
@@ -722,6 +861,18 @@ std::string stats(const std::string& dir, int top, bool as_json) {
        << " files parsed fully, " << e["raw"].get<uint64_t>() << " kept raw)\ntoken categories:";
     for (auto& [k, v] : e["token_categories"].items()) os << " " << k << "=" << v.get<uint64_t>();
     os << "\n";
+    if (e.contains("token_roles")) {
+      os << "token roles:";
+      for (auto& [k, v] : e["token_roles"].items()) os << " " << k << "=" << v.get<uint64_t>();
+      os << "\n";
+    }
+    if (e.contains("edges")) os << "dependency edges " << e["edges"].get<uint64_t>() << " (calls and type uses libclang resolved)\n";
+  }
+  if (out.contains("chunking")) {
+    const json& c = out["chunking"];
+    const uint64_t at = c["cuts_at_boundary"].get<uint64_t>(), mid = c["cuts_mid_declaration"].get<uint64_t>();
+    os << "chunking    documents of at most " << c["doc_tokens"].get<uint64_t>() << " tokens: " << at + mid << " cuts, " << at
+       << " at a top-level declaration, " << mid << " inside one\n";
   }
   os << "val bytes/token " << std::fixed << std::setprecision(3) << val_bpt << "\n"
      << "most frequent tokens:\n";

@@ -3,8 +3,12 @@
 //                       shards with checksums, counts, and the data fingerprint
 //   tokenizer.bpe       the BPE tokenizer (Tokenizer::serialize)
 //   {train,val}_NNN.tok token shards (shard.h);  {train,val}.idx document indexes
-//   {train,val}_NNN.cat, .dep  (enriched data sets only) per-token structure category and AST depth
-//                       (u8, token-aligned with the shard of the same number; enrich.h)
+//   {train,val}_NNN.cat, .dep, .rol  (enriched data sets only) per-token structure category, AST
+//                       depth and name role (u8, token-aligned with the shard of the same number; enrich.h)
+//   edges.tsv           (enriched data sets only) per source file the dependency edges libclang
+//                       resolved, one a line: source index, call|type, from, to (sorted)
+// With --doc-tokens N a file is cut into documents of at most N tokens (chunk_document); the manifest
+// then lists each document's token count under "chunks", and a document's source is its file.
 // Built into a temporary sibling directory and renamed into place only when complete.
 #pragma once
 #include <nlohmann/json_fwd.hpp>
@@ -13,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "data/enrich.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 
@@ -33,6 +38,7 @@ struct BuildOptions {
   bool quiet = false;
   std::vector<std::string> projects;  // --project DIRs (project.h); exclusive with src
   bool enrich = false;                // per-token structure columns from libclang (enrich.h)
+  uint64_t doc_tokens = 0;            // --doc-tokens: documents of at most this many tokens; 0 = a file each
 };
 
 struct BuildResult {
@@ -42,7 +48,18 @@ struct BuildResult {
   double seconds_collect = 0, seconds_tokenizer = 0, seconds_encode = 0, seconds_enrich = 0;
   bool enriched = false;
   uint64_t parsed = 0, unparsed = 0;  // enrichment: files parsed fully / kept raw
+  uint64_t edges = 0;                 // dependency edges stored
+  uint64_t cuts_at_boundary = 0, cuts_mid = 0;  // --doc-tokens: cuts at a top-level boundary / inside a declaration
 };
+
+// A file's documents at a token budget: each ends at the last boundary (token index, enrich.h
+// Enriched::boundaries) that keeps it within the budget, or at the budget itself when none does (a
+// cut inside a declaration; a file without a parse has no boundaries). budget 0: one document.
+struct Chunking {
+  std::vector<uint64_t> sizes;  // token counts, summing to the file's
+  uint64_t at_boundary = 0, mid = 0;
+};
+Chunking chunk_document(uint64_t n_tokens, uint64_t budget, const std::vector<uint32_t>& boundaries);
 
 BuildResult build(const BuildOptions& opt);
 
@@ -65,13 +82,19 @@ class DataSet {
   // Tokens of one document, widened to int32.
   std::vector<int32_t> doc_tokens(Split s, size_t i) const;
   const std::string& manifest_text() const { return manifest_text_; }
-  // Enrichment columns (enrich.h): present only in data sets built with --enrich.
-  enum Column { Category = 0, Depth = 1 };
+  // Enrichment columns (enrich.h): present only in data sets built with --enrich (role, and the
+  // edges, only in those built since they were added: has_column says).
+  enum Column { Category = 0, Depth = 1, Role = 2 };
+  static constexpr int kColumns = 3;
   bool enriched() const { return enriched_; }
+  bool has_column(Column c) const { return enriched_ && has_col_[c]; }
   const MappedFile& column(Split s, uint32_t shard, Column c) const {
-    return (s == Split::Train ? train_cols_ : val_cols_)[shard * 2 + c];
+    return (s == Split::Train ? train_cols_ : val_cols_)[shard * kColumns + c];
   }
   std::vector<uint8_t> doc_column(Split s, size_t i, Column c) const;
+  // The dependency edges of manifest source `source` (its file's, shared by the file's documents).
+  std::vector<Edge> edges(uint32_t source) const;
+  bool has_edges() const { return has_edges_; }
 
  private:
   void open(const nlohmann::ordered_json& manifest);
@@ -79,7 +102,10 @@ class DataSet {
   Tokenizer tok_;
   std::vector<MappedFile> train_shards_, val_shards_;
   bool enriched_ = false;
-  std::vector<MappedFile> train_cols_, val_cols_;  // per shard: category, depth
+  bool has_col_[kColumns] = {false, false, false};
+  std::vector<MappedFile> train_cols_, val_cols_;  // per shard: category, depth, role (empty when absent)
+  bool has_edges_ = false;
+  std::vector<std::pair<uint32_t, Edge>> edges_;  // (source, edge), sorted
   std::vector<DocRecord> train_docs_, val_docs_;
 };
 

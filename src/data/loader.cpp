@@ -46,8 +46,16 @@ void Loader::restore(const LoaderState& s) {
   SLM_CHECK(st_.offset < n, "[loader] saved offset is outside its document; the checkpoint belongs to another data set");
 }
 
+void Loader::feed_structure() {
+  SLM_CHECK(ds_.enriched(), "[structure] data set ", ds_.dir(), " has no structure columns; build it with slmlab data build --enrich (e.g. --project DIR --enrich)");
+  SLM_CHECK(tf_.empty(), "[structure] the structure columns describe the documents as parsed; they cannot follow FIM, IFIM or SRI, which reorder them: drop one");
+  structure_ = true;
+  scratch_struct_.resize(row_len_);
+}
+
 void Loader::set_transforms(const TransformSet& t) {
   SLM_CHECK(split_ == Split::Train || t.empty(), "[loader] validation data is never transformed (FIM, IFIM, SRI)");
+  SLM_CHECK(!structure_ || t.empty(), "[structure] the structure columns describe the documents as parsed; they cannot follow FIM, IFIM or SRI, which reorder them: drop one");
   validate(t);
   tf_ = t;
   cur_epoch_ = cur_doc_ = ~0ull;
@@ -64,7 +72,7 @@ const std::vector<int32_t>& Loader::transformed_doc() {
   return cur_;
 }
 
-void Loader::fill(int32_t* tokens, int32_t* doc_ids) {
+void Loader::fill(int32_t* tokens, int32_t* doc_ids, int32_t* structure) {
   const auto& docs = ds_.docs(split_);
   int64_t pos = 0;
   int32_t seg = 0;
@@ -72,6 +80,7 @@ void Loader::fill(int32_t* tokens, int32_t* doc_ids) {
     const DocRecord& d = docs[order_[st_.doc]];
     tokens[pos] = TOK_BOS;
     doc_ids[pos] = seg;
+    if (structure) structure[pos] = 0;
     if (++pos == row_len_) break;  // the document starts in the next row, after its own BOS
     const std::vector<int32_t>* tdoc = tf_.empty() ? nullptr : &transformed_doc();
     const uint64_t n_tokens = tdoc ? tdoc->size() : d.n_tokens;
@@ -86,6 +95,14 @@ void Loader::fill(int32_t* tokens, int32_t* doc_ids) {
       for (uint64_t k = 0; k < take; ++k) {
         tokens[pos + k] = sh.token(d.offset + st_.offset + k);
         doc_ids[pos + k] = seg;
+      }
+      if (structure) {
+        auto col = [&](DataSet::Column c) {
+          return ds_.has_column(c) ? static_cast<const uint8_t*>(ds_.column(split_, d.shard, c).data()) + d.offset + st_.offset
+                                   : nullptr;
+        };
+        const uint8_t *cat = col(DataSet::Category), *dep = col(DataSet::Depth), *rol = col(DataSet::Role);
+        for (uint64_t k = 0; k < take; ++k) structure[pos + k] = structure_code(cat[k], dep[k], rol ? rol[k] : 0);
       }
     }
     pos += static_cast<int64_t>(take);
@@ -103,17 +120,19 @@ void Loader::fill(int32_t* tokens, int32_t* doc_ids) {
   ++st_.rows;
 }
 
-void Loader::next(int32_t* tokens, int32_t* doc_ids) {
-  while (st_.rows % world_ != static_cast<uint64_t>(rank_)) fill(scratch_tok_.data(), scratch_doc_.data());
-  fill(tokens, doc_ids);
+void Loader::next(int32_t* tokens, int32_t* doc_ids, int32_t* structure) {
+  SLM_CHECK(!structure || structure_, "internal: structure codes asked of a loader without feed_structure()");
+  while (st_.rows % world_ != static_cast<uint64_t>(rank_)) fill(scratch_tok_.data(), scratch_doc_.data(), nullptr);
+  fill(tokens, doc_ids, structure);
 }
 
 void Loader::align() {
-  while (st_.rows % world_ != 0) fill(scratch_tok_.data(), scratch_doc_.data());
+  while (st_.rows % world_ != 0) fill(scratch_tok_.data(), scratch_doc_.data(), nullptr);
 }
 
-EvalRows eval_rows(const DataSet& ds, int64_t context, uint64_t tokens) {
+EvalRows eval_rows(const DataSet& ds, int64_t context, uint64_t tokens, bool structure) {
   Loader l(ds, Split::Val, context, 0, false);
+  if (structure) l.feed_structure();
   const int64_t row = l.row_len();
   // One pass: where each whole row starts, and the documents it touches.
   std::vector<LoaderState> starts;
@@ -143,11 +162,12 @@ EvalRows eval_rows(const DataSet& ds, int64_t context, uint64_t tokens) {
   r.last_row_targets = static_cast<int64_t>(r.targets) - (r.n_rows - 1) * context;
   r.tokens.resize(r.n_rows * row);
   r.doc_ids.resize(r.n_rows * row);
+  if (structure) r.structure.resize(r.n_rows * row);
   std::vector<bool> covered(r.docs_total, false);
   for (int64_t i = 0; i < r.n_rows; ++i) {
     const size_t k = static_cast<size_t>(static_cast<__int128>(i) * r.rows_in_split / r.n_rows);
     l.restore(starts[k]);
-    l.next(r.tokens.data() + i * row, r.doc_ids.data() + i * row);
+    l.next(r.tokens.data() + i * row, r.doc_ids.data() + i * row, structure ? r.structure.data() + i * row : nullptr);
     for (uint64_t d = spans[k].first; d <= spans[k].second; ++d) covered[d] = true;
   }
   for (bool c : covered) r.docs_covered += c;

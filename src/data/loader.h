@@ -14,6 +14,13 @@
 
 namespace slm::data {
 
+// The structure inputs of one position (the `structure` module, model/structure.h): the enrichment
+// columns (enrich.h) packed in one int32, category | role << 4 | depth << 8 (depth capped at 255 when
+// stored); 0 at a BOS, and role 0 in a data set built before the role column.
+inline int32_t structure_code(uint8_t category, uint8_t depth, uint8_t role) {
+  return static_cast<int32_t>(category) | static_cast<int32_t>(role) << 4 | static_cast<int32_t>(depth) << 8;
+}
+
 struct LoaderState {
   uint64_t epoch = 0;   // passes over the split completed
   uint64_t doc = 0;     // position in the epoch's document order
@@ -30,8 +37,13 @@ class Loader {
   Loader(const DataSet& ds, Split split, int64_t context, uint64_t seed, bool shuffle, int rank = 0, int world = 1);
 
   int64_t row_len() const { return row_len_; }  // context + 1
-  // Writes this rank's next row: tokens[row_len] and doc_ids[row_len].
-  void next(int32_t* tokens, int32_t* doc_ids);
+  // Writes this rank's next row: tokens[row_len] and doc_ids[row_len], and with feed_structure() on,
+  // structure[row_len] (structure_code of each position).
+  void next(int32_t* tokens, int32_t* doc_ids, int32_t* structure = nullptr);
+  // From now on next() also writes the structure codes. Fails with the reason on a data set without
+  // enrichment, or with transforms (a transformed document's tokens have no parse of their own).
+  void feed_structure();
+  bool feeds_structure() const { return structure_; }
   // Skips the other ranks' rows up to the next multiple of world rows: at a step's end every rank's
   // state is then the same, the state a one-rank loader has after those rows (what a checkpoint keeps).
   void align();
@@ -42,7 +54,7 @@ class Loader {
   void set_transforms(const TransformSet& t);
 
  private:
-  void fill(int32_t* tokens, int32_t* doc_ids);  // the next global row
+  void fill(int32_t* tokens, int32_t* doc_ids, int32_t* structure);  // the next global row
   void shuffle_epoch();
 
   const DataSet& ds_;
@@ -53,7 +65,8 @@ class Loader {
   int rank_, world_;
   LoaderState st_;
   std::vector<uint32_t> order_;
-  std::vector<int32_t> scratch_tok_, scratch_doc_;
+  std::vector<int32_t> scratch_tok_, scratch_doc_, scratch_struct_;
+  bool structure_ = false;
   TransformSet tf_;
   std::vector<int32_t> cur_;          // the current document, transformed
   uint64_t cur_epoch_ = ~0ull, cur_doc_ = ~0ull;
@@ -69,11 +82,13 @@ class Loader {
 struct EvalRows {
   int64_t context = 0, n_rows = 0, rows_in_split = 0;
   std::vector<int32_t> tokens, doc_ids;  // n_rows x (context + 1)
+  std::vector<int32_t> structure;        // n_rows x (context + 1) structure codes, when asked for
   int64_t last_row_targets = 0;          // targets scored in the last row (<= context)
   uint64_t targets = 0;                  // targets scored in all (special tokens included; they carry no bytes)
   uint64_t docs_covered = 0, docs_total = 0;
 };
-EvalRows eval_rows(const DataSet& ds, int64_t context, uint64_t tokens);
+// `structure`: also the rows' structure codes (Loader::feed_structure; the data set must be enriched).
+EvalRows eval_rows(const DataSet& ds, int64_t context, uint64_t tokens, bool structure = false);
 // "scored 8192 targets in 32 of 97 rows, covering 41 of 120 validation documents"
 std::string coverage_text(const EvalRows& e);
 

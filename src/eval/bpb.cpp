@@ -18,7 +18,9 @@ std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64
   model.eval();
   device::set_autocast(dev, bf16);
   auto token_bytes = torch::tensor(ds.tokenizer().token_bytes(), torch::kInt64).to(dev);
-  const data::EvalRows rows = data::eval_rows(ds, context, static_cast<uint64_t>(tokens));
+  // A model that reads structure gets the validation documents' own columns (model/structure.cpp).
+  const bool sc = model.reads_structure();
+  const data::EvalRows rows = data::eval_rows(ds, context, static_cast<uint64_t>(tokens), sc);
   const int64_t row = context + 1;
   const bool ring = model.ring && model.ring->size > 1;
   SLM_CHECK(!ring || world == 1, "[eval] ring attention splits rows, not batches: pass world 1");
@@ -33,6 +35,10 @@ std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64
     auto t = torch::from_blob(const_cast<int32_t*>(tok), {n_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
     auto d = torch::from_blob(const_cast<int32_t*>(doc), {n_rows, row}, torch::kInt32).to(torch::kInt64).to(dev);
     auto x = t.slice(1, 0, context), y = t.slice(1, 1, row), dd = d.slice(1, 0, context);
+    torch::Tensor s;
+    if (sc)
+      s = torch::from_blob(const_cast<int32_t*>(rows.structure.data() + done * row), {n_rows, row}, torch::kInt32)
+              .to(torch::kInt64).to(dev).slice(1, 0, context);
     torch::Tensor at;  // ring attention: the positions of this rank's share of each row
     if (ring) {
       at = zigzag_positions(context, model.ring->rank, model.ring->size).to(dev);
@@ -41,7 +47,7 @@ std::vector<double> val_bpb_parts(GPTImpl& model, const data::DataSet& ds, int64
       dd = dd.index_select(1, at);
     }
     std::map<std::string, double> batch_stats;
-    auto n = model.token_nats(x, y, dd, stats ? &batch_stats : nullptr);
+    auto n = model.token_nats(x, y, dd, stats ? &batch_stats : nullptr, s);
     if (stats) {
       for (auto& [k, v] : batch_stats) (*stats)[k] += v;
       (*stats)["eval.batches"] += 1;

@@ -81,6 +81,7 @@ std::string layer_plan(const GPTImpl& m) {
   }
   for (auto& o : m.objectives) os << "objective: " << o->describe() << "\n";
   if (m.streams) os << "streams: " << m.streams->describe() << "\n";
+  if (m.input) os << "input: " << m.input->describe() << "\n";
   for (auto& n : m.plan.notes) os << "note: " << n << "\n";
   return os.str();
 }
@@ -336,6 +337,8 @@ GPTImpl::GPTImpl(const ModelConfig& c) : cfg(c), trained_context(c.context) {
     wte->weight.normal_(0.0, 1.0);
     lm_head->weight.normal_(0.0, 0.001);
   }
+  // Built last: the baseline's parameters draw the same numbers with or without it.
+  if (plan.input) input = register_module("input", plan.input());
   auto [cs, sn] = rope_tables(c.context, c.head_dim, c.rope_base);
   rope_cos = register_buffer("rope_cos", cs);
   rope_sin = register_buffer("rope_sin", sn);
@@ -382,7 +385,9 @@ torch::Tensor GPTImpl::hidden(Ctx& ctx) {
     if (ctx.tree.defined()) set_tree_positions(ctx, rope_cos, rope_sin);
   }
   ctx.attn_logit_scale = attn_logit_scale;
-  auto x = rms_norm(wte(ctx.idx));  // (B, T, C)
+  auto x = wte(ctx.idx);  // (B, T, C)
+  if (input) x = input->forward(x, ctx);
+  x = rms_norm(x);
   if (streams) x = streams->expand(x);
   if (layer_runner) {  // the inference lane's own pass over the blocks (early exit)
     x = layer_runner->run(*this, x, ctx);
@@ -473,11 +478,12 @@ torch::Tensor GPTImpl::logits(const torch::Tensor& h) {
 }
 
 torch::Tensor GPTImpl::token_nats(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids,
-                                  std::map<std::string, double>* stats) {
+                                  std::map<std::string, double>* stats, const torch::Tensor& structure) {
   torch::NoGradGuard ng;
   Ctx ctx;
   ctx.idx = idx;
   ctx.doc_ids = doc_ids;
+  ctx.structure = structure;
   ctx.training = is_training();
   ctx.step = step;
   auto h = rms_norm(hidden(ctx));
@@ -489,11 +495,12 @@ torch::Tensor GPTImpl::token_nats(const torch::Tensor& idx, const torch::Tensor&
 }
 
 torch::Tensor GPTImpl::loss(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids,
-                           int64_t step, Parts* parts) {
+                           int64_t step, Parts* parts, const torch::Tensor& structure) {
   Ctx ctx;
   ctx.idx = idx;
   ctx.targets = targets;
   ctx.doc_ids = doc_ids;
+  ctx.structure = structure;
   ctx.step = step;
   this->step = step;
   ctx.training = is_training();
@@ -550,7 +557,12 @@ int64_t GPTImpl::n_params() const {
   return n;
 }
 
-int64_t GPTImpl::n_matmul_params() const { return n_params() - wte->weight.numel(); }
+int64_t GPTImpl::n_matmul_params() const {
+  int64_t looked_up = wte->weight.numel();  // embeddings are gathered, not multiplied
+  if (input)
+    for (auto& p : input->parameters()) looked_up += p.numel();
+  return n_params() - looked_up;
+}
 
 void GPTImpl::set_context(int64_t T, const YarnConfig* yarn) {
   SLM_CHECK(T > 0, "[model] context must be positive");
@@ -586,6 +598,7 @@ double GPTImpl::flops_per_token(int64_t T) const {
   for (auto& m : *blocks) f += m->as<Block>()->flops_per_token(T);
   for (auto& o : objectives) f += o->flops_per_token(T);
   if (streams) f += streams->flops_per_token(T);
+  if (input) f += input->flops_per_token(T);
   return f;
 }
 

@@ -140,8 +140,9 @@ struct GPTImpl : torch::nn::Module {
   // Per-target cross entropy in nats: (B, T), fp32, no gradient (evaluation), through the fused head.
   // Per-token nats, no gradient. `stats`, when given, receives what modules report in evaluation
   // (GateSkip's and MoD's eval-time skip fractions, ...).
+  // `structure`: (B, T) structure codes of the inputs (Ctx::structure), for a model that reads them.
   torch::Tensor token_nats(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids,
-                           std::map<std::string, double>* stats = nullptr);
+                           std::map<std::string, double>* stats = nullptr, const torch::Tensor& structure = {});
   // Training loss: mean nats over all targets, with gradient, through the fused head (model/fused_ce.h),
   // plus every module's auxiliary losses with their weights. `parts`, when given, receives the main
   // loss and the auxiliary ones separately (for logging) and the modules' statistics.
@@ -151,7 +152,9 @@ struct GPTImpl : torch::nn::Module {
     std::map<std::string, double> stats;
   };
   torch::Tensor loss(const torch::Tensor& idx, const torch::Tensor& targets, const torch::Tensor& doc_ids,
-                     int64_t step = 0, Parts* parts = nullptr);
+                     int64_t step = 0, Parts* parts = nullptr, const torch::Tensor& structure = {});
+  // Whether the model reads structure codes (the structure module): the loader must feed them.
+  bool reads_structure() const { return static_cast<bool>(input); }
 
   // The role of every parameter (model/module.h ParamRole), by named_parameters key: the default rule
   // (wte Embedding, lm_head Head, 2-D inside blocks, the model's or a module's own, Matrix, the rest
@@ -221,6 +224,7 @@ struct GPTImpl : torch::nn::Module {
   torch::nn::ModuleList blocks{nullptr};
   std::vector<Objective> objectives;
   Streams streams;
+  Input input;  // null: the token embedding alone
   torch::nn::Linear lm_head{nullptr};
   torch::Tensor rope_cos, rope_sin;  // buffers (context, D/2)
 };

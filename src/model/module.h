@@ -57,6 +57,8 @@ struct Ctx {
   torch::Tensor idx;       // (B, T) input ids
   torch::Tensor targets;   // (B, T) next-token ids (undefined in generation)
   torch::Tensor doc_ids;   // (B, T) document index within the row, or undefined
+  torch::Tensor structure; // (B, T) int64 structure codes of the inputs (data/loader.h structure_code), or
+                           // undefined: no parse (generation; every position reads as unparsed)
   torch::Tensor allowed;   // (B, 1, T, T) bool attention mask, or undefined (plain causal)
   torch::Tensor cos, sin;  // RoPE tables (context, D/2)
   double attn_logit_scale = 1.0;  // a factor on attention logits (YaRN's temperature; 1 in training)
@@ -184,6 +186,13 @@ struct ObjectiveImpl : ComponentImpl {
 };
 using Objective = std::shared_ptr<ObjectiveImpl>;
 
+// An input embedding added to the token embedding before the first norm (the structure module): the
+// token embeddings (B, T, C) -> (B, T, C), per position, from what the batch carries in ctx.
+struct InputImpl : ComponentImpl {
+  virtual torch::Tensor forward(const torch::Tensor& x, Ctx& ctx) = 0;
+};
+using Input = std::shared_ptr<InputImpl>;
+
 // Residual streams (mHC): expanded once after the embedding, collapsed once before the head.
 // While expanded the residual is (B, T, n, C); every block is wrapped by `wrap()`.
 struct StreamsImpl : ComponentImpl {
@@ -206,6 +215,7 @@ struct ModelPlan {
   std::vector<LayerPlan> layers;
   std::vector<std::function<Objective()>> objectives;
   std::function<Streams()> streams;
+  std::function<Input()> input;    // default: the token embedding alone
   std::vector<std::string> notes;  // model-wide effects, for the layer plan ("yarn: scale 2 at eval")
 };
 

@@ -143,6 +143,10 @@ Setup configure(const TrainOptions& opt) {
     if (!opt.dry_run) throw Error(msg);
     std::printf("dry run: a real run would refuse: %s\n", msg.c_str());
   };
+  for (auto& m : s.mods)  // the structure module reads the enrichment columns: refused before anything is built
+    require(!catalog::find(m.name)->reads_structure || ds.enriched(),
+            "train: module " + m.name + " reads the structure columns of an enriched data set and " + opt.data_dir +
+                " has none; build one with slmlab data build --enrich (e.g. --project DIR --enrich) or drop the module");
   require(static_cast<uint64_t>(sub.context) < train_tokens,
           "train: context " + std::to_string(sub.context) + " is longer than the training split (" +
               std::to_string(train_tokens) + " tokens) allows; lower --set context=");
@@ -485,17 +489,17 @@ class Run {
     std::map<std::string, torch::Tensor> aux_sum;  // each micro-batch's value / accum, summed
     auto add = [](torch::Tensor& acc, const torch::Tensor& v) { acc = acc.defined() ? acc + v : v; };
     for (int64_t m = 0; m < accum; ++m) {
-      torch::Tensor x, y, d;
+      torch::Tensor x, y, d, sc;
       {
         prof::Scope ps(phases, "data");
-        std::tie(x, y, d) = next_batch();
+        std::tie(x, y, d, sc) = next_batch();
       }
       GPTImpl::Parts parts;
       torch::Tensor total;
       {
         prof::Scope ps(phases, "forward");
         device::set_autocast(dev_, bf16_);
-        total = model->loss(x, y, d, st.step, &parts);
+        total = model->loss(x, y, d, st.step, &parts, sc);
         device::set_autocast(dev_, false);
       }
       auto scaled = total / static_cast<double>(accum);
@@ -632,17 +636,23 @@ class Run {
   }
 
  private:
-  std::vector<int32_t> tok_buf_, doc_buf_;
+  std::vector<int32_t> tok_buf_, doc_buf_, struct_buf_;
 
-  // The next micro-batch: rows -> (inputs, targets, doc ids) on the device.
-  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> next_batch() {
+  // The next micro-batch: rows -> (inputs, targets, doc ids, the inputs' structure codes when the
+  // model reads them, else undefined) on the device.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> next_batch() {
     const int64_t B = s_.rank_batch, row = sub_.context + 1;
+    const bool sc = loader->feeds_structure();
     tok_buf_.resize(B * row);
     doc_buf_.resize(B * row);
-    for (int64_t b = 0; b < B; ++b) loader->next(tok_buf_.data() + b * row, doc_buf_.data() + b * row);
+    struct_buf_.resize(sc ? B * row : 0);
+    for (int64_t b = 0; b < B; ++b)
+      loader->next(tok_buf_.data() + b * row, doc_buf_.data() + b * row, sc ? struct_buf_.data() + b * row : nullptr);
     auto t = torch::from_blob(tok_buf_.data(), {B, row}, torch::kInt32).to(torch::kInt64).to(dev_);
     auto d = torch::from_blob(doc_buf_.data(), {B, row}, torch::kInt32).to(torch::kInt64).to(dev_);
-    return {t.slice(1, 0, sub_.context), t.slice(1, 1, row), d.slice(1, 0, sub_.context)};
+    torch::Tensor s;
+    if (sc) s = torch::from_blob(struct_buf_.data(), {B, row}, torch::kInt32).to(torch::kInt64).to(dev_).slice(1, 0, sub_.context);
+    return {t.slice(1, 0, sub_.context), t.slice(1, 1, row), d.slice(1, 0, sub_.context), s};
   }
 };
 
@@ -729,6 +739,7 @@ int train(const TrainOptions& opt) {
   run.loader = std::make_unique<data::Loader>(*s.ds, data::Split::Train, sub.context, sub.data_order_seed(), true,
                                               s.mesh.dp_rank, s.mesh.dp);
   run.loader->set_transforms(s.transforms);  // before a restore: positions count transformed tokens
+  if (model->reads_structure()) run.loader->feed_structure();  // the structure module's inputs
   const bool resumed = opt.resume && fs::exists(run.folder.latest());
   if (resumed) run.resume(run.folder.latest());
   run.sync_ranks();
