@@ -54,10 +54,16 @@ struct PlanInfo {
     std::vector<std::string> names;    // their names
     std::vector<int64_t> seeds;
   };
+  // A scale ladder's rungs, smallest first (empty for a plan on one substrate; engine/ladder.h).
+  struct RungInfo {
+    std::string name, substrate;           // the substrate's name (in its runs' ids) and its reference
+    std::vector<std::string> experiments;  // the experiments it runs
+  };
   std::string name, description, substrate;
   DecisionRule rule;
   std::vector<std::string> phases;
   std::vector<Exp> experiments;
+  std::vector<RungInfo> ladder;
   const Exp* find(const std::string& id) const;
 };
 struct RunView {
