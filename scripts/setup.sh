@@ -15,6 +15,7 @@ pkgs=(
   python3                   # the safetensors reader in the tests (standard library only)
   bubblewrap                # the sandbox that compile-rate evaluation runs g++ in
   slurm-wlm munge           # ablate --backend slurm and its test cluster (scripts/slurm-local.sh)
+  chromium                  # the HTML report rendered in a real browser (headless) by test_report_html
 )
 if [[ "${1:-}" == "--bench" ]]; then pkgs+=(python3-torch); fi
 

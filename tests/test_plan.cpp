@@ -482,4 +482,110 @@ id = "baseline"
 seeds = [1]
 )"), &errs);
   EXPECT_TRUE(has(errs, "compare_at = \"compute\" interpolates val_bpb curves only")) << (errs.empty() ? "" : errs[0]);
+// ---------------------------------------------------------------------------------------------
+// Scale ladders: `ladder = [...]` in place of `substrate`, each rung a substrate of its own.
+
+namespace {
+const std::string kSub = std::string(SLMLAB_SOURCE_DIR) + "/substrates/";
+const std::string kExps = R"(
+[[phases]]
+name = "p"
+[[phases.experiments]]
+id = "base"
+seeds = [1]
+[[phases.experiments]]
+id = "a"
+base = "base"
+seeds = [1]
+modules = ["mtp"]
+)";
+std::string ladder_plan(const std::string& ladder) { return "name = \"lad\"\nladder = " + ladder + "\n" + kExps; }
+
+// The problems of a plan, and that load_plan refuses it with all of them on one line.
+std::vector<std::string> problems(const slm::test::TempDir& t, const std::string& body) {
+  std::vector<std::string> errs;
+  load_plan(plan_file(t, body), &errs);
+  const std::string thrown = slm::test::error_of([&] { load_plan(plan_file(t, body)); });
+  EXPECT_FALSE(thrown.empty());
+  EXPECT_EQ(thrown.find('\n'), std::string::npos) << thrown;
+  return errs;
+}
+}  // namespace
+
+TEST(Plan, ALadderNamesItsRungsAndWhatEachRuns) {
+  slm::test::TempDir t;
+  auto p = load_plan(plan_file(t, ladder_plan("[\"" + kSub + "cpu-tiny.toml\", { substrate = \"" + kSub +
+                                              "cpu-ladder-m.toml\", experiments = [\"base\"] }]")));
+  ASSERT_EQ(p.ladder.size(), 2u);
+  EXPECT_EQ(p.ladder[0].name, "cpu-tiny");
+  EXPECT_EQ(p.ladder[1].name, "cpu-ladder-m");
+  EXPECT_EQ(p.ladder[0].experiments, (std::vector<std::string>{"base", "a"}));
+  EXPECT_EQ(p.ladder[1].experiments, (std::vector<std::string>{"base"}));
+  EXPECT_EQ(p.substrate.name, "cpu-tiny");  // the first rung stands for the plan where one substrate is asked for
+  EXPECT_EQ(run_id("lad", "cpu-tiny", "a", 2), "lad/cpu-tiny/a/s2");
+  EXPECT_EQ(run_id("lad", "", "a", 2), "lad/a/s2");
+}
+
+TEST(Plan, ABadLadderIsRefusedInOneLine) {
+  slm::test::TempDir t;
+  const std::string tiny = "\"" + kSub + "cpu-tiny.toml\"", mid = "\"" + kSub + "cpu-ladder-s.toml\"";
+  EXPECT_TRUE(has(problems(t, ladder_plan("[" + tiny + ", \"cpu-no-such-rung\"]")), "cpu-no-such-rung"));
+  EXPECT_TRUE(has(problems(t, ladder_plan("[" + tiny + ", " + mid + ", " + tiny + "]")), "ladder[2]: duplicate rung 'cpu-tiny'"));
+  EXPECT_TRUE(has(problems(t, ladder_plan("[" + tiny + "]")), "'ladder' needs at least 2 rungs"));
+  EXPECT_TRUE(has(problems(t, ladder_plan(tiny)), "'ladder' must be an array of substrates"));
+  EXPECT_TRUE(has(problems(t, ladder_plan("[" + tiny + ", 3]")), "ladder[1]: a rung is a substrate name or { substrate"));
+  EXPECT_TRUE(has(problems(t, ladder_plan("[" + tiny + ", { substrate = " + mid + ", experiments = [\"b\"] }]")),
+                  "experiment 'b' is not an experiment of this plan"));
+  EXPECT_TRUE(has(problems(t, ladder_plan("[" + tiny + ", { substrate = " + mid + ", experiments = [\"a\"] }]")),
+                  "runs experiment 'a' but not its base 'base'"));
+  EXPECT_TRUE(has(problems(t, ladder_plan("[" + tiny + ", { substrate = " + mid + ", experiments = [] }]")), "'experiments' is empty"));
+  EXPECT_TRUE(has(problems(t, ladder_plan("[" + tiny + ", { substrate = " + mid + ", runs = 2 }]")), "unknown key 'runs'"));
+  EXPECT_TRUE(has(problems(t, "substrate = " + tiny + "\n" + ladder_plan("[" + tiny + ", " + mid + "]")),
+                  "either 'substrate' (one) or 'ladder'"));
+  // The same substrate under another name is not a second rung: its runs would share one group.
+  std::string copy = slm::test::run("cat " + kSub + "cpu-tiny.toml").out;
+  copy.replace(copy.find("name = \"cpu-tiny\""), 17, "name = \"cpu-tiny2\"");
+  slm::test::write(t / "tiny2.toml", copy);
+  EXPECT_TRUE(has(problems(t, ladder_plan("[" + tiny + ", \"" + t / "tiny2.toml" + "\"]")),
+                  "rung 'cpu-tiny2' is the same substrate as rung 'cpu-tiny'"));
+  // A module that does not fit a rung is reported on that rung.
+  auto errs = problems(t, "name = \"lad\"\nladder = [" + tiny + ", " + mid + "]\n" + kExps +
+                              "[[phases.experiments]]\nid = \"deep\"\nbase = \"base\"\nseeds = [1]\nmodules = [{ name = \"engram\", layers = [7] }]\n");
+  EXPECT_TRUE(has(errs, "experiment deep on rung cpu-tiny:")) << ::testing::PrintToString(errs);
+  EXPECT_TRUE(has(errs, "experiment deep on rung cpu-ladder-s:"));
+}
+
+// The shipped ladder runs the demo's experiments, as the demo defines them, on three rungs.
+TEST(Plan, TheLadderDemoRunsTheDemosExperiments) {
+  const std::string src = SLMLAB_SOURCE_DIR;
+  auto demo = load_plan(src + "/plans/demo.toml");
+  auto lad = load_plan(src + "/plans/ladder-demo.toml");
+  ASSERT_EQ(lad.ladder.size(), 3u);
+  EXPECT_EQ(lad.ladder[0].name, "cpu-tiny");
+  EXPECT_EQ(lad.ladder[2].name, "cpu-ladder-m");
+  ASSERT_EQ(lad.experiments.size(), demo.experiments.size());
+  for (size_t i = 0; i < demo.experiments.size(); ++i) {
+    EXPECT_EQ(lad.experiments[i].id, demo.experiments[i].id);
+    EXPECT_EQ(lad.experiments[i].base, demo.experiments[i].base);
+    std::vector<std::string> a, b;
+    for (auto& m : lad.experiments[i].effective) a.push_back(catalog::arg_text(m));
+    for (auto& m : demo.experiments[i].effective) b.push_back(catalog::arg_text(m));
+    EXPECT_EQ(a, b) << demo.experiments[i].id;
+  }
+  for (auto& r : lad.ladder) EXPECT_GE(r.experiments.size(), 3u) << r.name;  // cut for time (the plan says how)
+}
+
+TEST(Plan, PlanCheckListsTheRungsAndAblateDecideRefusesALadder) {
+  const std::string bin = SLMLAB_BIN, plan = std::string(SLMLAB_SOURCE_DIR) + "/plans/ladder-demo.toml";
+  auto c = slm::test::run(bin + " plan check " + plan);
+  ASSERT_EQ(c.status, 0) << c.out;
+  EXPECT_NE(c.out.find("ok: plan ladder-demo on a ladder of 3 rungs"), std::string::npos) << c.out;
+  EXPECT_NE(c.out.find("rung cpu-ladder-m"), std::string::npos);
+  EXPECT_NE(c.out.find("(the target)"), std::string::npos);
+  slm::test::TempDir t;
+  auto d = slm::test::run(bin + " ablate " + plan + " --decide --ledger " + t / "l.sqlite" + " --runs " + t / "runs");
+  EXPECT_NE(d.status, 0);
+  EXPECT_NE(d.out.find("--decide does not run ladders yet"), std::string::npos) << d.out;
+  EXPECT_EQ(slm::test::count_lines(d.out), 1) << d.out;
+  EXPECT_FALSE(std::filesystem::exists(t / "l.sqlite"));  // refused before the ledger is touched
 }

@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/stats.h"
+#include "engine/ladder.h"
 #include "engine/ledger.h"
 #include "engine/render.h"
 #include "engine/report.h"
@@ -768,4 +770,189 @@ TEST(Report, AnExperimentIsComparedWithItsParameterMatchedControl) {
   EXPECT_FALSE(find_card(s.card(), "big").over_share);
   // The control arm's link survives the ledger's copy of the plan.
   EXPECT_EQ(plan_info_from_json(plan_info_json(s.plan)).find("big.widen")->control_of, "big");
+// ---------------------------------------------------------------------------------------------
+// Scale ladders (engine/ladder.h), on a constructed ladder whose answer is worked by hand.
+
+namespace {
+
+// A run of a ladder plan on `rung` (its own substrate id): id <plan>/<rung>/<experiment>/s<seed>,
+// final = best (stable).
+void add_on_rung(Synth& s, const std::string& rung, const std::string& exp, int64_t seed, double best) {
+  RunRow& r = s.add(exp, seed, best, "id-" + rung);
+  auto ev = s.evals[r.run_id];
+  s.evals.erase(r.run_id);
+  r.run_id = run_id(s.plan.name, rung, exp, seed);
+  r.final_val_bpb = best;
+  s.evals[r.run_id] = ev;
+}
+
+// Three rungs. Means (each experiment two seeds at mean -+ 0.001, d at -+ 0.02):
+//            baseline   a      b      c (base a)   d
+//   r-small    1.10    1.04   1.08   1.12         1.11
+//   r-mid      1.05    1.00    -      -            -     (runs baseline and a only)
+//   r-big      1.00    0.95   1.02   0.97         0.99   (the target)
+Synth ladder_synth() {
+  Synth s{make_plan({"a:baseline:ma", "b:baseline:mb", "c:a:mc", "d:baseline:md"}), {}, {}};
+  s.plan.ladder = {{"r-small", "r-small", {"baseline", "a", "b", "c", "d"}},
+                   {"r-mid", "r-mid", {"baseline", "a"}},
+                   {"r-big", "r-big", {"baseline", "a", "b", "c", "d"}}};
+  const std::map<std::string, std::map<std::string, double>> means = {
+      {"r-small", {{"baseline", 1.10}, {"a", 1.04}, {"b", 1.08}, {"c", 1.12}, {"d", 1.11}}},
+      {"r-mid", {{"baseline", 1.05}, {"a", 1.00}}},
+      {"r-big", {{"baseline", 1.00}, {"a", 0.95}, {"b", 1.02}, {"c", 0.97}, {"d", 0.99}}}};
+  for (auto& [rung, m] : means)
+    for (auto& [exp, mean] : m) {
+      const double h = exp == "d" ? 0.02 : 0.001;
+      add_on_rung(s, rung, exp, 1, mean - h);
+      add_on_rung(s, rung, exp, 2, mean + h);
+    }
+  return s;
+}
+
+}  // namespace
+
+// The ten pairs of r-small against r-big, by hand (sign of the first minus the second):
+//   baseline-a + +  agree (vs base)     a-b  - -  agree         b-c  + -  differ
+//   baseline-b - +  differ (vs base)    a-c  - -  agree (c's base a)  b-d  + -  differ
+//   baseline-c + -  differ              a-d  - -  agree         c-d  - +  differ
+//   baseline-d + -  differ (vs base)
+// 4 of 10 agree; vs base 2 of 4; between experiments 2 of 6.
+TEST(Ladder, DecisionAgreementWorkedByHand) {
+  const std::vector<std::string> order = {"baseline", "a", "b", "c", "d"};
+  const std::map<std::string, std::string> bases = {{"a", "baseline"}, {"b", "baseline"}, {"c", "a"}, {"d", "baseline"}};
+  const std::map<std::string, double> small = {{"baseline", 1.10}, {"a", 1.04}, {"b", 1.08}, {"c", 1.12}, {"d", 1.11}};
+  const std::map<std::string, double> big = {{"baseline", 1.00}, {"a", 0.95}, {"b", 1.02}, {"c", 0.97}, {"d", 0.99}};
+  Agreement a = agreement(order, small, big, bases);
+  EXPECT_EQ(a.pairs, 10);
+  EXPECT_EQ(a.agree, 4);
+  EXPECT_EQ(a.base_pairs, 4);
+  EXPECT_EQ(a.base_agree, 2);
+  EXPECT_EQ(a.ties, 0);
+  EXPECT_EQ(a.disagree, (std::vector<std::string>{"baseline vs b", "baseline vs c", "baseline vs d", "b vs c", "b vs d", "c vs d"}));
+  EXPECT_EQ(agreement_text(a), "4/10 (40%): vs base 2/4 (50%), between experiments 2/6 (33%)");
+  // Arms missing on either rung leave their pairs out; a tie at the target has no answer and is left
+  // out; a tie on the smaller rung where the target orders the pair did not pick the winner.
+  std::map<std::string, double> partial = {{"baseline", 1.10}, {"a", 1.10}, {"c", NAN}};
+  std::map<std::string, double> tied = big;
+  tied["b"] = tied["baseline"];
+  Agreement p = agreement(order, partial, tied, bases);
+  EXPECT_EQ(p.pairs, 1);  // baseline vs a only
+  EXPECT_EQ(p.agree, 0);
+  EXPECT_EQ(p.base_pairs, 1);
+  Agreement t = agreement(order, small, tied, bases);
+  EXPECT_EQ(t.ties, 1);
+  EXPECT_EQ(t.pairs, 9);
+}
+
+TEST(Ladder, EachExperimentPerRungWithItsTrendAndFlips) {
+  Synth s = ladder_synth();
+  Scorecard sc = s.card();
+  order_by_rung(sc);
+  ASSERT_EQ(sc.groups.size(), 3u);
+  EXPECT_EQ(group_rung(sc, sc.groups[0]), "r-small");  // rung order, not size order
+  EXPECT_EQ(group_rung(sc, sc.groups[1]), "r-mid");
+  EXPECT_EQ(group_rung(sc, sc.groups[2]), "r-big");
+  const LadderView v = ladder_view(sc);
+  ASSERT_EQ(v.rungs, (std::vector<std::string>{"r-small", "r-mid", "r-big"}));
+  ASSERT_EQ(v.rows.size(), 4u);
+  auto row = [&](const std::string& id) -> const LadderRow& {
+    for (auto& r : v.rows)
+      if (r.id == id) return r;
+    throw std::runtime_error("no row " + id);
+  };
+  // a: a gain on every rung (-5.45%, -4.76%, -5.00%), kept on each: no flip.
+  ASSERT_TRUE(row("a").cards[1]);
+  EXPECT_NEAR(row("a").cards[0]->delta_pct, 100 * (1.04 - 1.10) / 1.10, 1e-9);
+  EXPECT_EQ(row("a").cards[0]->verdict, "keep");
+  EXPECT_EQ(row("a").cards[2]->verdict, "keep");
+  EXPECT_EQ(row("a").trend, "gain at every rung, not monotone");
+  EXPECT_TRUE(row("a").flips.empty());
+  // b: decided both ways (seed sd 0.0014 against a 0.02 delta): keep small, drop at the target.
+  EXPECT_FALSE(row("b").cards[1]);  // not run on r-mid
+  EXPECT_EQ(row("b").trend, "changes sign");
+  EXPECT_EQ(row("b").flips, (std::vector<std::string>{"verdict keep on r-small, drop on r-big"}));
+  // c against its base a: a loss on both rungs, dropped on both.
+  EXPECT_TRUE(row("c").flips.empty());
+  EXPECT_EQ(row("c").trend, "loss shrinks with scale");
+  // d: too noisy to decide anywhere, but its delta points the other way at the target.
+  EXPECT_EQ(row("d").cards[0]->verdict, "inconclusive");
+  EXPECT_EQ(row("d").flips, (std::vector<std::string>{"direction +0.91% on r-small, -1.00% on r-big"}));
+  ASSERT_EQ(v.agreements.size(), 2u);
+  EXPECT_EQ(v.agreements[0].agree, 4);
+  EXPECT_EQ(v.agreements[0].pairs, 10);
+  EXPECT_EQ(v.agreements[1].pairs, 1);  // r-mid ran baseline and a only
+  EXPECT_EQ(v.agreements[1].agree, 1);
+  // Every format says it.
+  const std::string txt = render_text(sc), md = render_markdown(sc);
+  EXPECT_NE(txt.find("rung r-small: substrate id-r-small"), std::string::npos) << txt;
+  EXPECT_NE(txt.find("scale ladder: r-small < r-mid < r-big"), std::string::npos);
+  EXPECT_NE(txt.find("FLIPS: verdict keep on r-small, drop on r-big"), std::string::npos);
+  EXPECT_NE(txt.find("r-small agrees with r-big on 4/10 (40%): vs base 2/4 (50%), between experiments 2/6 (33%)"),
+            std::string::npos) << txt;
+  EXPECT_NE(txt.find("r-mid agrees with r-big on 1/1 (100%)"), std::string::npos);
+  EXPECT_NE(md.find("**flips**: direction +0.91% on r-small, -1.00% on r-big"), std::string::npos) << md;
+  // A plan without a ladder has no ladder section.
+  Synth plain{make_plan({"x:baseline:m"}), {}, {}};
+  add_baseline(plain);
+  EXPECT_TRUE(ladder_view(plain.card()).rungs.empty());
+  EXPECT_EQ(render_text(plain.card()).find("scale ladder"), std::string::npos);
+}
+
+TEST(Ladder, TheLadderRoundTripsThroughThePlanSpec) {
+  PlanInfo p = ladder_synth().plan;
+  PlanInfo q = plan_info_from_json(plan_info_json(p));
+  ASSERT_EQ(q.ladder.size(), 3u);
+  EXPECT_EQ(q.ladder[1].name, "r-mid");
+  EXPECT_EQ(q.ladder[1].experiments, (std::vector<std::string>{"baseline", "a"}));
+  EXPECT_TRUE(plan_info_from_json(plan_info_json(make_plan({}))).ladder.empty());
+}
+
+namespace {
+
+// How often `needle` occurs in `hay`.
+size_t occurrences(const std::string& hay, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = hay.find(needle); at != std::string::npos; at = hay.find(needle, at + needle.size())) ++n;
+  return n;
+}
+
+}  // namespace
+
+// The HTML report in a real browser: headless Chromium parses the page with its inline SVG, and the
+// DOM it dumps must hold one decision panel per rung, every experiment's bar in its verdict's class,
+// and the ladder table with its flips and agreement after them (a tag the parser misread would
+// swallow what follows). Chromium is Debian's, from scripts/setup.sh; without it this test fails.
+TEST(ReportHtml, ChromiumRendersTheDecisionPanelsAndTheLadder) {
+  const std::string chromium = "/usr/bin/chromium";
+  ASSERT_TRUE(std::filesystem::exists(chromium))
+      << chromium << " is missing: run scripts/setup.sh (it installs Debian's chromium, which this test renders the HTML report in)";
+  slm::test::TempDir t;
+  Scorecard sc = ladder_synth().card();
+  order_by_rung(sc);
+  slm::test::write(t / "report.html", render_html(sc));
+  // The flags that let it start in a closed sandbox (no network, no GPU, a fresh profile).
+  auto r = slm::test::run("(timeout 120 " + chromium + " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run "
+                          "--disable-background-networking --disable-component-update --disable-sync --user-data-dir=" +
+                          t / "profile" + " --dump-dom file://" + t / "report.html" + " 2>/dev/null)");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const std::string& dom = r.out;
+  ASSERT_NE(dom.find("</html>"), std::string::npos) << dom;
+  EXPECT_EQ(occurrences(dom, "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"decisions\""), 3u);  // one panel per rung
+  EXPECT_EQ(occurrences(dom, "<g class=\"decision verdict-"), 9u);  // 4 + 1 + 4 experiments with a base
+  EXPECT_EQ(occurrences(dom, "<rect class=\"bar\""), 9u);
+  // b: kept on r-small (the first panel), dropped on r-big (the last).
+  const size_t b1 = dom.find("data-experiment=\"b\">"), b2 = dom.find("data-experiment=\"b\">", b1 + 1);
+  ASSERT_NE(b2, std::string::npos);
+  EXPECT_NE(dom.rfind("<g class=\"decision verdict-keep\"", b1), std::string::npos);
+  EXPECT_EQ(dom.substr(dom.rfind("<g ", b1), 40).find("verdict-keep"), std::string("<g class=\"decision ").size());
+  EXPECT_EQ(dom.substr(dom.rfind("<g ", b2), 40).find("verdict-drop"), std::string("<g class=\"decision ").size());
+  // A whisker and its two ends (a line, or an arrow past the range) per bar.
+  EXPECT_EQ(occurrences(dom, "class=\"interval\"") + occurrences(dom, "class=\"interval clipped\""), 9u * 3);
+  EXPECT_EQ(occurrences(dom, "class=\"keep-bar\""), 3u);
+  // The ladder table after the panels, with both flips flagged and each smaller rung's agreement.
+  const size_t table = dom.find("<table class=\"ladder\">");
+  ASSERT_NE(table, std::string::npos);
+  EXPECT_EQ(occurrences(dom.substr(table), "class=\"flip\""), 2u);
+  EXPECT_NE(dom.find("<li>r-small agrees with r-big on 4/10 (40%)", table), std::string::npos);
+  EXPECT_NE(dom.find("<li>r-mid agrees with r-big on 1/1 (100%)", table), std::string::npos);
 }

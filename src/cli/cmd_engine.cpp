@@ -29,9 +29,20 @@ int cmd_plan_check(const Args& a) {
   }
   size_t runs = 0;
   for (auto& e : p.experiments) runs += e.seeds.size();
-  std::printf("ok: plan %s on substrate %s (id %s before the data binds): %zu phases, %zu experiments, %zu runs\n",
-              p.name.c_str(), p.substrate.name.c_str(), p.substrate.id().c_str(), p.phases.size(), p.experiments.size(),
-              runs);
+  if (p.ladder.empty()) {
+    std::printf("ok: plan %s on substrate %s (id %s before the data binds): %zu phases, %zu experiments, %zu runs\n",
+                p.name.c_str(), p.substrate.name.c_str(), p.substrate.id().c_str(), p.phases.size(), p.experiments.size(),
+                runs);
+  } else {
+    runs = 0;
+    for (auto& r : p.ladder)
+      for (auto& id : r.experiments) runs += p.find(id)->seeds.size();
+    std::printf("ok: plan %s on a ladder of %zu rungs: %zu phases, %zu experiments, %zu runs\n", p.name.c_str(), p.ladder.size(),
+                p.phases.size(), p.experiments.size(), runs);
+    for (auto& r : p.ladder)
+      std::printf("  rung %-16s id %s before the data binds, %zu experiments%s\n", r.name.c_str(), r.substrate.id().c_str(),
+                  r.experiments.size(), &r == &p.ladder.back() ? " (the target)" : "");
+  }
   for (auto& e : p.experiments) {
     std::printf("  %-10s %-16s base %-12s seeds %zu  modules:", e.phase.c_str(), e.id.c_str(),
                 e.base.empty() ? "-" : e.base.c_str(), e.seeds.size());

@@ -38,6 +38,10 @@ std::string name_key(const std::string& name) {
   return k;
 }
 
+std::string run_id(const std::string& plan, const std::string& rung, const std::string& experiment, int64_t seed) {
+  return plan + "/" + (rung.empty() ? "" : rung + "/") + experiment + "/s" + std::to_string(seed);
+}
+
 namespace {
 
 // Unknown keys of a table, each with the nearest known one.
@@ -109,13 +113,25 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, co
   } catch (const toml::parse_error& e) {
     fail(path, ":", e.source().begin.line, ":", e.source().begin.column, ": invalid TOML: ", e.description());
   }
-  check_keys(t, {"name", "description", "substrate", "rule", "phases"}, path, errors);
+  check_keys(t, {"name", "description", "substrate", "ladder", "rule", "phases"}, path, errors);
   using toml_read::get;
   plan.name = get<std::string>(t, "name", path, errors).value_or("");
   plan.description = get<std::string>(t, "description", path, errors).value_or("");
   if (!t.get("name")) errors.push_back(path + ": 'name' is required");
   else if (auto p = name_problem("plan name", plan.name); t.get("name")->is_string() && !p.empty()) errors.push_back(path + ": " + p);
   plan.substrate_ref = get<std::string>(t, "substrate", path, errors).value_or("");
+  // A substrate the plan names; a relative .toml path is relative to the plan file.
+  auto load_ref = [&](std::string ref, Substrate& out) {
+    try {
+      if (ref.find(".toml") != std::string::npos && ref[0] != '/') ref = fs::join(fs::parent(path), ref);
+      out = load_substrate(ref);
+      out.validate();
+      return true;
+    } catch (const Error& e) {
+      errors.push_back(e.what());
+      return false;
+    }
+  };
   bool have_substrate = false;
   if (!substrate.empty()) {
     try {
@@ -126,19 +142,70 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, co
     } catch (const Error& e) {
       errors.push_back(e.what());
     }
+  } else if (t.get("ladder")) {
+    if (t.get("substrate"))
+      errors.push_back(path + ": give either 'substrate' (one) or 'ladder' (a scale ladder of substrates, smallest first), not both");
   } else if (!t.get("substrate")) {
-    errors.push_back(path + ": 'substrate' is required (a name in substrates/ or a .toml path)");
+    errors.push_back(path + ": 'substrate' is required (a name in substrates/ or a .toml path), or a scale ladder: "
+                     "ladder = [\"cpu-tiny\", \"cpu-small\"]");
   } else if (!plan.substrate_ref.empty()) {
-    try {
-      std::string ref = plan.substrate_ref;
-      // A relative .toml path is relative to the plan file.
-      if (ref.find(".toml") != std::string::npos && ref[0] != '/') ref = fs::join(fs::parent(path), ref);
-      plan.substrate = load_substrate(ref);
-      plan.substrate.validate();
-      have_substrate = true;
-    } catch (const Error& e) {
-      errors.push_back(e.what());
+    have_substrate = load_ref(plan.substrate_ref, plan.substrate);
+  }
+  // The ladder's rungs: the experiments they run are checked once the experiments are known (below).
+  std::vector<const toml::array*> rung_only;  // per rung: its `experiments`, when limited
+  if (const toml::node* ln = t.get("ladder"); ln && substrate.empty()) {
+    const toml::array* arr = ln->as_array();
+    if (!arr)
+      errors.push_back(path + ": 'ladder' must be an array of substrates, smallest first (ladder = [\"cpu-tiny\", "
+                       "\"cpu-small\"]), got " + toml_read::found_name(*ln));
+    else if (arr->size() < 2)
+      errors.push_back(path + ": 'ladder' needs at least 2 rungs (a smaller substrate and the target scale), got " +
+                       std::to_string(arr->size()));
+    for (size_t i = 0; arr && i < arr->size(); ++i) {
+      const std::string where = path + " ladder[" + std::to_string(i) + "]";
+      const toml::node& n = *arr->get(i);
+      Rung r;
+      const toml::array* only = nullptr;
+      if (n.is_string()) {
+        std::string terr;
+        r.ref = toml_read::as<std::string>(n, "ladder", terr).value_or("");
+        if (!terr.empty()) errors.push_back(where + ": " + terr);
+      } else if (auto rt = n.as_table()) {
+        check_keys(*rt, {"substrate", "experiments"}, where, errors);
+        r.ref = get<std::string>(*rt, "substrate", where, errors).value_or("");
+        if (!rt->get("substrate")) errors.push_back(where + ": 'substrate' is required ({ substrate = \"cpu-small\", experiments = [...] })");
+        only = toml_read::get_array(*rt, "experiments", where, errors);
+      } else {
+        errors.push_back(where + ": a rung is a substrate name or { substrate = \"...\", experiments = [\"...\"] }, got " +
+                         toml_read::found_name(n));
+      }
+      if (r.ref.empty() || !load_ref(r.ref, r.substrate)) continue;
+      r.name = r.substrate.name;
+      if (auto p = name_problem("rung (substrate name)", r.name); !p.empty()) {
+        errors.push_back(where + ": " + p);
+        continue;
+      }
+      bool dup = false;
+      for (auto& o : plan.ladder) {
+        if (name_key(o.name) == name_key(r.name))
+          errors.push_back(where + ": duplicate rung '" + r.name + "' (already a rung of this ladder); each rung is listed once");
+        else if (o.substrate.id() == r.substrate.id())
+          errors.push_back(where + ": rung '" + r.name + "' is the same substrate as rung '" + o.name + "' (id " + r.substrate.id() +
+                           "); rungs must differ in size");
+        else continue;
+        dup = true;
+        break;
+      }
+      if (dup) continue;
+      plan.ladder.push_back(std::move(r));
+      rung_only.push_back(only);
     }
+    if (!plan.ladder.empty()) {
+      plan.substrate_ref = plan.ladder[0].ref;
+      plan.substrate = plan.ladder[0].substrate;
+    }
+  } else if (ln) {
+    errors.push_back(path + ": --substrate replaces a plan's one substrate, but this plan names a ladder; check it as it is");
   }
   if (auto r = toml_read::get_table(t, "rule", path, errors)) {
     const std::string rw = path + " [rule]";
@@ -335,7 +402,43 @@ Plan load_plan(const std::string& path, std::vector<std::string>* errors_out, co
   for (auto& e : plan.experiments)
     if (!e.id.empty()) resolve_base(e);
 
-  if (have_substrate) {
+  // Each rung runs the experiments its `experiments` lists (every one when not limited), each with its base.
+  for (size_t i = 0; i < plan.ladder.size(); ++i) {
+    Rung& r = plan.ladder[i];
+    const std::string where = path + " ladder[" + std::to_string(i) + "] (" + r.name + ")";
+    std::set<std::string> only;
+    if (rung_only[i]) {
+      if (rung_only[i]->empty()) errors.push_back(where + ": 'experiments' is empty; list the experiments this rung runs, or leave it out for all");
+      for (auto& x : *rung_only[i]) {
+        std::string terr;
+        auto id = toml_read::as<std::string>(x, "experiments", terr);
+        if (!id) errors.push_back(where + ": " + terr);
+        else if (!plan.find(*id)) {
+          std::vector<std::string> all;
+          for (auto& e : plan.experiments) all.push_back(e.id);
+          std::string n = cli::nearest(*id, all);
+          errors.push_back(where + ": experiment '" + toml_read::printable(*id) + "' is not an experiment of this plan" +
+                           (n.empty() ? "" : "; did you mean '" + n + "'?"));
+        } else if (!only.insert(*id).second) {
+          errors.push_back(where + ": experiment '" + *id + "' listed twice");
+        }
+      }
+    }
+    for (auto& e : plan.experiments) {
+      if (rung_only[i] && !only.count(e.id)) continue;
+      if (rung_only[i] && !e.base.empty() && !only.count(e.base))
+        errors.push_back(where + ": runs experiment '" + e.id + "' but not its base '" + e.base + "'; add '" + e.base + "' to its experiments");
+      r.experiments.push_back(e.id);
+    }
+  }
+  if (!plan.ladder.empty()) {
+    for (auto& r : plan.ladder) {
+      const catalog::ModelView view = model_view(r.substrate);
+      for (auto& id : r.experiments)
+        for (auto& x : catalog::check(plan.find(id)->effective, view, /*training=*/true))
+          errors.push_back(path + " experiment " + id + " on rung " + r.name + ": " + x);
+    }
+  } else if (have_substrate) {
     const catalog::ModelView view = model_view(plan.substrate);
     for (auto& e : plan.experiments)
       for (auto& x : catalog::check(e.effective, view, /*training=*/true))

@@ -47,9 +47,20 @@ struct Experiment {
   std::string control_of;                      // set on a parameter-matched control arm ablate added (engine/control.h)
 };
 
+// One rung of a scale ladder (issue 21 §4): a substrate of its own (pinned like any other) and the
+// experiments it runs. A plan names rungs smallest first; the last is the target scale the smaller
+// rungs are judged against (engine/ladder.h).
+struct Rung {
+  std::string ref;                       // as written: a name in substrates/ or a .toml path
+  std::string name;                      // the substrate's name; its runs are <plan>/<name>/<experiment>/s<seed>
+  Substrate substrate;
+  std::vector<std::string> experiments;  // the experiments it runs, in plan order
+};
+
 struct Plan {
   std::string name, description, path, substrate_ref;
-  Substrate substrate;
+  Substrate substrate;        // a ladder's: its first rung's
+  std::vector<Rung> ladder;   // empty unless the plan names `ladder = [...]` instead of `substrate`
   DecisionRule rule;
   std::vector<std::string> phases;
   std::map<std::string, std::string> phase_metrics;  // a phase's own [phases.rule] metric, when it names one
@@ -59,6 +70,9 @@ struct Plan {
 
 // The metrics a rule may decide on (eval/infill.h), for checks and messages.
 const std::vector<std::string>& decision_metrics();
+// A run's id, which is also its folder under --runs: "<plan>/<experiment>/s<seed>", with the rung's
+// name after the plan's on a ladder ("" = no ladder).
+std::string run_id(const std::string& plan, const std::string& rung, const std::string& experiment, int64_t seed);
 
 // Parses and validates; on problems throws slm::Error whose message lists every one ("; "-joined)
 // unless `errors` is given, in which case they are appended there and a best-effort plan returned.

@@ -7,6 +7,8 @@
 #include <iomanip>
 #include <sstream>
 
+#include "engine/ladder.h"
+
 namespace slm::engine {
 
 using namespace phrase;
@@ -37,11 +39,13 @@ std::string short_id(const std::string& id) { return id.empty() ? "(not reported
 
 std::string group_title(const Scorecard& s, size_t i) {
   const Group& g = s.groups[i];
-  std::string t = "substrate " + short_id(g.substrate_id);
+  const std::string rung = group_rung(s, g);
+  std::string t = (rung.empty() ? "" : "rung " + rung + ": ") + "substrate " + short_id(g.substrate_id);
   if (!g.data_fingerprint.empty()) t += " (data " + g.data_fingerprint.substr(0, 12) + ")";
   bool controls = !g.cards.empty();
   for (auto& c : g.cards) controls &= c.verdict == "control";
   if (controls) t += " -- parameter-matched control arms on a derived substrate: compared only with the experiments they control";
+  if (!rung.empty()) t += " -- compared only within this rung";
   else if (i > 0 && !g.substrate_id.empty()) t += " -- a different substrate: compared only within this group";
   if (g.code_ids.size() > 1) t += " -- mixed code: " + std::to_string(g.code_ids.size()) + " builds";
   return t;
@@ -173,6 +177,31 @@ std::string stack_text(const Card& c) {
          pct_text(c.measured_pct) + " vs the baseline";
 }
 
+const char* const kAgreementNote =
+    "decision agreement: the share of pairwise decisions (each experiment against its base, and every two experiments "
+    "against each other: which has the better mean) a smaller rung gets the same as the target, DataDecide's decision "
+    "accuracy; the order of the means as they are, whatever their noise";
+
+std::string ladder_cell(const Card* c) {
+  if (!c) return "-";
+  return (c->base.empty() ? "" : pct_text(c->delta_pct) + " ") + c->verdict + (c->n ? " (n " + std::to_string(c->n) + ")" : "");
+}
+
+std::string ladder_title(const LadderView& v) {
+  std::string t = "scale ladder: ";
+  for (size_t i = 0; i < v.rungs.size(); ++i) t += (i ? " < " : "") + v.rungs[i];
+  return t + " (the target); each delta against the experiment's base on the same rung";
+}
+
+std::string agreement_line(const LadderView& v, size_t i) {
+  std::string t = v.rungs[i] + " agrees with " + v.rungs.back() + " on " + agreement_text(v.agreements[i]);
+  if (!v.agreements[i].disagree.empty()) {
+    t += "; differs on";
+    for (auto& d : v.agreements[i].disagree) t += " " + d + (&d == &v.agreements[i].disagree.back() ? "" : ",");
+  }
+  return t;
+}
+
 std::string html_escape(const std::string& s) {
   std::string o;
   for (char ch : s) switch (ch) {
@@ -270,6 +299,23 @@ std::string render_text(const Scorecard& s) {
       os << rt.str("    ");
     }
   }
+  const LadderView lv = ladder_view(s);
+  if (!lv.rungs.empty()) {
+    os << "\n" << ladder_title(lv) << "\n\n";
+    Table t;
+    t.rows.push_back({"experiment", "base"});
+    for (auto& r : lv.rungs) t.rows[0].push_back(r);
+    t.rows[0].insert(t.rows[0].end(), {"trend", "flips with scale"});
+    for (auto& row : lv.rows) {
+      t.rows.push_back({one_line(row.id), one_line(row.base)});
+      for (auto* c : row.cards) t.rows.back().push_back(ladder_cell(c));
+      std::string flips;
+      for (auto& f : row.flips) flips += (flips.empty() ? "FLIPS: " : "; ") + f;
+      t.rows.back().insert(t.rows.back().end(), {row.trend, flips.empty() ? "-" : one_line(flips)});
+    }
+    os << t.str("  ") << "\n" << kAgreementNote << "\n";
+    for (size_t i = 0; i < lv.agreements.size(); ++i) os << "  " << one_line(agreement_line(lv, i)) << "\n";
+  }
   return os.str();
 }
 
@@ -321,6 +367,23 @@ std::string render_markdown(const Scorecard& s) {
         os << "| " << md_escape(v.row.run_id) << " | " << md_escape(run_status_text(v)) << " | " << run_value_text(v)
            << " | " << fixed_text(v.row.final_val_bpb) << " | " << fixed_text(v.row.step_ms, 0) << " | " << md_escape(why) << " |\n";
       }
+  }
+  const LadderView lv = ladder_view(s);
+  if (!lv.rungs.empty()) {
+    os << "\n## " << md_escape(ladder_title(lv)) << "\n\n| experiment | base |";
+    for (auto& r : lv.rungs) os << " " << md_escape(r) << " |";
+    os << " trend | flips with scale |\n|---|---|";
+    for (size_t i = 0; i < lv.rungs.size(); ++i) os << "---:|";
+    os << "---|---|\n";
+    for (auto& row : lv.rows) {
+      os << "| " << md_escape(row.id) << " | " << md_escape(row.base) << " |";
+      for (auto* c : row.cards) os << " " << md_escape(ladder_cell(c)) << " |";
+      std::string flips;
+      for (auto& f : row.flips) flips += (flips.empty() ? "" : "; ") + f;
+      os << " " << md_escape(row.trend) << " | " << (flips.empty() ? "-" : "**flips**: " + md_escape(flips)) << " |\n";
+    }
+    os << "\n" << md_escape(kAgreementNote) << "\n\n";
+    for (size_t i = 0; i < lv.agreements.size(); ++i) os << "- " << md_escape(agreement_line(lv, i)) << "\n";
   }
   return os.str();
 }

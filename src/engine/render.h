@@ -8,6 +8,8 @@
 
 namespace slm::engine {
 
+struct LadderView;
+
 std::string render_text(const Scorecard& s);
 std::string render_markdown(const Scorecard& s);
 std::string render_csv(const Scorecard& s);
@@ -31,6 +33,13 @@ std::string cost_ratio_text(const Card& c);             // "params 1.78x, FLOPs/
 std::string equal_compute_text(const Card& c);          // the delta at equal training FLOPs, labelled interpolated
 std::string stack_text(const Card& c);                  // stacking: predicted vs measured
 std::string html_escape(const std::string& s);          // & < > " ' as entities
+// The scale ladder (engine/ladder.h): one experiment on one rung ("-1.25% keep (n 2)"; "-" when not
+// run there), the section's title, and one smaller rung's decision agreement with the target.
+std::string ladder_cell(const Card* c);
+std::string ladder_title(const LadderView& v);
+std::string agreement_line(const LadderView& v, size_t rung);
+// The decision accuracy figure, said once for every format.
+extern const char* const kAgreementNote;
 }  // namespace phrase
 
 }  // namespace slm::engine

@@ -1,11 +1,16 @@
-// The HTML report: the tables of the text report, one val_bpb-against-step chart per phase (inline
-// SVG), INVALID runs drawn dashed. One page, no script, no network.
+// The HTML report: the tables of the text report, one decision chart per substrate (each experiment's
+// delta against its base with the interval its verdict was taken on), one val_bpb-against-step chart
+// per phase (inline SVG), INVALID runs drawn dashed, and a scale ladder's table. One page, no
+// script, no network.
 #include "engine/render.h"
 
 #include <algorithm>
 #include <cmath>
 #include <iomanip>
 #include <sstream>
+#include <utility>
+
+#include "engine/ladder.h"
 
 namespace slm::engine {
 
@@ -104,6 +109,97 @@ std::string phase_chart(const Group& g, const std::string& phase) {
   return os.str();
 }
 
+// The x range of a decision chart, in percent of the base's mean: every delta with its interval, zero
+// and the keep bar. An interval far wider than every delta (one seed against a 1-df noise floor)
+// would squeeze the deltas into a line: the range stops at 4x the largest |delta| (or 4x the keep
+// bar) and longer whiskers end in an arrow.
+std::pair<double, double> decision_range(const std::vector<const Group*>& groups, double min_rel_pct) {
+  double lo = -min_rel_pct, hi = min_rel_pct, reach = min_rel_pct;
+  for (auto* g : groups)
+    for (auto& c : g->cards)
+      if (!c.base.empty() && std::isfinite(c.dec_delta) && c.dec_base > 0) {
+        const double d = 100 * c.dec_delta / c.dec_base, h = std::isfinite(c.bar) ? 100 * c.bar / c.dec_base : 0;
+        reach = std::max(reach, std::fabs(d));
+        lo = std::min(lo, d - h);
+        hi = std::max(hi, d + h);
+      }
+  return {std::max(lo, -4 * reach), std::min(hi, 4 * reach)};
+}
+
+// Each experiment with a base: its delta (the verdict's: equal steps or equal compute) as a bar from
+// zero, colored by verdict, with the interval the rule decided on (delta +- the Welch bar at the
+// comparison's alpha and df: it clears zero exactly when the comparison is significant before the
+// phase's correction), and the keep bar (-min_rel_delta) as a dashed line. `range` in percent.
+std::string decision_chart(const Scorecard& s, const Group& g, const std::string& title, std::pair<double, double> range) {
+  std::vector<const Card*> cards;
+  for (auto& c : g.cards)
+    if (!c.base.empty()) cards.push_back(&c);
+  if (cards.empty()) return "";
+  const double W = 760, L = 170, R = 190, T = 24, row = 26, B = 36, H = T + row * cards.size() + B;
+  const double min_rel_pct = 100 * s.plan.rule.min_rel_delta;
+  double lo = range.first, hi = range.second;
+  const double pad = 0.04 * (hi - lo);
+  lo -= pad;
+  hi += pad;
+  auto X = [&](double pct) { return L + (W - L - R) * (std::clamp(pct, lo, hi) - lo) / (hi - lo); };
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(1);
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"decisions\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
+     << " " << H << "\" role=\"img\" aria-label=\"" << html_escape(title) << "\">\n";
+  os << "<text x=\"" << L << "\" y=\"14\" class=\"lg\">" << html_escape(title) << "</text>\n";
+  os << "<rect x=\"" << L << "\" y=\"" << T << "\" width=\"" << W - L - R << "\" height=\"" << row * cards.size()
+     << "\" fill=\"#fff\" stroke=\"#999\"/>\n";
+  const double y_end = T + row * cards.size();
+  // Ticks: at most six round values (1, 2 or 5 x 10^k percent) across the range.
+  const double span = hi - lo;
+  double tick = 1e-3;
+  for (int k = 0; span / tick > 6; ++k) tick *= k % 3 == 1 ? 2.5 : 2.0;
+  for (double v = std::ceil(lo / tick) * tick; v <= hi; v += tick)
+    os << "<line x1=\"" << X(v) << "\" x2=\"" << X(v) << "\" y1=\"" << T << "\" y2=\"" << y_end << "\" stroke=\"#eee\"/><text x=\""
+       << X(v) << "\" y=\"" << y_end + 14 << "\" text-anchor=\"middle\" class=\"ax\">" << pct_text(std::fabs(v) < tick / 2 ? 0 : v, 1)
+       << "</text>\n";
+  os << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 4 << "\" text-anchor=\"middle\" class=\"ax\">delta of "
+     << html_escape(s.plan.rule.metric) << " against the base, % of the base's mean (lower is better)</text>\n";
+  os << "<line class=\"zero\" x1=\"" << X(0) << "\" x2=\"" << X(0) << "\" y1=\"" << T << "\" y2=\"" << y_end
+     << "\" stroke=\"#333\"/>\n";
+  os << "<line class=\"keep-bar\" x1=\"" << X(-min_rel_pct) << "\" x2=\"" << X(-min_rel_pct) << "\" y1=\"" << T << "\" y2=\""
+     << y_end << "\" stroke=\"#2a7a1f\" stroke-dasharray=\"4 3\"><title>keep bar: " << pct_text(-min_rel_pct)
+     << " (min_rel_delta)</title></line>\n";
+  for (size_t i = 0; i < cards.size(); ++i) {
+    const Card& c = *cards[i];
+    const double yc = T + row * (i + 0.5);
+    const bool has = std::isfinite(c.dec_delta) && c.dec_base > 0 && c.n > 0;
+    const double d = has ? 100 * c.dec_delta / c.dec_base : NAN;
+    const double h = has && std::isfinite(c.bar) ? 100 * c.bar / c.dec_base : NAN;
+    os << "<g class=\"decision verdict-" << c.verdict << "\" data-experiment=\"" << html_escape(c.id) << "\">";
+    os << "<text x=\"" << L - 6 << "\" y=\"" << yc + 4 << "\" text-anchor=\"end\" class=\"lg\">"
+       << html_escape(c.id.size() > 24 ? c.id.substr(0, 23) + "~" : c.id) << "</text>";
+    if (has) {
+      os << "<rect class=\"bar\" x=\"" << std::min(X(0), X(d)) << "\" y=\"" << yc - 7 << "\" width=\"" << std::fabs(X(d) - X(0))
+         << "\" height=\"14\"><title>" << html_escape(c.id) << ": " << pct_text(d) << " vs " << html_escape(c.base) << ", "
+         << c.verdict << "</title></rect>";
+      if (std::isfinite(h)) {
+        os << "<line class=\"interval\" x1=\"" << X(d - h) << "\" x2=\"" << X(d + h) << "\" y1=\"" << yc << "\" y2=\"" << yc
+           << "\"><title>interval " << pct_text(d - h) << " to " << pct_text(d + h) << " (delta +- the bar at alpha "
+           << fixed_text(100 * c.alpha, 2) << "%, " << fixed_text(c.df, 1) << " df)</title></line>";
+        for (double e : {d - h, d + h}) {
+          const bool clipped = e < lo || e > hi;
+          const double xe = X(e), dir = e < lo ? 1 : -1;
+          if (clipped)  // an arrow: the interval goes on past the range
+            os << "<path class=\"interval clipped\" d=\"M" << xe + 6 * dir << "," << yc - 4 << " L" << xe << "," << yc << " L"
+               << xe + 6 * dir << "," << yc + 4 << "\" fill=\"none\"/>";
+          else
+            os << "<line class=\"interval\" x1=\"" << xe << "\" x2=\"" << xe << "\" y1=\"" << yc - 5 << "\" y2=\"" << yc + 5 << "\"/>";
+        }
+      }
+    }
+    os << "<text x=\"" << W - R + 8 << "\" y=\"" << yc + 4 << "\" class=\"lg\">" << (has ? pct_text(d) + " " : "") << c.verdict
+       << "</text></g>\n";
+  }
+  os << "</svg>\n";
+  return os.str();
+}
+
 }  // namespace
 
 std::string render_html(const Scorecard& s) {
@@ -117,12 +213,22 @@ std::string render_html(const Scorecard& s) {
      << ".reference{background:#e4ecf7}.pending{background:#fff}.INVALID{color:#b00;font-weight:bold}.muted{color:#777}\n"
      << ".ev{font-size:12px;color:#444;max-width:520px}.ax{font-size:11px;fill:#555}.lg{font-size:12px;fill:#222}\n"
      << ".inv{font-size:11px;fill:#b00;font-weight:bold}code{font-size:12px}\n"
+     << "svg.decisions .bar{fill:#bbb}svg.decisions .interval{stroke:#222;stroke-width:1.5}\n"
+     << "svg.decisions .verdict-keep .bar{fill:#4caf50}svg.decisions .verdict-park .bar{fill:#e6c229}\n"
+     << "svg.decisions .verdict-drop .bar{fill:#e0504a}svg.decisions .verdict-reference .bar{fill:#7fa6d9}\n"
+     << "svg.decisions .verdict-pending .bar{fill:#e4e4e4}.flip{color:#b00;font-weight:bold}\n"
      << "code.args{display:block;max-width:360px;white-space:normal;overflow-wrap:anywhere;color:#444}\n"
      << "</style></head><body>\n";
   os << "<h1>Plan " << html_escape(s.plan.name) << "</h1>\n";
   if (!s.plan.description.empty()) os << "<p>" << html_escape(s.plan.description) << "</p>\n";
   os << "<p class=\"muted\">" << html_escape(rule_text(s)) << "</p>\n";
   if (s.groups.empty()) os << "<p>No runs in the ledger for this plan yet.</p>\n";
+  const LadderView lv = ladder_view(s);
+  // A ladder's rungs share the decision charts' x range, so one panel per rung reads against the next.
+  std::vector<const Group*> rung_groups;
+  for (int gi : lv.groups)
+    if (gi >= 0) rung_groups.push_back(&s.groups[gi]);
+  const double min_rel_pct = 100 * s.plan.rule.min_rel_delta;
   for (size_t gi = 0; gi < s.groups.size(); ++gi) {
     const Group& g = s.groups[gi];
     os << "<h2>" << html_escape(group_title(s, gi)) << "</h2>\n<p class=\"muted\">" << html_escape(noise_text(g))
@@ -149,6 +255,15 @@ std::string render_html(const Scorecard& s) {
          << (stack_text(c).empty() ? "" : "<br>" + html_escape(stack_text(c))) << "</td></tr>\n";
     }
     os << "</table>\n";
+    const std::string rung = group_rung(s, g);
+    const auto range = decision_range(rung.empty() ? std::vector<const Group*>{&g} : rung_groups, min_rel_pct);
+    const std::string chart = decision_chart(s, g, (rung.empty() ? "" : "rung " + rung + ": ") + "decisions on " + s.plan.rule.metric, range);
+    if (!chart.empty())
+      os << "<h3>Decisions" << (rung.empty() ? "" : " on rung " + html_escape(rung)) << "</h3>\n" << chart
+         << "<p class=\"muted\">Bar: each experiment's delta against its base, colored by verdict; whisker: the interval the "
+            "verdict was taken on (delta +- the Welch bar at the comparison's alpha and degrees of freedom, before the phase's "
+            "correction: it clears zero when the difference is significant); dashed: the keep bar (min_rel_delta). An arrow: "
+            "the interval runs on past the chart.</p>\n";
     std::vector<std::string> phases;
     for (auto& c : g.cards)
       if (std::find(phases.begin(), phases.end(), c.phase) == phases.end()) phases.push_back(c.phase);
@@ -166,6 +281,23 @@ std::string render_html(const Scorecard& s) {
            << html_escape(v.row.git_commit.substr(0, 10)) << "</code></td><td>" << html_escape(why) << "</td></tr>\n";
       }
     os << "</table>\n";
+  }
+  if (!lv.rungs.empty()) {
+    os << "<h2>" << html_escape(ladder_title(lv)) << "</h2>\n<table class=\"ladder\"><tr><th>experiment</th><th>base</th>";
+    for (auto& r : lv.rungs) os << "<th>" << html_escape(r) << "</th>";
+    os << "<th>trend</th><th>flips with scale</th></tr>\n";
+    for (auto& row : lv.rows) {
+      os << "<tr data-experiment=\"" << html_escape(row.id) << "\"><td>" << html_escape(row.id) << "</td><td>" << html_escape(row.base)
+         << "</td>";
+      for (auto* c : row.cards) os << "<td class=\"" << (c ? c->verdict : "pending") << "\">" << html_escape(ladder_cell(c)) << "</td>";
+      std::string flips;
+      for (auto& f : row.flips) flips += (flips.empty() ? "" : "; ") + f;
+      os << "<td>" << html_escape(row.trend) << "</td><td" << (flips.empty() ? ">-" : " class=\"flip\">flips: " + html_escape(flips))
+         << "</td></tr>\n";
+    }
+    os << "</table>\n<p class=\"muted\">" << html_escape(kAgreementNote) << "</p>\n<ul class=\"agreement\">\n";
+    for (size_t i = 0; i < lv.agreements.size(); ++i) os << "<li>" << html_escape(agreement_line(lv, i)) << "</li>\n";
+    os << "</ul>\n";
   }
   os << "</body></html>\n";
   return os.str();

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "engine/ladder.h"
 #include "engine/render.h"
 
 namespace slm::engine {
@@ -31,6 +32,7 @@ PlanInfo plan_info(const Plan& p) {
     }
     o.experiments.push_back(std::move(x));
   }
+  for (auto& r : p.ladder) o.ladder.push_back({r.name, r.ref, r.experiments});
   return o;
 }
 
@@ -59,6 +61,11 @@ std::string plan_info_json(const PlanInfo& p) {
   for (auto& e : p.experiments)
     j["experiments"].push_back({{"id", e.id}, {"phase", e.phase}, {"base", e.base}, {"notes", e.notes},
                                 {"modules", e.modules}, {"names", e.names}, {"seeds", e.seeds}, {"control_of", e.control_of}});
+                                {"modules", e.modules}, {"names", e.names}, {"seeds", e.seeds}});
+  if (!p.ladder.empty()) {
+    j["ladder"] = json::array();
+    for (auto& r : p.ladder) j["ladder"].push_back({{"name", r.name}, {"substrate", r.substrate}, {"experiments", r.experiments}});
+  }
   return j.dump();
 }
 
@@ -91,6 +98,11 @@ PlanInfo plan_info_from_json(const std::string& text) {
                                e.value("notes", ""), e.value("modules", std::vector<std::string>{}),
                                e.value("names", std::vector<std::string>{}),
                                e.value("seeds", std::vector<int64_t>{}), e.value("control_of", "")});
+                               e.value("seeds", std::vector<int64_t>{})});
+    if (j.contains("ladder"))
+      for (auto& r : j.at("ladder"))
+        p.ladder.push_back({r.at("name").get<std::string>(), r.value("substrate", ""),
+                            r.value("experiments", std::vector<std::string>{})});
     return p;
   } catch (const json::exception& e) {
     fail("[report] the plan saved in the ledger is malformed (", e.what(), "); re-run `slmlab ablate PLAN` to save it again");
@@ -147,6 +159,7 @@ int report(const ReportOptions& o) {
       compiles[r.run_id] = ledger.compile_evals(r.run_id);
     }
     Scorecard s = build_scorecard(p, runs, evals, compiles);
+    order_by_rung(s);  // a ladder's rungs smallest first
     if (o.format == "txt") out += (out.empty() ? "" : "\n") + render_text(s);
     else if (o.format == "md") out += (out.empty() ? "" : "\n") + render_markdown(s);
     else if (o.format == "csv") {

@@ -46,6 +46,7 @@ struct Run {
   std::string id, dir, experiment, phase;
   int64_t seed;
   const Experiment* exp;
+  std::string substrate;  // the substrate argument of its trainer (its rung's on a ladder)
 };
 
 std::string self_exe() {
@@ -219,6 +220,19 @@ std::vector<int64_t> all_seeds(const Experiment& e, const std::vector<RunRow>& r
   return seeds;
 }
 
+// The ids of an experiment's runs with these seeds: on the plan's substrate, or on each rung of its
+// ladder that runs it.
+std::vector<std::string> run_ids(const Plan& plan, const Experiment& e, const std::vector<int64_t>& seeds) {
+  std::vector<std::string> ids;
+  for (int64_t seed : seeds) {
+    if (plan.ladder.empty()) ids.push_back(run_id(plan.name, "", e.id, seed));
+    for (auto& r : plan.ladder)
+      if (std::find(r.experiments.begin(), r.experiments.end(), e.id) != r.experiments.end())
+        ids.push_back(run_id(plan.name, r.name, e.id, seed));
+  }
+  return ids;
+}
+
 // A finished run counts for its experiment only if it ran the modules the plan resolves to now: a
 // plan edited in place, or a module default changed since, would otherwise score old numbers under
 // a new definition. Checked before anything runs and before the plan is saved again.
@@ -227,8 +241,7 @@ void refuse_stale_runs(const Plan& plan, Ledger& ledger) {
   for (auto& e : plan.experiments) {
     std::vector<std::string> want;
     for (auto& m : e.effective) want.push_back(catalog::arg_text(m));
-    for (int64_t seed : all_seeds(e, rows)) {
-      const std::string id = plan.name + "/" + e.id + "/s" + std::to_string(seed);
+    for (const std::string& id : run_ids(plan, e, all_seeds(e, rows))) {
       auto row = ledger.get(id);
       if (!row || row->status != Status::Done) continue;
       const std::string cfg = fs::join(row->run_dir, "config.json");
@@ -314,6 +327,9 @@ int ablate(const AblateOptions& opt) {
     arms = plan_controls(plan, data::DataSet(opt.data).tokenizer().vocab_size(), opt.count_params);
     add_controls(plan, arms);
   }
+  // --decide adds seeds by experiment id, and a ladder's rungs decide apart: not combined yet.
+  SLM_CHECK(!(opt.decide && !plan.ladder.empty()), "ablate: --decide does not run ladders yet (plan ", plan.name,
+            " names rungs); run the ladder without --decide, or give each rung its own plan with substrate = \"...\"");
   if (on_slurm) slurm::check_available();  // before the ledger is touched
   if (plan.rule.compile_rate > 0) eval::require_sandbox();  // [rule] compile_rate needs it: say so before anything runs
   const int total_threads = opt.threads > 0 ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
@@ -345,6 +361,11 @@ int ablate(const AblateOptions& opt) {
     fs::write_atomic(substrate_of[a.id], "# " + a.describe() + "\n" + a.substrate.to_toml());
     std::printf("[ablate] control %s: %s\n", a.id.c_str(), a.describe().c_str());
   }
+  // A relative .toml path is relative to the plan file.
+  auto substrate_arg = [&](std::string ref) {
+    if (ref.find(".toml") != std::string::npos && ref[0] != '/') ref = fs::join(fs::parent(opt.plan), ref);
+    return ref;
+  };
   // A Slurm job runs elsewhere, in its run folder: it gets absolute paths (on the shared filesystem).
   auto path_arg = [&](const std::string& p) {
     return on_slurm && fs::exists(p) ? std::filesystem::absolute(p).lexically_normal().string() : p;
@@ -369,10 +390,10 @@ int ablate(const AblateOptions& opt) {
   size_t n_total = 0, n_final = 0;
   const auto ledger_rows = ledger.runs(plan.name);
   // Registers one run (a new row is queued); false when it is finished or out of retries.
-  auto enlist = [&](const Experiment& e, int64_t seed) {
+  auto enlist = [&](const Experiment& e, int64_t seed, const Rung* rung) {
     ++n_total;
-    Run r{plan.name + "/" + e.id + "/s" + std::to_string(seed),
-          fs::join(fs::join(fs::join(opt.runs, plan.name), e.id), "s" + std::to_string(seed)), e.id, e.phase, seed, &e};
+    const std::string id = run_id(plan.name, rung ? rung->name : "", e.id, seed);
+    Run r{id, fs::join(opt.runs, id), e.id, e.phase, seed, &e, substrate_arg(rung ? rung->ref : plan.substrate_ref)};
     auto row = ledger.get(r.id);
     if (!row) {
       RunRow nr;
@@ -399,6 +420,18 @@ int ablate(const AblateOptions& opt) {
   bool compile_failed = false;
   for (auto& r : ledger_rows)  // finished before, scored not yet (an ablate stopped in between, a rule changed)
     if (!stop_requested && plan.find(r.experiment)) compile_failed |= !join_compile_rate(plan, ledger, opt.ledger, bin, r, total_threads);
+  // A ladder runs rung by rung: the target (last) first, since every agreement is measured against
+  // it, then the others smallest first. A ladder cut short keeps a target and its cheapest rungs.
+  if (plan.ladder.empty()) {
+    for (auto& e : plan.experiments)
+      for (int64_t seed : all_seeds(e, ledger_rows)) enlist(e, seed, nullptr);
+  } else {
+    std::vector<const Rung*> order = {&plan.ladder.back()};
+    for (size_t i = 0; i + 1 < plan.ladder.size(); ++i) order.push_back(&plan.ladder[i]);
+    for (const Rung* rung : order)
+      for (auto& id : rung->experiments)
+        for (int64_t seed : plan.find(id)->seeds) enlist(*plan.find(id), seed, rung);
+  }
   if (plan.rule.allow_mixed_code)
     std::printf("[ablate] rule allow_mixed_code = true: reports will compare runs of different builds (code id now %s)\n",
                 code_id());
@@ -426,6 +459,7 @@ int ablate(const AblateOptions& opt) {
         const auto own = substrate_of.find(r.experiment);
         job.argv = {bin, "train", "--quiet", "--resume", "--data", path_arg(opt.data), "--substrate",
                     path_arg(own == substrate_of.end() ? substrate : own->second),
+        job.argv = {bin, "train", "--quiet", "--resume", "--data", path_arg(opt.data), "--substrate", path_arg(r.substrate),
                     "--out", job.dir, "--threads", std::to_string(per_job), "--set", "seed=" + std::to_string(r.seed)};
         for (auto& m : r.exp->effective) job.argv.insert(job.argv.end(), {"--module", catalog::arg_text(m)});
         attempt_start[r.id] = std::filesystem::file_time_type::clock::now();
@@ -529,7 +563,7 @@ int ablate(const AblateOptions& opt) {
       const Experiment* e = plan.find(id);
       int64_t seed = 0;
       for (int64_t x : all_seeds(*e, rows)) seed = std::max(seed, x + 1);
-      enlist(*e, seed);
+      enlist(*e, seed, nullptr);
       names += (names.empty() ? "" : ", ") + id + " s" + std::to_string(seed);
     }
     std::printf("[ablate] decide: inconclusive and within reach: one more seed for %s\n", names.c_str());

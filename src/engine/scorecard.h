@@ -56,11 +56,17 @@ struct PlanInfo {
     std::vector<int64_t> seeds;
     std::string control_of;            // a parameter-matched control arm of that experiment (engine/control.h)
   };
+  // A scale ladder's rungs, smallest first (empty for a plan on one substrate; engine/ladder.h).
+  struct RungInfo {
+    std::string name, substrate;           // the substrate's name (in its runs' ids) and its reference
+    std::vector<std::string> experiments;  // the experiments it runs
+  };
   std::string name, description, substrate;
   DecisionRule rule;
   std::vector<std::string> phases;
   std::map<std::string, std::string> phase_metrics;  // phases that decide on another metric than the rule's
   std::vector<Exp> experiments;
+  std::vector<RungInfo> ladder;
   const Exp* find(const std::string& id) const;
   // The metric a phase decides on: its own [phases.rule] metric, else the rule's.
   const std::string& metric_of(const std::string& phase) const;
