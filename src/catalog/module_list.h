@@ -36,7 +36,7 @@
   X(yarn, INFER)           \
   X(jacobi_decode, INFER)  \
   X(ring_attention, INFER) \
-  X(eagle2, INFER)
+  X(eagle2, INFER)          \
   X(adept, INFER)
 
 // SLM_MODULE_IF(side, WANT, text...) expands to `text` when side is WANT, else to nothing: the

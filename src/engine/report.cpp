@@ -61,7 +61,6 @@ std::string plan_info_json(const PlanInfo& p) {
   for (auto& e : p.experiments)
     j["experiments"].push_back({{"id", e.id}, {"phase", e.phase}, {"base", e.base}, {"notes", e.notes},
                                 {"modules", e.modules}, {"names", e.names}, {"seeds", e.seeds}, {"control_of", e.control_of}});
-                                {"modules", e.modules}, {"names", e.names}, {"seeds", e.seeds}});
   if (!p.ladder.empty()) {
     j["ladder"] = json::array();
     for (auto& r : p.ladder) j["ladder"].push_back({{"name", r.name}, {"substrate", r.substrate}, {"experiments", r.experiments}});
@@ -98,7 +97,6 @@ PlanInfo plan_info_from_json(const std::string& text) {
                                e.value("notes", ""), e.value("modules", std::vector<std::string>{}),
                                e.value("names", std::vector<std::string>{}),
                                e.value("seeds", std::vector<int64_t>{}), e.value("control_of", "")});
-                               e.value("seeds", std::vector<int64_t>{})});
     if (j.contains("ladder"))
       for (auto& r : j.at("ladder"))
         p.ladder.push_back({r.at("name").get<std::string>(), r.value("substrate", ""),

@@ -323,6 +323,8 @@ int ablate(const AblateOptions& opt) {
   bool wants_controls = false;
   for (auto& e : plan.experiments) wants_controls |= control_kind(plan, e) != "none";
   if (wants_controls) {
+    SLM_CHECK(plan.ladder.empty(), "ablate: plan ", opt.plan, " asks for parameter-matched controls on a ladder, which ",
+              "this build does not run yet; drop param_control or give each rung its own plan");
     SLM_CHECK(opt.count_params, "ablate: plan ", opt.plan, " asks for parameter-matched controls but this build cannot count parameters");
     arms = plan_controls(plan, data::DataSet(opt.data).tokenizer().vocab_size(), opt.count_params);
     add_controls(plan, arms);
@@ -350,8 +352,6 @@ int ablate(const AblateOptions& opt) {
   }
   ledger.save_plan(plan.name, plan_info_json(plan_info(plan)));  // reports read bases and the rule from here
   const std::string bin = self_exe();
-  std::string substrate = plan.substrate_ref;
-  if (substrate.find(".toml") != std::string::npos && substrate[0] != '/') substrate = fs::join(fs::parent(opt.plan), substrate);
   // Each control arm trains on its derived substrate, written beside its runs.
   std::map<std::string, std::string> substrate_of;
   for (auto& a : arms) {
@@ -415,8 +415,6 @@ int ablate(const AblateOptions& opt) {
     }
     pending.push_back(r);
   };
-  for (auto& e : plan.experiments)
-    for (int64_t seed : all_seeds(e, ledger_rows)) enlist(e, seed);
   bool compile_failed = false;
   for (auto& r : ledger_rows)  // finished before, scored not yet (an ablate stopped in between, a rule changed)
     if (!stop_requested && plan.find(r.experiment)) compile_failed |= !join_compile_rate(plan, ledger, opt.ledger, bin, r, total_threads);
@@ -458,8 +456,7 @@ int ablate(const AblateOptions& opt) {
         Job job{r.id, path_arg(r.dir), {}, per_job};
         const auto own = substrate_of.find(r.experiment);
         job.argv = {bin, "train", "--quiet", "--resume", "--data", path_arg(opt.data), "--substrate",
-                    path_arg(own == substrate_of.end() ? substrate : own->second),
-        job.argv = {bin, "train", "--quiet", "--resume", "--data", path_arg(opt.data), "--substrate", path_arg(r.substrate),
+                    path_arg(own == substrate_of.end() ? r.substrate : own->second),
                     "--out", job.dir, "--threads", std::to_string(per_job), "--set", "seed=" + std::to_string(r.seed)};
         for (auto& m : r.exp->effective) job.argv.insert(job.argv.end(), {"--module", catalog::arg_text(m)});
         attempt_start[r.id] = std::filesystem::file_time_type::clock::now();

@@ -191,13 +191,10 @@ CausalSelfAttentionImpl::Projected CausalSelfAttentionImpl::project_qkv(const to
       p.k = torch::cat({kv.k, p.k}, 1);
       p.v = torch::cat({kv.v, p.v}, 1);
     }
-    kv.k = k;
-    kv.v = v;
-    // A token tree brings its own mask (set_tree_positions); the cache holds exactly the positions before it.
-    allowed = ctx.tree.defined() ? ctx.allowed : cached_causal_mask(T, k.size(1), x.device());
     kv.k = p.k;
     kv.v = p.v;
-    p.allowed = cached_causal_mask(T, p.k.size(1), xin.device());
+    // A token tree brings its own mask (set_tree_positions); the cache holds exactly the positions before it.
+    p.allowed = ctx.tree.defined() ? ctx.allowed : cached_causal_mask(T, p.k.size(1), xin.device());
   }
   return p;
 }
