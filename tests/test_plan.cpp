@@ -482,6 +482,8 @@ id = "baseline"
 seeds = [1]
 )"), &errs);
   EXPECT_TRUE(has(errs, "compare_at = \"compute\" interpolates val_bpb curves only")) << (errs.empty() ? "" : errs[0]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scale ladders: `ladder = [...]` in place of `substrate`, each rung a substrate of its own.
 

@@ -770,6 +770,8 @@ TEST(Report, AnExperimentIsComparedWithItsParameterMatchedControl) {
   EXPECT_FALSE(find_card(s.card(), "big").over_share);
   // The control arm's link survives the ledger's copy of the plan.
   EXPECT_EQ(plan_info_from_json(plan_info_json(s.plan)).find("big.widen")->control_of, "big");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scale ladders (engine/ladder.h), on a constructed ladder whose answer is worked by hand.
 
