@@ -109,7 +109,8 @@ TEST(Trainer, RunLearnsAndLeavesEverything) {
   EXPECT_EQ(ev3.status, 2);
   EXPECT_EQ(slm::test::count_lines(ev3.out), 1) << ev3.out;
   // generate: greedy text is the same with the cache and without; sampling is seeded; FIM prompts run.
-  const std::string gen = std::string(SLMLAB_BIN) + " generate " + run + " --prompt 'int f(int x) {' --max-tokens 16 --threads 1";
+  // (stdout only: generate's speed line on stderr carries tokens/s, which no two runs share.)
+  const std::string gen = std::string(SLMLAB_BIN) + " generate " + run + " --prompt 'int f(int x) {' --max-tokens 16 --threads 1 2>/dev/null";
   auto g1 = slm::test::run(gen), g2 = slm::test::run(gen + " --no-cache");
   ASSERT_EQ(g1.status, 0) << g1.out;
   EXPECT_EQ(g1.out, g2.out);
