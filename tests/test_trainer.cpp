@@ -109,14 +109,17 @@ TEST(Trainer, RunLearnsAndLeavesEverything) {
   EXPECT_EQ(ev3.status, 2);
   EXPECT_EQ(slm::test::count_lines(ev3.out), 1) << ev3.out;
   // generate: greedy text is the same with the cache and without; sampling is seeded; FIM prompts run.
-  // (stdout only: generate's speed line on stderr carries tokens/s, which no two runs share.)
-  const std::string gen = std::string(SLMLAB_BIN) + " generate " + run + " --prompt 'int f(int x) {' --max-tokens 16 --threads 1 2>/dev/null";
-  auto g1 = slm::test::run(gen), g2 = slm::test::run(gen + " --no-cache");
+  // (The text only: generate's cost line on stderr carries tokens/s, which no two runs share.)
+  auto gen = [&](const std::string& extra) {  // in a subshell that drops its stderr
+    return slm::test::run("(" + std::string(SLMLAB_BIN) + " generate " + run +
+                          " --prompt 'int f(int x) {' --max-tokens 16 --threads 1 " + extra + " 2>/dev/null)");
+  };
+  auto g1 = gen(""), g2 = gen("--no-cache");
   ASSERT_EQ(g1.status, 0) << g1.out;
   EXPECT_EQ(g1.out, g2.out);
-  auto s1 = slm::test::run(gen + " --temperature 1 --top-k 50 --seed 4"), s2 = slm::test::run(gen + " --temperature 1 --top-k 50 --seed 4");
+  auto s1 = gen("--temperature 1 --top-k 50 --seed 4"), s2 = gen("--temperature 1 --top-k 50 --seed 4");
   EXPECT_EQ(s1.out, s2.out);
-  EXPECT_EQ(slm::test::run(gen + " --suffix '}'").status, 0);
+  EXPECT_EQ(gen("--suffix '}'").status, 0);
   auto too_long = slm::test::run(std::string(SLMLAB_BIN) + " generate " + run + " --prompt 'int f(int x) {' --max-tokens 1000");
   EXPECT_EQ(too_long.status, 2);
   EXPECT_NE(too_long.out.find("context"), std::string::npos) << too_long.out;

@@ -118,7 +118,7 @@ int cmd_generate(const Args& a) {
   std::fprintf(stderr,
                "generate: %s%s, %lld tokens, %.3f tokens per forward (%lld decoding forwards; %lld forwards in all with "
                "the prefill and %lld re-runs), %.1f tokens/s at %d threads\n",
-               decode.c_str(), g.jacobi ? (" block " + std::to_string(g.block)).c_str() : "",
+               g.temperature > 0 ? "sampling" : decode.c_str(), g.jacobi ? (" block " + std::to_string(g.block)).c_str() : "",
                static_cast<long long>(st.tokens),
                st.iterations > 0 ? static_cast<double>(st.tokens) / static_cast<double>(st.iterations) : 0.0,
                static_cast<long long>(st.iterations), static_cast<long long>(st.forwards),
