@@ -47,21 +47,6 @@ struct Candidate {
   int64_t depth;
 };
 
-torch::Tensor ids_of(const std::vector<int32_t>& ids, torch::Device dev) {
-  std::vector<int64_t> v(ids.begin(), ids.end());
-  return torch::tensor(v, torch::kInt64).view({1, -1}).to(dev);
-}
-
-// Greedy's pick for each row of fp32 logits (T, V): the first maximum, as plain decoding takes it.
-std::vector<int32_t> argmax_rows(const torch::Tensor& logits) {
-  auto l = logits.to(torch::kCPU, torch::kFloat64).contiguous();
-  const int64_t T = l.size(0), V = l.size(1);
-  const double* z = l.data_ptr<double>();
-  std::vector<int32_t> r(T);
-  for (int64_t t = 0; t < T; ++t) r[t] = static_cast<int32_t>(std::max_element(z + t * V, z + (t + 1) * V) - (z + t * V));
-  return r;
-}
-
 // The k best of each row of log probabilities (n, V): tokens and values, best first.
 std::pair<std::vector<int32_t>, std::vector<double>> top_rows(const torch::Tensor& logp, int64_t k) {
   auto [v, i] = logp.topk(k, -1);
@@ -105,7 +90,7 @@ class Eagle2 {
   torch::Tensor target_forward(const std::vector<int32_t>& ids, int64_t pos, const torch::Tensor& tree) {
     Ctx ctx;
     ctx.step = t_.step;
-    ctx.idx = ids_of(ids, dev_);
+    ctx.idx = ids_tensor(ids, dev_);
     ctx.caches = &tcache_;
     ctx.pos = pos;
     ctx.tree = tree;
@@ -129,7 +114,7 @@ class Eagle2 {
     ctx.tree = visible;  // attention reads ctx.allowed when a tree is given
     ctx.allowed = visible.view({1, 1, n, visible.size(1)}).to(dev_);
     ++st_.draft_forwards;
-    return d_.forward(feat.view({1, n, -1}), ids_of(ids, dev_), t_, ctx).view({n, -1});  // (n, C)
+    return d_.forward(feat.view({1, n, -1}), ids_tensor(ids, dev_), t_, ctx).view({n, -1});  // (n, C)
   }
 
   int64_t draft_cached() const {

@@ -9,6 +9,21 @@
 
 namespace slm {
 
+torch::Tensor ids_tensor(const std::vector<int32_t>& ids, torch::Device dev) {
+  std::vector<int64_t> v(ids.begin(), ids.end());
+  return torch::tensor(v, torch::kInt64).view({1, -1}).to(dev);
+}
+
+// Greedy's pick for each row of fp32 logits (T, V): the first maximum, as plain decoding's pick() takes it.
+std::vector<int32_t> argmax_rows(const torch::Tensor& logits) {
+  auto l = logits.to(torch::kCPU, torch::kFloat64).contiguous();
+  const int64_t T = l.size(0), V = l.size(1);
+  const double* z = l.data_ptr<double>();
+  std::vector<int32_t> r(T);
+  for (int64_t t = 0; t < T; ++t) r[t] = static_cast<int32_t>(std::max_element(z + t * V, z + (t + 1) * V) - (z + t * V));
+  return r;
+}
+
 namespace {
 
 
@@ -32,21 +47,6 @@ int32_t pick(const torch::Tensor& logits, const GenerateOptions& opt, SplitMix64
     u -= p[i];
   }
   return ids[k - 1];
-}
-
-torch::Tensor ids_tensor(const std::vector<int32_t>& ids, torch::Device dev) {
-  std::vector<int64_t> v(ids.begin(), ids.end());
-  return torch::tensor(v, torch::kInt64).view({1, -1}).to(dev);
-}
-
-// Greedy's pick for each row of fp32 logits (T, V): the first maximum, as pick() takes it.
-std::vector<int32_t> argmax_rows(const torch::Tensor& logits) {
-  auto l = logits.to(torch::kCPU, torch::kFloat64).contiguous();
-  const int64_t T = l.size(0), V = l.size(1);
-  const double* z = l.data_ptr<double>();
-  std::vector<int32_t> r(T);
-  for (int64_t t = 0; t < T; ++t) r[t] = static_cast<int32_t>(std::max_element(z + t * V, z + (t + 1) * V) - (z + t * V));
-  return r;
 }
 
 Caches clone_caches(const Caches& c, bool& ok) {

@@ -40,6 +40,12 @@ struct GenerateStats {
   int64_t replays = 0;     // Jacobi: forwards that re-ran accepted tokens after restoring a state
 };
 
+// A token list as the (1, T) int64 row the model reads, on `dev`.
+torch::Tensor ids_tensor(const std::vector<int32_t>& ids, torch::Device dev);
+// Greedy's pick for each row of fp32 logits (T, V): the first maximum (plain, Jacobi and EAGLE-2
+// decoding share it, so their outputs can be compared bitwise).
+std::vector<int32_t> argmax_rows(const torch::Tensor& logits);
+
 // Continues `prompt` (token ids, BOS first if the model was trained so) and returns only the new tokens.
 // Fails (one line) on a bad option: Jacobi with temperature > 0, block < 1.
 std::vector<int32_t> generate(GPTImpl& model, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
